@@ -1,0 +1,10 @@
+module github.com/goiscsi/iscsi
+
+go 1.26
+
+require (
+	github.com/gopacket/gopacket v1.7.7 // indirect
+	go.uber.org/goleak v1.3.0 // indirect
+	go.uber.org/multierr v1.10.0 // indirect
+	go.uber.org/zap v1.28.0 // indirect
+)
