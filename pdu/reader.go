@@ -1,0 +1,235 @@
+package pdu
+
+import (
+	"bufio"
+	"errors"
+	"io"
+)
+
+// DefaultMaxRecvDataSegmentLength is RFC 7143's default for
+// MaxRecvDataSegmentLength, and the limit on login PDUs.
+const DefaultMaxRecvDataSegmentLength = 8192
+
+// ReaderConfig says what a Reader accepts.
+type ReaderConfig struct {
+	// From is the side the PDUs come from; PDUs the other side sends are
+	// refused. Zero accepts both.
+	From Direction
+	// MaxDataSegmentLength is the largest DataSegmentLength accepted
+	// (our MaxRecvDataSegmentLength); 0 means DefaultMaxRecvDataSegmentLength.
+	MaxDataSegmentLength int
+	HeaderDigest         bool
+	DataDigest           bool
+}
+
+// Reader reads PDUs from a byte stream. Next reads a header; the data segment
+// is then read with ReadData (into the caller's buffer) or Data (into the
+// Reader's), or skipped by the next call to Next. A Reader is not safe for
+// concurrent use. After an error other than a clean io.EOF between PDUs the
+// stream is out of step, and every later call returns the same error.
+type Reader struct {
+	r    io.Reader
+	cfg  ReaderConfig
+	hdr  BHS
+	ahs  [MaxAHSLength]byte
+	nahs int
+	// dataLen is the data segment length of the current PDU; unread reports
+	// whether its data segment, padding and digest are still on the stream.
+	dataLen int
+	unread  bool
+	buf     []byte
+	scratch [DigestLen]byte
+	err     error
+}
+
+// NewReader returns a Reader of r. It reads through a bufio.Reader unless r
+// already is one.
+func NewReader(r io.Reader, cfg ReaderConfig) *Reader {
+	if _, ok := r.(*bufio.Reader); !ok {
+		r = bufio.NewReaderSize(r, 64<<10)
+	}
+	if cfg.MaxDataSegmentLength <= 0 {
+		cfg.MaxDataSegmentLength = DefaultMaxRecvDataSegmentLength
+	}
+	return &Reader{r: r, cfg: cfg}
+}
+
+// SetConfig changes the limits and digests, e.g. when login ends. It takes
+// effect with the next PDU.
+func (r *Reader) SetConfig(cfg ReaderConfig) {
+	if cfg.MaxDataSegmentLength <= 0 {
+		cfg.MaxDataSegmentLength = DefaultMaxRecvDataSegmentLength
+	}
+	r.cfg = cfg
+}
+
+// Config returns the Reader's configuration.
+func (r *Reader) Config() ReaderConfig { return r.cfg }
+
+// Next reads the next PDU's Basic Header Segment, its additional header
+// segments and header digest, and checks every length against the
+// configuration. The header it returns is valid until the next call.
+// It returns io.EOF only when the stream ends cleanly between PDUs.
+func (r *Reader) Next() (*BHS, error) {
+	if r.err != nil {
+		return nil, r.err
+	}
+	if r.unread {
+		if err := r.skipData(); err != nil {
+			return nil, r.fail(err)
+		}
+	}
+	h := &r.hdr
+	if n, err := io.ReadFull(r.r, h[:]); err != nil {
+		if err == io.EOF && n == 0 {
+			r.err = io.EOF
+			return nil, io.EOF
+		}
+		return nil, r.fail(err)
+	}
+	op := h.Opcode()
+	if !op.Valid() {
+		return nil, r.fail(&ProtocolError{Field: "Opcode", Value: uint64(op), Reason: "undefined opcode"})
+	}
+	if r.cfg.From != 0 && op.Direction() != r.cfg.From {
+		reason := "initiator opcode received from a target"
+		if r.cfg.From == FromInitiator {
+			reason = "target opcode received from an initiator"
+		}
+		return nil, r.fail(&ProtocolError{Field: "Opcode", Value: uint64(op), Reason: reason})
+	}
+	info := &ops[op]
+	r.nahs = h.TotalAHSLength()
+	if r.nahs > 0 && !info.ahs {
+		return nil, r.fail(&ProtocolError{Op: op, Field: "TotalAHSLength", Value: uint64(h[4]), Reason: "this PDU carries no additional header segment"})
+	}
+	r.dataLen = h.DataSegmentLength()
+	if r.dataLen > 0 && !info.data {
+		return nil, r.fail(&ProtocolError{Op: op, Field: "DataSegmentLength", Value: uint64(r.dataLen), Reason: "this PDU carries no data segment"})
+	}
+	if r.dataLen > r.cfg.MaxDataSegmentLength {
+		return nil, r.fail(&ProtocolError{Op: op, Field: "DataSegmentLength", Value: uint64(r.dataLen), Reason: "exceeds MaxRecvDataSegmentLength " + itoa(r.cfg.MaxDataSegmentLength)})
+	}
+	if r.nahs > 0 {
+		if _, err := io.ReadFull(r.r, r.ahs[:r.nahs]); err != nil {
+			return nil, r.fail(unexpected(err))
+		}
+	}
+	if r.cfg.HeaderDigest {
+		if _, err := io.ReadFull(r.r, r.scratch[:]); err != nil {
+			return nil, r.fail(unexpected(err))
+		}
+		want := updateCRC(CRC32C(h[:]), r.ahs[:r.nahs])
+		if got := getDigest(r.scratch[:]); got != want {
+			return nil, r.fail(&DigestError{Op: op, Got: got, Want: want})
+		}
+	}
+	r.unread = r.dataLen > 0
+	return h, nil
+}
+
+// AHS returns the current PDU's additional header segments, valid until the
+// next call to Next.
+func (r *Reader) AHS() []byte { return r.ahs[:r.nahs] }
+
+// ReadData reads the current PDU's data segment into p, which must be exactly
+// DataSegmentLength bytes long, then its padding and data digest.
+func (r *Reader) ReadData(p []byte) error {
+	if r.err != nil {
+		return r.err
+	}
+	if !r.unread || len(p) != r.dataLen {
+		return errors.New("iscsi: ReadData: buffer length does not match the data segment, or no data segment is pending")
+	}
+	r.unread = false
+	if _, err := io.ReadFull(r.r, p); err != nil {
+		return r.fail(unexpected(err))
+	}
+	padding := r.scratch[:pad(r.dataLen)]
+	if _, err := io.ReadFull(r.r, padding); err != nil {
+		return r.fail(unexpected(err))
+	}
+	if !r.cfg.DataDigest {
+		return nil
+	}
+	want := updateCRC(CRC32C(p), padding)
+	if _, err := io.ReadFull(r.r, r.scratch[:]); err != nil {
+		return r.fail(unexpected(err))
+	}
+	if got := getDigest(r.scratch[:]); got != want {
+		return r.fail(&DigestError{Op: r.hdr.Opcode(), Data: true, Got: got, Want: want})
+	}
+	return nil
+}
+
+// Data reads the current PDU's data segment into a buffer the Reader owns,
+// valid until the next call to Next. It returns nil when there is none.
+func (r *Reader) Data() ([]byte, error) {
+	if r.err != nil {
+		return nil, r.err
+	}
+	if !r.unread {
+		return nil, nil
+	}
+	if cap(r.buf) < r.dataLen {
+		r.buf = make([]byte, r.dataLen)
+	}
+	b := r.buf[:r.dataLen]
+	if err := r.ReadData(b); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// skipData reads past an unread data segment, still checking its digest.
+func (r *Reader) skipData() error {
+	r.unread = false
+	n := r.dataLen + pad(r.dataLen)
+	var chunk [4096]byte
+	crc := uint32(0)
+	for n > 0 {
+		c := chunk[:min(n, len(chunk))]
+		if _, err := io.ReadFull(r.r, c); err != nil {
+			return unexpected(err)
+		}
+		crc = updateCRC(crc, c)
+		n -= len(c)
+	}
+	if !r.cfg.DataDigest {
+		return nil
+	}
+	if _, err := io.ReadFull(r.r, r.scratch[:]); err != nil {
+		return unexpected(err)
+	}
+	if got := getDigest(r.scratch[:]); got != crc {
+		return &DigestError{Op: r.hdr.Opcode(), Data: true, Got: got, Want: crc}
+	}
+	return nil
+}
+
+func (r *Reader) fail(err error) error {
+	r.err = err
+	return err
+}
+
+// unexpected turns an EOF inside a PDU into io.ErrUnexpectedEOF.
+func unexpected(err error) error {
+	if err == io.EOF {
+		return io.ErrUnexpectedEOF
+	}
+	return err
+}
+
+func itoa(n int) string {
+	var b [20]byte
+	i := len(b)
+	if n == 0 {
+		return "0"
+	}
+	for n > 0 {
+		i--
+		b[i] = byte('0' + n%10)
+		n /= 10
+	}
+	return string(b[i:])
+}

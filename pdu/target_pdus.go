@@ -1,0 +1,481 @@
+package pdu
+
+// This file holds the PDUs a target sends (RFC 7143 §11.4–§11.19).
+
+// SeqNums are the sequence numbers most target PDUs carry in bytes 24-35.
+type SeqNums struct {
+	StatSN   uint32
+	ExpCmdSN uint32
+	MaxCmdSN uint32
+}
+
+func (s *SeqNums) put(h *BHS) {
+	put32(h[24:], s.StatSN)
+	put32(h[28:], s.ExpCmdSN)
+	put32(h[32:], s.MaxCmdSN)
+}
+
+func getSeq(h *BHS) SeqNums {
+	return SeqNums{StatSN: u32(h[24:]), ExpCmdSN: u32(h[28:]), MaxCmdSN: u32(h[32:])}
+}
+
+// NOPIn is a NOP-In (§11.19): the answer to a NOP-Out, or a target's ping
+// (TTT other than 0xffffffff) that the initiator must answer.
+type NOPIn struct {
+	LUN LUN
+	ITT uint32
+	TTT uint32
+	SeqNums
+}
+
+// Opcode returns OpNOPIn.
+func (*NOPIn) Opcode() Opcode { return OpNOPIn }
+
+// MarshalBHS writes p into h.
+func (p *NOPIn) MarshalBHS(h *BHS) {
+	*h = BHS{}
+	h[0] = byte(OpNOPIn)
+	h[1] = 0x80
+	be.PutUint64(h[8:], uint64(p.LUN))
+	put32(h[16:], p.ITT)
+	put32(h[20:], p.TTT)
+	p.SeqNums.put(h)
+}
+
+// UnmarshalBHS reads p from h.
+func (p *NOPIn) UnmarshalBHS(h *BHS) error {
+	if h.Opcode() != OpNOPIn {
+		return errOpcode(OpNOPIn, h)
+	}
+	*p = NOPIn{LUN: LUN(be.Uint64(h[8:])), ITT: u32(h[16:]), TTT: u32(h[20:]), SeqNums: getSeq(h)}
+	return nil
+}
+
+// SCSI Response codes (§11.4.3).
+const (
+	RespCommandCompleted = 0x00
+	RespTargetFailure    = 0x01
+)
+
+// SCSI status codes (SAM) that an initiator acts on.
+const (
+	StatusGood                = 0x00
+	StatusCheckCondition      = 0x02
+	StatusBusy                = 0x08
+	StatusReservationConflict = 0x18
+	StatusTaskSetFull         = 0x28
+	StatusACAActive           = 0x30
+	StatusTaskAborted         = 0x40
+)
+
+// SCSIResponse is a SCSI Response (§11.4). Sense data, if any, is in the data
+// segment behind a 2-byte SenseLength.
+type SCSIResponse struct {
+	BidiOverflow  bool // o
+	BidiUnderflow bool // u
+	Overflow      bool // O
+	Underflow     bool // U
+	Response      uint8
+	Status        uint8
+	ITT           uint32
+	SNACKTag      uint32
+	SeqNums
+	ExpDataSN             uint32
+	BidiReadResidualCount uint32
+	ResidualCount         uint32
+}
+
+// Opcode returns OpSCSIResponse.
+func (*SCSIResponse) Opcode() Opcode { return OpSCSIResponse }
+
+// MarshalBHS writes p into h.
+func (p *SCSIResponse) MarshalBHS(h *BHS) {
+	*h = BHS{}
+	h[0] = byte(OpSCSIResponse)
+	h[1] = 0x80 | bit(p.BidiOverflow, 0x10) | bit(p.BidiUnderflow, 0x08) | bit(p.Overflow, 0x04) | bit(p.Underflow, 0x02)
+	h[2], h[3] = p.Response, p.Status
+	put32(h[16:], p.ITT)
+	put32(h[20:], p.SNACKTag)
+	p.SeqNums.put(h)
+	put32(h[36:], p.ExpDataSN)
+	put32(h[40:], p.BidiReadResidualCount)
+	put32(h[44:], p.ResidualCount)
+}
+
+// UnmarshalBHS reads p from h.
+func (p *SCSIResponse) UnmarshalBHS(h *BHS) error {
+	if h.Opcode() != OpSCSIResponse {
+		return errOpcode(OpSCSIResponse, h)
+	}
+	*p = SCSIResponse{BidiOverflow: h[1]&0x10 != 0, BidiUnderflow: h[1]&0x08 != 0, Overflow: h[1]&0x04 != 0,
+		Underflow: h[1]&0x02 != 0, Response: h[2], Status: h[3], ITT: u32(h[16:]), SNACKTag: u32(h[20:]),
+		SeqNums: getSeq(h), ExpDataSN: u32(h[36:]), BidiReadResidualCount: u32(h[40:]), ResidualCount: u32(h[44:])}
+	if p.Overflow && p.Underflow {
+		return &ProtocolError{Op: OpSCSIResponse, Field: "Flags", Value: uint64(h[1]), Reason: "both O and U bits set"}
+	}
+	return nil
+}
+
+// Task management responses (§11.6.1).
+const (
+	TMFComplete            = 0
+	TMFNoSuchTask          = 1
+	TMFNoSuchLUN           = 2
+	TMFTaskStillAllegiant  = 3
+	TMFReassignUnsupported = 4
+	TMFNotSupported        = 5
+	TMFAuthorizationFailed = 6
+	TMFRejected            = 255
+)
+
+// TaskMgmtResponse is a Task Management Function Response (§11.6).
+type TaskMgmtResponse struct {
+	Response uint8
+	ITT      uint32
+	SeqNums
+}
+
+// Opcode returns OpTaskMgmtResponse.
+func (*TaskMgmtResponse) Opcode() Opcode { return OpTaskMgmtResponse }
+
+// MarshalBHS writes p into h.
+func (p *TaskMgmtResponse) MarshalBHS(h *BHS) {
+	*h = BHS{}
+	h[0] = byte(OpTaskMgmtResponse)
+	h[1] = 0x80
+	h[2] = p.Response
+	put32(h[16:], p.ITT)
+	p.SeqNums.put(h)
+}
+
+// UnmarshalBHS reads p from h.
+func (p *TaskMgmtResponse) UnmarshalBHS(h *BHS) error {
+	if h.Opcode() != OpTaskMgmtResponse {
+		return errOpcode(OpTaskMgmtResponse, h)
+	}
+	*p = TaskMgmtResponse{Response: h[2], ITT: u32(h[16:]), SeqNums: getSeq(h)}
+	return nil
+}
+
+// LoginResponse is a Login Response (§11.13).
+type LoginResponse struct {
+	Transit       bool
+	Continue      bool
+	CSG, NSG      uint8
+	VersionMax    uint8
+	VersionActive uint8
+	ISID          [6]byte
+	TSIH          uint16
+	ITT           uint32
+	SeqNums
+	StatusClass  uint8
+	StatusDetail uint8
+}
+
+// Opcode returns OpLoginResponse.
+func (*LoginResponse) Opcode() Opcode { return OpLoginResponse }
+
+// MarshalBHS writes p into h.
+func (p *LoginResponse) MarshalBHS(h *BHS) {
+	*h = BHS{}
+	h[0] = byte(OpLoginResponse)
+	h[1] = stageByte(p.Transit, p.Continue, p.CSG, p.NSG)
+	h[2], h[3] = p.VersionMax, p.VersionActive
+	copy(h[8:14], p.ISID[:])
+	put16(h[14:], p.TSIH)
+	put32(h[16:], p.ITT)
+	p.SeqNums.put(h)
+	h[36], h[37] = p.StatusClass, p.StatusDetail
+}
+
+// UnmarshalBHS reads p from h.
+func (p *LoginResponse) UnmarshalBHS(h *BHS) error {
+	if h.Opcode() != OpLoginResponse {
+		return errOpcode(OpLoginResponse, h)
+	}
+	*p = LoginResponse{Transit: h[1]&0x80 != 0, Continue: h[1]&0x40 != 0, CSG: h[1] >> 2 & 3, NSG: h[1] & 3,
+		VersionMax: h[2], VersionActive: h[3], TSIH: u16(h[14:]), ITT: u32(h[16:]), SeqNums: getSeq(h),
+		StatusClass: h[36], StatusDetail: h[37]}
+	copy(p.ISID[:], h[8:14])
+	if p.Transit && p.Continue {
+		return &ProtocolError{Op: OpLoginResponse, Field: "Flags", Value: uint64(h[1]), Reason: "T and C bits both set"}
+	}
+	return nil
+}
+
+// Status returns the login status as one value.
+func (p *LoginResponse) Status() LoginStatus {
+	return LoginStatus(uint16(p.StatusClass)<<8 | uint16(p.StatusDetail))
+}
+
+// TextResponse is a Text Response (§11.11).
+type TextResponse struct {
+	Final    bool
+	Continue bool
+	LUN      LUN
+	ITT      uint32
+	TTT      uint32
+	SeqNums
+}
+
+// Opcode returns OpTextResponse.
+func (*TextResponse) Opcode() Opcode { return OpTextResponse }
+
+// MarshalBHS writes p into h.
+func (p *TextResponse) MarshalBHS(h *BHS) {
+	*h = BHS{}
+	h[0] = byte(OpTextResponse)
+	h[1] = bit(p.Final, 0x80) | bit(p.Continue, 0x40)
+	be.PutUint64(h[8:], uint64(p.LUN))
+	put32(h[16:], p.ITT)
+	put32(h[20:], p.TTT)
+	p.SeqNums.put(h)
+}
+
+// UnmarshalBHS reads p from h.
+func (p *TextResponse) UnmarshalBHS(h *BHS) error {
+	if h.Opcode() != OpTextResponse {
+		return errOpcode(OpTextResponse, h)
+	}
+	*p = TextResponse{Final: h[1]&0x80 != 0, Continue: h[1]&0x40 != 0, LUN: LUN(be.Uint64(h[8:])),
+		ITT: u32(h[16:]), TTT: u32(h[20:]), SeqNums: getSeq(h)}
+	if p.Final && p.Continue {
+		return &ProtocolError{Op: OpTextResponse, Field: "Flags", Value: uint64(h[1]), Reason: "F and C bits both set"}
+	}
+	return nil
+}
+
+// DataIn is a SCSI Data-In (§11.7). With HasStatus it also completes the
+// command, and Status and ResidualCount are valid.
+type DataIn struct {
+	Final       bool
+	Acknowledge bool
+	Overflow    bool
+	Underflow   bool
+	HasStatus   bool
+	Status      uint8
+	LUN         LUN
+	ITT         uint32
+	TTT         uint32
+	SeqNums
+	DataSN        uint32
+	BufferOffset  uint32
+	ResidualCount uint32
+}
+
+// Opcode returns OpSCSIDataIn.
+func (*DataIn) Opcode() Opcode { return OpSCSIDataIn }
+
+// MarshalBHS writes p into h.
+func (p *DataIn) MarshalBHS(h *BHS) {
+	*h = BHS{}
+	h[0] = byte(OpSCSIDataIn)
+	h[1] = bit(p.Final, 0x80) | bit(p.Acknowledge, 0x40) | bit(p.Overflow, 0x04) | bit(p.Underflow, 0x02) | bit(p.HasStatus, 0x01)
+	h[3] = p.Status
+	be.PutUint64(h[8:], uint64(p.LUN))
+	put32(h[16:], p.ITT)
+	put32(h[20:], p.TTT)
+	p.SeqNums.put(h)
+	put32(h[36:], p.DataSN)
+	put32(h[40:], p.BufferOffset)
+	put32(h[44:], p.ResidualCount)
+}
+
+// UnmarshalBHS reads p from h.
+func (p *DataIn) UnmarshalBHS(h *BHS) error {
+	if h.Opcode() != OpSCSIDataIn {
+		return errOpcode(OpSCSIDataIn, h)
+	}
+	*p = DataIn{Final: h[1]&0x80 != 0, Acknowledge: h[1]&0x40 != 0, Overflow: h[1]&0x04 != 0,
+		Underflow: h[1]&0x02 != 0, HasStatus: h[1]&0x01 != 0, Status: h[3], LUN: LUN(be.Uint64(h[8:])),
+		ITT: u32(h[16:]), TTT: u32(h[20:]), SeqNums: getSeq(h), DataSN: u32(h[36:]),
+		BufferOffset: u32(h[40:]), ResidualCount: u32(h[44:])}
+	if p.HasStatus && !p.Final {
+		return &ProtocolError{Op: OpSCSIDataIn, Field: "Flags", Value: uint64(h[1]), Reason: "S bit set without F bit"}
+	}
+	if p.Overflow && p.Underflow {
+		return &ProtocolError{Op: OpSCSIDataIn, Field: "Flags", Value: uint64(h[1]), Reason: "both O and U bits set"}
+	}
+	return nil
+}
+
+// Logout response codes (§11.15.1).
+const (
+	LogoutSuccess             = 0
+	LogoutCIDNotFound         = 1
+	LogoutRecoveryUnsupported = 2
+	LogoutCleanupFailed       = 3
+)
+
+// LogoutResponse is a Logout Response (§11.15).
+type LogoutResponse struct {
+	Response uint8
+	ITT      uint32
+	SeqNums
+	Time2Wait   uint16
+	Time2Retain uint16
+}
+
+// Opcode returns OpLogoutResponse.
+func (*LogoutResponse) Opcode() Opcode { return OpLogoutResponse }
+
+// MarshalBHS writes p into h.
+func (p *LogoutResponse) MarshalBHS(h *BHS) {
+	*h = BHS{}
+	h[0] = byte(OpLogoutResponse)
+	h[1] = 0x80
+	h[2] = p.Response
+	put32(h[16:], p.ITT)
+	p.SeqNums.put(h)
+	put16(h[40:], p.Time2Wait)
+	put16(h[42:], p.Time2Retain)
+}
+
+// UnmarshalBHS reads p from h.
+func (p *LogoutResponse) UnmarshalBHS(h *BHS) error {
+	if h.Opcode() != OpLogoutResponse {
+		return errOpcode(OpLogoutResponse, h)
+	}
+	*p = LogoutResponse{Response: h[2], ITT: u32(h[16:]), SeqNums: getSeq(h), Time2Wait: u16(h[40:]), Time2Retain: u16(h[42:])}
+	return nil
+}
+
+// R2T is a Ready To Transfer (§11.8): the target asks for DesiredDataTransferLength
+// bytes of a write's data from BufferOffset.
+type R2T struct {
+	LUN LUN
+	ITT uint32
+	TTT uint32
+	SeqNums
+	R2TSN                     uint32
+	BufferOffset              uint32
+	DesiredDataTransferLength uint32
+}
+
+// Opcode returns OpR2T.
+func (*R2T) Opcode() Opcode { return OpR2T }
+
+// MarshalBHS writes p into h.
+func (p *R2T) MarshalBHS(h *BHS) {
+	*h = BHS{}
+	h[0] = byte(OpR2T)
+	h[1] = 0x80
+	be.PutUint64(h[8:], uint64(p.LUN))
+	put32(h[16:], p.ITT)
+	put32(h[20:], p.TTT)
+	p.SeqNums.put(h)
+	put32(h[36:], p.R2TSN)
+	put32(h[40:], p.BufferOffset)
+	put32(h[44:], p.DesiredDataTransferLength)
+}
+
+// UnmarshalBHS reads p from h.
+func (p *R2T) UnmarshalBHS(h *BHS) error {
+	if h.Opcode() != OpR2T {
+		return errOpcode(OpR2T, h)
+	}
+	*p = R2T{LUN: LUN(be.Uint64(h[8:])), ITT: u32(h[16:]), TTT: u32(h[20:]), SeqNums: getSeq(h),
+		R2TSN: u32(h[36:]), BufferOffset: u32(h[40:]), DesiredDataTransferLength: u32(h[44:])}
+	if p.TTT == 0xffffffff {
+		return &ProtocolError{Op: OpR2T, Field: "TargetTransferTag", Value: uint64(p.TTT), Reason: "reserved value"}
+	}
+	return nil
+}
+
+// Asynchronous events (§11.9.1).
+const (
+	AsyncSCSIEvent          = 0
+	AsyncLogoutRequest      = 1
+	AsyncConnectionDrop     = 2
+	AsyncSessionDrop        = 3
+	AsyncNegotiationRequest = 4
+	AsyncTaskTermination    = 5
+	AsyncVendorSpecific     = 255
+)
+
+// AsyncMessage is an Asynchronous Message (§11.9). Its data segment holds
+// sense data and, optionally, iSCSI event data.
+type AsyncMessage struct {
+	LUN LUN
+	ITT uint32 // always 0xffffffff
+	SeqNums
+	AsyncEvent uint8
+	AsyncVCode uint8
+	Parameter1 uint16
+	Parameter2 uint16
+	Parameter3 uint16
+}
+
+// Opcode returns OpAsyncMessage.
+func (*AsyncMessage) Opcode() Opcode { return OpAsyncMessage }
+
+// MarshalBHS writes p into h.
+func (p *AsyncMessage) MarshalBHS(h *BHS) {
+	*h = BHS{}
+	h[0] = byte(OpAsyncMessage)
+	h[1] = 0x80
+	be.PutUint64(h[8:], uint64(p.LUN))
+	put32(h[16:], p.ITT)
+	p.SeqNums.put(h)
+	h[36], h[37] = p.AsyncEvent, p.AsyncVCode
+	put16(h[38:], p.Parameter1)
+	put16(h[40:], p.Parameter2)
+	put16(h[42:], p.Parameter3)
+}
+
+// UnmarshalBHS reads p from h.
+func (p *AsyncMessage) UnmarshalBHS(h *BHS) error {
+	if h.Opcode() != OpAsyncMessage {
+		return errOpcode(OpAsyncMessage, h)
+	}
+	*p = AsyncMessage{LUN: LUN(be.Uint64(h[8:])), ITT: u32(h[16:]), SeqNums: getSeq(h), AsyncEvent: h[36],
+		AsyncVCode: h[37], Parameter1: u16(h[38:]), Parameter2: u16(h[40:]), Parameter3: u16(h[42:])}
+	return nil
+}
+
+// Reject reasons (§11.17.1).
+const (
+	RejectDataDigestError     = 0x02
+	RejectSNACKReject         = 0x03
+	RejectProtocolError       = 0x04
+	RejectCommandNotSupported = 0x05
+	RejectImmediateCommand    = 0x06
+	RejectTaskInProgress      = 0x07
+	RejectInvalidDataACK      = 0x08
+	RejectInvalidPDUField     = 0x09
+	RejectLongOpReject        = 0x0a
+	RejectDeprecated          = 0x0b
+	RejectWaitingForLogout    = 0x0c
+)
+
+// Reject is a Reject (§11.17). Its data segment holds the header of the
+// rejected PDU.
+type Reject struct {
+	Reason uint8
+	ITT    uint32 // always 0xffffffff
+	SeqNums
+	DataSN uint32 // DataSN or R2TSN
+}
+
+// Opcode returns OpReject.
+func (*Reject) Opcode() Opcode { return OpReject }
+
+// MarshalBHS writes p into h.
+func (p *Reject) MarshalBHS(h *BHS) {
+	*h = BHS{}
+	h[0] = byte(OpReject)
+	h[1] = 0x80
+	h[2] = p.Reason
+	put32(h[16:], p.ITT)
+	p.SeqNums.put(h)
+	put32(h[36:], p.DataSN)
+}
+
+// UnmarshalBHS reads p from h.
+func (p *Reject) UnmarshalBHS(h *BHS) error {
+	if h.Opcode() != OpReject {
+		return errOpcode(OpReject, h)
+	}
+	*p = Reject{Reason: h[2], ITT: u32(h[16:]), SeqNums: getSeq(h), DataSN: u32(h[36:])}
+	return nil
+}

@@ -1,0 +1,114 @@
+package pdu
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+)
+
+// Writer queues PDUs and writes each batch with one vectored write
+// (writev on a TCP connection). It is not safe for concurrent use; a
+// connection serializes it under its write lock.
+type Writer struct {
+	w          io.Writer
+	hdig, ddig bool
+	bufs       net.Buffers
+	// arena holds the headers, digests and padding of queued PDUs; data
+	// segments are not copied.
+	arena []byte
+	n     int
+}
+
+var zeroPad [4]byte
+
+// NewWriter returns a Writer to w.
+func NewWriter(w io.Writer) *Writer {
+	return &Writer{w: w, arena: make([]byte, 0, 1024)}
+}
+
+// SetDigests turns header and data digests on or off for PDUs queued from now on.
+func (w *Writer) SetDigests(header, data bool) { w.hdig, w.ddig = header, data }
+
+// Append queues p with its additional header segments and data segment,
+// setting TotalAHSLength and DataSegmentLength from them. ahs and data are
+// not copied and must not change until Flush returns.
+func (w *Writer) Append(p PDU, ahs, data []byte) error {
+	if len(ahs)%4 != 0 || len(ahs) > MaxAHSLength {
+		return fmt.Errorf("iscsi: %s: additional header segments of %d bytes: not a multiple of 4 up to %d", p.Opcode(), len(ahs), MaxAHSLength)
+	}
+	if len(data) > MaxDataSegmentLength {
+		return fmt.Errorf("iscsi: %s: data segment of %d bytes exceeds %d", p.Opcode(), len(data), MaxDataSegmentLength)
+	}
+	var h BHS
+	p.MarshalBHS(&h)
+	h.SetLengths(len(ahs), len(data))
+	w.AppendRaw(&h, ahs, data)
+	return nil
+}
+
+// AppendRaw queues a header exactly as given, whatever its length fields say,
+// followed by ahs and data. It exists to build malformed PDUs in tests;
+// Append is the normal way.
+func (w *Writer) AppendRaw(h *BHS, ahs, data []byte) {
+	start := len(w.arena)
+	w.arena = append(w.arena, h[:]...)
+	w.arena = append(w.arena, ahs...)
+	if w.hdig {
+		crc := CRC32C(w.arena[start:])
+		w.arena = append(w.arena, 0, 0, 0, 0)
+		putDigest(w.arena[len(w.arena)-4:], crc)
+	}
+	w.bufs = append(w.bufs, w.arena[start:len(w.arena)])
+	if len(data) > 0 {
+		w.bufs = append(w.bufs, data)
+		start = len(w.arena)
+		p := zeroPad[:pad(len(data))]
+		w.arena = append(w.arena, p...)
+		if w.ddig {
+			crc := updateCRC(CRC32C(data), p)
+			w.arena = append(w.arena, 0, 0, 0, 0)
+			putDigest(w.arena[len(w.arena)-4:], crc)
+		}
+		if len(w.arena) > start {
+			w.bufs = append(w.bufs, w.arena[start:len(w.arena)])
+		}
+	}
+	w.n++
+}
+
+// Buffered returns the number of PDUs queued and not yet flushed.
+func (w *Writer) Buffered() int { return w.n }
+
+// Flush writes every queued PDU in one vectored write.
+func (w *Writer) Flush() error {
+	if w.n == 0 {
+		return nil
+	}
+	bufs := w.bufs
+	_, err := bufs.WriteTo(w.w)
+	clear(w.bufs)
+	w.bufs = w.bufs[:0]
+	w.arena = w.arena[:0]
+	w.n = 0
+	return err
+}
+
+// Discard drops every queued PDU without writing it.
+func (w *Writer) Discard() {
+	clear(w.bufs)
+	w.bufs = w.bufs[:0]
+	w.arena = w.arena[:0]
+	w.n = 0
+}
+
+// WritePDU queues p and flushes.
+func (w *Writer) WritePDU(p PDU, data []byte) error {
+	if err := w.Append(p, nil, data); err != nil {
+		return err
+	}
+	return w.Flush()
+}
+
+// ErrShortPDU reports a buffer that ends inside a PDU.
+var ErrShortPDU = errors.New("iscsi: buffer ends inside a PDU")
