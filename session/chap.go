@@ -1,0 +1,175 @@
+package session
+
+import (
+	"bytes"
+	"crypto/md5"
+	"crypto/rand"
+	"crypto/sha1"
+	"crypto/sha256"
+	"crypto/sha3"
+	"crypto/subtle"
+	"hash"
+	"strconv"
+)
+
+// CHAP algorithms (CHAP_A values, RFC 7143 §12.1.3 and RFC 8160 registry).
+const (
+	CHAPMD5     = 5
+	CHAPSHA1    = 6
+	CHAPSHA256  = 7
+	CHAPSHA3256 = 8
+)
+
+// CHAP configures CHAP authentication. Secrets are never logged nor put in
+// errors.
+type CHAP struct {
+	User   string
+	Secret string
+	// TargetUser and TargetSecret, when TargetSecret is set, make the
+	// authentication mutual: the target must prove it knows TargetSecret.
+	// TargetUser, if set, is the name the target must give.
+	TargetUser   string
+	TargetSecret string
+	// Algorithms are offered in order of preference; empty means
+	// SHA3-256, SHA-256, SHA-1, MD5.
+	Algorithms []int
+	// AllowShortSecrets permits secrets under 12 bytes (RFC 7143 allows
+	// them only under IPsec).
+	AllowShortSecrets bool
+}
+
+func (c *CHAP) algorithms() []int {
+	if len(c.Algorithms) > 0 {
+		return c.Algorithms
+	}
+	return []int{CHAPSHA3256, CHAPSHA256, CHAPSHA1, CHAPMD5}
+}
+
+func (c *CHAP) check() error {
+	if c.AllowShortSecrets {
+		return nil
+	}
+	if len(c.Secret) < 12 || (c.TargetSecret != "" && len(c.TargetSecret) < 12) {
+		return ErrShortSecret
+	}
+	if c.TargetSecret != "" && c.TargetSecret == c.Secret {
+		return &NegotiationError{Key: "CHAP", Reason: "initiator and target secrets must differ"}
+	}
+	return nil
+}
+
+func chapHash(alg int) hash.Hash {
+	switch alg {
+	case CHAPMD5:
+		return md5.New()
+	case CHAPSHA1:
+		return sha1.New()
+	case CHAPSHA256:
+		return sha256.New()
+	case CHAPSHA3256:
+		return sha3.New256()
+	}
+	return nil
+}
+
+// chapResponse computes H(id || secret || challenge), RFC 1994 §4.1.
+func chapResponse(alg int, id byte, secret string, challenge []byte) []byte {
+	h := chapHash(alg)
+	h.Write([]byte{id})
+	h.Write([]byte(secret))
+	h.Write(challenge)
+	return h.Sum(nil)
+}
+
+// chapState is the initiator's side of one CHAP exchange.
+type chapState struct {
+	cfg *CHAP
+	alg int
+	// sent are the challenges this session has sent, to refuse a target
+	// that reflects one back.
+	sent *[][]byte
+	// ourID and ourChallenge are the mutual challenge we sent.
+	ourID        byte
+	ourChallenge []byte
+}
+
+func (c *chapState) offer() string {
+	s := ""
+	for i, a := range c.cfg.algorithms() {
+		if i > 0 {
+			s += ","
+		}
+		s += strconv.Itoa(a)
+	}
+	return s
+}
+
+// answer validates the target's CHAP_A, CHAP_I, CHAP_C and returns the keys
+// to send: CHAP_N, CHAP_R and, for mutual CHAP, CHAP_I and CHAP_C.
+func (c *chapState) answer(a, i, ch string) ([]kvPair, error) {
+	alg, err := strconv.Atoi(a)
+	offered := false
+	for _, x := range c.cfg.algorithms() {
+		offered = offered || x == alg
+	}
+	if err != nil || !offered || chapHash(alg) == nil {
+		return nil, &NegotiationError{Key: "CHAP_A", Reason: "target chose an algorithm we did not offer: " + strconv.Quote(a)}
+	}
+	c.alg = alg
+	id, err := strconv.Atoi(i)
+	if err != nil {
+		if n, perr := parseNum(i); perr == nil {
+			id, err = int(n), nil
+		}
+	}
+	if err != nil || id < 0 || id > 255 {
+		return nil, &NegotiationError{Key: "CHAP_I", Reason: "identifier not in 0-255"}
+	}
+	challenge, err := parseBinary(ch, 1024)
+	if err != nil || len(challenge) == 0 {
+		return nil, &NegotiationError{Key: "CHAP_C", Reason: "malformed challenge"}
+	}
+	for _, s := range *c.sent {
+		if bytes.Equal(s, challenge) {
+			return nil, &NegotiationError{Key: "CHAP_C", Reason: "target sent back a challenge of ours (reflection)"}
+		}
+	}
+	resp := chapResponse(alg, byte(id), c.cfg.Secret, challenge)
+	out := []kvPair{kv("CHAP_N", c.cfg.User), kv("CHAP_R", hexValue(resp))}
+	if c.cfg.TargetSecret != "" {
+		var b [1]byte
+		if _, err := rand.Read(b[:]); err != nil {
+			return nil, err
+		}
+		c.ourID = b[0]
+		c.ourChallenge = make([]byte, max(16, chapHash(alg).Size()))
+		if _, err := rand.Read(c.ourChallenge); err != nil {
+			return nil, err
+		}
+		if bytes.Equal(c.ourChallenge, challenge) {
+			return nil, &NegotiationError{Key: "CHAP_C", Reason: "challenge collision"}
+		}
+		*c.sent = append(*c.sent, c.ourChallenge)
+		out = append(out, kv("CHAP_I", strconv.Itoa(int(c.ourID))), kv("CHAP_C", hexValue(c.ourChallenge)))
+	}
+	return out, nil
+}
+
+// verify checks the target's answer to our mutual challenge.
+func (c *chapState) verify(n, r string, ok bool) error {
+	if !ok {
+		return &NegotiationError{Key: "CHAP_R", Reason: "target did not answer our challenge (mutual CHAP)"}
+	}
+	if c.cfg.TargetUser != "" && n != c.cfg.TargetUser {
+		return &NegotiationError{Key: "CHAP_N", Reason: "target gave an unexpected name"}
+	}
+	got, err := parseBinary(r, 1024)
+	if err != nil {
+		return &NegotiationError{Key: "CHAP_R", Reason: "malformed response"}
+	}
+	want := chapResponse(c.alg, c.ourID, c.cfg.TargetSecret, c.ourChallenge)
+	if subtle.ConstantTimeCompare(got, want) != 1 {
+		return &NegotiationError{Key: "CHAP_R", Reason: "target failed mutual authentication"}
+	}
+	return nil
+}

@@ -1,0 +1,450 @@
+package session
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/goiscsi/iscsi/pdu"
+	"go.uber.org/zap"
+)
+
+// Connection states.
+const (
+	connActive     = iota
+	connLoggingOut // no new commands; logout in progress
+	connClosed
+)
+
+// Conn is one TCP connection of a session, in full feature phase. It has one
+// reader goroutine that routes each PDU to the task waiting for it, and a
+// keepalive goroutine; writes are serialized under one lock.
+type Conn struct {
+	s   *Session
+	cid uint16
+	nc  net.Conn
+	log *zap.Logger
+	r   *pdu.Reader
+
+	wmu sync.Mutex
+	w   *pdu.Writer
+
+	mu    sync.Mutex
+	tasks map[uint32]*task
+	state int
+	err   error // why the connection ended, once it has
+	// loggingOut is set once Logout has begun on this connection.
+	loggingOut bool
+	// scsiCount counts SCSI tasks; idle, when set, is closed as it drops
+	// to zero, for a logout draining the connection.
+	scsiCount int
+	idle      chan struct{}
+
+	expStatSN atomic.Uint32
+	lastRecv  atomic.Int64 // unix nanoseconds of the last PDU received
+
+	// nopReplies carries target pings (NOP-In with a TTT) to the keepalive
+	// goroutine, which answers them; the reader never writes.
+	nopReplies chan nopPing
+	closing    chan struct{} // closed when the connection starts to close
+	readerDone chan struct{}
+	wg         sync.WaitGroup
+	closeOnce  sync.Once
+	// logoutSent is set once a Logout Request went out on this connection.
+	logoutSent atomic.Bool
+	// asyncLogout is set once the target asked for a logout (event 1).
+	asyncLogout atomic.Bool
+}
+
+type nopPing struct {
+	ttt  uint32
+	lun  pdu.LUN
+	data []byte
+}
+
+// CID returns the connection's ID within its session.
+func (c *Conn) CID() uint16 { return c.cid }
+
+// Session returns the connection's session.
+func (c *Conn) Session() *Session { return c.s }
+
+// Err returns why the connection ended, or nil while it is up.
+func (c *Conn) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
+}
+
+// Active reports whether the connection accepts new commands.
+func (c *Conn) Active() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.state == connActive
+}
+
+// Done is closed once the connection's reader has stopped.
+func (c *Conn) Done() <-chan struct{} { return c.readerDone }
+
+func newConn(s *Session, cid uint16, nc net.Conn, r *pdu.Reader, w *pdu.Writer, expStatSN uint32) *Conn {
+	c := &Conn{
+		s: s, cid: cid, nc: nc, r: r, w: w,
+		log:        s.log.With(zap.Uint16("cid", cid)),
+		tasks:      make(map[uint32]*task),
+		nopReplies: make(chan nopPing, 4),
+		closing:    make(chan struct{}),
+		readerDone: make(chan struct{}),
+	}
+	c.expStatSN.Store(expStatSN)
+	c.lastRecv.Store(time.Now().UnixNano())
+	return c
+}
+
+func (c *Conn) start() {
+	c.wg.Add(2)
+	go c.readLoop()
+	go c.keepalive()
+}
+
+// register adds a task; it fails once the connection no longer takes commands
+// (unless the task is allowed while logging out).
+func (c *Conn) register(t *task, whileLoggingOut bool) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch {
+	case c.state == connClosed:
+		return c.closedErr()
+	case c.state == connLoggingOut && !whileLoggingOut:
+		return ErrLoggedOut
+	}
+	c.tasks[t.itt] = t
+	if t.kind == taskSCSI {
+		c.scsiCount++
+	}
+	return nil
+}
+
+func (c *Conn) closedErr() error {
+	if c.err != nil {
+		return c.err
+	}
+	return ErrClosed
+}
+
+func (c *Conn) lookup(itt uint32) *task {
+	c.mu.Lock()
+	t := c.tasks[itt]
+	c.mu.Unlock()
+	return t
+}
+
+func (c *Conn) remove(itt uint32) {
+	c.mu.Lock()
+	if t, ok := c.tasks[itt]; ok {
+		delete(c.tasks, itt)
+		if t.kind == taskSCSI {
+			c.scsiCount--
+			if c.scsiCount == 0 && c.idle != nil {
+				close(c.idle)
+				c.idle = nil
+			}
+		}
+	}
+	c.mu.Unlock()
+}
+
+// send writes one PDU under the write lock.
+func (c *Conn) send(p pdu.PDU, data []byte) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	return c.sendLocked(p, data)
+}
+
+func (c *Conn) sendLocked(p pdu.PDU, data []byte) error {
+	if err := c.w.Append(p, nil, data); err != nil {
+		return err
+	}
+	if err := c.w.Flush(); err != nil {
+		c.fail(fmt.Errorf("iscsi: write on connection %d: %w", c.cid, err))
+		return c.Err()
+	}
+	return nil
+}
+
+// readLoop reads every PDU of the connection until it ends.
+func (c *Conn) readLoop() {
+	defer c.wg.Done()
+	defer close(c.readerDone)
+	for {
+		h, err := c.r.Next()
+		if err != nil {
+			c.fail(c.readErr(err))
+			return
+		}
+		c.lastRecv.Store(time.Now().UnixNano())
+		if err := c.dispatch(h); err != nil {
+			c.fail(err)
+			return
+		}
+	}
+}
+
+// readErr names how the stream ended.
+func (c *Conn) readErr(err error) error {
+	select {
+	case <-c.closing:
+		return ErrClosed
+	default:
+	}
+	switch {
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, syscall.ECONNRESET), errors.Is(err, net.ErrClosed):
+		return fmt.Errorf("%w (%v)", ErrConnReset, err)
+	}
+	return err
+}
+
+func (c *Conn) dispatch(h *pdu.BHS) error {
+	s := c.s
+	switch h.Opcode() {
+	case pdu.OpSCSIDataIn:
+		var d pdu.DataIn
+		if err := d.UnmarshalBHS(h); err != nil {
+			return err
+		}
+		s.updateWindow(d.ExpCmdSN, d.MaxCmdSN)
+		if d.HasStatus {
+			c.updateStatSN(d.StatSN)
+		}
+		return c.dataIn(&d, h.DataSegmentLength())
+	case pdu.OpSCSIResponse:
+		var r pdu.SCSIResponse
+		if err := r.UnmarshalBHS(h); err != nil {
+			return err
+		}
+		s.updateWindow(r.ExpCmdSN, r.MaxCmdSN)
+		c.updateStatSN(r.StatSN)
+		data, err := c.r.Data()
+		if err != nil {
+			return err
+		}
+		if t := c.lookup(r.ITT); t != nil {
+			t.scsiResponse(&r, data)
+		} else {
+			c.log.Debug("SCSI Response for an unknown task", zap.Uint32("itt", r.ITT))
+		}
+	case pdu.OpR2T:
+		var r pdu.R2T
+		if err := r.UnmarshalBHS(h); err != nil {
+			return err
+		}
+		s.updateWindow(r.ExpCmdSN, r.MaxCmdSN)
+		return c.r2t(&r)
+	case pdu.OpNOPIn:
+		var n pdu.NOPIn
+		if err := n.UnmarshalBHS(h); err != nil {
+			return err
+		}
+		s.updateWindow(n.ExpCmdSN, n.MaxCmdSN)
+		data, err := c.r.Data()
+		if err != nil {
+			return err
+		}
+		if n.ITT != 0xffffffff {
+			c.updateStatSN(n.StatSN)
+			if t := c.lookup(n.ITT); t != nil && t.kind == taskNOP {
+				c.remove(n.ITT)
+				t.complete(nil, nil)
+			}
+		}
+		if n.TTT != 0xffffffff {
+			ping := nopPing{ttt: n.TTT, lun: n.LUN, data: append([]byte(nil), data...)}
+			select {
+			case c.nopReplies <- ping:
+			default:
+				c.log.Debug("dropping a NOP-In ping: answers already queued")
+			}
+		}
+	case pdu.OpTaskMgmtResponse:
+		var r pdu.TaskMgmtResponse
+		if err := r.UnmarshalBHS(h); err != nil {
+			return err
+		}
+		s.updateWindow(r.ExpCmdSN, r.MaxCmdSN)
+		c.updateStatSN(r.StatSN)
+		if t := c.lookup(r.ITT); t != nil && t.kind == taskTMF {
+			c.remove(r.ITT)
+			t.complete(nil, func() { t.tmfResp = r.Response })
+		}
+	case pdu.OpLogoutResponse:
+		var r pdu.LogoutResponse
+		if err := r.UnmarshalBHS(h); err != nil {
+			return err
+		}
+		s.updateWindow(r.ExpCmdSN, r.MaxCmdSN)
+		c.updateStatSN(r.StatSN)
+		t := c.lookup(r.ITT)
+		if t == nil || t.kind != taskLogout {
+			return &pdu.ProtocolError{Op: pdu.OpLogoutResponse, Field: "InitiatorTaskTag", Value: uint64(r.ITT), Reason: "no Logout Request with this tag"}
+		}
+		c.remove(r.ITT)
+		t.complete(nil, func() { t.logoutResp = r })
+	case pdu.OpTextResponse:
+		var r pdu.TextResponse
+		if err := r.UnmarshalBHS(h); err != nil {
+			return err
+		}
+		s.updateWindow(r.ExpCmdSN, r.MaxCmdSN)
+		c.updateStatSN(r.StatSN)
+		data, err := c.r.Data()
+		if err != nil {
+			return err
+		}
+		if t := c.lookup(r.ITT); t != nil && t.kind == taskText {
+			c.remove(r.ITT)
+			resp, seg := r, append([]byte(nil), data...)
+			t.complete(nil, func() { t.textResp, t.text = resp, seg })
+		}
+	case pdu.OpAsyncMessage:
+		var a pdu.AsyncMessage
+		if err := a.UnmarshalBHS(h); err != nil {
+			return err
+		}
+		s.updateWindow(a.ExpCmdSN, a.MaxCmdSN)
+		c.updateStatSN(a.StatSN)
+		data, err := c.r.Data()
+		if err != nil {
+			return err
+		}
+		return c.async(&a, data)
+	case pdu.OpReject:
+		var rj pdu.Reject
+		if err := rj.UnmarshalBHS(h); err != nil {
+			return err
+		}
+		s.updateWindow(rj.ExpCmdSN, rj.MaxCmdSN)
+		c.updateStatSN(rj.StatSN)
+		data, err := c.r.Data()
+		if err != nil {
+			return err
+		}
+		if len(data) < pdu.BHSLen {
+			return &pdu.ProtocolError{Op: pdu.OpReject, Field: "DataSegmentLength", Value: uint64(len(data)), Reason: "a Reject must carry the rejected header"}
+		}
+		var rh pdu.BHS
+		copy(rh[:], data)
+		c.log.Debug("target rejected a PDU", zap.String("op", rh.Opcode().String()), zap.String("reason", pdu.RejectReasonString(rj.Reason)))
+		if t := c.lookup(rh.ITT()); t != nil && rh.ITT() != 0xffffffff {
+			c.remove(rh.ITT())
+			t.complete(&RejectError{Reason: rj.Reason, Op: rh.Opcode()}, nil)
+		}
+	default:
+		return &pdu.ProtocolError{Op: h.Opcode(), Field: "Opcode", Value: uint64(h.Opcode()), Reason: "not allowed in full feature phase"}
+	}
+	return nil
+}
+
+// updateStatSN advances ExpStatSN past statSN; a StatSN going backwards is
+// ignored.
+func (c *Conn) updateStatSN(statSN uint32) {
+	for {
+		cur := c.expStatSN.Load()
+		next := statSN + 1
+		if !pdu.SerialLess(cur, next) {
+			return
+		}
+		if c.expStatSN.CompareAndSwap(cur, next) {
+			return
+		}
+	}
+}
+
+// fail ends the connection with err: no new commands, every task fails.
+func (c *Conn) fail(err error) {
+	c.mu.Lock()
+	if c.err == nil {
+		c.err = err
+	}
+	c.state = connClosed
+	tasks := c.tasks
+	c.tasks = make(map[uint32]*task)
+	c.scsiCount = 0
+	if c.idle != nil {
+		close(c.idle)
+		c.idle = nil
+	}
+	err = c.err
+	c.mu.Unlock()
+	c.closeOnce.Do(func() {
+		close(c.closing)
+		c.nc.Close()
+	})
+	for _, t := range tasks {
+		t.complete(err, nil)
+	}
+	c.s.connEnded(c)
+}
+
+// Close closes the connection at once, without a logout, and waits for its
+// goroutines. Commands still running fail.
+func (c *Conn) Close() error {
+	c.fail(ErrClosed)
+	c.wg.Wait()
+	return nil
+}
+
+// keepalive answers target pings and sends a NOP-Out when the connection has
+// been idle for NOPInterval, failing it if no NOP-In comes in NOPTimeout.
+func (c *Conn) keepalive() {
+	defer c.wg.Done()
+	interval := c.s.cfg.nopInterval()
+	var tick <-chan time.Time
+	if interval > 0 {
+		t := time.NewTicker(interval / 2)
+		defer t.Stop()
+		tick = t.C
+	}
+	var pending *task
+	var pendingSince time.Time
+	for {
+		select {
+		case <-c.closing:
+			return
+		case p := <-c.nopReplies:
+			out := &pdu.NOPOut{Immediate: true, LUN: p.lun, ITT: 0xffffffff, TTT: p.ttt,
+				CmdSN: c.s.currentCmdSN(), ExpStatSN: c.expStatSN.Load()}
+			if err := c.send(out, p.data); err != nil {
+				return
+			}
+		case now := <-tick:
+			if pending != nil {
+				select {
+				case <-pending.done:
+					pending = nil
+				default:
+					if now.Sub(pendingSince) > c.s.cfg.nopTimeout() {
+						c.log.Debug("NOP-Out unanswered: target is dead")
+						c.fail(ErrDeadPeer)
+						return
+					}
+					continue
+				}
+			}
+			if time.Duration(now.UnixNano()-c.lastRecv.Load()) < interval {
+				continue
+			}
+			t := c.s.newTask(taskNOP)
+			if err := c.register(t, false); err != nil {
+				continue
+			}
+			out := &pdu.NOPOut{Immediate: true, ITT: t.itt, TTT: 0xffffffff, CmdSN: c.s.currentCmdSN(), ExpStatSN: c.expStatSN.Load()}
+			if err := c.send(out, nil); err != nil {
+				return
+			}
+			pending, pendingSince = t, now
+		}
+	}
+}

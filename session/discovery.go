@@ -1,0 +1,113 @@
+package session
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/goiscsi/iscsi/pdu"
+)
+
+// maxSendTargets bounds the text of a SendTargets answer gathered over
+// Continue PDUs.
+const maxSendTargets = 1 << 20
+
+// DiscoveredTarget is one target a SendTargets answer named, with its portals
+// ("host:port,tpgt" as the target wrote them).
+type DiscoveredTarget struct {
+	Name    string
+	Portals []string
+}
+
+// Addresses returns the target's portals as dialable host:port addresses.
+func (t DiscoveredTarget) Addresses() []string {
+	out := make([]string, len(t.Portals))
+	for i, p := range t.Portals {
+		out[i] = portalAddr(p)
+	}
+	return out
+}
+
+// Discover opens a discovery session to cfg.Portal, asks SendTargets=All,
+// logs out and returns the targets. cfg.TargetName is ignored.
+func Discover(ctx context.Context, cfg Config) ([]DiscoveredTarget, error) {
+	cfg.TargetName = ""
+	s, err := Login(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	targets, err := s.SendTargets(ctx, "All")
+	_, lerr := s.Logout(ctx, LogoutOptions{Timeout: 5e9})
+	if err != nil {
+		return nil, err
+	}
+	if lerr != nil {
+		s.log.Debug("discovery logout failed: " + lerr.Error())
+	}
+	return targets, nil
+}
+
+// SendTargets asks the target for the targets it knows ("All", or a name).
+func (s *Session) SendTargets(ctx context.Context, what string) ([]DiscoveredTarget, error) {
+	c, err := s.pickConn()
+	if err != nil {
+		return nil, err
+	}
+	data := pdu.AppendText(nil, kv("SendTargets", what))
+	ttt := uint32(0xffffffff)
+	var text []byte
+	for {
+		t := s.newTask(taskText)
+		if err := c.register(t, false); err != nil {
+			return nil, err
+		}
+		c.wmu.Lock()
+		sn, _, ok := s.takeCmdSN()
+		if !ok {
+			c.wmu.Unlock()
+			c.remove(t.itt)
+			return nil, errors.New("iscsi: SendTargets: CmdSN window closed")
+		}
+		req := &pdu.TextRequest{Final: true, ITT: t.itt, TTT: ttt, CmdSN: sn, ExpStatSN: c.expStatSN.Load()}
+		err := c.sendLocked(req, data)
+		c.wmu.Unlock()
+		if err != nil {
+			return nil, err
+		}
+		select {
+		case <-t.done:
+		case <-ctx.Done():
+			c.remove(t.itt)
+			return nil, ctx.Err()
+		}
+		if t.err != nil {
+			return nil, t.err
+		}
+		if len(text)+len(t.text) > maxSendTargets {
+			return nil, fmt.Errorf("iscsi: SendTargets answer over %d bytes", maxSendTargets)
+		}
+		text = append(text, t.text...)
+		if t.textResp.Final {
+			break
+		}
+		// More follows: ask with an empty request carrying the target's TTT.
+		ttt, data = t.textResp.TTT, nil
+	}
+	kvs, err := pdu.ParseText(text, pdu.TextLimits{MaxPairs: 1 << 16, AllowDuplicates: true})
+	if err != nil {
+		return nil, err
+	}
+	var out []DiscoveredTarget
+	for _, p := range kvs {
+		switch p.Key {
+		case "TargetName":
+			out = append(out, DiscoveredTarget{Name: p.Value})
+		case "TargetAddress":
+			if len(out) == 0 {
+				return nil, errors.New("iscsi: SendTargets: TargetAddress before any TargetName")
+			}
+			out[len(out)-1].Portals = append(out[len(out)-1].Portals, p.Value)
+		}
+	}
+	return out, nil
+}

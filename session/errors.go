@@ -1,0 +1,116 @@
+package session
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/goiscsi/iscsi/pdu"
+)
+
+var (
+	// ErrClosed reports use of a connection or session that has been closed.
+	ErrClosed = errors.New("iscsi: connection closed")
+	// ErrLoggedOut fails a command that could not finish because its
+	// connection or session logged out; the target may not have executed it.
+	ErrLoggedOut = errors.New("iscsi: logged out before the command completed; its outcome on the target is unknown")
+	// ErrLogoutTimeout reports a Logout Request that got no answer in time.
+	ErrLogoutTimeout = errors.New("iscsi: no logout response before the deadline")
+	// ErrDeadPeer reports a connection whose target stopped answering NOP-Outs.
+	ErrDeadPeer = errors.New("iscsi: target did not answer NOP-Out before the deadline")
+	// ErrConnReset reports a connection the target closed or reset.
+	ErrConnReset = errors.New("iscsi: connection closed by the target")
+	// ErrShortSecret refuses a CHAP secret shorter than 12 bytes (RFC 7143 §12.1.3).
+	ErrShortSecret = errors.New("iscsi: CHAP secret shorter than 12 bytes")
+)
+
+// LoginError is a login the target refused, with its status in words.
+type LoginError struct {
+	Status pdu.LoginStatus
+}
+
+func (e *LoginError) Error() string { return "iscsi: login failed: " + e.Status.String() }
+
+// NegotiationError reports a login that failed on the initiator's side:
+// a key the target answered wrongly, a CHAP check that failed, a broken PDU.
+type NegotiationError struct {
+	Key    string
+	Reason string
+}
+
+func (e *NegotiationError) Error() string {
+	if e.Key == "" {
+		return "iscsi: login: " + e.Reason
+	}
+	return fmt.Sprintf("iscsi: login: %s: %s", e.Key, e.Reason)
+}
+
+// RejectError is a PDU the target rejected.
+type RejectError struct {
+	Reason uint8
+	Op     pdu.Opcode // opcode of the rejected PDU
+}
+
+func (e *RejectError) Error() string {
+	return fmt.Sprintf("iscsi: target rejected %s: %s", e.Op, pdu.RejectReasonString(e.Reason))
+}
+
+// SCSIError is a command that ended with a SCSI status other than GOOD, or an
+// iSCSI response other than "command completed at target".
+type SCSIError struct {
+	Response uint8 // iSCSI response code
+	Status   uint8 // SCSI status
+	Sense    []byte
+}
+
+// SenseKey returns the sense key of fixed or descriptor format sense data, or -1.
+func (e *SCSIError) SenseKey() int {
+	k, _, _, ok := parseSense(e.Sense)
+	if !ok {
+		return -1
+	}
+	return int(k)
+}
+
+// ASC returns the additional sense code and qualifier, or ok false.
+func (e *SCSIError) ASC() (asc, ascq uint8, ok bool) {
+	_, asc, ascq, ok = parseSense(e.Sense)
+	return
+}
+
+func (e *SCSIError) Error() string {
+	if e.Response != pdu.RespCommandCompleted {
+		return fmt.Sprintf("iscsi: target failure (response 0x%02x)", e.Response)
+	}
+	if k, asc, ascq, ok := parseSense(e.Sense); ok {
+		return fmt.Sprintf("iscsi: SCSI status 0x%02x, sense key 0x%x, ASC/ASCQ %02x/%02x", e.Status, k, asc, ascq)
+	}
+	return fmt.Sprintf("iscsi: SCSI status 0x%02x", e.Status)
+}
+
+// parseSense reads key, ASC and ASCQ from fixed (0x70/0x71) or descriptor
+// (0x72/0x73) sense data.
+func parseSense(s []byte) (key, asc, ascq uint8, ok bool) {
+	if len(s) < 1 {
+		return
+	}
+	switch s[0] & 0x7f {
+	case 0x70, 0x71:
+		if len(s) < 14 {
+			return
+		}
+		return s[2] & 0x0f, s[12], s[13], true
+	case 0x72, 0x73:
+		if len(s) < 4 {
+			return
+		}
+		return s[1] & 0x0f, s[2], s[3], true
+	}
+	return
+}
+
+// IsUnitAttention reports whether err is a CHECK CONDITION with sense key
+// UNIT ATTENTION.
+func IsUnitAttention(err error) bool {
+	var se *SCSIError
+	return errors.As(err, &se) && se.Status == pdu.StatusCheckCondition && se.SenseKey() == 6
+}

@@ -1,0 +1,349 @@
+package session
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/goiscsi/iscsi/pdu"
+	"go.uber.org/zap"
+)
+
+// maxLoginText bounds the text of one login stage gathered over Continue PDUs.
+const maxLoginText = 64 << 10
+
+// connect dials the session's portal and logs one connection in, following
+// redirects. leading is true for the first connection of a session.
+func (s *Session) connect(ctx context.Context, cid uint16, leading bool) (*Conn, error) {
+	maxRedirects := s.cfg.MaxRedirects
+	if maxRedirects == 0 {
+		maxRedirects = 4
+	}
+	addr := s.portal
+	for redirects := 0; ; redirects++ {
+		c, err := s.loginAt(ctx, addr, cid, leading)
+		var rd *redirectError
+		if errors.As(err, &rd) && redirects < maxRedirects {
+			s.log.Debug("login redirected", zap.String("to", rd.addr), zap.Stringer("status", rd.status))
+			addr = rd.addr
+			if leading {
+				s.portal = addr
+			}
+			continue
+		}
+		return c, err
+	}
+}
+
+type redirectError struct {
+	addr   string
+	status pdu.LoginStatus
+}
+
+func (e *redirectError) Error() string { return "iscsi: login redirected to " + e.addr }
+
+func (s *Session) loginAt(ctx context.Context, addr string, cid uint16, leading bool) (*Conn, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.loginTimeout())
+	defer cancel()
+	nc, err := s.cfg.dial(ctx, addr)
+	if err != nil {
+		return nil, fmt.Errorf("iscsi: connect to %s: %w", addr, err)
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		nc.SetDeadline(dl)
+	}
+	stop := context.AfterFunc(ctx, func() { nc.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+	l := &loginState{s: s, nc: nc, cid: cid, leading: leading,
+		r: pdu.NewReader(nc, pdu.ReaderConfig{From: pdu.FromTarget}), w: pdu.NewWriter(nc)}
+	c, err := l.run()
+	if err != nil {
+		nc.Close()
+		if ctx.Err() != nil && !isLoginFailure(err) {
+			return nil, fmt.Errorf("iscsi: login to %s: %w (%v)", addr, ctx.Err(), err)
+		}
+		return nil, err
+	}
+	nc.SetDeadline(time.Time{})
+	return c, nil
+}
+
+func isLoginFailure(err error) bool {
+	var le *LoginError
+	var ne *NegotiationError
+	var rd *redirectError
+	return errors.As(err, &le) || errors.As(err, &ne) || errors.As(err, &rd)
+}
+
+// loginState is one connection's login (RFC 7143 §6).
+type loginState struct {
+	s       *Session
+	nc      net.Conn
+	cid     uint16
+	leading bool
+	r       *pdu.Reader
+	w       *pdu.Writer
+
+	itt       uint32
+	expStatSN uint32
+	// tsih is what our Login Requests carry: 0 on a new session's leading
+	// connection, the session's TSIH on one added to it.
+	tsih     uint16
+	seenTSIH uint16
+}
+
+func (l *loginState) run() (*Conn, error) {
+	s, cfg := l.s, &l.s.cfg
+	l.itt = s.itt.Add(1)
+	if !l.leading {
+		l.tsih = s.tsih
+	}
+	discovery := cfg.TargetName == ""
+	keys := []pdu.KV{kv("InitiatorName", cfg.InitiatorName)}
+	if cfg.InitiatorAlias != "" {
+		keys = append(keys, kv("InitiatorAlias", cfg.InitiatorAlias))
+	}
+	if discovery {
+		keys = append(keys, kv("SessionType", "Discovery"))
+	} else {
+		keys = append(keys, kv("SessionType", "Normal"), kv("TargetName", cfg.TargetName))
+	}
+
+	// Security stage.
+	if cfg.CHAP != nil {
+		keys = append(keys, kv("AuthMethod", "CHAP"))
+		resp, kvs, err := l.exchange(pdu.StageSecurity, pdu.StageOperational, false, keys)
+		if err != nil {
+			return nil, err
+		}
+		if v, _ := pdu.Lookup(kvs, "AuthMethod"); v != "CHAP" {
+			return nil, &NegotiationError{Key: "AuthMethod", Reason: fmt.Sprintf("target answered %q to our CHAP", v)}
+		}
+		if resp.Transit {
+			return nil, &NegotiationError{Key: "AuthMethod", Reason: "target left the security stage before CHAP"}
+		}
+		st := &chapState{cfg: cfg.CHAP, sent: &s.challenges}
+		_, kvs, err = l.exchange(pdu.StageSecurity, pdu.StageOperational, false, []pdu.KV{kv("CHAP_A", st.offer())})
+		if err != nil {
+			return nil, err
+		}
+		a, _ := pdu.Lookup(kvs, "CHAP_A")
+		i, okI := pdu.Lookup(kvs, "CHAP_I")
+		ch, okC := pdu.Lookup(kvs, "CHAP_C")
+		if !okI || !okC {
+			return nil, &NegotiationError{Key: "CHAP_C", Reason: "target sent no challenge"}
+		}
+		s.mu.Lock()
+		ans, err := st.answer(a, i, ch)
+		s.mu.Unlock()
+		if err != nil {
+			return nil, err
+		}
+		resp, kvs, err = l.exchange(pdu.StageSecurity, pdu.StageOperational, true, ans)
+		if err != nil {
+			return nil, err
+		}
+		if cfg.CHAP.TargetSecret != "" {
+			n, _ := pdu.Lookup(kvs, "CHAP_N")
+			r, ok := pdu.Lookup(kvs, "CHAP_R")
+			if err := st.verify(n, r, ok); err != nil {
+				return nil, err
+			}
+		}
+		for !resp.Transit {
+			// The target stays in the security stage; say we want to go on.
+			if resp, _, err = l.exchange(pdu.StageSecurity, pdu.StageOperational, true, nil); err != nil {
+				return nil, err
+			}
+		}
+		keys = nil
+	} else {
+		keys = append(keys, kv("AuthMethod", "None"))
+		resp, kvs, err := l.exchange(pdu.StageSecurity, pdu.StageOperational, true, keys)
+		if err != nil {
+			return nil, err
+		}
+		if v, ok := pdu.Lookup(kvs, "AuthMethod"); ok && v != "None" {
+			return nil, &NegotiationError{Key: "AuthMethod", Reason: fmt.Sprintf("target requires %q; configure CHAP", v)}
+		}
+		for !resp.Transit {
+			if resp, _, err = l.exchange(pdu.StageSecurity, pdu.StageOperational, true, nil); err != nil {
+				return nil, err
+			}
+		}
+		keys = nil
+	}
+
+	// Operational stage.
+	neg := newNegotiator(cfg.params(), discovery)
+	keys = neg.keys()
+	for step := 0; ; step++ {
+		if step == 16 {
+			return nil, &NegotiationError{Reason: "operational negotiation did not end after 16 exchanges"}
+		}
+		resp, kvs, err := l.exchange(pdu.StageOperational, pdu.StageFullFeature, true, keys)
+		if err != nil {
+			return nil, err
+		}
+		keys = nil
+		for _, p := range kvs {
+			reply, err := neg.apply(p.Key, p.Value)
+			if err != nil {
+				return nil, err
+			}
+			if reply != nil {
+				keys = append(keys, *reply)
+			}
+		}
+		if resp.Transit && resp.NSG == pdu.StageFullFeature {
+			if len(keys) > 0 {
+				return nil, &NegotiationError{Reason: "target ended the login while offering keys we had to answer"}
+			}
+			if l.leading {
+				if resp.TSIH == 0 {
+					return nil, &pdu.ProtocolError{Op: pdu.OpLoginResponse, Field: "TSIH", Value: 0, Reason: "final login response without a TSIH"}
+				}
+				s.tsih = resp.TSIH
+			}
+			break
+		}
+	}
+	params, err := neg.finish()
+	if err != nil {
+		return nil, err
+	}
+	if l.leading {
+		s.params = params
+	}
+	params = s.params
+	l.r.SetConfig(pdu.ReaderConfig{From: pdu.FromTarget, MaxDataSegmentLength: params.MaxRecvDataSegmentLength,
+		HeaderDigest: params.HeaderDigest, DataDigest: params.DataDigest})
+	l.w.SetDigests(params.HeaderDigest, params.DataDigest)
+	c := newConn(s, l.cid, l.nc, l.r, l.w, l.expStatSN)
+	s.log.Debug("connection logged in", zap.Uint16("cid", l.cid), zap.Uint16("tsih", s.tsih),
+		zap.Bool("headerDigest", params.HeaderDigest), zap.Bool("dataDigest", params.DataDigest))
+	return c, nil
+}
+
+// exchange sends one Login Request with keys (and any Continue PDUs the
+// answer needs) and returns the target's response and its keys.
+func (l *loginState) exchange(csg, nsg uint8, transit bool, keys []pdu.KV) (*pdu.LoginResponse, []pdu.KV, error) {
+	s := l.s
+	data := pdu.AppendText(nil, keys...)
+	if len(data) > pdu.DefaultMaxRecvDataSegmentLength {
+		return nil, nil, &NegotiationError{Reason: "login keys exceed 8192 bytes"}
+	}
+	if !transit {
+		nsg = 0
+	}
+	req := &pdu.LoginRequest{Transit: transit, CSG: csg, NSG: nsg, ISID: s.isid, TSIH: l.tsih,
+		ITT: l.itt, CID: l.cid, CmdSN: s.currentCmdSN(), ExpStatSN: l.expStatSN}
+	var text []byte
+	for {
+		if err := l.w.WritePDU(req, data); err != nil {
+			return nil, nil, fmt.Errorf("iscsi: login: write: %w", err)
+		}
+		resp, seg, err := l.read()
+		if err != nil {
+			return nil, nil, err
+		}
+		if resp.CSG != csg {
+			return nil, nil, &pdu.ProtocolError{Op: pdu.OpLoginResponse, Field: "CSG", Value: uint64(resp.CSG), Reason: fmt.Sprintf("expected stage %d", csg)}
+		}
+		if resp.Transit && transit && resp.NSG > nsg {
+			return nil, nil, &pdu.ProtocolError{Op: pdu.OpLoginResponse, Field: "NSG", Value: uint64(resp.NSG), Reason: "target skipped a stage we did not ask to skip"}
+		}
+		if resp.Transit && !transit {
+			return nil, nil, &pdu.ProtocolError{Op: pdu.OpLoginResponse, Field: "T", Value: 1, Reason: "target transited while we did not ask"}
+		}
+		if len(text)+len(seg) > maxLoginText {
+			return nil, nil, &NegotiationError{Reason: "login text over 64 KiB"}
+		}
+		text = append(text, seg...)
+		if !resp.Continue {
+			kvs, err := pdu.ParseText(text, pdu.TextLimits{})
+			if err != nil {
+				return nil, nil, &NegotiationError{Reason: err.Error()}
+			}
+			return resp, kvs, nil
+		}
+		// More text follows: ask for it with an empty request.
+		data = nil
+	}
+}
+
+func (l *loginState) read() (*pdu.LoginResponse, []byte, error) {
+	s := l.s
+	h, err := l.r.Next()
+	if err != nil {
+		return nil, nil, fmt.Errorf("iscsi: login: read: %w", err)
+	}
+	if h.Opcode() != pdu.OpLoginResponse {
+		if h.Opcode() == pdu.OpReject {
+			var rj pdu.Reject
+			rj.UnmarshalBHS(h)
+			return nil, nil, &RejectError{Reason: rj.Reason, Op: pdu.OpLoginRequest}
+		}
+		return nil, nil, &pdu.ProtocolError{Op: h.Opcode(), Field: "Opcode", Value: uint64(h.Opcode()), Reason: "expected a Login Response"}
+	}
+	resp := new(pdu.LoginResponse)
+	if err := resp.UnmarshalBHS(h); err != nil {
+		return nil, nil, err
+	}
+	seg, err := l.r.Data()
+	if err != nil {
+		return nil, nil, fmt.Errorf("iscsi: login: read: %w", err)
+	}
+	if resp.ITT != l.itt {
+		return nil, nil, &pdu.ProtocolError{Op: pdu.OpLoginResponse, Field: "InitiatorTaskTag", Value: uint64(resp.ITT), Reason: "not our login's tag"}
+	}
+	if st := resp.Status(); st != pdu.LoginSuccess {
+		if st.Class() == 1 {
+			kvs, _ := pdu.ParseText(seg, pdu.TextLimits{})
+			if a, ok := pdu.Lookup(kvs, "TargetAddress"); ok {
+				return nil, nil, &redirectError{addr: portalAddr(a), status: st}
+			}
+		}
+		return nil, nil, &LoginError{Status: st}
+	}
+	if resp.VersionActive != 0 {
+		return nil, nil, &pdu.ProtocolError{Op: pdu.OpLoginResponse, Field: "VersionActive", Value: uint64(resp.VersionActive), Reason: "we speak version 0"}
+	}
+	if resp.ISID != s.isid {
+		return nil, nil, &pdu.ProtocolError{Op: pdu.OpLoginResponse, Field: "ISID", Value: 0, Reason: "target changed the ISID"}
+	}
+	switch {
+	case !l.leading && resp.TSIH != s.tsih:
+		return nil, nil, &pdu.ProtocolError{Op: pdu.OpLoginResponse, Field: "TSIH", Value: uint64(resp.TSIH), Reason: "target changed the session's TSIH on a new connection"}
+	case l.leading && resp.TSIH != 0 && l.seenTSIH != 0 && resp.TSIH != l.seenTSIH:
+		return nil, nil, &pdu.ProtocolError{Op: pdu.OpLoginResponse, Field: "TSIH", Value: uint64(resp.TSIH), Reason: "target changed the TSIH during login"}
+	case l.leading && resp.TSIH != 0:
+		l.seenTSIH = resp.TSIH
+	}
+	l.expStatSN = resp.StatSN + 1
+	s.mu.Lock()
+	if !pdu.SerialLess(resp.MaxCmdSN, resp.ExpCmdSN-1) {
+		s.expCmdSN, s.maxCmdSN = resp.ExpCmdSN, resp.MaxCmdSN
+		if l.leading {
+			// The target sets where our CmdSN starts from.
+			s.cmdSN = resp.ExpCmdSN
+		}
+	}
+	s.mu.Unlock()
+	return resp, seg, nil
+}
+
+// portalAddr turns a TargetAddress value ("host:port,tpgt", "[v6]:port,tpgt",
+// or a host alone) into a dialable address.
+func portalAddr(v string) string {
+	if i := strings.LastIndexByte(v, ','); i >= 0 {
+		v = v[:i]
+	}
+	if _, _, err := net.SplitHostPort(v); err != nil {
+		return net.JoinHostPort(strings.Trim(v, "[]"), "3260")
+	}
+	return v
+}

@@ -1,0 +1,154 @@
+package session
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"strings"
+)
+
+// unitAttentionRetries is how often the helpers below retry a command that
+// met UNIT ATTENTION: a new session's first command may meet one per event
+// the target has to report (power on, LUNs changed, ...).
+const unitAttentionRetries = 4
+
+// executeRetryUA runs cmd, retrying it while it meets UNIT ATTENTION.
+func (s *Session) executeRetryUA(ctx context.Context, cmd *Command) (*Result, error) {
+	for i := 0; ; i++ {
+		res, err := s.Execute(ctx, cmd)
+		if err != nil && IsUnitAttention(err) && i < unitAttentionRetries {
+			continue
+		}
+		return res, err
+	}
+}
+
+// InquiryData is the standard INQUIRY data of a logical unit.
+type InquiryData struct {
+	PeripheralType int
+	Vendor         string
+	Product        string
+	Revision       string
+}
+
+// Inquiry returns the standard INQUIRY data of lun.
+func (s *Session) Inquiry(ctx context.Context, lun int) (*InquiryData, error) {
+	buf := make([]byte, 96)
+	cdb := []byte{0x12, 0, 0, 0, byte(len(buf)), 0}
+	res, err := s.executeRetryUA(ctx, &Command{LUN: lun, CDB: cdb, Read: buf})
+	if err != nil {
+		return nil, err
+	}
+	if res.N < 36 {
+		return nil, fmt.Errorf("iscsi: INQUIRY returned %d bytes, want at least 36", res.N)
+	}
+	return &InquiryData{
+		PeripheralType: int(buf[0] & 0x1f),
+		Vendor:         strings.TrimSpace(string(buf[8:16])),
+		Product:        strings.TrimSpace(string(buf[16:32])),
+		Revision:       strings.TrimSpace(string(buf[32:36])),
+	}, nil
+}
+
+// Capacity is what READ CAPACITY(16) reports.
+type Capacity struct {
+	Blocks    uint64 // number of logical blocks
+	BlockSize uint32 // bytes per block
+}
+
+// Bytes returns the capacity in bytes.
+func (c Capacity) Bytes() uint64 { return c.Blocks * uint64(c.BlockSize) }
+
+// ReadCapacity returns lun's size with READ CAPACITY(16).
+func (s *Session) ReadCapacity(ctx context.Context, lun int) (Capacity, error) {
+	buf := make([]byte, 32)
+	cdb := make([]byte, 16)
+	cdb[0], cdb[1] = 0x9e, 0x10
+	binary.BigEndian.PutUint32(cdb[10:], uint32(len(buf)))
+	res, err := s.executeRetryUA(ctx, &Command{LUN: lun, CDB: cdb, Read: buf})
+	if err != nil {
+		return Capacity{}, err
+	}
+	if res.N < 12 {
+		return Capacity{}, fmt.Errorf("iscsi: READ CAPACITY(16) returned %d bytes, want 12", res.N)
+	}
+	return Capacity{Blocks: binary.BigEndian.Uint64(buf) + 1, BlockSize: binary.BigEndian.Uint32(buf[8:])}, nil
+}
+
+// ReportLUNs returns the LUN numbers the target reports.
+func (s *Session) ReportLUNs(ctx context.Context) ([]int, error) {
+	buf := make([]byte, 8+8*256)
+	cdb := make([]byte, 12)
+	cdb[0] = 0xa0
+	binary.BigEndian.PutUint32(cdb[6:], uint32(len(buf)))
+	res, err := s.executeRetryUA(ctx, &Command{LUN: 0, CDB: cdb, Read: buf})
+	if err != nil {
+		return nil, err
+	}
+	if res.N < 8 {
+		return nil, fmt.Errorf("iscsi: REPORT LUNS returned %d bytes", res.N)
+	}
+	n := int(binary.BigEndian.Uint32(buf)) / 8
+	n = min(n, (res.N-8)/8)
+	luns := make([]int, 0, n)
+	for i := 0; i < n; i++ {
+		raw := binary.BigEndian.Uint16(buf[8+8*i:])
+		switch raw >> 14 {
+		case 0:
+			luns = append(luns, int(raw&0xff))
+		case 1:
+			luns = append(luns, int(raw&0x3fff))
+		}
+	}
+	return luns, nil
+}
+
+// TestUnitReady sends TEST UNIT READY to lun.
+func (s *Session) TestUnitReady(ctx context.Context, lun int) error {
+	_, err := s.Execute(ctx, &Command{LUN: lun, CDB: make([]byte, 6)})
+	return err
+}
+
+// Read reads len(buf) bytes from lun at block lba with READ(16); len(buf)
+// must be a multiple of blockSize.
+func (s *Session) Read(ctx context.Context, lun int, lba uint64, blockSize int, buf []byte) error {
+	cdb := rw16(0x88, lba, len(buf), blockSize)
+	res, err := s.Execute(ctx, &Command{LUN: lun, CDB: cdb, Read: buf})
+	if err != nil {
+		return err
+	}
+	if res.N != len(buf) {
+		return fmt.Errorf("iscsi: READ(16) returned %d of %d bytes", res.N, len(buf))
+	}
+	return nil
+}
+
+// Write writes data to lun at block lba with WRITE(16). It returns nil only
+// once the target reported GOOD status: the data is then on the target.
+func (s *Session) Write(ctx context.Context, lun int, lba uint64, blockSize int, data []byte) error {
+	cdb := rw16(0x8a, lba, len(data), blockSize)
+	res, err := s.Execute(ctx, &Command{LUN: lun, CDB: cdb, Write: data})
+	if err != nil {
+		return err
+	}
+	if res.N != len(data) {
+		return fmt.Errorf("iscsi: WRITE(16) took %d of %d bytes", res.N, len(data))
+	}
+	return nil
+}
+
+// SynchronizeCache flushes lun's write cache (SYNCHRONIZE CACHE(10)).
+func (s *Session) SynchronizeCache(ctx context.Context, lun int) error {
+	cdb := make([]byte, 10)
+	cdb[0] = 0x35
+	_, err := s.Execute(ctx, &Command{LUN: lun, CDB: cdb})
+	return err
+}
+
+func rw16(op byte, lba uint64, n, blockSize int) []byte {
+	cdb := make([]byte, 16)
+	cdb[0] = op
+	binary.BigEndian.PutUint64(cdb[2:], lba)
+	binary.BigEndian.PutUint32(cdb[10:], uint32(n/blockSize))
+	return cdb
+}

@@ -1,0 +1,326 @@
+package session
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/goiscsi/iscsi/pdu"
+	"go.uber.org/zap"
+)
+
+// Command is one SCSI command. At most one of Read and Write is set.
+type Command struct {
+	LUN int
+	// CDB is the command descriptor block, at most 16 bytes.
+	CDB []byte
+	// Read receives the data the target returns; its length is the
+	// expected transfer length.
+	Read []byte
+	// Write is the data sent to the target. It must not change until
+	// Execute returns.
+	Write []byte
+	// Attr is the task attribute; zero means pdu.AttrSimple.
+	Attr uint8
+}
+
+// Result is how a SCSI command ended.
+type Result struct {
+	Status uint8
+	Sense  []byte
+	// N is how many bytes of Read the target filled (or of Write it took):
+	// the expected length less any residual.
+	N         int
+	Underflow bool
+	Overflow  bool
+}
+
+// Execute sends cmd on one of the session's connections and waits for its
+// status. A status other than GOOD returns the Result and a *SCSIError. If ctx
+// ends first, the task is aborted at the target and the error says the
+// command's outcome is unknown: a write is done only when Execute returns nil.
+func (s *Session) Execute(ctx context.Context, cmd *Command) (*Result, error) {
+	if len(cmd.CDB) == 0 || len(cmd.CDB) > 16 {
+		return nil, fmt.Errorf("iscsi: CDB of %d bytes: want 1 to 16", len(cmd.CDB))
+	}
+	if len(cmd.Read) > 0 && len(cmd.Write) > 0 {
+		return nil, errors.New("iscsi: bidirectional commands are not supported")
+	}
+	c, err := s.pickConn()
+	if err != nil {
+		return nil, err
+	}
+	return c.execute(ctx, cmd)
+}
+
+// Execute sends cmd on this connection; see Session.Execute.
+func (c *Conn) Execute(ctx context.Context, cmd *Command) (*Result, error) {
+	return c.execute(ctx, cmd)
+}
+
+func (c *Conn) execute(ctx context.Context, cmd *Command) (*Result, error) {
+	s := c.s
+	p := s.params
+	t := s.newTask(taskSCSI)
+	t.lun = pdu.MakeLUN(cmd.LUN)
+	t.readBuf = cmd.Read
+	t.writeLen = len(cmd.Write)
+	if t.writeLen > 0 {
+		t.r2ts = make(chan pdu.R2T, p.MaxOutstandingR2T)
+	}
+	if err := c.register(t, false); err != nil {
+		return nil, err
+	}
+	finished := false
+	defer func() {
+		if !finished {
+			c.abandon(t)
+		}
+	}()
+
+	attr := cmd.Attr
+	if attr == 0 {
+		attr = pdu.AttrSimple
+	}
+	req := &pdu.SCSICommand{Final: true, Read: len(cmd.Read) > 0, Write: t.writeLen > 0, Attr: attr,
+		LUN: t.lun, ITT: t.itt, ExpectedDataTransferLength: uint32(max(len(cmd.Read), t.writeLen))}
+	copy(req.CDB[:], cmd.CDB)
+	// Immediate data, then unsolicited Data-Out, up to FirstBurstLength.
+	var immediate []byte
+	unsolicited := 0
+	if t.writeLen > 0 {
+		first := min(t.writeLen, p.FirstBurstLength)
+		if p.ImmediateData {
+			immediate = cmd.Write[:min(first, p.TargetMaxRecvDataSegmentLength)]
+		}
+		if !p.InitialR2T {
+			unsolicited = first
+		} else {
+			unsolicited = len(immediate)
+		}
+		req.Final = unsolicited == len(immediate)
+	}
+	for {
+		c.wmu.Lock()
+		sn, wait, ok := s.takeCmdSN()
+		if ok {
+			req.CmdSN = sn
+			req.ExpStatSN = c.expStatSN.Load()
+			err := c.w.Append(req, nil, immediate)
+			if err == nil && unsolicited > len(immediate) {
+				err = c.appendDataOut(t, cmd.Write, len(immediate), unsolicited-len(immediate), 0xffffffff)
+			}
+			if err == nil {
+				err = c.w.Flush()
+				if err != nil {
+					c.wmu.Unlock()
+					c.fail(fmt.Errorf("iscsi: write on connection %d: %w", c.cid, err))
+					return nil, c.Err()
+				}
+			}
+			c.wmu.Unlock()
+			if err != nil {
+				return nil, err
+			}
+			break
+		}
+		c.wmu.Unlock()
+		select {
+		case <-wait:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("iscsi: command not sent, CmdSN window closed: %w", ctx.Err())
+		case <-c.closing:
+			return nil, c.Err()
+		}
+	}
+
+	for {
+		select {
+		case <-t.done:
+			finished = true
+			c.settle(t)
+			return t.result(cmd)
+		case r := <-t.r2ts:
+			c.wmu.Lock()
+			err := c.appendDataOut(t, cmd.Write, int(r.BufferOffset), int(r.DesiredDataTransferLength), r.TTT)
+			if err == nil {
+				err = c.w.Flush()
+			}
+			c.wmu.Unlock()
+			if err != nil {
+				c.fail(fmt.Errorf("iscsi: write on connection %d: %w", c.cid, err))
+			}
+		case <-ctx.Done():
+			return nil, fmt.Errorf("iscsi: command abandoned, its outcome on the target is unknown: %w", ctx.Err())
+		}
+	}
+}
+
+// appendDataOut queues Data-Out PDUs for data[off:off+n], each at most the
+// target's MaxRecvDataSegmentLength. The caller holds wmu.
+func (c *Conn) appendDataOut(t *task, data []byte, off, n int, ttt uint32) error {
+	seg := c.s.params.TargetMaxRecvDataSegmentLength
+	var dataSN uint32
+	for end := off + n; off < end; dataSN++ {
+		m := min(seg, end-off)
+		d := &pdu.DataOut{Final: off+m == end, LUN: t.lun, ITT: t.itt, TTT: ttt,
+			ExpStatSN: c.expStatSN.Load(), DataSN: dataSN, BufferOffset: uint32(off)}
+		if err := c.w.Append(d, nil, data[off:off+m]); err != nil {
+			return err
+		}
+		off += m
+	}
+	return nil
+}
+
+// settle makes sure the reader no longer touches a finished task's buffer.
+func (c *Conn) settle(t *task) {
+	c.remove(t.itt)
+	t.mu.Lock()
+	t.dead = true
+	t.mu.Unlock()
+}
+
+// abandon gives up a task whose caller stopped waiting: the reader stops
+// filling its buffer, and the target is asked to abort it.
+func (c *Conn) abandon(t *task) {
+	c.settle(t)
+	if !c.Active() {
+		return
+	}
+	tmf := c.s.newTask(taskTMF)
+	if c.register(tmf, false) != nil {
+		return
+	}
+	req := &pdu.TaskMgmtRequest{Immediate: true, Function: pdu.TMFAbortTask, LUN: t.lun, ITT: tmf.itt,
+		RefTaskTag: t.itt, CmdSN: c.s.currentCmdSN(), ExpStatSN: c.expStatSN.Load(), RefCmdSN: 0}
+	if err := c.send(req, nil); err != nil {
+		c.log.Debug("abort task not sent", zap.Error(err))
+	}
+}
+
+func (t *task) result(cmd *Command) (*Result, error) {
+	if t.err != nil {
+		if errors.Is(t.err, ErrClosed) || errors.Is(t.err, ErrConnReset) || errors.Is(t.err, ErrLoggedOut) || errors.Is(t.err, ErrDeadPeer) {
+			return nil, fmt.Errorf("iscsi: command did not complete, its outcome on the target is unknown: %w", t.err)
+		}
+		return nil, t.err
+	}
+	n := max(len(cmd.Read), len(cmd.Write))
+	switch {
+	case t.under:
+		n -= int(t.residual)
+	}
+	if n < 0 {
+		n = 0
+	}
+	if len(cmd.Read) > 0 && t.received < n {
+		n = t.received
+	}
+	res := &Result{Status: t.status, Sense: t.sense, N: n, Underflow: t.under, Overflow: t.over}
+	if t.response != pdu.RespCommandCompleted || t.status != pdu.StatusGood {
+		return res, &SCSIError{Response: t.response, Status: t.status, Sense: t.sense}
+	}
+	return res, nil
+}
+
+// dataIn copies a Data-In's payload straight into its task's buffer.
+func (c *Conn) dataIn(d *pdu.DataIn, n int) error {
+	t := c.lookup(d.ITT)
+	if t == nil || t.kind != taskSCSI {
+		c.log.Debug("Data-In for an unknown task", zap.Uint32("itt", d.ITT))
+		return nil
+	}
+	t.mu.Lock()
+	if t.dead {
+		t.mu.Unlock()
+		return nil
+	}
+	if n > 0 {
+		off := int(d.BufferOffset)
+		switch {
+		case d.DataSN != t.dataSN:
+			t.mu.Unlock()
+			return &pdu.ProtocolError{Op: pdu.OpSCSIDataIn, Field: "DataSN", Value: uint64(d.DataSN), Reason: fmt.Sprintf("expected %d", t.dataSN)}
+		case off != t.received:
+			t.mu.Unlock()
+			return &pdu.ProtocolError{Op: pdu.OpSCSIDataIn, Field: "BufferOffset", Value: uint64(off), Reason: fmt.Sprintf("expected %d (DataPDUInOrder)", t.received)}
+		case off+n > len(t.readBuf):
+			t.mu.Unlock()
+			return &pdu.ProtocolError{Op: pdu.OpSCSIDataIn, Field: "DataSegmentLength", Value: uint64(n), Reason: fmt.Sprintf("data past the expected length %d", len(t.readBuf))}
+		}
+		if err := c.r.ReadData(t.readBuf[off : off+n]); err != nil {
+			t.mu.Unlock()
+			return err
+		}
+		t.received += n
+		t.dataSN++
+	}
+	t.mu.Unlock()
+	if d.HasStatus {
+		t.complete(nil, func() {
+			t.response, t.status = pdu.RespCommandCompleted, d.Status
+			t.residual, t.under, t.over = d.ResidualCount, d.Underflow, d.Overflow
+		})
+	}
+	return nil
+}
+
+// r2t hands an R2T to the task that must answer it with Data-Out.
+func (c *Conn) r2t(r *pdu.R2T) error {
+	t := c.lookup(r.ITT)
+	if t == nil || t.kind != taskSCSI {
+		c.log.Debug("R2T for an unknown task", zap.Uint32("itt", r.ITT))
+		return nil
+	}
+	if c.logoutSent.Load() {
+		return &pdu.ProtocolError{Op: pdu.OpR2T, Field: "InitiatorTaskTag", Value: uint64(r.ITT), Reason: "R2T after the Logout Request"}
+	}
+	off, n := uint64(r.BufferOffset), uint64(r.DesiredDataTransferLength)
+	switch {
+	case t.writeLen == 0:
+		return &pdu.ProtocolError{Op: pdu.OpR2T, Field: "InitiatorTaskTag", Value: uint64(r.ITT), Reason: "R2T for a command that writes nothing"}
+	case n == 0 || off+n > uint64(t.writeLen):
+		return &pdu.ProtocolError{Op: pdu.OpR2T, Field: "DesiredDataTransferLength", Value: n, Reason: fmt.Sprintf("range at offset %d outside the %d bytes of the write", off, t.writeLen)}
+	case n > uint64(c.s.params.MaxBurstLength):
+		return &pdu.ProtocolError{Op: pdu.OpR2T, Field: "DesiredDataTransferLength", Value: n, Reason: fmt.Sprintf("exceeds MaxBurstLength %d", c.s.params.MaxBurstLength)}
+	}
+	select {
+	case t.r2ts <- *r:
+		return nil
+	default:
+		return &pdu.ProtocolError{Op: pdu.OpR2T, Field: "R2TSN", Value: uint64(r.R2TSN), Reason: "more R2Ts outstanding than MaxOutstandingR2T"}
+	}
+}
+
+// TaskManagement sends a task management function (pdu.TMFAbortTask,
+// pdu.TMFLogicalUnitReset, ...) and returns the target's response code.
+func (s *Session) TaskManagement(ctx context.Context, function uint8, lun int, refTask uint32) (uint8, error) {
+	c, err := s.pickConn()
+	if err != nil {
+		return 0, err
+	}
+	t := s.newTask(taskTMF)
+	if err := c.register(t, false); err != nil {
+		return 0, err
+	}
+	req := &pdu.TaskMgmtRequest{Immediate: true, Function: function, LUN: pdu.MakeLUN(lun), ITT: t.itt,
+		RefTaskTag: refTask, CmdSN: s.currentCmdSN(), ExpStatSN: c.expStatSN.Load()}
+	if function != pdu.TMFAbortTask {
+		req.RefTaskTag = 0xffffffff
+	}
+	if err := c.send(req, nil); err != nil {
+		c.remove(t.itt)
+		return 0, err
+	}
+	select {
+	case <-t.done:
+		if t.err != nil {
+			return 0, t.err
+		}
+		return t.tmfResp, nil
+	case <-ctx.Done():
+		c.remove(t.itt)
+		return 0, ctx.Err()
+	}
+}
