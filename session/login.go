@@ -102,6 +102,16 @@ func (l *loginState) run() (*Conn, error) {
 		l.tsih = s.tsih
 	}
 	discovery := cfg.TargetName == ""
+	// Declarations a target makes in the security stage
+	// (TargetPortalGroupTag, TargetAlias) are applied with the operational keys.
+	var declared []pdu.KV
+	declare := func(kvs []pdu.KV) {
+		for _, p := range kvs {
+			if p.Key == "TargetPortalGroupTag" || p.Key == "TargetAlias" {
+				declared = append(declared, p)
+			}
+		}
+	}
 	keys := []pdu.KV{kv("InitiatorName", cfg.InitiatorName)}
 	if cfg.InitiatorAlias != "" {
 		keys = append(keys, kv("InitiatorAlias", cfg.InitiatorAlias))
@@ -119,6 +129,7 @@ func (l *loginState) run() (*Conn, error) {
 		if err != nil {
 			return nil, err
 		}
+		declare(kvs)
 		if v, _ := pdu.Lookup(kvs, "AuthMethod"); v != "CHAP" {
 			return nil, &NegotiationError{Key: "AuthMethod", Reason: fmt.Sprintf("target answered %q to our CHAP", v)}
 		}
@@ -166,6 +177,7 @@ func (l *loginState) run() (*Conn, error) {
 		if err != nil {
 			return nil, err
 		}
+		declare(kvs)
 		if v, ok := pdu.Lookup(kvs, "AuthMethod"); ok && v != "None" {
 			return nil, &NegotiationError{Key: "AuthMethod", Reason: fmt.Sprintf("target requires %q; configure CHAP", v)}
 		}
@@ -180,6 +192,11 @@ func (l *loginState) run() (*Conn, error) {
 	// Operational stage.
 	neg := newNegotiator(cfg.params(), discovery)
 	keys = neg.keys()
+	for _, p := range declared {
+		if _, err := neg.apply(p.Key, p.Value); err != nil {
+			return nil, err
+		}
+	}
 	for step := 0; ; step++ {
 		if step == 16 {
 			return nil, &NegotiationError{Reason: "operational negotiation did not end after 16 exchanges"}

@@ -16,7 +16,7 @@ const DefaultLogoutTimeout = 15 * time.Second
 
 // logoutGrace is how long, after a successful Logout Response, the initiator
 // waits for the target to close the connection before closing it itself.
-const logoutGrace = 2 * time.Second
+const logoutGrace = 250 * time.Millisecond
 
 // LogoutOptions control one connection's logout.
 type LogoutOptions struct {
