@@ -63,7 +63,7 @@ type PDU interface {
 func Decode(h *BHS) (PDU, error) {
 	p := New(h.Opcode())
 	if p == nil {
-		return nil, &ProtocolError{Field: "Opcode", Value: uint64(h.Opcode()), Reason: "undefined opcode"}
+		return nil, &ProtocolError{Op: h.Opcode(), Field: "Opcode", Value: uint64(h.Opcode()), Reason: "undefined opcode"}
 	}
 	if err := p.UnmarshalBHS(h); err != nil {
 		return nil, err
@@ -73,8 +73,11 @@ func Decode(h *BHS) (PDU, error) {
 
 // ProtocolError reports a PDU field whose value breaks RFC 7143 or a
 // negotiated limit. A connection that meets one cannot continue.
+//
+// Op is the opcode in the offending header, even an undefined one (which
+// Error leaves out). Set it: the zero Opcode is NOP-Out.
 type ProtocolError struct {
-	Op     Opcode // opcode of the PDU, when known
+	Op     Opcode // opcode of the PDU
 	Field  string // the field, as RFC 7143 names it
 	Value  uint64 // the value received
 	Reason string // what is wrong with it
@@ -88,16 +91,17 @@ func (e *ProtocolError) Error() string {
 }
 
 func errOpcode(want Opcode, h *BHS) error {
-	return &ProtocolError{Field: "Opcode", Value: uint64(h.Opcode()), Reason: "expected " + want.String()}
+	return &ProtocolError{Op: h.Opcode(), Field: "Opcode", Value: uint64(h.Opcode()), Reason: "expected " + want.String()}
 }
 
 // LUN is the 8-byte Logical Unit Number field as it is on the wire.
 type LUN uint64
 
 // MakeLUN encodes LUN number n with SAM peripheral (n < 256) or flat
-// (n < 16384) addressing, as targets report them in REPORT LUNS.
+// (n < 16384) addressing, as targets report them in REPORT LUNS. Only the
+// low 14 bits of a larger n are kept; n must not be negative.
 func MakeLUN(n int) LUN {
-	if n < 256 {
+	if 0 <= n && n < 256 {
 		return LUN(uint64(n) << 48)
 	}
 	return LUN(uint64(0x4000|n&0x3fff) << 48)
@@ -117,6 +121,9 @@ func (l LUN) Number() int {
 
 // SerialLess reports whether a precedes b in RFC 1982 serial number
 // arithmetic with SERIAL_BITS 32, as RFC 7143 compares CmdSN, StatSN and DataSN.
+// RFC 1982 leaves the comparison undefined when a and b are 2^31 apart; then
+// SerialLess reports false both ways, so neither number is taken as newer and
+// a window check built on it refuses the value.
 func SerialLess(a, b uint32) bool {
 	return a != b && int32(b-a) > 0
 }

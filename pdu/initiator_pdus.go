@@ -192,6 +192,9 @@ func (p *LoginRequest) UnmarshalBHS(h *BHS) error {
 		VersionMax: h[2], VersionMin: h[3], TSIH: u16(h[14:]), ITT: u32(h[16:]), CID: u16(h[20:]),
 		CmdSN: u32(h[24:]), ExpStatSN: u32(h[28:])}
 	copy(p.ISID[:], h[8:14])
+	if p.Transit && p.Continue {
+		return &ProtocolError{Op: OpLoginRequest, Field: "Flags", Value: uint64(h[1]), Reason: "T and C bits both set"}
+	}
 	return nil
 }
 
@@ -229,6 +232,9 @@ func (p *TextRequest) UnmarshalBHS(h *BHS) error {
 	}
 	*p = TextRequest{Immediate: h.Immediate(), Final: h[1]&0x80 != 0, Continue: h[1]&0x40 != 0,
 		LUN: LUN(be.Uint64(h[8:])), ITT: u32(h[16:]), TTT: u32(h[20:]), CmdSN: u32(h[24:]), ExpStatSN: u32(h[28:])}
+	if p.Final && p.Continue {
+		return &ProtocolError{Op: OpTextRequest, Field: "Flags", Value: uint64(h[1]), Reason: "F and C bits both set"}
+	}
 	return nil
 }
 

@@ -28,7 +28,7 @@ type ReaderConfig struct {
 // concurrent use. After an error other than a clean io.EOF between PDUs the
 // stream is out of step, and every later call returns the same error.
 type Reader struct {
-	r    io.Reader
+	r    *bufio.Reader
 	cfg  ReaderConfig
 	hdr  BHS
 	ahs  [MaxAHSLength]byte
@@ -37,6 +37,10 @@ type Reader struct {
 	// whether its data segment, padding and digest are still on the stream.
 	dataLen int
 	unread  bool
+	// ddig is the DataDigest setting the current header was read with: a
+	// SetConfig between Next and ReadData must not change how the data
+	// segment already announced is read.
+	ddig    bool
 	buf     []byte
 	scratch [DigestLen]byte
 	err     error
@@ -45,17 +49,19 @@ type Reader struct {
 // NewReader returns a Reader of r. It reads through a bufio.Reader unless r
 // already is one.
 func NewReader(r io.Reader, cfg ReaderConfig) *Reader {
-	if _, ok := r.(*bufio.Reader); !ok {
-		r = bufio.NewReaderSize(r, 64<<10)
+	br, ok := r.(*bufio.Reader)
+	if !ok {
+		br = bufio.NewReaderSize(r, 64<<10)
 	}
 	if cfg.MaxDataSegmentLength <= 0 {
 		cfg.MaxDataSegmentLength = DefaultMaxRecvDataSegmentLength
 	}
-	return &Reader{r: r, cfg: cfg}
+	return &Reader{r: br, cfg: cfg}
 }
 
 // SetConfig changes the limits and digests, e.g. when login ends. It takes
-// effect with the next PDU.
+// effect with the next PDU: a data segment whose header Next has already
+// returned is read with the settings that header was read with.
 func (r *Reader) SetConfig(cfg ReaderConfig) {
 	if cfg.MaxDataSegmentLength <= 0 {
 		cfg.MaxDataSegmentLength = DefaultMaxRecvDataSegmentLength
@@ -89,14 +95,14 @@ func (r *Reader) Next() (*BHS, error) {
 	}
 	op := h.Opcode()
 	if !op.Valid() {
-		return nil, r.fail(&ProtocolError{Field: "Opcode", Value: uint64(op), Reason: "undefined opcode"})
+		return nil, r.fail(&ProtocolError{Op: op, Field: "Opcode", Value: uint64(op), Reason: "undefined opcode"})
 	}
 	if r.cfg.From != 0 && op.Direction() != r.cfg.From {
 		reason := "initiator opcode received from a target"
 		if r.cfg.From == FromInitiator {
 			reason = "target opcode received from an initiator"
 		}
-		return nil, r.fail(&ProtocolError{Field: "Opcode", Value: uint64(op), Reason: reason})
+		return nil, r.fail(&ProtocolError{Op: op, Field: "Opcode", Value: uint64(op), Reason: reason})
 	}
 	info := &ops[op]
 	r.nahs = h.TotalAHSLength()
@@ -125,6 +131,7 @@ func (r *Reader) Next() (*BHS, error) {
 		}
 	}
 	r.unread = r.dataLen > 0
+	r.ddig = r.cfg.DataDigest
 	return h, nil
 }
 
@@ -149,7 +156,7 @@ func (r *Reader) ReadData(p []byte) error {
 	if _, err := io.ReadFull(r.r, padding); err != nil {
 		return r.fail(unexpected(err))
 	}
-	if !r.cfg.DataDigest {
+	if !r.ddig {
 		return nil
 	}
 	want := updateCRC(CRC32C(p), padding)
@@ -181,21 +188,24 @@ func (r *Reader) Data() ([]byte, error) {
 	return b, nil
 }
 
-// skipData reads past an unread data segment, still checking its digest.
+// skipData reads past an unread data segment, still checking its digest. It
+// digests the bytes in the bufio.Reader's own buffer rather than copying them.
 func (r *Reader) skipData() error {
 	r.unread = false
 	n := r.dataLen + pad(r.dataLen)
-	var chunk [4096]byte
 	crc := uint32(0)
 	for n > 0 {
-		c := chunk[:min(n, len(chunk))]
-		if _, err := io.ReadFull(r.r, c); err != nil {
+		c, err := r.r.Peek(min(n, r.r.Size()))
+		if err != nil {
 			return unexpected(err)
 		}
-		crc = updateCRC(crc, c)
+		if r.ddig {
+			crc = updateCRC(crc, c)
+		}
+		r.r.Discard(len(c))
 		n -= len(c)
 	}
-	if !r.cfg.DataDigest {
+	if !r.ddig {
 		return nil
 	}
 	if _, err := io.ReadFull(r.r, r.scratch[:]); err != nil {

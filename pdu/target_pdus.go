@@ -113,6 +113,10 @@ func (p *SCSIResponse) UnmarshalBHS(h *BHS) error {
 	if p.Overflow && p.Underflow {
 		return &ProtocolError{Op: OpSCSIResponse, Field: "Flags", Value: uint64(h[1]), Reason: "both O and U bits set"}
 	}
+	// §11.4.1: o and u are as mutually exclusive as O and U.
+	if p.BidiOverflow && p.BidiUnderflow {
+		return &ProtocolError{Op: OpSCSIResponse, Field: "Flags", Value: uint64(h[1]), Reason: "both o and u bits set"}
+	}
 	return nil
 }
 
