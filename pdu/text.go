@@ -48,91 +48,141 @@ func (e *TextError) Error() string {
 }
 
 // ParseText splits a text segment into its key=value pairs, in order. Every
-// pair must end with a NUL; keys must be valid names of at most MaxKeyLen
-// bytes; values at most MaxValueLen bytes, or a binary encoding of at most
-// MaxBinaryValueLen bytes.
+// pair must end with a NUL; keys must be valid key names (RFC 7143 §6.1: a
+// standard-label starting with a capital letter, or an X#, Y# or Z# public
+// extension key) of at most MaxKeyLen bytes; values at most MaxValueLen bytes
+// between commas, or a hex or base64 binary value of at most
+// MaxBinaryValueLen bytes once decoded.
+//
+// The keys and values share one copy of b, so ParseText allocates twice
+// whatever the number of pairs.
 func ParseText(b []byte, lim TextLimits) ([]KV, error) {
 	maxPairs := lim.MaxPairs
 	if maxPairs <= 0 {
 		maxPairs = 1024
 	}
-	var kvs []KV
-	for off := 0; off < len(b); {
-		end := bytes.IndexByte(b[off:], 0)
+	if len(b) == 0 {
+		return nil, nil
+	}
+	// Counting NULs bounds the pairs; the cap keeps a hostile count from
+	// sizing the slice.
+	kvs := make([]KV, 0, min(bytes.Count(b, nul), maxPairs+1))
+	s := string(b)
+	var seen map[string]struct{}
+	for off := 0; off < len(s); {
+		end := strings.IndexByte(s[off:], 0)
 		if end < 0 {
 			return nil, &TextError{Offset: off, Reason: "last pair is not terminated by NUL"}
 		}
-		pair := b[off : off+end]
+		pair := s[off : off+end]
 		if len(pair) == 0 {
 			// Some targets pad with extra NULs; an empty pair carries nothing.
 			off++
 			continue
 		}
-		eq := bytes.IndexByte(pair, '=')
+		eq := strings.IndexByte(pair, '=')
 		if eq < 0 {
 			return nil, &TextError{Offset: off, Reason: "pair has no '='"}
 		}
 		key, val := pair[:eq], pair[eq+1:]
 		if err := checkKey(key); err != "" {
-			k := string(key)
+			k := key
 			if len(k) > MaxKeyLen {
 				k = k[:MaxKeyLen] + "..."
 			}
 			return nil, &TextError{Offset: off, Key: k, Reason: err}
 		}
 		if err := checkValueLen(val); err != "" {
-			return nil, &TextError{Offset: off, Key: string(key), Reason: err}
+			return nil, &TextError{Offset: off, Key: key, Reason: err}
 		}
 		if len(kvs) == maxPairs {
 			return nil, &TextError{Offset: off, Reason: "more than " + itoa(maxPairs) + " pairs"}
 		}
-		k := string(key)
 		if !lim.AllowDuplicates {
-			for i := range kvs {
-				if kvs[i].Key == k {
-					return nil, &TextError{Offset: off, Key: k, Reason: "key repeated"}
+			// A scan is cheapest for the dozen keys of a login; past that a
+			// map keeps a long hostile segment from costing n² compares.
+			dup := false
+			if seen == nil && len(kvs) < 32 {
+				for i := range kvs {
+					if kvs[i].Key == key {
+						dup = true
+						break
+					}
 				}
+			} else {
+				if seen == nil {
+					seen = make(map[string]struct{}, 2*len(kvs))
+					for i := range kvs {
+						seen[kvs[i].Key] = struct{}{}
+					}
+				}
+				_, dup = seen[key]
+				seen[key] = struct{}{}
+			}
+			if dup {
+				return nil, &TextError{Offset: off, Key: key, Reason: "key repeated"}
 			}
 		}
-		kvs = append(kvs, KV{k, string(val)})
+		kvs = append(kvs, KV{key, val})
 		off += end + 1
 	}
 	return kvs, nil
 }
 
-func checkKey(k []byte) string {
+var nul = []byte{0}
+
+// checkKey checks a key name against RFC 7143 §6.1: a standard-label
+// (letters, digits, '.', '-', '+', '@', '_', beginning with a capital letter)
+// of at most 63 bytes. Public extension keys (§13.5.2, RFC 4850's
+// X#NodeArchitecture) have '#' after their X, Y or Z.
+func checkKey(k string) string {
 	if len(k) == 0 {
 		return "empty key"
 	}
 	if len(k) > MaxKeyLen {
 		return "key longer than " + itoa(MaxKeyLen) + " bytes"
 	}
-	for _, c := range k {
+	if c := k[0]; c < 'A' || c > 'Z' {
+		return fmt.Sprintf("key begins with 0x%02x, not a capital letter", c)
+	}
+	for i := 1; i < len(k); i++ {
+		c := k[i]
 		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' ||
-			c == '.' || c == '-' || c == '+' || c == '@' || c == '_') {
+			c == '.' || c == '-' || c == '+' || c == '@' || c == '_' ||
+			c == '#' && i == 1 && (k[0] == 'X' || k[0] == 'Y' || k[0] == 'Z')) {
 			return fmt.Sprintf("character 0x%02x not allowed in a key", c)
 		}
 	}
 	return ""
 }
 
-func checkValueLen(v []byte) string {
+// checkValueLen applies the length limits of RFC 7143 §6.1. A simple value is
+// at most 255 bytes "not including the delimiter (comma or zero byte)", so
+// the limit applies to each element of a list. A binary value (CHAP_C,
+// CHAP_R: §12.1.3) may hold up to 1024 bytes, counted as the RFC counts the
+// implicit byte-length of its encoding: (n+1)/2 for n hex digits, n*3/4 for n
+// base64 characters without the trailing '='.
+func checkValueLen(v string) string {
 	if len(v) > 2 && v[0] == '0' {
 		switch v[1] {
 		case 'x', 'X':
-			if len(v)-2 > 2*MaxBinaryValueLen {
+			if n := len(v) - 2; (n+1)/2 > MaxBinaryValueLen {
 				return "hex value longer than " + itoa(MaxBinaryValueLen) + " bytes"
 			}
 			return ""
 		case 'b', 'B':
-			if len(v)-2 > base64.StdEncoding.EncodedLen(MaxBinaryValueLen) {
+			if n := len(strings.TrimRight(v[2:], "=")); n*3/4 > MaxBinaryValueLen {
 				return "base64 value longer than " + itoa(MaxBinaryValueLen) + " bytes"
 			}
 			return ""
 		}
 	}
-	if len(v) > MaxValueLen {
-		return "value longer than " + itoa(MaxValueLen) + " bytes"
+	for len(v) > MaxValueLen {
+		i := strings.IndexByte(v, ',')
+		if i < 0 || i > MaxValueLen {
+			return "value longer than " + itoa(MaxValueLen) + " bytes"
+		}
+		v = v[i+1:]
 	}
 	return ""
 }
@@ -217,7 +267,9 @@ func FormatBool(b bool) string {
 func ParseList(v string) []string { return strings.Split(v, ",") }
 
 // ParseBinary decodes a binary value, hexadecimal after 0x or base64 after
-// 0b, of at most max bytes.
+// 0b, of at most max bytes. As RFC 7143 §6.1 defines them, an odd number of
+// hex digits has an implied leading zero digit (n digits make (n+1)/2 bytes),
+// and base64 padding is optional.
 func ParseBinary(v string, max int) ([]byte, error) {
 	if len(v) < 3 || v[0] != '0' {
 		return nil, fmt.Errorf("iscsi: binary value without 0x or 0b prefix")
@@ -227,28 +279,24 @@ func ParseBinary(v string, max int) ([]byte, error) {
 	switch v[1] {
 	case 'x', 'X':
 		s := v[2:]
-		if len(s)/2 > max {
+		if (len(s)+1)/2 > max {
 			return nil, fmt.Errorf("iscsi: binary value longer than %d bytes", max)
 		}
 		if len(s)%2 == 1 {
-			// RFC 7143 §6.1: an odd number of hex digits has an implied leading zero.
 			s = "0" + s
 		}
 		b, err = hex.DecodeString(s)
 	case 'b', 'B':
-		s := v[2:]
-		if base64.StdEncoding.DecodedLen(len(s)) > max+2 {
+		s := strings.TrimRight(v[2:], "=")
+		if len(s)*3/4 > max {
 			return nil, fmt.Errorf("iscsi: binary value longer than %d bytes", max)
 		}
-		b, err = base64.StdEncoding.DecodeString(s)
+		b, err = base64.RawStdEncoding.DecodeString(s)
 	default:
 		return nil, fmt.Errorf("iscsi: binary value without 0x or 0b prefix")
 	}
 	if err != nil {
-		return nil, fmt.Errorf("iscsi: malformed binary value: %v", err)
-	}
-	if len(b) > max {
-		return nil, fmt.Errorf("iscsi: binary value longer than %d bytes", max)
+		return nil, fmt.Errorf("iscsi: malformed binary value %.20q: %v", v, err)
 	}
 	return b, nil
 }
