@@ -1,0 +1,362 @@
+// Package initiator is the one API a user of this library starts from: it
+// logs in to targets, keeps every session in a table per target, and logs
+// out of all sessions to a target at once.
+//
+// Sessions and connections come from package session; the logout of a whole
+// target is an operation of package logout.
+package initiator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/goiscsi/iscsi/logout"
+	"github.com/goiscsi/iscsi/pdu"
+	"github.com/goiscsi/iscsi/session"
+	"go.uber.org/zap"
+)
+
+// Config configures an Initiator.
+type Config struct {
+	// Name is the initiator's iSCSI name; required.
+	Name  string
+	Alias string
+	// Logger gets the initiator's log lines; nil logs nothing.
+	Logger *zap.Logger
+	// Params are the operational parameters offered by default; nil means
+	// session.DefaultParams().
+	Params *session.Params
+	// Logout are the default options of LogoutFromTarget.
+	Logout logout.Options
+	// Dial and WrapConn, when set, open and wrap every connection (tests,
+	// packet capture).
+	Dial     func(ctx context.Context, network, addr string) (net.Conn, error)
+	WrapConn func(net.Conn) net.Conn
+	// NOPInterval and NOPTimeout set the keepalive; see session.Config.
+	NOPInterval, NOPTimeout time.Duration
+	// OnAsync receives every asynchronous message of every session. A
+	// target's logout request (event 1) is then handled by the initiator:
+	// the session is logged out through the logout engine and leaves the
+	// table.
+	OnAsync func(s *session.Session, ev session.AsyncEvent)
+}
+
+// LoginOptions are per-login settings.
+type LoginOptions struct {
+	// Connections is how many connections the session gets (MC/S);
+	// 0 means 1.
+	Connections int
+	CHAP        *session.CHAP
+	// Params override Config.Params for this session.
+	Params *session.Params
+	// ISID, when non-zero, is the session's ISID.
+	ISID [6]byte
+}
+
+// Initiator logs in to targets and keeps their sessions.
+type Initiator struct {
+	cfg  Config
+	name string
+	log  *zap.Logger
+
+	mu       sync.Mutex
+	sessions map[string][]*session.Session // by normalized target name
+	ops      map[string]*logout.Operation  // logouts running, by target
+	closed   bool
+	wg       sync.WaitGroup
+}
+
+// New returns an Initiator; the name must be a valid iSCSI name.
+func New(cfg Config) (*Initiator, error) {
+	if _, err := NormalizeName(cfg.Name); err != nil {
+		return nil, fmt.Errorf("initiator name: %w", err)
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = zap.NewNop()
+	}
+	return &Initiator{cfg: cfg, name: cfg.Name, log: log,
+		sessions: map[string][]*session.Session{}, ops: map[string]*logout.Operation{}}, nil
+}
+
+// Name returns the initiator's iSCSI name.
+func (in *Initiator) Name() string { return in.name }
+
+func (in *Initiator) sessionConfig(portal, target string, o LoginOptions) session.Config {
+	params := in.cfg.Params
+	if o.Params != nil {
+		params = o.Params
+	}
+	return session.Config{
+		InitiatorName: in.name, InitiatorAlias: in.cfg.Alias, TargetName: target, Portal: portal,
+		ISID: o.ISID, CHAP: o.CHAP, Params: params, Dial: in.cfg.Dial, WrapConn: in.cfg.WrapConn,
+		NOPInterval: in.cfg.NOPInterval, NOPTimeout: in.cfg.NOPTimeout, Logger: in.log,
+		OnAsync: in.onAsync,
+	}
+}
+
+// Login opens a session to target at portal (host:port) with
+// o.Connections connections and adds it to the table.
+func (in *Initiator) Login(ctx context.Context, portal, target string, o LoginOptions) (*session.Session, error) {
+	key, err := NormalizeName(target)
+	if err != nil {
+		return nil, err
+	}
+	if portal == "" {
+		return nil, fmt.Errorf("%w: empty portal", ErrInvalidArg)
+	}
+	in.mu.Lock()
+	closed := in.closed
+	in.mu.Unlock()
+	if closed {
+		return nil, errors.New("iscsi: initiator closed")
+	}
+	s, err := session.Login(ctx, in.sessionConfig(portal, target, o))
+	if err != nil {
+		return nil, err
+	}
+	for i := 1; i < o.Connections; i++ {
+		if _, err := s.AddConnection(ctx); err != nil {
+			s.Logout(ctx, session.LogoutOptions{Timeout: 5 * time.Second})
+			return nil, fmt.Errorf("iscsi: adding connection %d of %d: %w", i+1, o.Connections, err)
+		}
+	}
+	in.mu.Lock()
+	if in.closed {
+		in.mu.Unlock()
+		s.Close()
+		return nil, errors.New("iscsi: initiator closed")
+	}
+	in.sessions[key] = append(in.sessions[key], s)
+	in.mu.Unlock()
+	return s, nil
+}
+
+// Discover asks the target portal for its targets (SendTargets=All).
+func (in *Initiator) Discover(ctx context.Context, portal string, chap *session.CHAP) ([]session.DiscoveredTarget, error) {
+	if portal == "" {
+		return nil, fmt.Errorf("%w: empty portal", ErrInvalidArg)
+	}
+	return session.Discover(ctx, in.sessionConfig(portal, "", LoginOptions{CHAP: chap}))
+}
+
+// Sessions returns the sessions to target that still have a connection up.
+func (in *Initiator) Sessions(target string) []*session.Session {
+	key, err := NormalizeName(target)
+	if err != nil {
+		return nil
+	}
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return in.liveLocked(key)
+}
+
+// liveLocked drops sessions that have no connection left and returns the
+// rest. A dropped session's goroutines end by themselves, as its
+// connections have; it is closed outside the lock, which a reader goroutine
+// may be waiting for.
+func (in *Initiator) liveLocked(key string) []*session.Session {
+	var live []*session.Session
+	for _, s := range in.sessions[key] {
+		if len(s.Conns()) > 0 {
+			live = append(live, s)
+		} else {
+			in.wg.Add(1)
+			go func() {
+				defer in.wg.Done()
+				s.Close()
+			}()
+		}
+	}
+	if len(live) == 0 {
+		delete(in.sessions, key)
+	} else {
+		in.sessions[key] = live
+	}
+	return append([]*session.Session(nil), live...)
+}
+
+// Targets returns the names of the targets with sessions in the table.
+func (in *Initiator) Targets() []string {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	var out []string
+	for k := range in.sessions {
+		if len(in.liveLocked(k)) > 0 {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
+// LogoutFromTarget logs out of every session to target, on every
+// connection at once, with the Config's logout options. See
+// LogoutFromTargetWith.
+func (in *Initiator) LogoutFromTarget(target string) (*logout.Operation, error) {
+	return in.LogoutFromTargetWith(target, in.cfg.Logout)
+}
+
+// LogoutFromTargetWith logs out of every session to target and returns at
+// once with the operation. A malformed name returns an error wrapping
+// ErrInvalidArg and starts nothing; with no session the operation is
+// complete with logout.SessionNotFound. A call while a logout of the same
+// target runs returns that operation. Sessions that logged out (or that
+// Force closed) leave the table when the operation completes.
+func (in *Initiator) LogoutFromTargetWith(target string, opts logout.Options) (*logout.Operation, error) {
+	key, err := NormalizeName(target)
+	if err != nil {
+		return nil, err
+	}
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if op, ok := in.ops[key]; ok {
+		return op, nil
+	}
+	return in.startLocked(key, in.liveLocked(key), opts), nil
+}
+
+// startLocked starts a logout of sessions to key and keeps it in ops until
+// it completes.
+func (in *Initiator) startLocked(key string, sessions []*session.Session, opts logout.Options) *logout.Operation {
+	if opts.Logger == nil {
+		opts.Logger = in.log
+	}
+	es := make([]logout.Session, len(sessions))
+	for i, s := range sessions {
+		es[i] = logout.Adapt(s)
+	}
+	user := opts.OnComplete
+	opts.OnComplete = func(r *logout.Result) {
+		in.mu.Lock()
+		gone := map[*session.Session]bool{}
+		for i := range r.Sessions {
+			if r.Sessions[i].LoggedOut || r.Sessions[i].Forced {
+				gone[sessions[i]] = true
+			}
+		}
+		var keep []*session.Session
+		for _, s := range in.sessions[key] {
+			if !gone[s] {
+				keep = append(keep, s)
+			}
+		}
+		if len(keep) == 0 {
+			delete(in.sessions, key)
+		} else {
+			in.sessions[key] = keep
+		}
+		in.mu.Unlock()
+		if user != nil {
+			user(r)
+		}
+	}
+	op := logout.Start(key, es, opts)
+	if len(sessions) == 0 {
+		return op
+	}
+	in.ops[key] = op
+	in.wg.Add(1)
+	go func() {
+		defer in.wg.Done()
+		<-op.Done()
+		in.mu.Lock()
+		if in.ops[key] == op {
+			delete(in.ops, key)
+		}
+		in.mu.Unlock()
+	}()
+	return op
+}
+
+// onAsync routes a session's asynchronous messages: a target's logout
+// request goes through the logout engine, so the session leaves the table.
+func (in *Initiator) onAsync(c *session.Conn, ev session.AsyncEvent) bool {
+	s := c.Session()
+	if in.cfg.OnAsync != nil {
+		in.cfg.OnAsync(s, ev)
+	}
+	if ev.Event != pdu.AsyncLogoutRequest {
+		return false
+	}
+	key, err := NormalizeName(s.TargetName())
+	if err != nil {
+		return false
+	}
+	opts := in.cfg.Logout
+	// The target wants the logout within Parameter3 seconds: commands
+	// running get half of it to finish.
+	opts.DrainTimeout = time.Duration(ev.Parameter3) * time.Second / 2
+	opts.Strategy = logout.PerSession
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if in.closed {
+		return false
+	}
+	found := false
+	for _, x := range in.sessions[key] {
+		found = found || x == s
+	}
+	if !found {
+		return false
+	}
+	in.startSingle(key, s, opts)
+	return true
+}
+
+// startSingle logs one session out through the engine, tracked by wg.
+func (in *Initiator) startSingle(key string, s *session.Session, opts logout.Options) {
+	if opts.Logger == nil {
+		opts.Logger = in.log
+	}
+	opts.OnComplete = func(r *logout.Result) {
+		in.mu.Lock()
+		defer in.mu.Unlock()
+		var keep []*session.Session
+		for _, x := range in.sessions[key] {
+			if x != s || !(r.Sessions[0].LoggedOut || r.Sessions[0].Forced) {
+				keep = append(keep, x)
+			}
+		}
+		if len(keep) == 0 {
+			delete(in.sessions, key)
+		} else {
+			in.sessions[key] = keep
+		}
+	}
+	op := logout.Start(key, []logout.Session{logout.Adapt(s)}, opts)
+	in.wg.Add(1)
+	go func() {
+		defer in.wg.Done()
+		<-op.Done()
+	}()
+}
+
+// Close closes every session locally, without logging out (use
+// LogoutFromTarget first for a clean end), and waits for every goroutine the
+// initiator started.
+func (in *Initiator) Close() error {
+	in.mu.Lock()
+	in.closed = true
+	var all []*session.Session
+	for _, ss := range in.sessions {
+		all = append(all, ss...)
+	}
+	in.sessions = map[string][]*session.Session{}
+	ops := make([]*logout.Operation, 0, len(in.ops))
+	for _, op := range in.ops {
+		ops = append(ops, op)
+	}
+	in.mu.Unlock()
+	for _, op := range ops {
+		op.Cancel()
+	}
+	for _, s := range all {
+		s.Close()
+	}
+	in.wg.Wait()
+	return nil
+}
