@@ -118,10 +118,7 @@ func (op *Operation) run(ctx context.Context, sessions []Session, conns [][]Conn
 		go func(sr *SessionResult, s Session, cs []Conn) {
 			defer wg.Done()
 			op.logoutSession(ctx, sr, cs, opts)
-			sr.LoggedOut = len(cs) > 0
-			for _, c := range sr.Conns {
-				sr.LoggedOut = sr.LoggedOut && c.State.ok()
-			}
+			sr.LoggedOut = sessionLoggedOut(sr)
 			if sr.LoggedOut {
 				s.Close()
 			} else if opts.Force {
@@ -187,17 +184,37 @@ func (op *Operation) logoutSession(ctx context.Context, sr *SessionResult, cs []
 		}()
 	}
 	wg.Wait()
-	// A connection that dropped after a sibling closed the whole session
-	// went with the session: that is success, not a failure.
+	fixSiblings(sr)
+}
+
+// sessionLoggedOut reports whether a session is gone from the target: every
+// connection logged out, or one closed the whole session (reason 0, success),
+// which takes the others with it whatever they saw.
+func sessionLoggedOut(sr *SessionResult) bool {
+	all := len(sr.Conns) > 0
+	for _, c := range sr.Conns {
+		if c.State == ConnLoggedOut && c.Reason == pdu.LogoutCloseSession {
+			return true
+		}
+		all = all && c.State.ok()
+	}
+	return all
+}
+
+// fixSiblings applies RFC 7143 §8.1.3 T8: a connection that dropped after a
+// sibling closed the whole session (reason 0, success) went with the
+// session. That is success, not a failure.
+func fixSiblings(sr *SessionResult) {
 	sessionClosed := false
 	for _, c := range sr.Conns {
 		sessionClosed = sessionClosed || (c.State == ConnLoggedOut && c.Reason == pdu.LogoutCloseSession)
 	}
-	if sessionClosed {
-		for i := range sr.Conns {
-			if st := sr.Conns[i].State; st == ConnReset || st == ConnError {
-				sr.Conns[i].State, sr.Conns[i].Err = ConnClosedWithSession, nil
-			}
+	if !sessionClosed {
+		return
+	}
+	for i := range sr.Conns {
+		if st := sr.Conns[i].State; st == ConnReset || st == ConnError {
+			sr.Conns[i].State, sr.Conns[i].Err = ConnClosedWithSession, nil
 		}
 	}
 }
