@@ -18,6 +18,9 @@ type Writer struct {
 	// segments are not copied.
 	arena []byte
 	n     int
+	// out is the copy of bufs that WriteTo consumes; a field rather than a
+	// local so that Flush does not allocate.
+	out net.Buffers
 }
 
 var zeroPad [4]byte
@@ -40,12 +43,18 @@ func (w *Writer) Append(p PDU, ahs, data []byte) error {
 	if len(data) > MaxDataSegmentLength {
 		return fmt.Errorf("iscsi: %s: data segment of %d bytes exceeds %d", p.Opcode(), len(data), MaxDataSegmentLength)
 	}
-	var h BHS
-	p.MarshalBHS(&h)
+	// The header is marshalled in place in the arena: a local BHS would
+	// escape through the interface call and cost an allocation per PDU.
+	start := len(w.arena)
+	w.arena = append(w.arena, zeroBHS[:]...)
+	h := (*BHS)(w.arena[start:])
+	p.MarshalBHS(h)
 	h.SetLengths(len(ahs), len(data))
-	w.AppendRaw(&h, ahs, data)
+	w.queue(start, ahs, data)
 	return nil
 }
+
+var zeroBHS BHS
 
 // AppendRaw queues a header exactly as given, whatever its length fields say,
 // followed by ahs and data. It exists to build malformed PDUs in tests;
@@ -53,6 +62,14 @@ func (w *Writer) Append(p PDU, ahs, data []byte) error {
 func (w *Writer) AppendRaw(h *BHS, ahs, data []byte) {
 	start := len(w.arena)
 	w.arena = append(w.arena, h[:]...)
+	w.queue(start, ahs, data)
+}
+
+// queue adds ahs, the digests and the padding to the header at
+// w.arena[start:] and queues the PDU. Slices of the arena are put in bufs only
+// once written: a later append may move the arena, but what bufs holds stays
+// valid in the old array.
+func (w *Writer) queue(start int, ahs, data []byte) {
 	w.arena = append(w.arena, ahs...)
 	if w.hdig {
 		crc := CRC32C(w.arena[start:])
@@ -85,8 +102,9 @@ func (w *Writer) Flush() error {
 	if w.n == 0 {
 		return nil
 	}
-	bufs := w.bufs
-	_, err := bufs.WriteTo(w.w)
+	w.out = w.bufs
+	_, err := w.out.WriteTo(w.w)
+	w.out = nil
 	clear(w.bufs)
 	w.bufs = w.bufs[:0]
 	w.arena = w.arena[:0]
