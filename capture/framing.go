@@ -1,0 +1,110 @@
+package capture
+
+import (
+	"encoding/binary"
+	"hash/crc32"
+
+	"github.com/goiscsi/iscsi/pdu"
+)
+
+// What this file knows about an opcode beyond package pdu: whether its PDU may
+// carry a data segment or additional header segments (pdu keeps these in an
+// unexported table), and which flag bits RFC 7143 fixes, which the
+// resynchronizing scan uses to tell a header from bytes of a data segment.
+
+// mayCarryData reports whether op's PDU may have a data segment.
+func mayCarryData(op pdu.Opcode) bool {
+	switch op {
+	case pdu.OpTaskMgmtRequest, pdu.OpTaskMgmtResponse, pdu.OpLogoutRequest,
+		pdu.OpLogoutResponse, pdu.OpSNACKRequest, pdu.OpR2T:
+		return false
+	}
+	return op.Valid()
+}
+
+// mayCarryAHS reports whether op's PDU may have additional header segments.
+func mayCarryAHS(op pdu.Opcode) bool { return op == pdu.OpSCSICommand }
+
+// finalAlways reports whether RFC 7143 fixes op's F bit at 1.
+func finalAlways(op pdu.Opcode) bool {
+	switch op {
+	case pdu.OpNOPOut, pdu.OpNOPIn, pdu.OpTaskMgmtRequest, pdu.OpTaskMgmtResponse,
+		pdu.OpLogoutRequest, pdu.OpLogoutResponse, pdu.OpSNACKRequest, pdu.OpSCSIResponse,
+		pdu.OpR2T, pdu.OpAsyncMessage, pdu.OpReject:
+		return true
+	}
+	return false
+}
+
+// padLen returns the number of padding bytes after n bytes of data.
+func padLen(n int) int { return -n & 3 }
+
+// layout gives the byte offsets of one PDU's parts.
+type layout struct {
+	ahs   int // length of the additional header segments
+	data  int // DataSegmentLength
+	total int // every byte of the PDU, digests and padding included
+}
+
+// framing returns the layout of the PDU whose header is h, or false when h
+// cannot start a PDU that from sends: an undefined opcode, an opcode of the
+// other side, or lengths the opcode does not allow. from 0 accepts either side.
+func framing(h *pdu.BHS, from pdu.Direction, maxData int, hdig, ddig bool) (layout, bool) {
+	op := h.Opcode()
+	if !op.Valid() || from != 0 && op.Direction() != from || h[0]&0x80 != 0 {
+		return layout{}, false
+	}
+	l := layout{ahs: h.TotalAHSLength(), data: h.DataSegmentLength()}
+	if l.ahs > 0 && !mayCarryAHS(op) || l.data > 0 && !mayCarryData(op) || l.data > maxData {
+		return layout{}, false
+	}
+	l.total = pdu.BHSLen + l.ahs + l.data + padLen(l.data)
+	if hdig {
+		l.total += pdu.DigestLen
+	}
+	if ddig && l.data > 0 {
+		l.total += pdu.DigestLen
+	}
+	return l, true
+}
+
+// plausible is framing with the fixed bits RFC 7143 sets checked too, and
+// the header decoded: what the scan for a header after losing its place
+// demands of a candidate.
+func plausible(h *pdu.BHS, from pdu.Direction, maxData int, hdig, ddig bool) (layout, bool) {
+	l, ok := framing(h, from, maxData, hdig, ddig)
+	if !ok {
+		return l, false
+	}
+	op := h.Opcode()
+	if op.Direction() == pdu.FromTarget && h[0]&0x40 != 0 {
+		return l, false // the I bit is reserved in target PDUs
+	}
+	if finalAlways(op) && h[1]&0x80 == 0 {
+		return l, false
+	}
+	switch op {
+	case pdu.OpLoginRequest, pdu.OpLoginResponse:
+		// CSG and NSG 2 are reserved; a login request is always immediate.
+		if h[1]>>2&3 == 2 || h[1]&3 == 2 || op == pdu.OpLoginRequest && h[0]&0x40 == 0 {
+			return l, false
+		}
+	case pdu.OpSCSIDataOut, pdu.OpSCSIDataIn:
+		if l.data == 0 && h[1]&0x01 == 0 {
+			return l, false // only a Data-In with status may be empty
+		}
+	}
+	if _, err := pdu.Decode(h); err != nil {
+		return l, false
+	}
+	return l, true
+}
+
+// le32 reads a digest as it is on the wire, least significant byte first.
+func le32(b []byte) uint32 { return binary.LittleEndian.Uint32(b) }
+
+// castagnoli is the CRC32C table, for extending a pdu.CRC32C over more
+// bytes: pdu exports no incremental form.
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+func crcUpdate(crc uint32, b []byte) uint32 { return crc32.Update(crc, castagnoli, b) }
