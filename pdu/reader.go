@@ -94,6 +94,23 @@ func (r *Reader) Next() (*BHS, error) {
 		return nil, r.fail(err)
 	}
 	op := h.Opcode()
+	r.nahs = h.TotalAHSLength()
+	if r.cfg.HeaderDigest {
+		// A header the digest does not vouch for is not to be believed
+		// about anything, its lengths included (§7.8: discard or drop the
+		// connection), so the digest is checked first. The AHS it covers
+		// goes into the Reader's own 1020 bytes: nothing is allocated.
+		if err := r.readAHS(); err != nil {
+			return nil, r.fail(err)
+		}
+		if _, err := io.ReadFull(r.r, r.scratch[:]); err != nil {
+			return nil, r.fail(unexpected(err))
+		}
+		want := updateCRC(CRC32C(h[:]), r.ahs[:r.nahs])
+		if got := getDigest(r.scratch[:]); got != want {
+			return nil, r.fail(&DigestError{Op: op, Got: got, Want: want})
+		}
+	}
 	if !op.Valid() {
 		return nil, r.fail(&ProtocolError{Op: op, Field: "Opcode", Value: uint64(op), Reason: "undefined opcode"})
 	}
@@ -105,7 +122,6 @@ func (r *Reader) Next() (*BHS, error) {
 		return nil, r.fail(&ProtocolError{Op: op, Field: "Opcode", Value: uint64(op), Reason: reason})
 	}
 	info := &ops[op]
-	r.nahs = h.TotalAHSLength()
 	if r.nahs > 0 && !info.ahs {
 		return nil, r.fail(&ProtocolError{Op: op, Field: "TotalAHSLength", Value: uint64(h[4]), Reason: "this PDU carries no additional header segment"})
 	}
@@ -116,23 +132,22 @@ func (r *Reader) Next() (*BHS, error) {
 	if r.dataLen > r.cfg.MaxDataSegmentLength {
 		return nil, r.fail(&ProtocolError{Op: op, Field: "DataSegmentLength", Value: uint64(r.dataLen), Reason: "exceeds MaxRecvDataSegmentLength " + itoa(r.cfg.MaxDataSegmentLength)})
 	}
-	if r.nahs > 0 {
-		if _, err := io.ReadFull(r.r, r.ahs[:r.nahs]); err != nil {
-			return nil, r.fail(unexpected(err))
-		}
-	}
-	if r.cfg.HeaderDigest {
-		if _, err := io.ReadFull(r.r, r.scratch[:]); err != nil {
-			return nil, r.fail(unexpected(err))
-		}
-		want := updateCRC(CRC32C(h[:]), r.ahs[:r.nahs])
-		if got := getDigest(r.scratch[:]); got != want {
-			return nil, r.fail(&DigestError{Op: op, Got: got, Want: want})
+	if !r.cfg.HeaderDigest {
+		if err := r.readAHS(); err != nil {
+			return nil, r.fail(err)
 		}
 	}
 	r.unread = r.dataLen > 0
 	r.ddig = r.cfg.DataDigest
 	return h, nil
+}
+
+func (r *Reader) readAHS() error {
+	if r.nahs == 0 {
+		return nil
+	}
+	_, err := io.ReadFull(r.r, r.ahs[:r.nahs])
+	return unexpected(err)
 }
 
 // AHS returns the current PDU's additional header segments, valid until the

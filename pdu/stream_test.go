@@ -224,6 +224,8 @@ func header(p pdu.PDU, ahsLen, dataLen int) []byte {
 	return h[:]
 }
 
+func withDigest(h []byte) []byte { return append(h, le32(pdu.CRC32C(h))...) }
+
 func protoErr(t *testing.T, err error, op pdu.Opcode, field string, value uint64) {
 	t.Helper()
 	var pe *pdu.ProtocolError
@@ -246,6 +248,8 @@ func TestReaderRefusesBeforeReading(t *testing.T) {
 	}{
 		{"16 MiB data segment", pdu.ReaderConfig{MaxDataSegmentLength: 8192},
 			header(&pdu.DataIn{ITT: 1}, 0, 1<<24-1), pdu.OpSCSIDataIn, "DataSegmentLength", 1<<24 - 1},
+		{"16 MiB data segment, header digest", pdu.ReaderConfig{MaxDataSegmentLength: 8192, HeaderDigest: true, DataDigest: true},
+			withDigest(header(&pdu.DataIn{ITT: 1}, 0, 1<<24-1)), pdu.OpSCSIDataIn, "DataSegmentLength", 1<<24 - 1},
 		{"one byte over the limit", pdu.ReaderConfig{MaxDataSegmentLength: 262144},
 			header(&pdu.DataIn{ITT: 1}, 0, 262145), pdu.OpSCSIDataIn, "DataSegmentLength", 262145},
 		{"over the default limit", pdu.ReaderConfig{},
@@ -316,20 +320,26 @@ func TestDigestErrors(t *testing.T) {
 	good := encode(t, items, digests{true, true})
 	for _, c := range []struct {
 		name    string
-		flip    int // byte to corrupt
+		flip    int  // byte to corrupt
+		mask    byte // bits to flip in it
+		op      pdu.Opcode
 		data    bool
 		dataErr bool // the error comes from reading the data, not the header
 	}{
-		{"header byte", 20, false, false},
-		{"header digest", pdu.BHSLen, false, false},
-		{"data byte", pdu.BHSLen + 4 + 3, true, true},
-		{"data padding", pdu.BHSLen + 4 + 11, true, true},
-		{"data digest", pdu.BHSLen + 4 + 12 + 2, true, true},
+		{"header byte", 20, 0x10, pdu.OpSCSIDataIn, false, false},
+		// A corrupt length or opcode is a digest error, not a refusal.
+		{"DataSegmentLength", 5, 0x10, pdu.OpSCSIDataIn, false, false},
+		{"TotalAHSLength", 4, 0x01, pdu.OpSCSIDataIn, false, false},
+		{"opcode", 0, 0x10, pdu.OpSCSIDataIn ^ 0x10, false, false},
+		{"header digest", pdu.BHSLen, 0x10, pdu.OpSCSIDataIn, false, false},
+		{"data byte", pdu.BHSLen + 4 + 3, 0x10, pdu.OpSCSIDataIn, true, true},
+		{"data padding", pdu.BHSLen + 4 + 11, 0x10, pdu.OpSCSIDataIn, true, true},
+		{"data digest", pdu.BHSLen + 4 + 12 + 2, 0x10, pdu.OpSCSIDataIn, true, true},
 	} {
 		for _, skip := range []bool{false, true} {
 			t.Run(fmt.Sprintf("%s/skip=%v", c.name, skip), func(t *testing.T) {
 				wire := bytes.Clone(good)
-				wire[c.flip] ^= 0x10
+				wire[c.flip] ^= c.mask
 				r := pdu.NewReader(bytes.NewReader(wire), pdu.ReaderConfig{HeaderDigest: true, DataDigest: true})
 				_, err := r.Next()
 				if c.dataErr {
@@ -343,7 +353,7 @@ func TestDigestErrors(t *testing.T) {
 					}
 				}
 				var de *pdu.DigestError
-				if !errors.As(err, &de) || de.Data != c.data || de.Op != pdu.OpSCSIDataIn || de.Got == de.Want {
+				if !errors.As(err, &de) || de.Data != c.data || de.Op != c.op || de.Got == de.Want {
 					t.Fatalf("got %v, want a %v DigestError", err, c.data)
 				}
 				if _, err2 := r.Next(); err2 != err {
