@@ -44,11 +44,18 @@ type layout struct {
 	ahs   int // length of the additional header segments
 	data  int // DataSegmentLength
 	total int // every byte of the PDU, digests and padding included
+	// hdig and ddig say whether the PDU carries a header and a data digest.
+	hdig, ddig bool
 }
+
+// isLogin reports whether op is a login PDU. Digests take effect when login
+// ends (RFC 7143 §13.1), so login PDUs never carry them.
+func isLogin(op pdu.Opcode) bool { return op == pdu.OpLoginRequest || op == pdu.OpLoginResponse }
 
 // framing returns the layout of the PDU whose header is h, or false when h
 // cannot start a PDU that from sends: an undefined opcode, an opcode of the
 // other side, or lengths the opcode does not allow. from 0 accepts either side.
+// hdig and ddig say whether the connection negotiated digests.
 func framing(h *pdu.BHS, from pdu.Direction, maxData int, hdig, ddig bool) (layout, bool) {
 	op := h.Opcode()
 	if !op.Valid() || from != 0 && op.Direction() != from || h[0]&0x80 != 0 {
@@ -58,11 +65,13 @@ func framing(h *pdu.BHS, from pdu.Direction, maxData int, hdig, ddig bool) (layo
 	if l.ahs > 0 && !mayCarryAHS(op) || l.data > 0 && !mayCarryData(op) || l.data > maxData {
 		return layout{}, false
 	}
+	l.hdig = hdig && !isLogin(op)
+	l.ddig = ddig && !isLogin(op) && l.data > 0
 	l.total = pdu.BHSLen + l.ahs + l.data + padLen(l.data)
-	if hdig {
+	if l.hdig {
 		l.total += pdu.DigestLen
 	}
-	if ddig && l.data > 0 {
+	if l.ddig {
 		l.total += pdu.DigestLen
 	}
 	return l, true

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"testing"
 
@@ -42,15 +43,16 @@ func text(kv ...string) []byte {
 // initiatorMsgs and targetMsgs are a conversation covering every opcode,
 // AHS, odd data lengths (padding) and empty data segments.
 func initiatorMsgs() []msg {
-	var cdb [16]byte
-	cdb[0] = 0x28
+	var cdb, wcdb [16]byte
+	cdb[0], cdb[8] = 0x28, 8                                 // READ(10) of 8 blocks
+	wcdb[0] = 0x7f                                           // variable length CDB, continued in the AHS
 	ext := append([]byte{0, 13, 0x01, 0}, pattern(12, 1)...) // Extended CDB AHS: length 13 (incl. reserved byte), 12 bytes of CDB
 	return []msg{
 		{p: &pdu.LoginRequest{Transit: true, CSG: pdu.StageOperational, NSG: pdu.StageFullFeature, ISID: [6]byte{0x80, 1, 2, 3, 4, 5}, ITT: 1, CID: 0, CmdSN: 1},
 			data: text("InitiatorName=iqn.2026-01.com.example:ini", "TargetName=iqn.2026-01.com.example:tgt", "SessionType=Normal", "HeaderDigest=None")},
 		{p: &pdu.TextRequest{Final: true, ITT: 2, TTT: 0xffffffff, CmdSN: 2, ExpStatSN: 1}, data: text("SendTargets=All")},
 		{p: &pdu.SCSICommand{Final: true, Read: true, Attr: pdu.AttrSimple, LUN: pdu.MakeLUN(0), ITT: 3, ExpectedDataTransferLength: 4096, CmdSN: 3, ExpStatSN: 2, CDB: cdb}},
-		{p: &pdu.SCSICommand{Final: true, Write: true, Attr: pdu.AttrSimple, LUN: pdu.MakeLUN(1), ITT: 4, ExpectedDataTransferLength: 70001, CmdSN: 4, ExpStatSN: 3, CDB: cdb},
+		{p: &pdu.SCSICommand{Final: true, Write: true, Attr: pdu.AttrSimple, LUN: pdu.MakeLUN(1), ITT: 4, ExpectedDataTransferLength: 70001, CmdSN: 4, ExpStatSN: 3, CDB: wcdb},
 			ahs: ext, data: pattern(1001, 2)},
 		{p: &pdu.DataOut{Final: true, LUN: pdu.MakeLUN(1), ITT: 4, TTT: 77, ExpStatSN: 3, DataSN: 0, BufferOffset: 1001}, data: pattern(69000, 3)},
 		{p: &pdu.NOPOut{Immediate: true, ITT: 5, TTT: 0xffffffff, CmdSN: 5, ExpStatSN: 4}, data: []byte("ping")},
@@ -85,9 +87,11 @@ func encode(t testing.TB, ms []msg, hd, dd bool) ([]byte, []sent) {
 	t.Helper()
 	var buf bytes.Buffer
 	w := pdu.NewWriter(&buf)
-	w.SetDigests(hd, dd)
 	var out []sent
 	for _, m := range ms {
+		// Digests take effect after login.
+		login := isLogin(m.p.Opcode())
+		w.SetDigests(hd && !login, dd && !login)
 		if err := w.Append(m.p, m.ahs, m.data); err != nil {
 			t.Fatal(err)
 		}
@@ -106,9 +110,16 @@ func encode(t testing.TB, ms []msg, hd, dd bool) ([]byte, []sent) {
 // of the package under test.
 func split(t testing.TB, b []byte, from pdu.Direction, hd, dd bool) []sent {
 	t.Helper()
-	r := pdu.NewReader(bytes.NewReader(b), pdu.ReaderConfig{From: from, MaxDataSegmentLength: pdu.MaxDataSegmentLength, HeaderDigest: hd, DataDigest: dd})
+	cfg := pdu.ReaderConfig{From: from, MaxDataSegmentLength: pdu.MaxDataSegmentLength}
+	r := pdu.NewReader(bytes.NewReader(b), cfg)
 	var out []sent
 	for {
+		// Digests take effect after the login PDU that moves to full
+		// feature phase.
+		if len(out) > 0 && loginEnds(&out[len(out)-1].Header) {
+			cfg.HeaderDigest, cfg.DataDigest = hd, dd
+			r.SetConfig(cfg)
+		}
 		h, err := r.Next()
 		if err == io.EOF {
 			return out
@@ -166,6 +177,9 @@ func pduOffsets(ms []msg, hd, dd bool) []int {
 
 // pduLen returns the length of m on the wire.
 func pduLen(m msg, hd, dd bool) int {
+	if isLogin(m.p.Opcode()) {
+		hd, dd = false, false
+	}
 	n := pdu.BHSLen + len(m.ahs) + len(m.data) + padLen(len(m.data))
 	if hd {
 		n += 4
@@ -199,4 +213,29 @@ func asRecords(ss []sent) []Record {
 		rs[i] = Record{Header: s.Header, AHS: s.AHS, Data: s.Data, PDU: p, Err: err}
 	}
 	return rs
+}
+
+// loginEnds reports whether h is a login PDU that moves to full feature
+// phase, after which digests take effect.
+func loginEnds(h *pdu.BHS) bool {
+	return isLogin(h.Opcode()) && h[1]&0x80 != 0 && h[1]&3 == pdu.StageFullFeature
+}
+
+// negotiate rewrites the login PDUs of ms to negotiate the digests given,
+// so that tshark, which follows the negotiation, expects them.
+func negotiate(ms []msg, hd, dd bool) []msg {
+	val := func(on bool) string {
+		if on {
+			return "CRC32C"
+		}
+		return "None"
+	}
+	out := slices.Clone(ms)
+	for i, m := range out {
+		if isLogin(m.p.Opcode()) {
+			out[i].data = text("InitiatorName=iqn.2026-01.com.example:ini", "TargetName=iqn.2026-01.com.example:tgt",
+				"SessionType=Normal", "HeaderDigest="+val(hd), "DataDigest="+val(dd))
+		}
+	}
+	return out
 }

@@ -32,8 +32,8 @@ func init() {
 type ISCSI struct {
 	layers.BaseLayer
 	// HasHeaderDigest and HasDataDigest say whether the connection
-	// negotiated digests. They configure DecodeFromBytes and SerializeTo,
-	// which leave them as they are.
+	// negotiated digests, which every PDU but login PDUs then carries. They
+	// configure DecodeFromBytes and SerializeTo, which leave them as they are.
 	HasHeaderDigest, HasDataDigest bool
 
 	// Header is the Basic Header Segment as on the wire.
@@ -44,8 +44,8 @@ type ISCSI struct {
 	// without its padding.
 	AHS, Data []byte
 	// HeaderDigest and DataDigest are the CRC32C values the PDU carries,
-	// when HasHeaderDigest and HasDataDigest say it does (a PDU without a
-	// data segment has no data digest).
+	// when HasHeaderDigest and HasDataDigest say it does (login PDUs and
+	// PDUs without a data segment have no data digest).
 	HeaderDigest, DataDigest uint32
 }
 
@@ -97,17 +97,17 @@ func (l *ISCSI) DecodeFromBytes(data []byte, df gopacket.DecodeFeedback) error {
 		l.AHS = data[off : off+lay.ahs : off+lay.ahs]
 		off += lay.ahs
 	}
-	if hd {
+	if lay.hdig {
 		l.HeaderDigest = le32(data[off:])
 		off += pdu.DigestLen
 	}
 	if lay.data > 0 {
 		l.Data = data[off : off+lay.data : off+lay.data]
 		off += lay.data + padLen(lay.data)
-		if dd {
-			l.DataDigest = le32(data[off:])
-			off += pdu.DigestLen
-		}
+	}
+	if lay.ddig {
+		l.DataDigest = le32(data[off:])
+		off += pdu.DigestLen
 	}
 	l.Contents, l.BaseLayer.Payload = data[:off:off], data[off:]
 	p, err := pdu.Decode(&l.Header)
@@ -122,12 +122,12 @@ func (l *ISCSI) DecodeFromBytes(data []byte, df gopacket.DecodeFeedback) error {
 // returns a *pdu.DigestError for the first that does not match.
 func (l *ISCSI) VerifyDigests() error {
 	op := l.Header.Opcode()
-	if l.HasHeaderDigest {
+	if l.HasHeaderDigest && !isLogin(op) {
 		if want := headerCRC(&l.Header, l.AHS); want != l.HeaderDigest {
 			return &pdu.DigestError{Op: op, Got: l.HeaderDigest, Want: want}
 		}
 	}
-	if l.HasDataDigest && len(l.Data) > 0 {
+	if l.HasDataDigest && !isLogin(op) && len(l.Data) > 0 {
 		if want := dataCRC(l.Data); want != l.DataDigest {
 			return &pdu.DigestError{Op: op, Data: true, Got: l.DataDigest, Want: want}
 		}
@@ -154,11 +154,13 @@ func (l *ISCSI) SerializeTo(b gopacket.SerializeBuffer, opts gopacket.SerializeO
 		h.SetLengths(len(l.AHS), len(l.Data))
 	}
 	l.Header = h
+	hdig := l.HasHeaderDigest && !isLogin(h.Opcode())
+	ddig := l.HasDataDigest && !isLogin(h.Opcode()) && len(l.Data) > 0
 	n := pdu.BHSLen + len(l.AHS) + len(l.Data) + padLen(len(l.Data))
-	if l.HasHeaderDigest {
+	if hdig {
 		n += pdu.DigestLen
 	}
-	if l.HasDataDigest && len(l.Data) > 0 {
+	if ddig {
 		n += pdu.DigestLen
 	}
 	buf, err := b.PrependBytes(n)
@@ -167,7 +169,7 @@ func (l *ISCSI) SerializeTo(b gopacket.SerializeBuffer, opts gopacket.SerializeO
 	}
 	off := copy(buf, h[:])
 	off += copy(buf[off:], l.AHS)
-	if l.HasHeaderDigest {
+	if hdig {
 		if opts.ComputeChecksums {
 			l.HeaderDigest = headerCRC(&h, l.AHS)
 		}
@@ -179,7 +181,7 @@ func (l *ISCSI) SerializeTo(b gopacket.SerializeBuffer, opts gopacket.SerializeO
 		p := padLen(len(l.Data))
 		clear(buf[off : off+p])
 		off += p
-		if l.HasDataDigest {
+		if ddig {
 			if opts.ComputeChecksums {
 				l.DataDigest = dataCRC(l.Data)
 			}

@@ -30,6 +30,11 @@ func ReadFile(path string, opts Options) ([]Record, error) {
 // Read decodes the iSCSI PDUs of a pcap or pcapng capture. On an error it
 // returns the PDUs decoded before it too.
 func Read(r io.Reader, opts Options) ([]Record, error) {
+	return decodeAll(NewDecoder(opts), r)
+}
+
+// decodeAll decodes a pcap or pcapng capture with d.
+func decodeAll(d *Decoder, r io.Reader) ([]Record, error) {
 	br := bufio.NewReaderSize(r, 256<<10)
 	magic, err := br.Peek(4)
 	if err != nil {
@@ -47,7 +52,6 @@ func Read(r io.Reader, opts Options) ([]Record, error) {
 	if err != nil {
 		return nil, fmt.Errorf("capture: %w", err)
 	}
-	d := NewDecoder(opts)
 	p := newPacketParser()
 	var rs []Record
 	for {

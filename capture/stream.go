@@ -13,7 +13,7 @@ type Options struct {
 	// connection's two ends, the one on such a port is the target.
 	Ports []uint16
 	// HeaderDigest and DataDigest say whether the connections negotiated
-	// CRC32C digests.
+	// CRC32C digests, which every PDU but those of the login phase carries.
 	HeaderDigest, DataDigest bool
 	// MaxDataSegmentLength is the largest DataSegmentLength taken for a PDU;
 	// a longer one means the decoder lost its place. 0 means
@@ -57,7 +57,7 @@ type Record struct {
 	// without padding. The Record owns them.
 	AHS, Data []byte
 	// HeaderDigest and DataDigest are the digests the PDU carries, when
-	// the Options say there are digests.
+	// the Options say there are digests; login PDUs carry none.
 	HeaderDigest, DataDigest uint32
 	// Err is a *pdu.DigestError for a digest that does not match, or the
 	// error of pdu.Decode. The PDU's framing was right all the same.
@@ -232,7 +232,7 @@ func (s *Stream) scan(b []byte, eof bool) (skip int, found bool) {
 		if !ok {
 			continue
 		}
-		if s.hdig {
+		if lay.hdig {
 			n := pdu.BHSLen + lay.ahs
 			if len(b)-i < n+pdu.DigestLen {
 				if eof {
@@ -280,7 +280,7 @@ func (s *Stream) record(b []byte, lay layout) Record {
 		copy(r.AHS, b[off:])
 		off += lay.ahs
 	}
-	if s.hdig {
+	if lay.hdig {
 		r.HeaderDigest = le32(b[off:])
 		if want := crcUpdate(pdu.CRC32C(b[:pdu.BHSLen]), r.AHS); want != r.HeaderDigest {
 			r.Err = &pdu.DigestError{Op: op, Got: r.HeaderDigest, Want: want}
@@ -291,7 +291,7 @@ func (s *Stream) record(b []byte, lay layout) Record {
 		r.Data = owned[lay.ahs:]
 		copy(r.Data, b[off:])
 		n := lay.data + padLen(lay.data)
-		if s.ddig {
+		if lay.ddig {
 			r.DataDigest = le32(b[off+n:])
 			if want := pdu.CRC32C(b[off : off+n]); want != r.DataDigest && r.Err == nil {
 				r.Err = &pdu.DigestError{Op: op, Data: true, Got: r.DataDigest, Want: want}
