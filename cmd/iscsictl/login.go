@@ -1,0 +1,179 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"text/tabwriter"
+	"time"
+
+	"github.com/goiscsi/iscsi/session"
+)
+
+func runDiscover(ctx context.Context, a *app, args []string) error {
+	var tf targetFlags
+	fs := a.flags("--portal HOST[:PORT] [flags]")
+	tf.register(fs, a)
+	if _, err := a.parse(fs, args); err != nil {
+		return err
+	}
+	c, err := a.dial(ctx, &tf, targetNone)
+	if err != nil {
+		return err
+	}
+	ts, err := c.discover(ctx)
+	if err != nil {
+		return err
+	}
+	if a.json {
+		type targetJSON struct {
+			Name    string   `json:"name"`
+			Portals []string `json:"portals"`
+		}
+		out := []targetJSON{}
+		for _, t := range ts {
+			out = append(out, targetJSON{Name: t.Name, Portals: append([]string{}, t.Portals...)})
+		}
+		a.printJSON(map[string]any{"command": "discover", "portal": tf.portal, "targets": out})
+		return nil
+	}
+	if len(ts) == 0 {
+		a.printf("portal %s offers no target\n", tf.portal)
+	}
+	for _, t := range ts {
+		a.printf("%s\n", t.Name)
+		for _, p := range t.Portals {
+			a.printf("    %s\n", p)
+		}
+	}
+	return nil
+}
+
+// sessionInfo is a logged-in session as login prints it.
+type sessionInfo struct {
+	TSIH        uint16         `json:"tsih"`
+	ISID        string         `json:"isid"`
+	Portal      string         `json:"portal"`
+	Connections []uint16       `json:"connections"`
+	Params      map[string]any `json:"params"`
+}
+
+func describeSession(s *session.Session) sessionInfo {
+	isid := s.ISID()
+	info := sessionInfo{TSIH: s.TSIH(), ISID: fmt.Sprintf("%012x", isid[:]), Portal: s.Portal(), Connections: []uint16{},
+		Params: paramsMap(s.Params())}
+	for _, c := range s.Conns() {
+		info.Connections = append(info.Connections, c.CID())
+	}
+	return info
+}
+
+// paramsMap names the negotiated parameters with their RFC 7143 keys.
+func paramsMap(p session.Params) map[string]any {
+	digest := func(on bool) string {
+		if on {
+			return "CRC32C"
+		}
+		return "None"
+	}
+	m := map[string]any{
+		"HeaderDigest":                   digest(p.HeaderDigest),
+		"DataDigest":                     digest(p.DataDigest),
+		"MaxConnections":                 p.MaxConnections,
+		"InitialR2T":                     p.InitialR2T,
+		"ImmediateData":                  p.ImmediateData,
+		"MaxRecvDataSegmentLength":       p.MaxRecvDataSegmentLength,
+		"TargetMaxRecvDataSegmentLength": p.TargetMaxRecvDataSegmentLength,
+		"MaxBurstLength":                 p.MaxBurstLength,
+		"FirstBurstLength":               p.FirstBurstLength,
+		"DefaultTime2Wait":               p.DefaultTime2Wait,
+		"DefaultTime2Retain":             p.DefaultTime2Retain,
+		"MaxOutstandingR2T":              p.MaxOutstandingR2T,
+		"DataPDUInOrder":                 p.DataPDUInOrder,
+		"DataSequenceInOrder":            p.DataSequenceInOrder,
+		"ErrorRecoveryLevel":             p.ErrorRecoveryLevel,
+		"TargetPortalGroupTag":           p.TargetPortalGroupTag,
+	}
+	if p.TargetAlias != "" {
+		m["TargetAlias"] = p.TargetAlias
+	}
+	return m
+}
+
+// paramOrder is the order login prints parameters in.
+var paramOrder = []string{"HeaderDigest", "DataDigest", "MaxConnections", "InitialR2T", "ImmediateData",
+	"MaxRecvDataSegmentLength", "TargetMaxRecvDataSegmentLength", "MaxBurstLength", "FirstBurstLength",
+	"DefaultTime2Wait", "DefaultTime2Retain", "MaxOutstandingR2T", "DataPDUInOrder", "DataSequenceInOrder",
+	"ErrorRecoveryLevel", "TargetPortalGroupTag", "TargetAlias"}
+
+// runLogin logs in, prints the sessions (from the initiator's table) and
+// what was negotiated, and logs out: a process keeps no session once it
+// exits, so login is a check that a login works and what it negotiates.
+func runLogin(ctx context.Context, a *app, args []string) error {
+	var tf targetFlags
+	var lo logoutOptions
+	fs := a.flags("--portal HOST[:PORT] [--target NAME] [--sessions N --conns M] [flags]")
+	tf.register(fs, a)
+	lo.register(fs, 15*time.Second)
+	n := fs.Int("sessions", 1, "how many sessions to open")
+	m := fs.Int("conns", 1, "connections per session (MC/S)")
+	hold := fs.Duration("hold", 0, "keep the sessions open this long before logging out")
+	if _, err := a.parse(fs, args); err != nil {
+		return err
+	}
+	if *n < 1 || *m < 1 {
+		return invalidArgf("--sessions and --conns must be at least 1")
+	}
+	tf.conns = *m
+	opts, err := lo.options()
+	if err != nil {
+		return err
+	}
+	c, err := a.dial(ctx, &tf, targetAuto)
+	if err != nil {
+		return err
+	}
+	if _, err := c.login(ctx, *n, *m, nil); err != nil {
+		c.quietLogout(ctx)
+		return err
+	}
+	// The table, as the initiator keeps it.
+	live := c.in.Sessions(tf.target)
+	infos := make([]sessionInfo, len(live))
+	conns := 0
+	for i, s := range live {
+		infos[i] = describeSession(s)
+		conns += len(infos[i].Connections)
+	}
+	if !a.json {
+		a.printf("Logged in to %s at %s: %d session(s), %d connection(s)\n\n", tf.target, tf.portal, len(live), conns)
+		tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "SESSION\tTSIH\tISID\tPORTAL\tCIDS")
+		for i, s := range infos {
+			fmt.Fprintf(tw, "%d\t0x%04x\t%s\t%s\t%v\n", i+1, s.TSIH, s.ISID, s.Portal, s.Connections)
+		}
+		tw.Flush()
+		if len(infos) > 0 {
+			a.printf("\nNegotiated parameters:\n")
+			tw = tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+			for _, k := range paramOrder {
+				if v, ok := infos[0].Params[k]; ok {
+					fmt.Fprintf(tw, "  %s\t%v\n", k, v)
+				}
+			}
+			tw.Flush()
+		}
+	}
+	if *hold > 0 {
+		a.printf("\nHolding the sessions for %s\n", *hold)
+		select {
+		case <-time.After(*hold):
+		case <-ctx.Done():
+		}
+	}
+	op, err := c.in.LogoutFromTargetWith(tf.target, opts)
+	if err != nil {
+		return err
+	}
+	res := a.waitLogout(ctx, op, conns)
+	return a.reportLogout(&res, opts.Strategy, map[string]any{"target": tf.target, "portal": tf.portal, "sessions": infos})
+}

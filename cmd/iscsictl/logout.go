@@ -1,0 +1,280 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"math/rand/v2"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/goiscsi/iscsi/initiator"
+	"github.com/goiscsi/iscsi/session"
+	"go.uber.org/zap"
+)
+
+// runLogout opens --sessions sessions of --conns connections to the target,
+// optionally starts I/O on them, and logs out of the target with the chosen
+// strategy. A process has no sessions of an earlier run, so --sessions 0
+// logs out of nothing: the outcome is SessionNotFound (exit status 2), as
+// for a second logout of the same target.
+func runLogout(ctx context.Context, a *app, args []string) error {
+	var tf targetFlags
+	var lo logoutOptions
+	var lf ioLoadFlags
+	fs := a.flags("--target NAME [--portal HOST[:PORT] --sessions N --conns M] [--io] [--strategy S] [--drain D] [--timeout D] [--force] [flags]")
+	tf.register(fs, a)
+	lo.register(fs, 15*time.Second)
+	lf.register(fs)
+	n := fs.Int("sessions", 1, "sessions to open before logging out; 0 opens none (the outcome is then \"session not found\")")
+	m := fs.Int("conns", 1, "connections per session (MC/S)")
+	if _, err := a.parse(fs, args); err != nil {
+		return err
+	}
+	if *n < 0 || *m < 1 {
+		return invalidArgf("--sessions must be 0 or more and --conns at least 1")
+	}
+	tf.conns = *m
+	opts, err := lo.options()
+	if err != nil {
+		return err
+	}
+	if tf.target == "" {
+		return invalidArgf("--target is required")
+	}
+	if _, err := initiator.NormalizeName(tf.target); err != nil {
+		return err
+	}
+	var in *initiator.Initiator
+	var load *ioLoad
+	conns := 0
+	if *n == 0 {
+		// Nothing to open, so no portal is needed.
+		if in, err = a.newInitiator(a.initiatorConfig(tf.initiatorName)); err != nil {
+			return err
+		}
+	} else {
+		c, err := a.dial(ctx, &tf, targetRequired)
+		if err != nil {
+			return err
+		}
+		in = c.in
+		ss, err := c.login(ctx, *n, *m, nil)
+		if err != nil {
+			c.quietLogout(ctx)
+			return err
+		}
+		conns = *n * *m
+		a.printf("Logged in to %s at %s: %d session(s) x %d connection(s)\n", tf.target, tf.portal, *n, *m)
+		if lf.enabled {
+			if load, err = startIOLoad(ctx, a, ss, lf); err != nil {
+				c.quietLogout(ctx)
+				return err
+			}
+			defer load.stop()
+			load.waitStarted(ctx, time.Second)
+			a.printf("I/O running: %s, %d commands in flight per session\n", lf.describe(), lf.depth)
+		}
+	}
+	op, err := in.LogoutFromTargetWith(tf.target, opts)
+	if err != nil {
+		return err
+	}
+	res := a.waitLogout(ctx, op, conns)
+	var extra map[string]any
+	if load != nil {
+		r := load.stop()
+		if !a.json {
+			r.print(a)
+		}
+		extra = map[string]any{"io": r}
+	}
+	return a.reportLogout(&res, opts.Strategy, extra)
+}
+
+// ioLoadFlags configure I/O that runs while a logout happens.
+type ioLoadFlags struct {
+	enabled bool
+	write   bool
+	lun     int
+	bs      int
+	depth   int
+}
+
+func (f *ioLoadFlags) register(fs *flag.FlagSet) {
+	fs.BoolVar(&f.enabled, "io", false, "run I/O on every session while logging out (reads unless --io-write)")
+	fs.BoolVar(&f.write, "io-write", false, "with --io: write (random data) instead of reading")
+	fs.IntVar(&f.lun, "io-lun", -1, "with --io: logical unit; -1 means the first disk the target reports")
+	fs.IntVar(&f.bs, "io-size", 64<<10, "with --io: bytes per command (a multiple of the block size)")
+	fs.IntVar(&f.depth, "io-depth", 4, "with --io: commands in flight per session")
+}
+
+func (f *ioLoadFlags) describe() string {
+	rw := "reads"
+	if f.write {
+		rw = "writes"
+	}
+	return rw + " of " + humanBytes(uint64(f.bs))
+}
+
+// ioLoad is I/O running on sessions until stopped: it shows what a logout
+// does to commands in flight (drained with --drain, else failed with an
+// error saying their outcome is unknown).
+type ioLoad struct {
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	started chan struct{}
+	once    sync.Once
+	done    atomic.Int64
+	refused atomic.Int64
+
+	mu      sync.Mutex
+	errs    map[string]int
+	stopped *ioLoadResult
+}
+
+// ioLoadResult is what the I/O came to.
+type ioLoadResult struct {
+	Completed int64 `json:"completed"`
+	// Refused counts commands not sent because the logout had begun.
+	Refused int64          `json:"refused"`
+	Failed  int            `json:"failed"`
+	Errors  map[string]int `json:"errors"`
+}
+
+func (r *ioLoadResult) print(a *app) {
+	a.printf("I/O during the logout: %d commands completed, %d failed, %d not sent (logout begun)\n", r.Completed, r.Failed, r.Refused)
+	var msgs []string
+	for m := range r.Errors {
+		msgs = append(msgs, m)
+	}
+	sort.Strings(msgs)
+	for _, m := range msgs {
+		a.printf("  %4d x %s\n", r.Errors[m], m)
+	}
+}
+
+// startIOLoad starts depth workers per session.
+func startIOLoad(ctx context.Context, a *app, ss []*session.Session, f ioLoadFlags) (*ioLoad, error) {
+	if f.depth < 1 || f.bs < 1 {
+		return nil, invalidArgf("--io-depth and --io-size must be positive")
+	}
+	lun, err := diskLUN(ctx, ss[0], f.lun)
+	if err != nil {
+		return nil, err
+	}
+	c, err := ss[0].ReadCapacity(ctx, lun)
+	if err != nil {
+		return nil, &stepError{step: "READ CAPACITY", err: err}
+	}
+	bs := int(c.BlockSize)
+	if f.bs%bs != 0 {
+		return nil, invalidArgf("--io-size %d is not a multiple of the block size %d", f.bs, bs)
+	}
+	span := c.Blocks / uint64(f.bs/bs)
+	if span == 0 {
+		return nil, invalidArgf("--io-size %d is larger than LUN %d", f.bs, lun)
+	}
+	// A session's first command may meet a UNIT ATTENTION (power on, reset);
+	// READ CAPACITY takes it (the helpers retry), so the load does not.
+	for _, s := range ss[1:] {
+		if _, err := s.ReadCapacity(ctx, lun); err != nil {
+			return nil, &stepError{step: "READ CAPACITY", err: err}
+		}
+	}
+	lctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	l := &ioLoad{cancel: cancel, started: make(chan struct{}), errs: map[string]int{}}
+	for _, s := range ss {
+		for range f.depth {
+			l.wg.Add(1)
+			go func() {
+				defer l.wg.Done()
+				buf := make([]byte, f.bs)
+				if f.write {
+					for i := range buf {
+						buf[i] = byte(rand.Uint32())
+					}
+				}
+				for lctx.Err() == nil {
+					lba := rand.Uint64N(span) * uint64(f.bs/bs)
+					var err error
+					if f.write {
+						err = s.Write(lctx, lun, lba, bs, buf)
+					} else {
+						err = s.Read(lctx, lun, lba, bs, buf)
+					}
+					if err != nil && session.IsUnitAttention(err) {
+						continue
+					}
+					if err == session.ErrLoggedOut || err == session.ErrClosed {
+						// Not sent (the session returns these bare before
+						// sending): the connections take no new command
+						// once the logout has begun.
+						l.refused.Add(1)
+						return
+					}
+					if err != nil {
+						if lctx.Err() == nil {
+							l.fail(err)
+						}
+						if errors.Is(err, session.ErrLoggedOut) || errors.Is(err, session.ErrClosed) || errors.Is(err, session.ErrConnReset) {
+							return
+						}
+						// Another error: do not spin on it.
+						select {
+						case <-lctx.Done():
+						case <-time.After(10 * time.Millisecond):
+						}
+						continue
+					}
+					l.done.Add(1)
+					l.once.Do(func() { close(l.started) })
+				}
+			}()
+		}
+	}
+	a.log.Debug("I/O started", zap.Int("workers", len(ss)*f.depth))
+	return l, nil
+}
+
+func (l *ioLoad) fail(err error) {
+	msg := trimPrefixes(err.Error())
+	// Group by the message, without the parts that vary per connection.
+	if i := strings.Index(msg, " (read tcp"); i >= 0 {
+		msg = msg[:i]
+	}
+	l.mu.Lock()
+	l.errs[msg]++
+	l.mu.Unlock()
+}
+
+// waitStarted waits until a command completed, at most d.
+func (l *ioLoad) waitStarted(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-l.started:
+	case <-t.C:
+	case <-ctx.Done():
+	}
+}
+
+// stop stops the workers and returns what they did.
+func (l *ioLoad) stop() *ioLoadResult {
+	l.cancel()
+	l.wg.Wait()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.stopped == nil {
+		r := &ioLoadResult{Completed: l.done.Load(), Refused: l.refused.Load(), Errors: map[string]int{}}
+		for m, n := range l.errs {
+			r.Errors[m] = n
+			r.Failed += n
+		}
+		l.stopped = r
+	}
+	return l.stopped
+}

@@ -1,0 +1,236 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/goiscsi/iscsi/logout"
+	"github.com/goiscsi/iscsi/pdu"
+)
+
+// logoutJSON is a logout result as --json prints it.
+type logoutJSON struct {
+	Target     string        `json:"target"`
+	Outcome    string        `json:"outcome"`
+	HRESULT    string        `json:"hresult"`
+	ExitCode   int           `json:"exitCode"`
+	Strategy   string        `json:"strategy"`
+	Sessions   []sessionJSON `json:"sessions"`
+	LoggedOut  int           `json:"loggedOut"`
+	DurationMs float64       `json:"durationMs"`
+}
+
+type sessionJSON struct {
+	TSIH      uint16     `json:"tsih"`
+	ISID      string     `json:"isid"`
+	LoggedOut bool       `json:"loggedOut"`
+	Forced    bool       `json:"forced"`
+	Conns     []connJSON `json:"connections"`
+}
+
+type connJSON struct {
+	CID            uint16  `json:"cid"`
+	Reason         uint8   `json:"reason"`
+	State          string  `json:"state"`
+	Responded      bool    `json:"responded"`
+	Response       *uint8  `json:"response,omitempty"`
+	Time2Wait      *uint16 `json:"time2wait,omitempty"`
+	Time2Retain    *uint16 `json:"time2retain,omitempty"`
+	Error          string  `json:"error,omitempty"`
+	FailedCommands int     `json:"failedCommands"`
+	DurationMs     float64 `json:"durationMs"`
+}
+
+func toLogoutJSON(r *logout.Result, strategy logout.Strategy) logoutJSON {
+	out := logoutJSON{Target: r.Target, Outcome: r.Outcome.String(), HRESULT: fmt.Sprintf("0x%08X", r.HRESULT()),
+		ExitCode: outcomeExit(r.Outcome), Strategy: strategy.String(), Sessions: []sessionJSON{},
+		LoggedOut: r.LoggedOut(), DurationMs: ms(r.Duration)}
+	for _, s := range r.Sessions {
+		sj := sessionJSON{TSIH: s.TSIH, ISID: fmt.Sprintf("%012x", s.ISID[:]), LoggedOut: s.LoggedOut, Forced: s.Forced, Conns: []connJSON{}}
+		for _, c := range s.Conns {
+			cj := connJSON{CID: c.CID, Reason: c.Reason, State: c.State.String(), Responded: c.Responded,
+				FailedCommands: c.FailedCommands, DurationMs: ms(c.Duration)}
+			if c.Responded {
+				resp, t2w, t2r := c.Response, c.Time2Wait, c.Time2Retain
+				cj.Response, cj.Time2Wait, cj.Time2Retain = &resp, &t2w, &t2r
+			}
+			if c.Err != nil {
+				cj.Error = trimPrefixes(c.Err.Error())
+			}
+			sj.Conns = append(sj.Conns, cj)
+		}
+		out.Sessions = append(out.Sessions, sj)
+	}
+	return out
+}
+
+// printLogout writes the logout result as a table: one line per connection,
+// grouped by session, then the outcome with its HRESULT.
+func printLogout(w io.Writer, r *logout.Result, strategy logout.Strategy) {
+	fmt.Fprintf(w, "\nLogout from %s (strategy %s)\n", r.Target, strategy)
+	if len(r.Sessions) > 0 {
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "SESSION\tTSIH\tISID\tCID\tREASON\tRESULT\tTIME\tDETAIL")
+		for i, s := range r.Sessions {
+			state := "logged out"
+			switch {
+			case s.Forced:
+				state = "NOT logged out (closed locally: --force)"
+			case !s.LoggedOut:
+				state = "NOT logged out"
+			}
+			fmt.Fprintf(tw, "%d\t0x%04x\t%012x\t\t\t%s\t\t\n", i+1, s.TSIH, s.ISID[:], state)
+			for _, c := range s.Conns {
+				fmt.Fprintf(tw, "\t\t\t%d\t%s\t%s\t%s\t%s\n", c.CID, reasonName(c.Reason), c.State,
+					roundDuration(c.Duration), connDetail(&c))
+			}
+		}
+		tw.Flush()
+	}
+	fmt.Fprintf(w, "\nOutcome: %s (HRESULT 0x%08X): %d of %d sessions logged out in %s\n",
+		r.Outcome, r.HRESULT(), r.LoggedOut(), len(r.Sessions), roundDuration(r.Duration))
+}
+
+// connDetail says what the table's RESULT column does not.
+func connDetail(c *logout.ConnResult) string {
+	var parts []string
+	switch c.State {
+	case logout.ConnLoggedOut, logout.ConnClosedWithSession:
+		if c.Responded && (c.Time2Wait != 0 || c.Time2Retain != 0) {
+			parts = append(parts, fmt.Sprintf("Time2Wait %d s, Time2Retain %d s", c.Time2Wait, c.Time2Retain))
+		}
+	case logout.ConnRefused:
+		parts = append(parts, fmt.Sprintf("%s (response %d, Time2Wait %d s, Time2Retain %d s)",
+			pdu.LogoutResponseString(c.Response), c.Response, c.Time2Wait, c.Time2Retain))
+	case logout.ConnReset:
+		// The cause is in the message only: ErrConnReset wraps it with %v.
+		if c.Err != nil && strings.Contains(c.Err.Error(), "reset by peer") {
+			parts = append(parts, "reset by the target (RST), no Logout Response")
+		} else {
+			parts = append(parts, "closed by the target (FIN), no Logout Response")
+		}
+	default:
+		if c.Err != nil {
+			parts = append(parts, trimPrefixes(c.Err.Error()))
+		}
+	}
+	if c.FailedCommands > 0 {
+		parts = append(parts, fmt.Sprintf("%d commands failed", c.FailedCommands))
+	}
+	return strings.Join(parts, "; ")
+}
+
+func reasonName(r uint8) string {
+	switch r {
+	case pdu.LogoutCloseSession:
+		return "close session"
+	case pdu.LogoutCloseConnection:
+		return "close connection"
+	case pdu.LogoutRemoveForRecovery:
+		return "remove for recovery"
+	}
+	return fmt.Sprintf("reason %d", r)
+}
+
+func roundDuration(d time.Duration) time.Duration {
+	switch {
+	case d >= time.Second:
+		return d.Round(time.Millisecond)
+	case d >= time.Millisecond:
+		return d.Round(10 * time.Microsecond)
+	}
+	return d.Round(time.Microsecond)
+}
+
+// waitLogout waits for op, with a progress line on a terminal. An interrupt
+// (ctx done) cancels the operation, which then completes with the
+// connections still waiting reported canceled.
+func (a *app) waitLogout(ctx context.Context, op *logout.Operation, conns int) logout.Result {
+	progress := a.terminal && !a.json
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	shown := false
+	done := ctx.Done()
+	for {
+		select {
+		case <-op.Done():
+			if shown {
+				fmt.Fprint(a.stdout, "\r\033[K")
+			}
+			res, _ := op.Wait(context.Background())
+			return res
+		case <-done:
+			a.log.Warn("interrupted: canceling the logout")
+			op.Cancel()
+			done = nil
+		case <-tick.C:
+			if progress {
+				_, pct := op.Status()
+				fmt.Fprintf(a.stdout, "\rlogging out of %s: %3d%% of %d connections", op.Target(), pct, conns)
+				shown = true
+			}
+		}
+	}
+}
+
+// logoutOptions are the flags of a target-wide logout.
+type logoutOptions struct {
+	strategy string
+	drain    time.Duration
+	timeout  time.Duration
+	force    bool
+	// timeoutName is the name of the timeout flag.
+	timeoutName string
+}
+
+func (o *logoutOptions) register(fs *flag.FlagSet, defaultTimeout time.Duration) {
+	o.registerNamed(fs, "timeout", defaultTimeout)
+}
+
+// registerNamed registers the flags with the timeout flag called name.
+func (o *logoutOptions) registerNamed(fs *flag.FlagSet, name string, defaultTimeout time.Duration) {
+	o.timeoutName = name
+	fs.StringVar(&o.strategy, "strategy", "per-connection", "logout strategy: per-connection (a Logout Request on every connection at once) or per-session (reason 0 on one connection per session)")
+	fs.DurationVar(&o.drain, "drain", 0, "let running commands finish for this long before the Logout Requests go out")
+	fs.DurationVar(&o.timeout, name, defaultTimeout, "wait this long for each Logout Response")
+	fs.BoolVar(&o.force, "force", false, "close sessions that did not log out locally anyway")
+}
+
+func (o *logoutOptions) options() (logout.Options, error) {
+	var s logout.Strategy
+	switch o.strategy {
+	case "per-connection", "connection":
+		s = logout.PerConnection
+	case "per-session", "session":
+		s = logout.PerSession
+	default:
+		return logout.Options{}, invalidArgf("--strategy %q: want per-connection or per-session", o.strategy)
+	}
+	if o.timeout <= 0 || o.drain < 0 {
+		return logout.Options{}, invalidArgf("--%s must be positive and --drain not negative", o.timeoutName)
+	}
+	return logout.Options{Strategy: s, DrainTimeout: o.drain, Timeout: o.timeout, Force: o.force}, nil
+}
+
+// report prints a logout result (JSON or table) and returns the error for
+// its outcome.
+func (a *app) reportLogout(res *logout.Result, strategy logout.Strategy, extra map[string]any) error {
+	if a.json {
+		v := map[string]any{"command": a.name, "logout": toLogoutJSON(res, strategy)}
+		for k, x := range extra {
+			v[k] = x
+		}
+		a.printJSON(v)
+	} else {
+		printLogout(a.stdout, res, strategy)
+	}
+	if res.Outcome != logout.Success {
+		return &outcomeError{outcome: res.Outcome}
+	}
+	return nil
+}

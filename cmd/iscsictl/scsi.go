@@ -1,0 +1,375 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"text/tabwriter"
+
+	"github.com/goiscsi/iscsi/session"
+)
+
+// peripheralTypes names the SCSI peripheral device types seen on iSCSI.
+var peripheralTypes = map[int]string{0x00: "disk", 0x01: "tape", 0x05: "cd/dvd", 0x08: "changer", 0x0c: "controller", 0x0d: "enclosure", 0x1f: "unknown"}
+
+func peripheralName(t int) string {
+	if n, ok := peripheralTypes[t]; ok {
+		return n
+	}
+	return fmt.Sprintf("type 0x%02x", t)
+}
+
+// luns returns the LUNs a command works on: lun itself, or with lun < 0
+// every LUN the target reports.
+func luns(ctx context.Context, s *session.Session, lun int) ([]int, error) {
+	if lun >= 0 {
+		return []int{lun}, nil
+	}
+	ls, err := s.ReportLUNs(ctx)
+	if err != nil {
+		return nil, &stepError{step: "REPORT LUNS", err: err}
+	}
+	if len(ls) == 0 {
+		return nil, errors.New("the target reports no LUN")
+	}
+	return ls, nil
+}
+
+// diskLUN returns lun, or with lun < 0 the first LUN that is a disk
+// (tgtd's LUN 0 is its controller).
+func diskLUN(ctx context.Context, s *session.Session, lun int) (int, error) {
+	if lun >= 0 {
+		return lun, nil
+	}
+	ls, err := luns(ctx, s, lun)
+	if err != nil {
+		return 0, err
+	}
+	for _, l := range ls {
+		inq, err := s.Inquiry(ctx, l)
+		if err == nil && inq.PeripheralType == 0 {
+			return l, nil
+		}
+	}
+	return 0, fmt.Errorf("no disk among the target's LUNs %v; choose one with --lun", ls)
+}
+
+func runInquiry(ctx context.Context, a *app, args []string) error {
+	var tf targetFlags
+	fs := a.flags("--portal HOST[:PORT] [--target NAME] [--lun N] [flags]")
+	tf.register(fs, a)
+	lun := fs.Int("lun", -1, "logical unit; -1 means every LUN the target reports")
+	if _, err := a.parse(fs, args); err != nil {
+		return err
+	}
+	type inqJSON struct {
+		LUN            int    `json:"lun"`
+		PeripheralType int    `json:"peripheralType"`
+		Type           string `json:"type"`
+		Vendor         string `json:"vendor"`
+		Product        string `json:"product"`
+		Revision       string `json:"revision"`
+	}
+	var out []inqJSON
+	err := a.withSession(ctx, &tf, 1, func(s *session.Session) error {
+		ls, err := luns(ctx, s, *lun)
+		if err != nil {
+			return err
+		}
+		for _, l := range ls {
+			inq, err := s.Inquiry(ctx, l)
+			if err != nil {
+				return &stepError{step: "INQUIRY of LUN " + strconv.Itoa(l), err: err}
+			}
+			out = append(out, inqJSON{LUN: l, PeripheralType: inq.PeripheralType, Type: peripheralName(inq.PeripheralType),
+				Vendor: inq.Vendor, Product: inq.Product, Revision: inq.Revision})
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if a.json {
+		a.printJSON(map[string]any{"command": "inquiry", "target": tf.target, "luns": out})
+		return nil
+	}
+	tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "LUN\tTYPE\tVENDOR\tPRODUCT\tREVISION")
+	for _, q := range out {
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\n", q.LUN, q.Type, q.Vendor, q.Product, q.Revision)
+	}
+	return tw.Flush()
+}
+
+func runReadCap(ctx context.Context, a *app, args []string) error {
+	var tf targetFlags
+	fs := a.flags("--portal HOST[:PORT] [--target NAME] [--lun N] [flags]")
+	tf.register(fs, a)
+	lun := fs.Int("lun", -1, "logical unit; -1 means every LUN the target reports that answers")
+	if _, err := a.parse(fs, args); err != nil {
+		return err
+	}
+	type capJSON struct {
+		LUN       int    `json:"lun"`
+		Blocks    uint64 `json:"blocks"`
+		BlockSize uint32 `json:"blockSize"`
+		Bytes     uint64 `json:"bytes"`
+	}
+	var out []capJSON
+	err := a.withSession(ctx, &tf, 1, func(s *session.Session) error {
+		ls, err := luns(ctx, s, *lun)
+		if err != nil {
+			return err
+		}
+		for _, l := range ls {
+			c, err := s.ReadCapacity(ctx, l)
+			if err != nil {
+				var se *session.SCSIError
+				if *lun < 0 && errors.As(err, &se) {
+					continue // a controller LUN has no capacity
+				}
+				return &stepError{step: "READ CAPACITY of LUN " + strconv.Itoa(l), err: err}
+			}
+			out = append(out, capJSON{LUN: l, Blocks: c.Blocks, BlockSize: c.BlockSize, Bytes: c.Bytes()})
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if a.json {
+		a.printJSON(map[string]any{"command": "readcap", "target": tf.target, "luns": out})
+		return nil
+	}
+	tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "LUN\tBLOCKS\tBLOCK SIZE\tBYTES")
+	for _, c := range out {
+		fmt.Fprintf(tw, "%d\t%d\t%d\t%d (%s)\n", c.LUN, c.Blocks, c.BlockSize, c.Bytes, humanBytes(c.Bytes))
+	}
+	return tw.Flush()
+}
+
+func humanBytes(n uint64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := uint64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// ioFlags are the flags of read and write.
+type ioFlags struct {
+	lun    int
+	lba    uint64
+	blocks int
+}
+
+func (f *ioFlags) register(fs *flag.FlagSet) {
+	fs.IntVar(&f.lun, "lun", -1, "logical unit; -1 means the first disk the target reports")
+	fs.Uint64Var(&f.lba, "lba", 0, "first logical block")
+	fs.IntVar(&f.blocks, "blocks", 0, "number of blocks")
+}
+
+// maxTransfer bounds one read or write of the command line.
+const maxTransfer = 64 << 20
+
+// prepare finds the LUN and its block size and checks the range.
+func (f *ioFlags) prepare(ctx context.Context, s *session.Session, blocks int) (lun int, bs int, err error) {
+	lun, err = diskLUN(ctx, s, f.lun)
+	if err != nil {
+		return 0, 0, err
+	}
+	c, err := s.ReadCapacity(ctx, lun)
+	if err != nil {
+		return 0, 0, &stepError{step: "READ CAPACITY of LUN " + strconv.Itoa(lun), err: err}
+	}
+	bs = int(c.BlockSize)
+	switch {
+	case blocks <= 0:
+		return 0, 0, invalidArgf("--blocks must be at least 1")
+	case blocks*bs > maxTransfer:
+		return 0, 0, invalidArgf("%d blocks of %d bytes is more than the %d MiB one command moves", blocks, bs, maxTransfer>>20)
+	case f.lba >= c.Blocks || uint64(blocks) > c.Blocks-f.lba:
+		return 0, 0, invalidArgf("blocks %d to %d are past the end of LUN %d (%d blocks)", f.lba, f.lba+uint64(blocks)-1, lun, c.Blocks)
+	}
+	return lun, bs, nil
+}
+
+func runRead(ctx context.Context, a *app, args []string) error {
+	var tf targetFlags
+	var f ioFlags
+	fs := a.flags("--portal HOST[:PORT] [--target NAME] [--lun N] --lba LBA --blocks N [--out FILE] [flags]")
+	tf.register(fs, a)
+	f.register(fs)
+	out := fs.String("out", "", "write the data to this `file` (\"-\" for stdout); else print a hex dump")
+	if _, err := a.parse(fs, args); err != nil {
+		return err
+	}
+	if f.blocks <= 0 {
+		return invalidArgf("--blocks must be at least 1")
+	}
+	var data []byte
+	var lun, bs int
+	err := a.withSession(ctx, &tf, 1, func(s *session.Session) error {
+		var err error
+		lun, bs, err = f.prepare(ctx, s, f.blocks)
+		if err != nil {
+			return err
+		}
+		data = make([]byte, f.blocks*bs)
+		if err := s.Read(ctx, lun, f.lba, bs, data); err != nil {
+			return &stepError{step: "READ", err: err}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	sum := sha256.Sum256(data)
+	switch {
+	case *out == "-":
+		_, err = a.stdout.Write(data)
+		return err
+	case *out != "":
+		if err := os.WriteFile(*out, data, 0o644); err != nil {
+			return err
+		}
+	}
+	if a.json {
+		a.printJSON(map[string]any{"command": "read", "target": tf.target, "lun": lun, "lba": f.lba, "blocks": f.blocks,
+			"blockSize": bs, "bytes": len(data), "sha256": hex.EncodeToString(sum[:]), "out": *out})
+		return nil
+	}
+	if *out != "" {
+		a.printf("read %d blocks (%d bytes) at LBA %d of LUN %d into %s, sha256 %x\n", f.blocks, len(data), f.lba, lun, *out, sum)
+		return nil
+	}
+	d := hex.Dumper(a.stdout)
+	d.Write(data)
+	return d.Close()
+}
+
+func runWrite(ctx context.Context, a *app, args []string) error {
+	var tf targetFlags
+	var f ioFlags
+	fs := a.flags("--portal HOST[:PORT] [--target NAME] [--lun N] --lba LBA (--in FILE | --blocks N [--fill BYTE | --random]) [--verify] [flags]")
+	tf.register(fs, a)
+	f.register(fs)
+	in := fs.String("in", "", "write the contents of this `file` (a whole number of blocks; \"-\" for stdin)")
+	fill := fs.Int("fill", 0, "with --blocks: fill the blocks with this byte value")
+	random := fs.Bool("random", false, "with --blocks: write random data")
+	verify := fs.Bool("verify", false, "read the blocks back and compare")
+	if _, err := a.parse(fs, args); err != nil {
+		return err
+	}
+	var src []byte
+	switch {
+	case *in != "" && f.blocks != 0:
+		return invalidArgf("give either --in or --blocks")
+	case *in == "-":
+		b, err := io.ReadAll(io.LimitReader(os.Stdin, maxTransfer+1))
+		if err != nil {
+			return err
+		}
+		src = b
+	case *in != "":
+		b, err := os.ReadFile(*in)
+		if err != nil {
+			return invalidArgf("--in: %v", err)
+		}
+		src = b
+	case f.blocks <= 0:
+		return invalidArgf("give --in FILE or --blocks N")
+	case *fill < 0 || *fill > 255:
+		return invalidArgf("--fill must be a byte value, 0 to 255")
+	}
+	var lun, bs int
+	err := a.withSession(ctx, &tf, 1, func(s *session.Session) error {
+		// The block size is known only now.
+		probe, err := diskLUN(ctx, s, f.lun)
+		if err != nil {
+			return err
+		}
+		f.lun = probe
+		c, err := s.ReadCapacity(ctx, f.lun)
+		if err != nil {
+			return &stepError{step: "READ CAPACITY of LUN " + strconv.Itoa(f.lun), err: err}
+		}
+		blockSize := int(c.BlockSize)
+		if src != nil {
+			if len(src) == 0 || len(src)%blockSize != 0 {
+				return invalidArgf("the input is %d bytes, not a whole number of %d-byte blocks", len(src), blockSize)
+			}
+			f.blocks = len(src) / blockSize
+		}
+		lun, bs, err = f.prepare(ctx, s, f.blocks)
+		if err != nil {
+			return err
+		}
+		if src == nil {
+			src = make([]byte, f.blocks*bs)
+			if *random {
+				rand.Read(src)
+			} else if *fill != 0 {
+				for i := range src {
+					src[i] = byte(*fill)
+				}
+			}
+		}
+		if err := s.Write(ctx, lun, f.lba, bs, src); err != nil {
+			return &stepError{step: "WRITE", err: err}
+		}
+		if !*verify {
+			return nil
+		}
+		got := make([]byte, len(src))
+		if err := s.Read(ctx, lun, f.lba, bs, got); err != nil {
+			return &stepError{step: "reading back", err: err}
+		}
+		if i := firstDiff(src, got); i >= 0 {
+			return fmt.Errorf("verify failed: the data read back differs from the data written at byte %d (block %d)", i, f.lba+uint64(i/bs))
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	sum := sha256.Sum256(src)
+	if a.json {
+		a.printJSON(map[string]any{"command": "write", "target": tf.target, "lun": lun, "lba": f.lba, "blocks": f.blocks,
+			"blockSize": bs, "bytes": len(src), "sha256": hex.EncodeToString(sum[:]), "verified": *verify})
+		return nil
+	}
+	v := ""
+	if *verify {
+		v = ", read back and verified"
+	}
+	a.printf("wrote %d blocks (%d bytes) at LBA %d of LUN %d%s\n", f.blocks, len(src), f.lba, lun, v)
+	return nil
+}
+
+// firstDiff returns the first index at which a and b differ, or -1.
+func firstDiff(a, b []byte) int {
+	if bytes.Equal(a, b) {
+		return -1
+	}
+	for i := range min(len(a), len(b)) {
+		if a[i] != b[i] {
+			return i
+		}
+	}
+	return min(len(a), len(b))
+}

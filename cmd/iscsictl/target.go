@@ -1,0 +1,277 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/goiscsi/iscsi/initiator"
+	"github.com/goiscsi/iscsi/logout"
+	"github.com/goiscsi/iscsi/session"
+	"go.uber.org/zap"
+)
+
+// Environment variables holding CHAP secrets.
+const (
+	envCHAPSecret       = "ISCSI_CHAP_SECRET"
+	envCHAPTargetSecret = "ISCSI_CHAP_TARGET_SECRET"
+)
+
+// defaultInitiatorName is the initiator's name unless --initiator-name says
+// otherwise.
+const defaultInitiatorName = "iqn.2026-01.org.goiscsi:iscsictl"
+
+// targetFlags are the flags of the commands that talk to a real target.
+type targetFlags struct {
+	portal        string
+	target        string
+	initiatorName string
+	loginTimeout  time.Duration
+	headerDigest  bool
+	dataDigest    bool
+	// conns is the most connections a session of the command has; the
+	// initiator offers at least that MaxConnections.
+	conns int
+
+	chapUser             string
+	chapSecretFile       string
+	chapTargetUser       string
+	chapTargetSecretFile string
+	chapAllowShort       bool
+}
+
+func (t *targetFlags) register(fs *flag.FlagSet, a *app) {
+	fs.StringVar(&t.portal, "portal", "", "target portal, `host[:port]` (port 3260 by default)")
+	fs.StringVar(&t.target, "target", "", "target `name` (iqn., eui. or naa.)")
+	fs.StringVar(&t.initiatorName, "initiator-name", defaultInitiatorName, "the initiator's iSCSI `name`")
+	fs.DurationVar(&t.loginTimeout, "login-timeout", 15*time.Second, "bound on each login")
+	fs.BoolVar(&t.headerDigest, "header-digest", false, "offer CRC32C header digests")
+	fs.BoolVar(&t.dataDigest, "data-digest", false, "offer CRC32C data digests")
+	fs.StringVar(&t.chapUser, "chap-user", "", "CHAP user `name` (default: the initiator name, when a secret is given)")
+	fs.StringVar(&t.chapSecretFile, "chap-secret-file", "", "read the CHAP secret from this `file` (else $"+envCHAPSecret+")")
+	fs.StringVar(&t.chapTargetUser, "chap-target-user", "", "mutual CHAP: the `name` the target must give")
+	fs.StringVar(&t.chapTargetSecretFile, "chap-target-secret-file", "", "mutual CHAP: read the target's secret from this `file` (else $"+envCHAPTargetSecret+")")
+	fs.BoolVar(&t.chapAllowShort, "chap-allow-short-secret", false, "accept CHAP secrets shorter than 12 bytes")
+	a.pcapFlag(fs)
+}
+
+// targetWant says what a command needs of --target.
+type targetWant int
+
+const (
+	targetNone     targetWant = iota // discovery: no target
+	targetRequired                   // --target must be given
+	targetAuto                       // without --target, the portal's only target
+)
+
+// check validates the portal and the target name.
+func (t *targetFlags) check(want targetWant) error {
+	p, err := normalizePortal(t.portal)
+	if err != nil {
+		return err
+	}
+	t.portal = p
+	if _, err := initiator.NormalizeName(t.initiatorName); err != nil {
+		return fmt.Errorf("--initiator-name: %w", err)
+	}
+	if t.target != "" {
+		if _, err := initiator.NormalizeName(t.target); err != nil {
+			return fmt.Errorf("--target: %w", err)
+		}
+	} else if want == targetRequired {
+		return invalidArgf("--target is required")
+	}
+	if t.loginTimeout <= 0 {
+		return invalidArgf("--login-timeout must be positive")
+	}
+	return nil
+}
+
+// chap returns the CHAP configuration of the flags and the environment, or
+// nil for no authentication. Secrets come only from files and the
+// environment: an argument would show in the process list and the shell's
+// history.
+func (t *targetFlags) chap() (*session.CHAP, error) {
+	secret, err := readSecret(t.chapSecretFile, envCHAPSecret)
+	if err != nil {
+		return nil, err
+	}
+	tsecret, err := readSecret(t.chapTargetSecretFile, envCHAPTargetSecret)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case secret == "" && (t.chapUser != "" || tsecret != "" || t.chapTargetUser != ""):
+		return nil, invalidArgf("CHAP: no secret; put it in a file named by --chap-secret-file or in $%s", envCHAPSecret)
+	case secret == "":
+		return nil, nil
+	case t.chapTargetUser != "" && tsecret == "":
+		return nil, invalidArgf("mutual CHAP: no target secret; put it in a file named by --chap-target-secret-file or in $%s", envCHAPTargetSecret)
+	}
+	user := t.chapUser
+	if user == "" {
+		user = t.initiatorName
+	}
+	return &session.CHAP{User: user, Secret: secret, TargetUser: t.chapTargetUser, TargetSecret: tsecret,
+		AllowShortSecrets: t.chapAllowShort}, nil
+}
+
+// readSecret reads a secret from path, else from the environment variable
+// env. A file's trailing newline is not part of the secret.
+func readSecret(path, env string) (string, error) {
+	if path == "" {
+		return os.Getenv(env), nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", invalidArgf("reading the CHAP secret: %v", err)
+	}
+	s := strings.TrimRight(string(b), "\r\n")
+	if s == "" {
+		return "", invalidArgf("the CHAP secret file %s is empty", path)
+	}
+	return s, nil
+}
+
+// params returns the operational parameters to offer.
+func (t *targetFlags) params() *session.Params {
+	p := session.DefaultParams()
+	p.HeaderDigest, p.DataDigest = t.headerDigest, t.dataDigest
+	p.MaxConnections = max(p.MaxConnections, t.conns)
+	return &p
+}
+
+// connect is a connection to one target: the initiator and the CHAP
+// configuration, with the target resolved.
+type connect struct {
+	a    *app
+	tf   *targetFlags
+	in   *initiator.Initiator
+	chap *session.CHAP
+}
+
+// dial checks the flags and returns an initiator for them. With targetAuto
+// and no --target, the portal must offer exactly one target, which is then
+// used.
+func (a *app) dial(ctx context.Context, tf *targetFlags, want targetWant) (*connect, error) {
+	if err := tf.check(want); err != nil {
+		return nil, err
+	}
+	chap, err := tf.chap()
+	if err != nil {
+		return nil, err
+	}
+	cfg := a.initiatorConfig(tf.initiatorName)
+	cfg.Params = tf.params()
+	in, err := a.newInitiator(cfg)
+	if err != nil {
+		return nil, err
+	}
+	c := &connect{a: a, tf: tf, in: in, chap: chap}
+	if tf.target == "" && want == targetAuto {
+		ts, err := c.discover(ctx)
+		if err != nil {
+			return nil, err
+		}
+		switch len(ts) {
+		case 0:
+			return nil, fmt.Errorf("portal %s offers no target", tf.portal)
+		case 1:
+			tf.target = ts[0].Name
+			a.log.Info("using the portal's only target", zap.String("target", tf.target))
+		default:
+			names := make([]string, len(ts))
+			for i, t := range ts {
+				names[i] = t.Name
+			}
+			return nil, invalidArgf("portal %s offers %d targets; choose one with --target: %s", tf.portal, len(ts), strings.Join(names, ", "))
+		}
+	}
+	return c, nil
+}
+
+// discover runs SendTargets on the portal.
+func (c *connect) discover(ctx context.Context) ([]session.DiscoveredTarget, error) {
+	lctx, cancel := context.WithTimeout(ctx, c.tf.loginTimeout)
+	defer cancel()
+	ts, err := c.in.Discover(lctx, c.tf.portal, c.chap)
+	if err != nil {
+		return nil, &stepError{step: "discovering targets", portal: c.tf.portal, timeout: c.tf.loginTimeout, err: err}
+	}
+	return ts, nil
+}
+
+// login opens n sessions of m connections each, in parallel. On an error
+// the sessions that did log in stay in the initiator's table, for the
+// caller's logout.
+func (c *connect) login(ctx context.Context, n, m int, isid func(i int) [6]byte) ([]*session.Session, error) {
+	out := make([]*session.Session, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			lctx, cancel := context.WithTimeout(ctx, c.tf.loginTimeout*time.Duration(m))
+			defer cancel()
+			o := initiator.LoginOptions{Connections: m, CHAP: c.chap}
+			if isid != nil {
+				o.ISID = isid(i)
+			}
+			s, err := c.in.Login(lctx, c.tf.portal, c.tf.target, o)
+			if err != nil {
+				errs[i] = &stepError{step: "logging in", portal: c.tf.portal, target: c.tf.target, timeout: c.tf.loginTimeout, err: err}
+				return
+			}
+			out[i] = s
+		}()
+	}
+	wg.Wait()
+	for _, e := range errs {
+		if e != nil {
+			return out, e
+		}
+	}
+	return out, nil
+}
+
+// quietLogout logs out of the target at the end of a command that is not
+// about logout: its result only goes to the log.
+func (c *connect) quietLogout(ctx context.Context) {
+	op, err := c.in.LogoutFromTargetWith(c.tf.target, logout.Options{Timeout: 5 * time.Second, Force: true})
+	if err != nil {
+		return
+	}
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	res, err := op.Wait(wctx)
+	if err != nil {
+		op.Cancel()
+		op.Wait(context.Background())
+		return
+	}
+	if res.Outcome != logout.Success && res.Outcome != logout.SessionNotFound {
+		c.a.log.Warn("logout at the end of the command", zap.String("outcome", res.Outcome.String()))
+	}
+}
+
+// withSession logs in one session of conns connections, runs f, and logs
+// out.
+func (a *app) withSession(ctx context.Context, tf *targetFlags, conns int, f func(s *session.Session) error) error {
+	c, err := a.dial(ctx, tf, targetAuto)
+	if err != nil {
+		return err
+	}
+	ss, err := c.login(ctx, 1, conns, nil)
+	if err != nil {
+		c.quietLogout(ctx)
+		return err
+	}
+	err = f(ss[0])
+	c.quietLogout(ctx)
+	return err
+}

@@ -1,0 +1,222 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/goiscsi/iscsi/capture"
+	"github.com/goiscsi/iscsi/initiator"
+	"github.com/goiscsi/iscsi/logout"
+	"github.com/goiscsi/iscsi/pdu"
+	"github.com/goiscsi/iscsi/session"
+)
+
+func TestDescribe(t *testing.T) {
+	_, nameErr := initiator.NormalizeName("disk1")
+	refused := &net.OpError{Op: "dial", Net: "tcp", Addr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 3260},
+		Err: &os.SyscallError{Syscall: "connect", Err: syscall.ECONNREFUSED}}
+	login := func(err error) error {
+		return &stepError{step: "logging in", portal: "127.0.0.1:3260", target: "iqn.2001-04.com.example:disk1", timeout: 15 * time.Second, err: err}
+	}
+	tests := []struct {
+		err  error
+		code int
+		msg  string
+	}{
+		{refused, exitError, "connection refused at 127.0.0.1:3260"},
+		{login(fmt.Errorf("dial: %w", refused)), exitError, "connection refused at 127.0.0.1:3260"},
+		{login(&session.LoginError{Status: pdu.LoginTargetNotFound}), exitError,
+			"target iqn.2001-04.com.example:disk1 not found on portal 127.0.0.1:3260 (0x0203)"},
+		{login(&session.LoginError{Status: pdu.LoginAuthFailed}), exitError, "authentication failed (0x0201)"},
+		{login(&session.NegotiationError{Key: "CHAP_R", Reason: "target failed mutual authentication"}), exitError,
+			"authentication failed: CHAP_R: target failed mutual authentication"},
+		{login(context.DeadlineExceeded), exitError, "timed out after 15s (logging in) at 127.0.0.1:3260"},
+		{nameErr, exitInvalidArg, `invalid argument: iSCSI name "disk1": must start with iqn., eui. or naa.`},
+		{fmt.Errorf("--target: %w", nameErr), exitInvalidArg, `--target: invalid argument: iSCSI name "disk1"`},
+		{session.ErrShortSecret, exitInvalidArg, "shorter than 12 bytes"},
+		{invalidArgf("--qd must be positive"), exitInvalidArg, "--qd must be positive"},
+		{&outcomeError{outcome: logout.Incomplete}, exitIncomplete, "logout incomplete"},
+		{&outcomeError{outcome: logout.Failed}, exitFailed, "logout failed"},
+		{&outcomeError{outcome: logout.SessionNotFound}, exitNotFound, "logout session not found"},
+		{&stepError{step: "WRITE", err: &session.SCSIError{Status: 2, Sense: []byte{0x70, 0, 5, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x21, 0}}},
+			exitError, "SCSI command failed (WRITE): SCSI status 0x02, sense key 0x5, ASC/ASCQ 21/00"},
+		{errors.New("iscsi: something"), exitError, "something"},
+	}
+	for _, tt := range tests {
+		code, msg := describe(tt.err)
+		if code != tt.code || !strings.Contains(msg, tt.msg) {
+			t.Errorf("describe(%v) = %d, %q; want %d, containing %q", tt.err, code, msg, tt.code, tt.msg)
+		}
+		if strings.Contains(msg, "iscsi: ") {
+			t.Errorf("describe(%v) = %q: internal prefix left", tt.err, msg)
+		}
+	}
+}
+
+func TestOutcomeExit(t *testing.T) {
+	for o, want := range map[logout.Outcome]int{logout.Success: 0, logout.SessionNotFound: 2, logout.Failed: 3, logout.Incomplete: 4} {
+		if got := outcomeExit(o); got != want {
+			t.Errorf("outcomeExit(%v) = %d, want %d", o, got, want)
+		}
+	}
+}
+
+func TestNormalizePortal(t *testing.T) {
+	for in, want := range map[string]string{
+		"127.0.0.1": "127.0.0.1:3260", "127.0.0.1:3261": "127.0.0.1:3261", "[::1]": "[::1]:3260",
+		"::1": "[::1]:3260", "[::1]:3262": "[::1]:3262", "host.example": "host.example:3260",
+	} {
+		if got, err := normalizePortal(in); err != nil || got != want {
+			t.Errorf("normalizePortal(%q) = %q, %v; want %q", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "[]"} {
+		if _, err := normalizePortal(in); err == nil {
+			t.Errorf("normalizePortal(%q): no error", in)
+		}
+	}
+}
+
+func TestPercentile(t *testing.T) {
+	var d []time.Duration
+	for i := 1; i <= 1000; i++ {
+		d = append(d, time.Duration(i))
+	}
+	for p, want := range map[float64]time.Duration{50: 500, 99: 990, 99.9: 999, 100: 1000, 0: 1} {
+		if got := percentile(d, p); got != want {
+			t.Errorf("percentile(%v) = %v, want %v", p, got, want)
+		}
+	}
+	if percentile(nil, 50) != 0 {
+		t.Error("percentile of nothing")
+	}
+}
+
+func TestReadSecret(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "s")
+	os.WriteFile(p, []byte("a secret of 16 b\n"), 0o600)
+	if s, err := readSecret(p, "UNUSED_ENV"); err != nil || s != "a secret of 16 b" {
+		t.Errorf("readSecret = %q, %v", s, err)
+	}
+	t.Setenv("ISCSICTL_TEST_SECRET", "from the environment")
+	if s, _ := readSecret("", "ISCSICTL_TEST_SECRET"); s != "from the environment" {
+		t.Errorf("readSecret from env = %q", s)
+	}
+	os.WriteFile(p, []byte("\n"), 0o600)
+	if _, err := readSecret(p, ""); err == nil {
+		t.Error("empty secret file accepted")
+	}
+}
+
+// TestPcapMux records two connections at once, in writes cut anywhere,
+// into one file and decodes it.
+func TestPcapMux(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "x.pcap")
+	m, err := newPcapMux(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	var conns []net.Conn
+	for range 2 {
+		ini, tgt := net.Pipe()
+		conns = append(conns, m.Wrap(ini))
+		go func() {
+			io.Copy(io.Discard, tgt)
+			tgt.Close()
+			done <- struct{}{}
+		}()
+	}
+	// A Login Request then a NOP-Out on each connection, written at once
+	// from two goroutines.
+	var bhs pdu.BHS
+	(&pdu.LoginRequest{Transit: true, NSG: 1, ITT: 1}).MarshalBHS(&bhs)
+	var nop pdu.BHS
+	(&pdu.NOPOut{Immediate: true, ITT: 2, TTT: 0xffffffff}).MarshalBHS(&nop)
+	errc := make(chan error, 2)
+	for _, c := range conns {
+		go func() {
+			for range 50 {
+				if _, err := c.Write(bhs[:]); err != nil {
+					errc <- err
+					return
+				}
+				if _, err := c.Write(nop[:]); err != nil {
+					errc <- err
+					return
+				}
+			}
+			errc <- c.Close()
+		}()
+	}
+	for range 2 {
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+		<-done
+	}
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
+	rs, err := capture.ReadFile(path, capture.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rs) != 200 {
+		t.Fatalf("decoded %d PDUs, want 200", len(rs))
+	}
+	counts := map[string]int{}
+	for _, r := range rs {
+		counts[r.Src.String()]++
+		if r.Err != nil {
+			t.Errorf("frame %d: %v", r.Frame, r.Err)
+		}
+	}
+	if len(counts) != 2 || counts["127.0.0.1:49152"] != 100 || counts["127.0.0.1:49153"] != 100 {
+		t.Errorf("PDUs by sender: %v, want 100 from each of two connections", counts)
+	}
+}
+
+// TestTapWriterPieces feeds a pcap stream one byte at a time.
+func TestTapWriterPieces(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "y.pcap")
+	m, err := newPcapMux(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var whole strings.Builder
+	ini, tgt := net.Pipe()
+	go io.Copy(io.Discard, tgt)
+	tap, err := capture.NewTap(ini, &whole, capture.TapOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var nop pdu.BHS
+	(&pdu.NOPOut{Immediate: true, ITT: 7, TTT: 0xffffffff}).MarshalBHS(&nop)
+	tap.Write(nop[:])
+	tap.Close()
+	tgt.Close()
+	w := &tapWriter{m: m}
+	for _, b := range []byte(whole.String()) {
+		if _, err := w.Write([]byte{b}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := os.ReadFile(path)
+	if string(got) != whole.String() {
+		t.Fatalf("the mux wrote %d bytes, the tap %d", len(got), whole.Len())
+	}
+}
