@@ -42,6 +42,8 @@ type tcpConn struct {
 type half struct {
 	stream  *Stream
 	started bool
+	syn     bool // started by a SYN, whose sequence number is isn
+	isn     uint32
 	done    bool   // FIN or RST delivered: later segments are ignored
 	next    uint32 // sequence number of the next byte the stream expects
 	pending []segment
@@ -130,11 +132,10 @@ func (d *Decoder) segment(t time.Time, src, dst netip.Addr, tcp *layers.TCP, wir
 	}
 
 	c := d.conns[key]
-	h := (*half)(nil)
-	if c != nil {
-		h = &c.dirs[dir]
-		// A new SYN on a finished connection's addresses is a new connection.
-		if tcp.SYN && h.started && (h.done || h.next != tcp.Seq+1) {
+	if c != nil && tcp.SYN {
+		// A SYN other than a retransmission of the one that opened this
+		// direction opens a new connection on the same addresses.
+		if h := &c.dirs[dir]; h.started && (h.done || !h.syn || h.isn != tcp.Seq) {
 			rs = d.finish(c, rs)
 			c = nil
 		}
@@ -147,7 +148,7 @@ func (d *Decoder) segment(t time.Time, src, dst netip.Addr, tcp *layers.TCP, wir
 		d.order = append(d.order, c)
 		d.stats.Connections++
 	}
-	h = &c.dirs[dir]
+	h := &c.dirs[dir]
 	if h.done {
 		return rs
 	}
@@ -156,6 +157,7 @@ func (d *Decoder) segment(t time.Time, src, dst netip.Addr, tcp *layers.TCP, wir
 		h.started = true
 		h.next = seq
 		if tcp.SYN {
+			h.syn, h.isn = true, seq
 			h.next++
 		} else {
 			h.frame = d.frame

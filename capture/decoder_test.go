@@ -399,3 +399,40 @@ func TestDecoderChaos(t *testing.T) {
 		}
 	}
 }
+
+// TestDecoderLateSYN retransmits the SYNs after data: still one connection.
+func TestDecoderLateSYN(t *testing.T) {
+	r := rand.New(rand.NewPCG(11, 11))
+	c, want := interleaved(t, 5000, 1460, digestCase{}, r)
+	segs := slices.Insert(slices.Clone(c.segs), 20, c.segs[0], c.segs[1])
+	d := NewDecoder(Options{})
+	checkBoth(t, feed(d, segs), want)
+	if st := d.Stats(); st.Connections != 1 || st.Resyncs != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+// TestDecoderReset ends the connection with an RST inside a PDU: the PDUs
+// in progress are truncated, the ones before them decoded.
+func TestDecoderReset(t *testing.T) {
+	r := rand.New(rand.NewPCG(12, 12))
+	c, want := interleaved(t, 5000, 500, digestCase{}, r)
+	at := 30
+	l := c.segs[at]
+	segs := slices.Insert(slices.Clone(c.segs[:at+1]), at+1, seg{dir: l.dir, seq: l.seq + uint32(len(l.payload)), rst: true})
+	var exp [2][]sent
+	for dir := range 2 {
+		stop := 0
+		for _, s := range segs {
+			if s.dir == dir && len(s.payload) > 0 {
+				stop = int(s.seq-c.isn[dir]-1) + len(s.payload)
+			}
+		}
+		exp[dir] = expectFrom(c, dir, want[dir], 0, stop)
+	}
+	d := NewDecoder(Options{})
+	checkBoth(t, feed(d, segs), exp)
+	if st := d.Stats(); st.Truncated == 0 {
+		t.Fatalf("stats %+v", st)
+	}
+}

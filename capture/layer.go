@@ -14,7 +14,10 @@ import (
 // DefaultPort is the TCP port iSCSI targets listen on (RFC 7143 §13.11).
 const DefaultPort = 3260
 
-// LayerTypeISCSI is the gopacket layer type of one iSCSI PDU.
+// LayerTypeISCSI is the gopacket layer type of one iSCSI PDU. TCP segments
+// to or from DefaultPort decode to it when the packet's
+// DecodeOptions.DecodeStreamsAsDatagrams is set, as long as they hold whole
+// PDUs; the Decoder reassembles the others.
 var LayerTypeISCSI = gopacket.RegisterLayerType(1326, gopacket.LayerTypeMetadata{
 	Name:    "iSCSI",
 	Decoder: LayerDecoder{},
@@ -44,8 +47,8 @@ type ISCSI struct {
 	// without its padding.
 	AHS, Data []byte
 	// HeaderDigest and DataDigest are the CRC32C values the PDU carries,
-	// when HasHeaderDigest and HasDataDigest say it does (login PDUs and
-	// PDUs without a data segment have no data digest).
+	// when HasHeaderDigest and HasDataDigest say it does; login PDUs carry
+	// none, and PDUs without a data segment no data digest.
 	HeaderDigest, DataDigest uint32
 }
 

@@ -64,7 +64,7 @@ type Record struct {
 	Err error
 }
 
-// Stats count what a Decoder or Stream met besides PDUs.
+// Stats count what a Decoder or Stream met.
 type Stats struct {
 	Packets     int // packets given to the Decoder
 	Segments    int // TCP segments to or from an iSCSI port

@@ -30,7 +30,8 @@ type TapOptions struct {
 	// DefaultMSS, and more than DefaultMSS is taken as DefaultMSS.
 	MSS int
 	// LocalIsTarget says that the wrapped conn is the target's end, as in a
-	// test target; by default it is the initiator's.
+	// test target; by default it is the initiator's. The initiator's end
+	// sends the recorded SYN.
 	LocalIsTarget bool
 	// TargetPort and InitiatorPort are the ports recorded, with address
 	// 127.0.0.1, when the conn's addresses are not TCP addresses (net.Pipe);
