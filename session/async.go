@@ -70,7 +70,14 @@ func (s *Session) logoutOnRequest(c *Conn, deadline time.Duration) {
 	if len(s.Conns()) <= 1 {
 		reason = pdu.LogoutCloseSession
 	}
+	s.mu.Lock()
+	if s.closed {
+		// Close is waiting for the session's goroutines: start no more.
+		s.mu.Unlock()
+		return
+	}
 	s.wg.Add(1)
+	s.mu.Unlock()
 	go func() {
 		defer s.wg.Done()
 		res := c.Logout(context.Background(), LogoutOptions{Reason: reason, DrainTimeout: deadline / 2})

@@ -46,12 +46,19 @@ func (c *CHAP) algorithms() []int {
 }
 
 func (c *CHAP) check() error {
-	if c.AllowShortSecrets {
-		return nil
+	if c.Secret == "" {
+		return &NegotiationError{Key: "CHAP", Reason: "no secret configured"}
 	}
-	if len(c.Secret) < 12 || (c.TargetSecret != "" && len(c.TargetSecret) < 12) {
+	if !c.AllowShortSecrets && (len(c.Secret) < 12 || (c.TargetSecret != "" && len(c.TargetSecret) < 12)) {
 		return ErrShortSecret
 	}
+	for _, a := range c.Algorithms {
+		if chapHash(a) == nil {
+			return &NegotiationError{Key: "CHAP_A", Reason: "unknown algorithm " + strconv.Itoa(a)}
+		}
+	}
+	// Equal secrets would let a target answer our challenge with our own
+	// response (RFC 7143 §12.1.3); short secrets do not change that.
 	if c.TargetSecret != "" && c.TargetSecret == c.Secret {
 		return &NegotiationError{Key: "CHAP", Reason: "initiator and target secrets must differ"}
 	}

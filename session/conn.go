@@ -30,6 +30,9 @@ type Conn struct {
 	nc  net.Conn
 	log *zap.Logger
 	r   *pdu.Reader
+	// params are the session's parameters with this connection's own
+	// digests and data segment lengths.
+	params Params
 
 	wmu sync.Mutex
 	w   *pdu.Writer
@@ -44,6 +47,8 @@ type Conn struct {
 	// to zero, for a logout draining the connection.
 	scsiCount int
 	idle      chan struct{}
+	// failedSCSI counts the SCSI commands failed when the connection ended.
+	failedSCSI int
 
 	expStatSN atomic.Uint32
 	lastRecv  atomic.Int64 // unix nanoseconds of the last PDU received
@@ -59,6 +64,10 @@ type Conn struct {
 	logoutSent atomic.Bool
 	// asyncLogout is set once the target asked for a logout (event 1).
 	asyncLogout atomic.Bool
+	// logoutDone is closed when the connection's logout has ended, with
+	// its result in logoutRes; a second Logout waits for it.
+	logoutDone chan struct{}
+	logoutRes  LogoutResult
 }
 
 type nopPing struct {
@@ -80,6 +89,10 @@ func (c *Conn) Err() error {
 	return c.err
 }
 
+// Params returns the parameters in force on the connection: the session's,
+// with this connection's digests and data segment lengths.
+func (c *Conn) Params() Params { return c.params }
+
 // Active reports whether the connection accepts new commands.
 func (c *Conn) Active() bool {
 	c.mu.Lock()
@@ -90,9 +103,10 @@ func (c *Conn) Active() bool {
 // Done is closed once the connection's reader has stopped.
 func (c *Conn) Done() <-chan struct{} { return c.readerDone }
 
-func newConn(s *Session, cid uint16, nc net.Conn, r *pdu.Reader, w *pdu.Writer, expStatSN uint32) *Conn {
+func newConn(s *Session, cid uint16, nc net.Conn, r *pdu.Reader, w *pdu.Writer, expStatSN uint32, params Params) *Conn {
 	c := &Conn{
-		s: s, cid: cid, nc: nc, r: r, w: w,
+		s: s, cid: cid, nc: nc, r: r, w: w, params: params,
+		logoutDone: make(chan struct{}),
 		log:        s.log.With(zap.Uint16("cid", cid)),
 		tasks:      make(map[uint32]*task),
 		nopReplies: make(chan nopPing, 4),
@@ -371,6 +385,7 @@ func (c *Conn) fail(err error) {
 	c.state = connClosed
 	tasks := c.tasks
 	c.tasks = make(map[uint32]*task)
+	c.failedSCSI += c.scsiCount
 	c.scsiCount = 0
 	if c.idle != nil {
 		close(c.idle)
@@ -425,7 +440,10 @@ func (c *Conn) keepalive() {
 				case <-pending.done:
 					pending = nil
 				default:
-					if now.Sub(pendingSince) > c.s.cfg.nopTimeout() {
+					// Any PDU since the NOP-Out shows the target alive;
+					// the deadline runs from the last sign of life.
+					since := max(pendingSince.UnixNano(), c.lastRecv.Load())
+					if time.Duration(now.UnixNano()-since) > c.s.cfg.nopTimeout() {
 						c.log.Debug("NOP-Out unanswered: target is dead")
 						c.fail(ErrDeadPeer)
 						return

@@ -56,22 +56,16 @@ func (s *Session) SendTargets(ctx context.Context, what string) ([]DiscoveredTar
 	data := pdu.AppendText(nil, kv("SendTargets", what))
 	ttt := uint32(0xffffffff)
 	var text []byte
+	// Every request of one text exchange carries the same tag (RFC 7143
+	// §11.10.4).
+	itt := s.newTask(taskText).itt
 	for {
-		t := s.newTask(taskText)
+		t := &task{itt: itt, kind: taskText, done: make(chan struct{})}
 		if err := c.register(t, false); err != nil {
 			return nil, err
 		}
-		c.wmu.Lock()
-		sn, _, ok := s.takeCmdSN()
-		if !ok {
-			c.wmu.Unlock()
+		if err := c.sendText(ctx, t, ttt, data); err != nil {
 			c.remove(t.itt)
-			return nil, errors.New("iscsi: SendTargets: CmdSN window closed")
-		}
-		req := &pdu.TextRequest{Final: true, ITT: t.itt, TTT: ttt, CmdSN: sn, ExpStatSN: c.expStatSN.Load()}
-		err := c.sendLocked(req, data)
-		c.wmu.Unlock()
-		if err != nil {
 			return nil, err
 		}
 		select {
@@ -110,4 +104,31 @@ func (s *Session) SendTargets(ctx context.Context, what string) ([]DiscoveredTar
 		}
 	}
 	return out, nil
+}
+
+// sendText sends a Text Request for t, waiting for room in the CmdSN window.
+func (c *Conn) sendText(ctx context.Context, t *task, ttt uint32, data []byte) error {
+	s := c.s
+	for {
+		c.wmu.Lock()
+		if c.logoutSent.Load() {
+			c.wmu.Unlock()
+			return ErrLoggedOut
+		}
+		sn, wait, ok := s.takeCmdSN()
+		if ok {
+			req := &pdu.TextRequest{Final: true, ITT: t.itt, TTT: ttt, CmdSN: sn, ExpStatSN: c.expStatSN.Load()}
+			err := c.sendLocked(req, data)
+			c.wmu.Unlock()
+			return err
+		}
+		c.wmu.Unlock()
+		select {
+		case <-wait:
+		case <-ctx.Done():
+			return fmt.Errorf("iscsi: text request not sent, CmdSN window closed: %w", ctx.Err())
+		case <-c.closing:
+			return c.Err()
+		}
+	}
 }

@@ -64,7 +64,7 @@ type SCSIError struct {
 
 // SenseKey returns the sense key of fixed or descriptor format sense data, or -1.
 func (e *SCSIError) SenseKey() int {
-	k, _, _, ok := parseSense(e.Sense)
+	k, _, _, ok, _ := parseSense(e.Sense)
 	if !ok {
 		return -1
 	}
@@ -73,7 +73,7 @@ func (e *SCSIError) SenseKey() int {
 
 // ASC returns the additional sense code and qualifier, or ok false.
 func (e *SCSIError) ASC() (asc, ascq uint8, ok bool) {
-	_, asc, ascq, ok = parseSense(e.Sense)
+	_, asc, ascq, _, ok = parseSense(e.Sense)
 	return
 }
 
@@ -81,29 +81,39 @@ func (e *SCSIError) Error() string {
 	if e.Response != pdu.RespCommandCompleted {
 		return fmt.Sprintf("iscsi: target failure (response 0x%02x)", e.Response)
 	}
-	if k, asc, ascq, ok := parseSense(e.Sense); ok {
+	k, asc, ascq, hasKey, hasASC := parseSense(e.Sense)
+	switch {
+	case hasASC:
 		return fmt.Sprintf("iscsi: SCSI status 0x%02x, sense key 0x%x, ASC/ASCQ %02x/%02x", e.Status, k, asc, ascq)
+	case hasKey:
+		return fmt.Sprintf("iscsi: SCSI status 0x%02x, sense key 0x%x", e.Status, k)
 	}
 	return fmt.Sprintf("iscsi: SCSI status 0x%02x", e.Status)
 }
 
-// parseSense reads key, ASC and ASCQ from fixed (0x70/0x71) or descriptor
-// (0x72/0x73) sense data.
-func parseSense(s []byte) (key, asc, ascq uint8, ok bool) {
+// parseSense reads the sense key and, where the data is long enough, ASC and
+// ASCQ from fixed (0x70/0x71) or descriptor (0x72/0x73) sense data (SPC-4
+// §4.5). Short sense data (a target may send a byte or two) yields what it
+// holds and no more.
+func parseSense(s []byte) (key, asc, ascq uint8, hasKey, hasASC bool) {
 	if len(s) < 1 {
 		return
 	}
 	switch s[0] & 0x7f {
 	case 0x70, 0x71:
-		if len(s) < 14 {
-			return
+		if len(s) >= 3 {
+			key, hasKey = s[2]&0x0f, true
 		}
-		return s[2] & 0x0f, s[12], s[13], true
+		if len(s) >= 14 {
+			asc, ascq, hasASC = s[12], s[13], true
+		}
 	case 0x72, 0x73:
-		if len(s) < 4 {
-			return
+		if len(s) >= 2 {
+			key, hasKey = s[1]&0x0f, true
 		}
-		return s[1] & 0x0f, s[2], s[3], true
+		if len(s) >= 4 {
+			asc, ascq, hasASC = s[2], s[3], true
+		}
 	}
 	return
 }

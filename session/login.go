@@ -5,7 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
+	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/goiscsi/iscsi/pdu"
@@ -55,15 +58,38 @@ func (s *Session) loginAt(ctx context.Context, addr string, cid uint16, leading 
 	if dl, ok := ctx.Deadline(); ok {
 		nc.SetDeadline(dl)
 	}
-	stop := context.AfterFunc(ctx, func() { nc.SetDeadline(time.Unix(1, 0)) })
-	defer stop()
+	// Canceling ctx interrupts the login's reads and writes. Once the login
+	// is over the connection must not be touched: a cancel landing between
+	// the last response and clearing the deadline would otherwise break the
+	// connection just handed over.
+	var dmu sync.Mutex
+	loginOver := false
+	stop := context.AfterFunc(ctx, func() {
+		dmu.Lock()
+		if !loginOver {
+			nc.SetDeadline(time.Unix(1, 0))
+		}
+		dmu.Unlock()
+	})
 	l := &loginState{s: s, nc: nc, cid: cid, leading: leading,
 		r: pdu.NewReader(nc, pdu.ReaderConfig{From: pdu.FromTarget}), w: pdu.NewWriter(nc)}
 	c, err := l.run()
+	dmu.Lock()
+	loginOver = true
+	dmu.Unlock()
+	stop()
 	if err != nil {
 		nc.Close()
-		if ctx.Err() != nil && !isLoginFailure(err) {
-			return nil, fmt.Errorf("iscsi: login to %s: %w (%v)", addr, ctx.Err(), err)
+		if !isLoginFailure(err) {
+			cerr := ctx.Err()
+			if cerr == nil && errors.Is(err, os.ErrDeadlineExceeded) {
+				// The connection's deadline is ctx's: it may fire a moment
+				// before ctx reports it.
+				cerr = context.DeadlineExceeded
+			}
+			if cerr != nil {
+				return nil, fmt.Errorf("iscsi: login to %s: %w (%v)", addr, cerr, err)
+			}
 		}
 		return nil, err
 	}
@@ -116,10 +142,15 @@ func (l *loginState) run() (*Conn, error) {
 	if cfg.InitiatorAlias != "" {
 		keys = append(keys, kv("InitiatorAlias", cfg.InitiatorAlias))
 	}
-	if discovery {
+	// SessionType may be sent on the leading connection only (RFC 7143
+	// §13.21, LO); TargetName opens every connection's login.
+	switch {
+	case discovery:
 		keys = append(keys, kv("SessionType", "Discovery"))
-	} else {
+	case l.leading:
 		keys = append(keys, kv("SessionType", "Normal"), kv("TargetName", cfg.TargetName))
+	default:
+		keys = append(keys, kv("TargetName", cfg.TargetName))
 	}
 
 	// Security stage.
@@ -164,11 +195,8 @@ func (l *loginState) run() (*Conn, error) {
 				return nil, err
 			}
 		}
-		for !resp.Transit {
-			// The target stays in the security stage; say we want to go on.
-			if resp, _, err = l.exchange(pdu.StageSecurity, pdu.StageOperational, true, nil); err != nil {
-				return nil, err
-			}
+		if err := l.leaveSecurity(resp); err != nil {
+			return nil, err
 		}
 		keys = nil
 	} else {
@@ -181,16 +209,14 @@ func (l *loginState) run() (*Conn, error) {
 		if v, ok := pdu.Lookup(kvs, "AuthMethod"); ok && v != "None" {
 			return nil, &NegotiationError{Key: "AuthMethod", Reason: fmt.Sprintf("target requires %q; configure CHAP", v)}
 		}
-		for !resp.Transit {
-			if resp, _, err = l.exchange(pdu.StageSecurity, pdu.StageOperational, true, nil); err != nil {
-				return nil, err
-			}
+		if err := l.leaveSecurity(resp); err != nil {
+			return nil, err
 		}
 		keys = nil
 	}
 
 	// Operational stage.
-	neg := newNegotiator(cfg.params(), discovery)
+	neg := newNegotiator(cfg.params(), discovery, l.leading)
 	keys = neg.keys()
 	for _, p := range declared {
 		if _, err := neg.apply(p.Key, p.Value); err != nil {
@@ -234,15 +260,37 @@ func (l *loginState) run() (*Conn, error) {
 	}
 	if l.leading {
 		s.params = params
+	} else {
+		// The session-wide keys were settled on the leading connection;
+		// digests and segment lengths are this connection's own.
+		own := params
+		params = s.params
+		params.HeaderDigest, params.DataDigest = own.HeaderDigest, own.DataDigest
+		params.MaxRecvDataSegmentLength = own.MaxRecvDataSegmentLength
+		params.TargetMaxRecvDataSegmentLength = own.TargetMaxRecvDataSegmentLength
 	}
-	params = s.params
 	l.r.SetConfig(pdu.ReaderConfig{From: pdu.FromTarget, MaxDataSegmentLength: params.MaxRecvDataSegmentLength,
 		HeaderDigest: params.HeaderDigest, DataDigest: params.DataDigest})
 	l.w.SetDigests(params.HeaderDigest, params.DataDigest)
-	c := newConn(s, l.cid, l.nc, l.r, l.w, l.expStatSN)
+	c := newConn(s, l.cid, l.nc, l.r, l.w, l.expStatSN, params)
 	s.log.Debug("connection logged in", zap.Uint16("cid", l.cid), zap.Uint16("tsih", s.tsih),
 		zap.Bool("headerDigest", params.HeaderDigest), zap.Bool("dataDigest", params.DataDigest))
 	return c, nil
+}
+
+// leaveSecurity asks to go on to the operational stage until the target
+// agrees, a bounded number of times.
+func (l *loginState) leaveSecurity(resp *pdu.LoginResponse) error {
+	for step := 0; !resp.Transit; step++ {
+		if step == 8 {
+			return &NegotiationError{Reason: "target stayed in the security stage after 8 requests to leave it"}
+		}
+		var err error
+		if resp, _, err = l.exchange(pdu.StageSecurity, pdu.StageOperational, true, nil); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // exchange sends one Login Request with keys (and any Continue PDUs the
@@ -321,7 +369,11 @@ func (l *loginState) read() (*pdu.LoginResponse, []byte, error) {
 		if st.Class() == 1 {
 			kvs, _ := pdu.ParseText(seg, pdu.TextLimits{})
 			if a, ok := pdu.Lookup(kvs, "TargetAddress"); ok {
-				return nil, nil, &redirectError{addr: portalAddr(a), status: st}
+				addr, err := checkPortal(a)
+				if err != nil {
+					return nil, nil, &NegotiationError{Key: "TargetAddress", Reason: "redirect to a malformed address: " + err.Error()}
+				}
+				return nil, nil, &redirectError{addr: addr, status: st}
 			}
 		}
 		return nil, nil, &LoginError{Status: st}
@@ -341,16 +393,37 @@ func (l *loginState) read() (*pdu.LoginResponse, []byte, error) {
 		l.seenTSIH = resp.TSIH
 	}
 	l.expStatSN = resp.StatSN + 1
+	if !l.leading {
+		// The session runs on other connections: its window only moves on.
+		s.updateWindow(resp.ExpCmdSN, resp.MaxCmdSN)
+		return resp, seg, nil
+	}
 	s.mu.Lock()
 	if !pdu.SerialLess(resp.MaxCmdSN, resp.ExpCmdSN-1) {
+		// The target sets where our CmdSN starts from.
 		s.expCmdSN, s.maxCmdSN = resp.ExpCmdSN, resp.MaxCmdSN
-		if l.leading {
-			// The target sets where our CmdSN starts from.
-			s.cmdSN = resp.ExpCmdSN
-		}
+		s.cmdSN = resp.ExpCmdSN
 	}
 	s.mu.Unlock()
 	return resp, seg, nil
+}
+
+// checkPortal is portalAddr for an address the initiator will dial: it
+// refuses an empty host, a bad port or stray characters (a target's redirect
+// is untrusted input).
+func checkPortal(v string) (string, error) {
+	addr := portalAddr(v)
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", err
+	}
+	if host == "" || strings.ContainsAny(host, " /@?#\x00") {
+		return "", fmt.Errorf("host %q", host)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return "", fmt.Errorf("port %q", port)
+	}
+	return addr, nil
 }
 
 // portalAddr turns a TargetAddress value ("host:port,tpgt", "[v6]:port,tpgt",

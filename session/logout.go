@@ -50,7 +50,9 @@ type LogoutResult struct {
 }
 
 // OK reports a logout that the target answered with success.
-func (r *LogoutResult) OK() bool { return r.Responded && r.Response == pdu.LogoutSuccess && r.Err == nil }
+func (r *LogoutResult) OK() bool {
+	return r.Responded && r.Response == pdu.LogoutSuccess && r.Err == nil
+}
 
 // LogoutResponseError is a Logout Response other than success.
 type LogoutResponseError struct {
@@ -69,37 +71,56 @@ func (e *LogoutResponseError) Error() string {
 // running ones finish until DrainTimeout, sends the request, waits for the
 // response, and closes the connection whatever the outcome. It returns when
 // the connection's goroutines have ended.
+//
+// A connection logs out once: a Logout while another runs on the same
+// connection (the caller's, or the one the session starts when the target
+// asks for it) waits for that one and returns its result. Logout must not be
+// called from Config.OnAsync, which runs on the connection's reader.
 func (c *Conn) Logout(ctx context.Context, opts LogoutOptions) LogoutResult {
 	start := time.Now()
-	res := LogoutResult{CID: c.cid, Reason: opts.Reason}
-	done := func() LogoutResult {
-		res.Duration = time.Since(start)
-		c.log.Debug("logout", zap.Uint8("reason", opts.Reason), zap.Bool("responded", res.Responded),
-			zap.Uint8("response", res.Response), zap.Error(res.Err), zap.Duration("took", res.Duration))
-		return res
-	}
-	if !c.beginLogout() {
-		res.Err = c.Err()
+	switch c.beginLogout() {
+	case logoutJoin:
+		select {
+		case <-c.logoutDone:
+			return c.logoutRes
+		case <-ctx.Done():
+			return LogoutResult{CID: c.cid, Reason: opts.Reason, Err: ctx.Err(), Duration: time.Since(start)}
+		}
+	case logoutGone:
+		res := LogoutResult{CID: c.cid, Reason: opts.Reason, Err: c.Err()}
 		if res.Err == nil {
-			res.Err = errors.New("iscsi: a logout is already running on this connection")
+			res.Err = ErrClosed
 		}
 		c.wg.Wait()
-		return done()
+		res.Duration = time.Since(start)
+		return res
 	}
+	res := c.logout(ctx, opts)
+	res.Duration = time.Since(start)
+	c.log.Debug("logout", zap.Uint8("reason", opts.Reason), zap.Bool("responded", res.Responded),
+		zap.Uint8("response", res.Response), zap.Error(res.Err), zap.Duration("took", res.Duration))
+	c.logoutRes = res
+	close(c.logoutDone)
+	return res
+}
+
+func (c *Conn) logout(ctx context.Context, opts LogoutOptions) LogoutResult {
+	res := LogoutResult{CID: c.cid, Reason: opts.Reason}
 	s := c.s
+	// Connections this logout stops; given back their commands if it fails.
+	var stopped []*Conn
 	if opts.Reason == pdu.LogoutCloseSession {
 		for _, o := range s.Conns() {
-			o.stopCommands()
+			if o != c && o.stopCommands() {
+				stopped = append(stopped, o)
+			}
 		}
 	}
 	if opts.DrainTimeout > 0 {
 		dctx, cancel := context.WithTimeout(ctx, opts.DrainTimeout)
-		if opts.Reason == pdu.LogoutCloseSession {
-			for _, o := range s.Conns() {
-				o.waitIdle(dctx)
-			}
-		} else {
-			c.waitIdle(dctx)
+		c.waitIdle(dctx)
+		for _, o := range stopped {
+			o.waitIdle(dctx)
 		}
 		cancel()
 	}
@@ -125,6 +146,7 @@ func (c *Conn) Logout(ctx context.Context, opts LogoutOptions) LogoutResult {
 			sn, _, ok := s.takeCmdSN()
 			if !ok {
 				c.wmu.Unlock()
+				c.remove(t.itt)
 				res.Err = errors.New("iscsi: logout: CmdSN window closed")
 				break
 			}
@@ -168,7 +190,6 @@ func (c *Conn) Logout(ctx context.Context, opts LogoutOptions) LogoutResult {
 		break
 	}
 
-	res.Failed = c.taskCount(taskSCSI)
 	if res.OK() {
 		c.mu.Lock()
 		if c.err == nil {
@@ -176,7 +197,7 @@ func (c *Conn) Logout(ctx context.Context, opts LogoutOptions) LogoutResult {
 		}
 		c.mu.Unlock()
 		if opts.Reason == pdu.LogoutCloseSession {
-			s.markLoggedOut()
+			s.markLoggedOut(res)
 			// The target closes the session's other connections.
 			for _, o := range s.Conns() {
 				if o != c {
@@ -193,37 +214,65 @@ func (c *Conn) Logout(ctx context.Context, opts LogoutOptions) LogoutResult {
 		case <-ctx.Done():
 		}
 		grace.Stop()
-	}
-	switch {
-	case res.OK():
 		c.fail(ErrLoggedOut)
-	case res.Err != nil:
+	} else {
 		c.fail(fmt.Errorf("iscsi: logout failed: %w", res.Err))
+		// The session goes on where it still can: the connections this
+		// logout stopped take commands again.
+		for _, o := range stopped {
+			o.resumeCommands()
+		}
 	}
+	c.mu.Lock()
+	res.Failed = c.failedSCSI
+	c.mu.Unlock()
 	c.wg.Wait()
-	if len(s.Conns()) == 0 && res.OK() {
-		s.markLoggedOut()
+	if res.OK() && len(s.Conns()) == 0 {
+		s.markLoggedOut(res)
 	}
-	return done()
+	return res
 }
 
-// beginLogout moves the connection to logging out; false if it was not active.
-func (c *Conn) beginLogout() bool {
+// What beginLogout found.
+const (
+	logoutFirst = iota // this call runs the logout
+	logoutJoin         // a logout runs or ran: wait for its result
+	logoutGone         // the connection ended without a logout
+)
+
+// beginLogout moves the connection to logging out if nothing else did.
+func (c *Conn) beginLogout() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.state == connClosed || c.logoutSent.Load() || c.loggingOut {
-		return false
+	switch {
+	case c.loggingOut:
+		return logoutJoin
+	case c.state == connClosed:
+		return logoutGone
 	}
 	c.loggingOut = true
 	c.state = connLoggingOut
-	return true
+	return logoutFirst
 }
 
-// stopCommands makes the connection refuse new commands.
-func (c *Conn) stopCommands() {
+// stopCommands makes the connection refuse new commands; it reports whether
+// the connection took commands until now.
+func (c *Conn) stopCommands() bool {
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	if c.state == connActive {
 		c.state = connLoggingOut
+		return true
+	}
+	return false
+}
+
+// resumeCommands undoes stopCommands after a session logout that failed,
+// unless the connection has a logout of its own or the target asked for one.
+func (c *Conn) resumeCommands() {
+	c.mu.Lock()
+	if c.state == connLoggingOut && !c.loggingOut && !c.asyncLogout.Load() {
+		c.state = connActive
 	}
 	c.mu.Unlock()
 }
@@ -251,21 +300,11 @@ func (c *Conn) waitIdle(ctx context.Context) {
 	}
 }
 
-func (c *Conn) taskCount(kind taskKind) int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	n := 0
-	for _, t := range c.tasks {
-		if t.kind == kind {
-			n++
-		}
-	}
-	return n
-}
-
-func (s *Session) markLoggedOut() {
+func (s *Session) markLoggedOut(res LogoutResult) {
 	s.mu.Lock()
-	s.loggedOut = true
+	if !s.loggedOut {
+		s.loggedOut, s.logoutRes = true, res
+	}
 	s.mu.Unlock()
 }
 
@@ -277,21 +316,47 @@ func (s *Session) LoggedOut() bool {
 }
 
 // Logout logs the whole session out (reason 0 on one connection) and closes
-// it. The error is nil only if the target answered success.
+// it. The error is nil only if the target answered success. If the session
+// already logged out (the target asked for it), Logout returns that logout's
+// result.
 func (s *Session) Logout(ctx context.Context, opts LogoutOptions) (LogoutResult, error) {
 	opts.Reason = pdu.LogoutCloseSession
-	for _, c := range s.Conns() {
-		if !c.Active() {
-			continue
+	defer s.Close()
+	for {
+		c := s.logoutConn()
+		if c == nil {
+			s.mu.Lock()
+			res, ok := s.logoutRes, s.loggedOut
+			s.mu.Unlock()
+			if ok {
+				return res, nil
+			}
+			return LogoutResult{}, ErrClosed
 		}
 		res := c.Logout(ctx, opts)
-		if res.OK() {
-			s.Close()
+		switch {
+		case !res.OK():
+			return res, res.Err
+		case res.Reason == pdu.LogoutCloseSession || len(s.Conns()) == 0:
 			return res, nil
 		}
-		s.Close()
-		return res, res.Err
+		// We met a logout of that connection alone: go on with the others.
 	}
-	s.Close()
-	return LogoutResult{}, ErrClosed
+}
+
+// logoutConn picks the connection for a session logout: an active one, else
+// one whose logout is running.
+func (s *Session) logoutConn() *Conn {
+	conns := s.Conns()
+	for _, c := range conns {
+		if c.Active() {
+			return c
+		}
+	}
+	for _, c := range conns {
+		if c.Err() == nil {
+			return c
+		}
+	}
+	return nil
 }

@@ -112,6 +112,9 @@ func (s *Session) TestUnitReady(ctx context.Context, lun int) error {
 // Read reads len(buf) bytes from lun at block lba with READ(16); len(buf)
 // must be a multiple of blockSize.
 func (s *Session) Read(ctx context.Context, lun int, lba uint64, blockSize int, buf []byte) error {
+	if err := checkBlocks(len(buf), blockSize); err != nil {
+		return err
+	}
 	cdb := rw16(0x88, lba, len(buf), blockSize)
 	res, err := s.Execute(ctx, &Command{LUN: lun, CDB: cdb, Read: buf})
 	if err != nil {
@@ -126,6 +129,9 @@ func (s *Session) Read(ctx context.Context, lun int, lba uint64, blockSize int, 
 // Write writes data to lun at block lba with WRITE(16). It returns nil only
 // once the target reported GOOD status: the data is then on the target.
 func (s *Session) Write(ctx context.Context, lun int, lba uint64, blockSize int, data []byte) error {
+	if err := checkBlocks(len(data), blockSize); err != nil {
+		return err
+	}
 	cdb := rw16(0x8a, lba, len(data), blockSize)
 	res, err := s.Execute(ctx, &Command{LUN: lun, CDB: cdb, Write: data})
 	if err != nil {
@@ -143,6 +149,15 @@ func (s *Session) SynchronizeCache(ctx context.Context, lun int) error {
 	cdb[0] = 0x35
 	_, err := s.Execute(ctx, &Command{LUN: lun, CDB: cdb})
 	return err
+}
+
+// checkBlocks refuses a transfer that is not a whole number of blocks: the
+// CDB's block count and the expected length would disagree.
+func checkBlocks(n, blockSize int) error {
+	if blockSize <= 0 || n%blockSize != 0 || n/blockSize > 0xffffffff {
+		return fmt.Errorf("iscsi: %d bytes is not a whole number of %d-byte blocks (up to 2^32-1)", n, blockSize)
+	}
+	return nil
 }
 
 func rw16(op byte, lba uint64, n, blockSize int) []byte {

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/goiscsi/iscsi/pdu"
 )
@@ -79,15 +78,30 @@ type negotiator struct {
 	offer     Params
 	result    Params
 	discovery bool
+	// leading is false on a connection added to a session: it negotiates
+	// only the connection's own keys (RFC 7143 §13: the LO keys may be
+	// used on the leading connection only).
+	leading bool
 	// pending are keys we offered and the target has not answered yet.
 	pending map[string]bool
+	// seen are keys already negotiated in this login: a target sending one
+	// again is renegotiating, which RFC 7143 §6.2 forbids.
+	seen map[string]bool
 }
 
-func newNegotiator(offer Params, discovery bool) *negotiator {
-	n := &negotiator{offer: offer, discovery: discovery, pending: map[string]bool{}}
+func newNegotiator(offer Params, discovery, leading bool) *negotiator {
+	n := &negotiator{offer: offer, discovery: discovery, leading: leading, pending: map[string]bool{}, seen: map[string]bool{}}
 	n.result = rfcDefaults()
 	n.result.MaxRecvDataSegmentLength = offer.MaxRecvDataSegmentLength
 	return n
+}
+
+// leadingOnly are the operational keys RFC 7143 §13 marks LO.
+var leadingOnly = map[string]bool{
+	"MaxConnections": true, "InitialR2T": true, "ImmediateData": true, "MaxBurstLength": true,
+	"FirstBurstLength": true, "DefaultTime2Wait": true, "DefaultTime2Retain": true,
+	"MaxOutstandingR2T": true, "DataPDUInOrder": true, "DataSequenceInOrder": true,
+	"ErrorRecoveryLevel": true, "SessionType": true,
 }
 
 // keys returns the keys the initiator offers in the operational stage.
@@ -103,11 +117,15 @@ func (n *negotiator) keys() []kvPair {
 		kv("HeaderDigest", digest(o.HeaderDigest)),
 		kv("DataDigest", digest(o.DataDigest)),
 		kv("MaxRecvDataSegmentLength", strconv.Itoa(o.MaxRecvDataSegmentLength)),
-		kv("DefaultTime2Wait", strconv.Itoa(o.DefaultTime2Wait)),
-		kv("DefaultTime2Retain", strconv.Itoa(o.DefaultTime2Retain)),
-		kv("ErrorRecoveryLevel", strconv.Itoa(o.ErrorRecoveryLevel)),
 	}
-	if !n.discovery {
+	if n.leading {
+		kvs = append(kvs,
+			kv("DefaultTime2Wait", strconv.Itoa(o.DefaultTime2Wait)),
+			kv("DefaultTime2Retain", strconv.Itoa(o.DefaultTime2Retain)),
+			kv("ErrorRecoveryLevel", strconv.Itoa(o.ErrorRecoveryLevel)),
+		)
+	}
+	if n.leading && !n.discovery {
 		kvs = append(kvs,
 			kv("MaxConnections", strconv.Itoa(o.MaxConnections)),
 			kv("InitialR2T", pdu.FormatBool(o.InitialR2T)),
@@ -149,52 +167,116 @@ func (n *negotiator) number(key, v string) (int, error) {
 	return int(x), nil
 }
 
+// intKey is a numerical key negotiated with a minimum or maximum function.
+type intKey struct {
+	max bool // a maximum function (DefaultTime2Wait); otherwise minimum
+	get func(*Params) *int
+}
+
+var intKeys = map[string]intKey{
+	"MaxConnections":     {get: func(p *Params) *int { return &p.MaxConnections }},
+	"MaxBurstLength":     {get: func(p *Params) *int { return &p.MaxBurstLength }},
+	"FirstBurstLength":   {get: func(p *Params) *int { return &p.FirstBurstLength }},
+	"MaxOutstandingR2T":  {get: func(p *Params) *int { return &p.MaxOutstandingR2T }},
+	"DefaultTime2Retain": {get: func(p *Params) *int { return &p.DefaultTime2Retain }},
+	"ErrorRecoveryLevel": {get: func(p *Params) *int { return &p.ErrorRecoveryLevel }},
+	"DefaultTime2Wait":   {max: true, get: func(p *Params) *int { return &p.DefaultTime2Wait }},
+}
+
+func (k intKey) combine(a, b int) int {
+	if k.max {
+		return max(a, b)
+	}
+	return min(a, b)
+}
+
+// boolKey is a Boolean key negotiated with AND or OR.
+type boolKey struct {
+	and bool // ImmediateData; the others are OR
+	get func(*Params) *bool
+}
+
+var boolKeys = map[string]boolKey{
+	"ImmediateData":       {and: true, get: func(p *Params) *bool { return &p.ImmediateData }},
+	"InitialR2T":          {get: func(p *Params) *bool { return &p.InitialR2T }},
+	"DataPDUInOrder":      {get: func(p *Params) *bool { return &p.DataPDUInOrder }},
+	"DataSequenceInOrder": {get: func(p *Params) *bool { return &p.DataSequenceInOrder }},
+}
+
+func (k boolKey) combine(a, b bool) bool {
+	if k.and {
+		return a && b
+	}
+	return a || b
+}
+
 // apply takes one key the target sent in the operational stage. It returns a
 // reply to send when the target offered a key we did not (nil otherwise).
 func (n *negotiator) apply(key, v string) (*kvPair, error) {
 	offered := n.pending[key]
 	delete(n.pending, key)
-	if v == "NotUnderstood" || v == "Irrelevant" {
-		// The default holds.
-		return nil, nil
-	}
-	if v == "Reject" {
-		if offered {
-			return nil, nil
-		}
-		return nil, &NegotiationError{Key: key, Reason: "target sent Reject for a key we did not offer"}
-	}
 	r := &n.result
 	o := &n.offer
+	switch key {
+	case "TargetPortalGroupTag", "TargetAlias", "TargetAddress",
+		"SessionType", "TargetName", "InitiatorName", "InitiatorAlias", "AuthMethod":
+		// Declarations (which a target may repeat), or echoes.
+	default:
+		if n.seen[key] {
+			return nil, &NegotiationError{Key: key, Reason: "target negotiated the key a second time"}
+		}
+		n.seen[key] = true
+	}
+	if !n.leading && leadingOnly[key] {
+		// Session-wide keys are settled on the leading connection; a target
+		// offering one here gets no new value from us.
+		if offered || v == "NotUnderstood" || v == "Irrelevant" || v == "Reject" {
+			return nil, nil
+		}
+		return &kvPair{Key: key, Value: "Irrelevant"}, nil
+	}
+	if v == "NotUnderstood" || v == "Irrelevant" || v == "Reject" {
+		if !offered {
+			return nil, &NegotiationError{Key: key, Reason: "target answered " + v + " to a key we did not offer"}
+		}
+		// The target's side keeps the RFC default; our result is what our
+		// offer and that default make.
+		d := rfcDefaults()
+		if k, ok := boolKeys[key]; ok {
+			*k.get(r) = k.combine(*k.get(o), *k.get(&d))
+		} else if k, ok := intKeys[key]; ok {
+			*k.get(r) = k.combine(*k.get(o), *k.get(&d))
+		}
+		return nil, nil
+	}
 	var err error
 	var reply string
 	switch key {
 	case "HeaderDigest", "DataDigest":
+		mine := o.HeaderDigest
+		if key == "DataDigest" {
+			mine = o.DataDigest
+		}
 		var on bool
-		switch v {
-		case "CRC32C":
-			on = true
-		case "None":
-		default:
-			if offered {
-				return nil, &NegotiationError{Key: key, Reason: "target chose " + strconvQuote(v) + ", not in our list"}
+		switch {
+		case offered && v == "CRC32C":
+			if !mine {
+				return nil, &NegotiationError{Key: key, Reason: "target chose CRC32C, which we did not offer"}
 			}
+			on = true
+		case offered && v == "None":
+		case offered:
+			return nil, &NegotiationError{Key: key, Reason: "target chose " + strconvQuote(v) + ", not in our list"}
+		default:
 			// The target offers a list: pick what we want from it.
 			want := "None"
-			if (key == "HeaderDigest" && o.HeaderDigest || key == "DataDigest" && o.DataDigest) && listHas(v, "CRC32C") {
+			if mine && listHas(v, "CRC32C") {
 				want, on = "CRC32C", true
 			}
 			if !listHas(v, want) {
 				return nil, &NegotiationError{Key: key, Reason: "no common digest in " + strconvQuote(v)}
 			}
 			reply = want
-		}
-		mine := o.HeaderDigest
-		if key == "DataDigest" {
-			mine = o.DataDigest
-		}
-		if on && !mine {
-			return nil, &NegotiationError{Key: key, Reason: "target chose CRC32C, which we did not offer"}
 		}
 		if key == "HeaderDigest" {
 			r.HeaderDigest = on
@@ -203,80 +285,36 @@ func (n *negotiator) apply(key, v string) (*kvPair, error) {
 		}
 	case "MaxRecvDataSegmentLength":
 		r.TargetMaxRecvDataSegmentLength, err = n.number(key, v)
-	case "MaxConnections", "MaxBurstLength", "FirstBurstLength", "MaxOutstandingR2T", "DefaultTime2Retain", "ErrorRecoveryLevel":
-		// Minimum functions.
+	case "MaxConnections", "MaxBurstLength", "FirstBurstLength", "MaxOutstandingR2T", "DefaultTime2Retain", "ErrorRecoveryLevel", "DefaultTime2Wait":
+		k := intKeys[key]
 		var x int
 		if x, err = n.number(key, v); err != nil {
 			break
 		}
-		mine := map[string]int{"MaxConnections": o.MaxConnections, "MaxBurstLength": o.MaxBurstLength,
-			"FirstBurstLength": o.FirstBurstLength, "MaxOutstandingR2T": o.MaxOutstandingR2T,
-			"DefaultTime2Retain": o.DefaultTime2Retain, "ErrorRecoveryLevel": o.ErrorRecoveryLevel}[key]
-		if offered && x > mine {
-			return nil, &NegotiationError{Key: key, Reason: fmt.Sprintf("target answered %d, above our offer %d", x, mine)}
+		mine := *k.get(o)
+		if offered && k.combine(x, mine) != x {
+			return nil, &NegotiationError{Key: key, Reason: fmt.Sprintf("target answered %d to our offer %d, against the %s function", x, mine, map[bool]string{false: "minimum", true: "maximum"}[k.max])}
 		}
-		x = min(x, mine)
+		x = k.combine(x, mine)
 		if !offered {
 			reply = strconv.Itoa(x)
 		}
-		switch key {
-		case "MaxConnections":
-			r.MaxConnections = x
-		case "MaxBurstLength":
-			r.MaxBurstLength = x
-		case "FirstBurstLength":
-			r.FirstBurstLength = x
-		case "MaxOutstandingR2T":
-			r.MaxOutstandingR2T = x
-		case "DefaultTime2Retain":
-			r.DefaultTime2Retain = x
-		case "ErrorRecoveryLevel":
-			r.ErrorRecoveryLevel = x
-		}
-	case "DefaultTime2Wait":
-		var x int
-		if x, err = n.number(key, v); err != nil {
-			break
-		}
-		if offered && x < o.DefaultTime2Wait {
-			return nil, &NegotiationError{Key: key, Reason: fmt.Sprintf("target answered %d, below our offer %d", x, o.DefaultTime2Wait)}
-		}
-		r.DefaultTime2Wait = max(x, o.DefaultTime2Wait)
-		if !offered {
-			reply = strconv.Itoa(r.DefaultTime2Wait)
-		}
+		*k.get(r) = x
 	case "InitialR2T", "DataPDUInOrder", "DataSequenceInOrder", "ImmediateData":
+		k := boolKeys[key]
 		var b bool
 		if b, err = pdu.ParseBool(v); err != nil {
 			return nil, &NegotiationError{Key: key, Reason: err.Error()}
 		}
-		mine := map[string]bool{"InitialR2T": o.InitialR2T, "DataPDUInOrder": o.DataPDUInOrder,
-			"DataSequenceInOrder": o.DataSequenceInOrder, "ImmediateData": o.ImmediateData}[key]
-		var res bool
-		if key == "ImmediateData" {
-			res = b && mine // AND
-			if offered && b && !mine {
-				return nil, &NegotiationError{Key: key, Reason: "target answered Yes to our No"}
-			}
-		} else {
-			res = b || mine // OR
-			if offered && !b && mine {
-				return nil, &NegotiationError{Key: key, Reason: "target answered No to our Yes"}
-			}
+		mine := *k.get(o)
+		res := k.combine(b, mine)
+		if offered && res != b {
+			return nil, &NegotiationError{Key: key, Reason: fmt.Sprintf("target answered %s to our %s", pdu.FormatBool(b), pdu.FormatBool(mine))}
 		}
 		if !offered {
 			reply = pdu.FormatBool(res)
 		}
-		switch key {
-		case "InitialR2T":
-			r.InitialR2T = res
-		case "ImmediateData":
-			r.ImmediateData = res
-		case "DataPDUInOrder":
-			r.DataPDUInOrder = res
-		case "DataSequenceInOrder":
-			r.DataSequenceInOrder = res
-		}
+		*k.get(r) = res
 	case "TargetPortalGroupTag":
 		r.TargetPortalGroupTag, err = n.number(key, v)
 	case "TargetAlias":
@@ -307,8 +345,7 @@ func (n *negotiator) apply(key, v string) (*kvPair, error) {
 // finish checks the negotiated values for consistency.
 func (n *negotiator) finish() (Params, error) {
 	r := n.result
-	if n.discovery {
-		// A discovery session negotiates only what it offered.
+	if n.discovery || !n.leading {
 		return r, nil
 	}
 	if r.FirstBurstLength > r.MaxBurstLength {
@@ -327,8 +364,5 @@ func listHas(list, v string) bool {
 }
 
 func strconvQuote(s string) string { return strconv.Quote(s) }
-
-// durationSeconds converts a Time2Wait-style count of seconds.
-func durationSeconds(n int) time.Duration { return time.Duration(n) * time.Second }
 
 func kv(k, v string) kvPair { return kvPair{Key: k, Value: v} }

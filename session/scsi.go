@@ -60,7 +60,7 @@ func (c *Conn) Execute(ctx context.Context, cmd *Command) (*Result, error) {
 
 func (c *Conn) execute(ctx context.Context, cmd *Command) (*Result, error) {
 	s := c.s
-	p := s.params
+	p := c.params
 	t := s.newTask(taskSCSI)
 	t.lun = pdu.MakeLUN(cmd.LUN)
 	t.readBuf = cmd.Read
@@ -71,10 +71,10 @@ func (c *Conn) execute(ctx context.Context, cmd *Command) (*Result, error) {
 	if err := c.register(t, false); err != nil {
 		return nil, err
 	}
-	finished := false
+	sent, finished := false, false
 	defer func() {
 		if !finished {
-			c.abandon(t)
+			c.abandon(t, sent)
 		}
 	}()
 
@@ -102,25 +102,36 @@ func (c *Conn) execute(ctx context.Context, cmd *Command) (*Result, error) {
 	}
 	for {
 		c.wmu.Lock()
+		if c.logoutSent.Load() {
+			// Nothing may follow a Logout Request on the connection.
+			c.wmu.Unlock()
+			return nil, fmt.Errorf("iscsi: command not sent: %w", ErrLoggedOut)
+		}
 		sn, wait, ok := s.takeCmdSN()
 		if ok {
+			t.mu.Lock()
+			t.cmdSN, t.sent = sn, true
+			t.mu.Unlock()
 			req.CmdSN = sn
 			req.ExpStatSN = c.expStatSN.Load()
 			err := c.w.Append(req, nil, immediate)
 			if err == nil && unsolicited > len(immediate) {
 				err = c.appendDataOut(t, cmd.Write, len(immediate), unsolicited-len(immediate), 0xffffffff)
 			}
-			if err == nil {
-				err = c.w.Flush()
-				if err != nil {
-					c.wmu.Unlock()
-					c.fail(fmt.Errorf("iscsi: write on connection %d: %w", c.cid, err))
-					return nil, c.Err()
-				}
+			if err != nil {
+				// The CmdSN is taken but will never be sent: the target
+				// would wait for it forever, so the connection is done.
+				c.w.Discard()
+				c.wmu.Unlock()
+				c.fail(fmt.Errorf("iscsi: building a SCSI Command: %w", err))
+				return nil, err
 			}
+			sent = true
+			err = c.w.Flush()
 			c.wmu.Unlock()
 			if err != nil {
-				return nil, err
+				c.fail(fmt.Errorf("iscsi: write on connection %d: %w", c.cid, err))
+				return nil, fmt.Errorf("iscsi: command did not complete, its outcome on the target is unknown: %w", c.Err())
 			}
 			break
 		}
@@ -130,7 +141,7 @@ func (c *Conn) execute(ctx context.Context, cmd *Command) (*Result, error) {
 		case <-ctx.Done():
 			return nil, fmt.Errorf("iscsi: command not sent, CmdSN window closed: %w", ctx.Err())
 		case <-c.closing:
-			return nil, c.Err()
+			return nil, fmt.Errorf("iscsi: command not sent: %w", c.Err())
 		}
 	}
 
@@ -142,9 +153,16 @@ func (c *Conn) execute(ctx context.Context, cmd *Command) (*Result, error) {
 			return t.result(cmd)
 		case r := <-t.r2ts:
 			c.wmu.Lock()
+			if c.logoutSent.Load() {
+				// The logout ends the task; no Data-Out after the request.
+				c.wmu.Unlock()
+				continue
+			}
 			err := c.appendDataOut(t, cmd.Write, int(r.BufferOffset), int(r.DesiredDataTransferLength), r.TTT)
 			if err == nil {
 				err = c.w.Flush()
+			} else {
+				c.w.Discard()
 			}
 			c.wmu.Unlock()
 			if err != nil {
@@ -159,7 +177,7 @@ func (c *Conn) execute(ctx context.Context, cmd *Command) (*Result, error) {
 // appendDataOut queues Data-Out PDUs for data[off:off+n], each at most the
 // target's MaxRecvDataSegmentLength. The caller holds wmu.
 func (c *Conn) appendDataOut(t *task, data []byte, off, n int, ttt uint32) error {
-	seg := c.s.params.TargetMaxRecvDataSegmentLength
+	seg := c.params.TargetMaxRecvDataSegmentLength
 	var dataSN uint32
 	for end := off + n; off < end; dataSN++ {
 		m := min(seg, end-off)
@@ -173,7 +191,9 @@ func (c *Conn) appendDataOut(t *task, data []byte, off, n int, ttt uint32) error
 	return nil
 }
 
-// settle makes sure the reader no longer touches a finished task's buffer.
+// settle makes sure the reader no longer touches a finished task's buffer:
+// once it returns, no Data-In is copied into it. If the reader is copying a
+// Data-In into the buffer right now, settle waits for that one PDU.
 func (c *Conn) settle(t *task) {
 	c.remove(t.itt)
 	t.mu.Lock()
@@ -182,10 +202,11 @@ func (c *Conn) settle(t *task) {
 }
 
 // abandon gives up a task whose caller stopped waiting: the reader stops
-// filling its buffer, and the target is asked to abort it.
-func (c *Conn) abandon(t *task) {
+// filling its buffer, and if the command went out the target is asked to
+// abort it (ABORT TASK on this connection, RFC 7143 §11.5.1).
+func (c *Conn) abandon(t *task, sent bool) {
 	c.settle(t)
-	if !c.Active() {
+	if !sent || !c.Active() {
 		return
 	}
 	tmf := c.s.newTask(taskTMF)
@@ -193,8 +214,9 @@ func (c *Conn) abandon(t *task) {
 		return
 	}
 	req := &pdu.TaskMgmtRequest{Immediate: true, Function: pdu.TMFAbortTask, LUN: t.lun, ITT: tmf.itt,
-		RefTaskTag: t.itt, CmdSN: c.s.currentCmdSN(), ExpStatSN: c.expStatSN.Load(), RefCmdSN: 0}
+		RefTaskTag: t.itt, CmdSN: c.s.currentCmdSN(), ExpStatSN: c.expStatSN.Load(), RefCmdSN: t.cmdSN}
 	if err := c.send(req, nil); err != nil {
+		c.remove(tmf.itt)
 		c.log.Debug("abort task not sent", zap.Error(err))
 	}
 }
@@ -236,12 +258,15 @@ func (c *Conn) dataIn(d *pdu.DataIn, n int) error {
 		t.mu.Unlock()
 		return nil
 	}
+	// Every Data-In of a command counts, with data or not (RFC 7143 §11.7.5).
+	if d.DataSN != t.dataSN {
+		t.mu.Unlock()
+		return &pdu.ProtocolError{Op: pdu.OpSCSIDataIn, Field: "DataSN", Value: uint64(d.DataSN), Reason: fmt.Sprintf("expected %d", t.dataSN)}
+	}
+	t.dataSN++
 	if n > 0 {
 		off := int(d.BufferOffset)
 		switch {
-		case d.DataSN != t.dataSN:
-			t.mu.Unlock()
-			return &pdu.ProtocolError{Op: pdu.OpSCSIDataIn, Field: "DataSN", Value: uint64(d.DataSN), Reason: fmt.Sprintf("expected %d", t.dataSN)}
 		case off != t.received:
 			t.mu.Unlock()
 			return &pdu.ProtocolError{Op: pdu.OpSCSIDataIn, Field: "BufferOffset", Value: uint64(off), Reason: fmt.Sprintf("expected %d (DataPDUInOrder)", t.received)}
@@ -254,7 +279,6 @@ func (c *Conn) dataIn(d *pdu.DataIn, n int) error {
 			return err
 		}
 		t.received += n
-		t.dataSN++
 	}
 	t.mu.Unlock()
 	if d.HasStatus {
@@ -280,10 +304,12 @@ func (c *Conn) r2t(r *pdu.R2T) error {
 	switch {
 	case t.writeLen == 0:
 		return &pdu.ProtocolError{Op: pdu.OpR2T, Field: "InitiatorTaskTag", Value: uint64(r.ITT), Reason: "R2T for a command that writes nothing"}
+	case off >= uint64(t.writeLen):
+		return &pdu.ProtocolError{Op: pdu.OpR2T, Field: "BufferOffset", Value: off, Reason: fmt.Sprintf("outside the %d bytes of the write", t.writeLen)}
 	case n == 0 || off+n > uint64(t.writeLen):
 		return &pdu.ProtocolError{Op: pdu.OpR2T, Field: "DesiredDataTransferLength", Value: n, Reason: fmt.Sprintf("range at offset %d outside the %d bytes of the write", off, t.writeLen)}
-	case n > uint64(c.s.params.MaxBurstLength):
-		return &pdu.ProtocolError{Op: pdu.OpR2T, Field: "DesiredDataTransferLength", Value: n, Reason: fmt.Sprintf("exceeds MaxBurstLength %d", c.s.params.MaxBurstLength)}
+	case n > uint64(c.params.MaxBurstLength):
+		return &pdu.ProtocolError{Op: pdu.OpR2T, Field: "DesiredDataTransferLength", Value: n, Reason: fmt.Sprintf("exceeds MaxBurstLength %d", c.params.MaxBurstLength)}
 	}
 	select {
 	case t.r2ts <- *r:
@@ -295,19 +321,45 @@ func (c *Conn) r2t(r *pdu.R2T) error {
 
 // TaskManagement sends a task management function (pdu.TMFAbortTask,
 // pdu.TMFLogicalUnitReset, ...) and returns the target's response code.
+// refTask is the tag of the task to abort, for pdu.TMFAbortTask only: the
+// request then goes on the connection running that task with its CmdSN as
+// RefCmdSN, as RFC 7143 §11.5 asks; for a tag no running command has, the
+// target answers as for a task it does not know.
 func (s *Session) TaskManagement(ctx context.Context, function uint8, lun int, refTask uint32) (uint8, error) {
-	c, err := s.pickConn()
-	if err != nil {
-		return 0, err
+	var c *Conn
+	var refCmdSN uint32
+	found := false
+	if function == pdu.TMFAbortTask {
+		for _, o := range s.Conns() {
+			if t := o.lookup(refTask); t != nil && t.kind == taskSCSI {
+				t.mu.Lock()
+				refCmdSN, found = t.cmdSN, t.sent
+				t.mu.Unlock()
+				c = o
+				break
+			}
+		}
+	}
+	if c == nil {
+		var err error
+		if c, err = s.pickConn(); err != nil {
+			return 0, err
+		}
 	}
 	t := s.newTask(taskTMF)
 	if err := c.register(t, false); err != nil {
 		return 0, err
 	}
+	sn := s.currentCmdSN()
+	if !found {
+		// RefCmdSN equal to the request's own CmdSN: the target must not
+		// take an unknown task as one still to come.
+		refCmdSN = sn
+	}
 	req := &pdu.TaskMgmtRequest{Immediate: true, Function: function, LUN: pdu.MakeLUN(lun), ITT: t.itt,
-		RefTaskTag: refTask, CmdSN: s.currentCmdSN(), ExpStatSN: c.expStatSN.Load()}
+		RefTaskTag: refTask, CmdSN: sn, ExpStatSN: c.expStatSN.Load(), RefCmdSN: refCmdSN, ExpDataSN: 0}
 	if function != pdu.TMFAbortTask {
-		req.RefTaskTag = 0xffffffff
+		req.RefTaskTag, req.RefCmdSN = 0xffffffff, 0
 	}
 	if err := c.send(req, nil); err != nil {
 		c.remove(t.itt)

@@ -30,10 +30,13 @@ type Session struct {
 	maxCmdSN uint32
 	// window is closed and replaced whenever MaxCmdSN moves or the session
 	// ends, waking commands that wait for room.
-	window    chan struct{}
-	conns     []*Conn
+	window chan struct{}
+	conns  []*Conn
+	// all are every connection ever started, for Close to wait for.
+	all       []*Conn
 	nextCID   uint16
 	loggedOut bool
+	logoutRes LogoutResult // the logout that ended the session
 	closed    bool
 	ended     chan struct{} // closed when the last connection has ended
 	// challenges are the CHAP challenges this session sent, on any
@@ -74,6 +77,7 @@ func Login(ctx context.Context, cfg Config) (*Session, error) {
 		return nil, err
 	}
 	s.conns = append(s.conns, c)
+	s.all = append(s.all, c)
 	s.nextCID = 1
 	c.start()
 	s.log.Debug("session logged in", zap.Uint16("tsih", s.tsih))
@@ -113,6 +117,7 @@ func (s *Session) AddConnection(ctx context.Context) (*Conn, error) {
 		return nil, ErrClosed
 	}
 	s.conns = append(s.conns, c)
+	s.all = append(s.all, c)
 	s.mu.Unlock()
 	c.start()
 	return c, nil
@@ -147,11 +152,13 @@ func (s *Session) Conns() []*Conn {
 func (s *Session) Ended() <-chan struct{} { return s.ended }
 
 // Close closes every connection at once, without logging out, and waits for
-// every goroutine of the session. Commands still running fail.
+// every goroutine of the session, those of connections that ended before
+// too. Commands still running fail. Close must not be called from
+// Config.OnAsync, which runs on a connection's reader.
 func (s *Session) Close() error {
 	s.mu.Lock()
 	s.closed = true
-	conns := append([]*Conn(nil), s.conns...)
+	conns := append([]*Conn(nil), s.all...)
 	s.mu.Unlock()
 	for _, c := range conns {
 		c.Close()

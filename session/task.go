@@ -27,8 +27,11 @@ type task struct {
 
 	// SCSI command state. mu is held while the reader copies Data-In into
 	// readBuf, so that a caller giving up can wait for the copy to end.
-	mu       sync.Mutex
-	dead     bool
+	mu   sync.Mutex
+	dead bool
+	// cmdSN is the command's CmdSN once sent is set, for ABORT TASK.
+	cmdSN    uint32
+	sent     bool
 	lun      pdu.LUN
 	readBuf  []byte
 	writeLen int

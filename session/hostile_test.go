@@ -1,0 +1,955 @@
+package session
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/goiscsi/iscsi/pdu"
+)
+
+type execResult struct {
+	res *Result
+	err error
+}
+
+// goExecute runs Execute in a goroutine, for the fake target to answer.
+func goExecute(ctx context.Context, s *Session, cmd *Command) <-chan execResult {
+	ch := make(chan execResult, 1)
+	go func() {
+		res, err := s.Execute(ctx, cmd)
+		ch <- execResult{res, err}
+	}()
+	return ch
+}
+
+func waitExec(t testing.TB, ch <-chan execResult) execResult {
+	t.Helper()
+	select {
+	case r := <-ch:
+		return r
+	case <-time.After(wait):
+		t.Fatalf("Execute did not return in %v", wait)
+	}
+	panic("unreachable")
+}
+
+func readCmd(n int) *Command {
+	return &Command{LUN: 1, CDB: rw16(0x88, 0, n, 512), Read: make([]byte, n)}
+}
+
+func writeCmd(data []byte) *Command {
+	return &Command{LUN: 1, CDB: rw16(0x8a, 0, len(data), 512), Write: data}
+}
+
+func pattern(n int, seed byte) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = seed + byte(i*7) + byte(i>>9)
+	}
+	return b
+}
+
+func TestReadAndWrite(t *testing.T) {
+	s, f := fakeSession(t, testConfig(), fakeLogin{})
+	ctx := context.Background()
+
+	ch := goExecute(ctx, s, readCmd(1024))
+	x := f.expect(pdu.OpSCSICommand)
+	c := x.p.(*pdu.SCSICommand)
+	if !c.Read || c.Write || !c.Final || c.ExpectedDataTransferLength != 1024 || c.LUN != pdu.MakeLUN(1) || c.Attr != pdu.AttrSimple || x.h.Immediate() {
+		t.Errorf("READ command %+v", c)
+	}
+	want := pattern(1024, 1)
+	f.mustSend(&pdu.DataIn{ITT: c.ITT, TTT: 0xffffffff, SeqNums: f.seq(false), DataSN: 0}, want[:512])
+	f.mustSend(&pdu.DataIn{Final: true, HasStatus: true, ITT: c.ITT, TTT: 0xffffffff, SeqNums: f.seq(true), DataSN: 1, BufferOffset: 512}, want[512:])
+	r := waitExec(t, ch)
+	if r.err != nil || r.res.N != 1024 {
+		t.Fatalf("read: %+v %v", r.res, r.err)
+	}
+
+	// A short read reports its residual.
+	cmd := readCmd(1024)
+	ch = goExecute(ctx, s, cmd)
+	c = f.expect(pdu.OpSCSICommand).p.(*pdu.SCSICommand)
+	f.mustSend(&pdu.DataIn{Final: true, HasStatus: true, Underflow: true, ResidualCount: 512, ITT: c.ITT, TTT: 0xffffffff, SeqNums: f.seq(true)}, want[:512])
+	if r := waitExec(t, ch); r.err != nil || r.res.N != 512 || !r.res.Underflow || !bytes.Equal(cmd.Read[:512], want[:512]) {
+		t.Fatalf("short read: %+v %v", r.res, r.err)
+	}
+
+	// CHECK CONDITION with sense.
+	ch = goExecute(ctx, s, readCmd(512))
+	c = f.expect(pdu.OpSCSICommand).p.(*pdu.SCSICommand)
+	sense := []byte{0, 18, 0x70, 0, 0x05, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x21, 0x00, 0, 0, 0, 0}
+	f.mustSend(&pdu.SCSIResponse{ITT: c.ITT, Status: pdu.StatusCheckCondition, SeqNums: f.seq(true)}, sense)
+	r = waitExec(t, ch)
+	var se *SCSIError
+	if !errors.As(r.err, &se) || se.SenseKey() != 5 || r.res == nil || r.res.Status != pdu.StatusCheckCondition {
+		t.Fatalf("CHECK CONDITION: %+v %v", r.res, r.err)
+	}
+	if asc, _, _ := se.ASC(); asc != 0x21 {
+		t.Errorf("ASC %#x", asc)
+	}
+
+	// A write within the immediate data limit goes in one PDU.
+	data := pattern(4096, 9)
+	ch = goExecute(ctx, s, writeCmd(data))
+	x = f.expect(pdu.OpSCSICommand)
+	c = x.p.(*pdu.SCSICommand)
+	if !c.Write || c.Read || !c.Final || c.ExpectedDataTransferLength != 4096 || !bytes.Equal(x.data, data) {
+		t.Errorf("WRITE command %+v with %d bytes", c, len(x.data))
+	}
+	f.good(x)
+	if r := waitExec(t, ch); r.err != nil || r.res.N != 4096 {
+		t.Fatalf("write: %+v %v", r.res, r.err)
+	}
+}
+
+// A write larger than the first burst: immediate data, unsolicited Data-Out
+// up to FirstBurstLength, then Data-Out for each R2T, every PDU within the
+// target's MaxRecvDataSegmentLength.
+func TestWriteR2TSequence(t *testing.T) {
+	cfg := testConfig()
+	p := DefaultParams()
+	p.FirstBurstLength, p.MaxBurstLength = 8192, 8192
+	cfg.Params = &p
+	s, f := fakeSession(t, cfg, fakeLogin{targetMRDSL: 4096})
+	data := pattern(20000, 3)
+	ch := goExecute(context.Background(), s, writeCmd(data))
+	got := make([]byte, len(data))
+
+	x := f.expect(pdu.OpSCSICommand)
+	c := x.p.(*pdu.SCSICommand)
+	if c.Final || len(x.data) != 4096 {
+		t.Fatalf("command F=%v with %d bytes of immediate data", c.Final, len(x.data))
+	}
+	copy(got, x.data)
+	type dout struct {
+		off, n int
+		sn     uint32
+		final  bool
+		ttt    uint32
+	}
+	check := func(want dout) {
+		t.Helper()
+		x := f.expect(pdu.OpSCSIDataOut)
+		d := x.p.(*pdu.DataOut)
+		g := dout{int(d.BufferOffset), len(x.data), d.DataSN, d.Final, d.TTT}
+		if g != want || d.ITT != c.ITT || d.LUN != c.LUN {
+			t.Fatalf("Data-Out %+v ITT %#x, want %+v ITT %#x", g, d.ITT, want, c.ITT)
+		}
+		copy(got[d.BufferOffset:], x.data)
+	}
+	check(dout{4096, 4096, 0, true, 0xffffffff}) // unsolicited, to FirstBurstLength
+	f.mustSend(&pdu.R2T{ITT: c.ITT, TTT: 7, SeqNums: f.seq(false), R2TSN: 0, BufferOffset: 8192, DesiredDataTransferLength: 8192}, nil)
+	check(dout{8192, 4096, 0, false, 7})
+	check(dout{12288, 4096, 1, true, 7})
+	f.mustSend(&pdu.R2T{ITT: c.ITT, TTT: 8, SeqNums: f.seq(false), R2TSN: 1, BufferOffset: 16384, DesiredDataTransferLength: 3616}, nil)
+	check(dout{16384, 3616, 0, true, 8})
+	f.good(x)
+	if r := waitExec(t, ch); r.err != nil {
+		t.Fatal(r.err)
+	}
+	if !bytes.Equal(got, data) {
+		t.Error("the target did not get the data written")
+	}
+}
+
+func TestDataInHostile(t *testing.T) {
+	type din struct {
+		off   uint32
+		n     int
+		sn    uint32
+		final bool
+	}
+	tests := []struct {
+		name  string
+		pdus  []din
+		field string
+	}{
+		{"one PDU past the expected length", []din{{0, 1024, 0, true}}, "DataSegmentLength"},
+		{"second PDU past the end", []din{{0, 256, 0, false}, {256, 512, 1, true}}, "DataSegmentLength"},
+		{"offset skips ahead", []din{{0, 256, 0, false}, {384, 128, 1, true}}, "BufferOffset"},
+		{"offset goes back", []din{{0, 256, 0, false}, {0, 256, 1, true}}, "BufferOffset"},
+		{"DataSN skips", []din{{0, 256, 0, false}, {256, 256, 2, true}}, "DataSN"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s, f := fakeSession(t, testConfig(), fakeLogin{})
+			cmd := readCmd(512)
+			ch := goExecute(context.Background(), s, cmd)
+			c := f.expect(pdu.OpSCSICommand).p.(*pdu.SCSICommand)
+			for _, d := range tt.pdus {
+				f.send(&pdu.DataIn{Final: d.final, HasStatus: d.final, ITT: c.ITT, TTT: 0xffffffff, SeqNums: f.seq(d.final),
+					DataSN: d.sn, BufferOffset: d.off}, bytes.Repeat([]byte{0xee}, d.n))
+			}
+			r := waitExec(t, ch)
+			asProtocolError(t, r.err, pdu.OpSCSIDataIn, tt.field)
+			f.expectClosed()
+			<-s.Ended()
+			asProtocolError(t, s.all[0].Err(), pdu.OpSCSIDataIn, tt.field)
+		})
+	}
+}
+
+func TestR2THostile(t *testing.T) {
+	tests := []struct {
+		name    string
+		read    bool
+		off, n  uint32
+		field   string
+		contain string
+	}{
+		{"offset past the buffer", false, 16384, 512, "BufferOffset", "outside"},
+		{"range past the buffer", false, 8192, 16384, "DesiredDataTransferLength", "outside"},
+		{"length wraps 32 bits", false, 4096, 0xfffff000, "DesiredDataTransferLength", "outside"},
+		{"zero length", false, 0, 0, "DesiredDataTransferLength", "outside"},
+		{"over MaxBurstLength", false, 0, 8192, "DesiredDataTransferLength", "MaxBurstLength"},
+		{"R2T for a read", true, 0, 512, "InitiatorTaskTag", "writes nothing"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := testConfig()
+			p := DefaultParams()
+			p.InitialR2T, p.ImmediateData, p.MaxBurstLength, p.FirstBurstLength = true, false, 4096, 4096
+			cfg.Params = &p
+			s, f := fakeSession(t, cfg, fakeLogin{})
+			cmd := writeCmd(pattern(16384, 0))
+			if tt.read {
+				cmd = readCmd(16384)
+			}
+			ch := goExecute(context.Background(), s, cmd)
+			x := f.expect(pdu.OpSCSICommand)
+			if len(x.data) != 0 {
+				t.Fatalf("immediate data with ImmediateData=No")
+			}
+			c := x.p.(*pdu.SCSICommand)
+			f.send(&pdu.R2T{ITT: c.ITT, TTT: 1, SeqNums: f.seq(false), BufferOffset: tt.off, DesiredDataTransferLength: tt.n}, nil)
+			r := waitExec(t, ch)
+			pe := asProtocolError(t, r.err, pdu.OpR2T, tt.field)
+			if !strings.Contains(pe.Reason, tt.contain) {
+				t.Errorf("reason %q", pe.Reason)
+			}
+			f.expectClosed()
+		})
+	}
+}
+
+func TestLogoutResponseUnknownITT(t *testing.T) {
+	s, f := fakeSession(t, testConfig(), fakeLogin{})
+	c := s.Conns()[0]
+	ch := make(chan LogoutResult, 1)
+	go func() {
+		ch <- c.Logout(context.Background(), LogoutOptions{Reason: pdu.LogoutCloseSession, Timeout: wait})
+	}()
+	x := f.expect(pdu.OpLogoutRequest)
+	lr := x.p.(*pdu.LogoutRequest)
+	if !lr.Immediate || lr.ReasonCode != pdu.LogoutCloseSession || lr.CID != 0 {
+		t.Errorf("Logout Request %+v", lr)
+	}
+	f.send(&pdu.LogoutResponse{ITT: lr.ITT + 1, SeqNums: f.seq(true)}, nil)
+	res := <-ch
+	asProtocolError(t, res.Err, pdu.OpLogoutResponse, "InitiatorTaskTag")
+	if res.Responded || res.OK() {
+		t.Errorf("result %+v", res)
+	}
+	f.expectClosed()
+	if s.LoggedOut() {
+		t.Error("session says it logged out")
+	}
+}
+
+func TestRejectOfCommand(t *testing.T) {
+	s, f := fakeSession(t, testConfig(), fakeLogin{})
+	ctx := context.Background()
+	ch := goExecute(ctx, s, readCmd(512))
+	x := f.expect(pdu.OpSCSICommand)
+	f.mustSend(&pdu.Reject{Reason: pdu.RejectInvalidPDUField, ITT: 0xffffffff, SeqNums: f.seq(true)}, x.h[:])
+	r := waitExec(t, ch)
+	var rj *RejectError
+	if !errors.As(r.err, &rj) || rj.Reason != pdu.RejectInvalidPDUField || rj.Op != pdu.OpSCSICommand {
+		t.Fatalf("Execute: %v, want a RejectError for the SCSI Command", r.err)
+	}
+	// The connection goes on.
+	ch = goExecute(ctx, s, readCmd(512))
+	f.readData(f.expect(pdu.OpSCSICommand), make([]byte, 512))
+	if r := waitExec(t, ch); r.err != nil {
+		t.Fatalf("after the Reject: %v", r.err)
+	}
+
+	// A Reject without the rejected header is a protocol error.
+	ch = goExecute(ctx, s, readCmd(512))
+	f.expect(pdu.OpSCSICommand)
+	f.send(&pdu.Reject{Reason: pdu.RejectProtocolError, ITT: 0xffffffff, SeqNums: f.seq(true)}, make([]byte, 20))
+	asProtocolError(t, waitExec(t, ch).err, pdu.OpReject, "DataSegmentLength")
+}
+
+func TestStatSNGoingBackwards(t *testing.T) {
+	s, f := fakeSession(t, testConfig(), fakeLogin{})
+	ctx := context.Background()
+	ch := goExecute(ctx, s, readCmd(512))
+	x := f.expect(pdu.OpSCSICommand)
+	seq := f.seq(true)
+	f.mustSend(&pdu.DataIn{Final: true, HasStatus: true, ITT: x.p.(*pdu.SCSICommand).ITT, TTT: 0xffffffff, SeqNums: seq}, make([]byte, 512))
+	waitExec(t, ch)
+
+	ch = goExecute(ctx, s, readCmd(512))
+	x = f.expect(pdu.OpSCSICommand)
+	if got := x.p.(*pdu.SCSICommand).ExpStatSN; got != seq.StatSN+1 {
+		t.Fatalf("ExpStatSN %#x, want %#x", got, seq.StatSN+1)
+	}
+	back := f.seq(false)
+	back.StatSN = seq.StatSN - 5
+	f.mustSend(&pdu.SCSIResponse{ITT: x.p.(*pdu.SCSICommand).ITT, SeqNums: back}, nil)
+	if r := waitExec(t, ch); r.err != nil {
+		t.Fatal(r.err)
+	}
+	ch = goExecute(ctx, s, readCmd(512))
+	x = f.expect(pdu.OpSCSICommand)
+	if got := x.p.(*pdu.SCSICommand).ExpStatSN; got != seq.StatSN+1 {
+		t.Errorf("ExpStatSN %#x after a StatSN going back, want %#x", got, seq.StatSN+1)
+	}
+	f.good(x)
+	waitExec(t, ch)
+}
+
+// A target closes the window (MaxCmdSN = ExpCmdSN-1): Execute blocks, sends
+// nothing, and goes on when a NOP-In opens the window again.
+func TestWindowClosedThenOpened(t *testing.T) {
+	s, f := fakeSession(t, testConfig(), fakeLogin{window: 1})
+	ctx := context.Background()
+	ch := goExecute(ctx, s, readCmd(512))
+	x := f.expect(pdu.OpSCSICommand)
+	sn := x.p.(*pdu.SCSICommand).CmdSN
+	f.mu.Lock()
+	f.frozen = true
+	f.mu.Unlock()
+	closed := pdu.SeqNums{StatSN: f.seq(true).StatSN, ExpCmdSN: sn + 1, MaxCmdSN: sn}
+	f.mustSend(&pdu.DataIn{Final: true, HasStatus: true, ITT: x.p.(*pdu.SCSICommand).ITT, TTT: 0xffffffff, SeqNums: closed}, make([]byte, 512))
+	if r := waitExec(t, ch); r.err != nil {
+		t.Fatal(r.err)
+	}
+
+	blocked := goExecute(ctx, s, readCmd(512))
+	cctx, cancel := context.WithCancel(ctx)
+	abandoned := goExecute(cctx, s, readCmd(512))
+	f.expectNothing()
+	cancel()
+	r := waitExec(t, abandoned)
+	if !errors.Is(r.err, context.Canceled) || !strings.Contains(r.err.Error(), "not sent") {
+		t.Fatalf("Execute canceled while the window was closed: %v", r.err)
+	}
+	select {
+	case r := <-blocked:
+		t.Fatalf("Execute returned with the window closed: %v", r.err)
+	default:
+	}
+
+	f.mustSend(&pdu.NOPIn{ITT: 0xffffffff, TTT: 0xffffffff, SeqNums: pdu.SeqNums{StatSN: closed.StatSN + 1, ExpCmdSN: sn + 1, MaxCmdSN: sn + 1}}, nil)
+	x = f.expect(pdu.OpSCSICommand)
+	if got := x.p.(*pdu.SCSICommand).CmdSN; got != sn+1 {
+		t.Errorf("CmdSN %#x, want %#x", got, sn+1)
+	}
+	f.readData(x, make([]byte, 512))
+	if r := waitExec(t, blocked); r.err != nil {
+		t.Fatal(r.err)
+	}
+	// The canceled command never went out, and nothing asks to abort it.
+	f.expectNothing()
+}
+
+func TestNOPInPingAnswered(t *testing.T) {
+	s, f := fakeSession(t, testConfig(), fakeLogin{})
+	payload := []byte("are you there?")
+	seq := f.seq(false)
+	f.mustSend(&pdu.NOPIn{ITT: 0xffffffff, TTT: 0xabcd, LUN: pdu.MakeLUN(3), SeqNums: seq}, payload)
+	x := f.expect(pdu.OpNOPOut)
+	n := x.p.(*pdu.NOPOut)
+	if n.ITT != 0xffffffff || n.TTT != 0xabcd || n.LUN != pdu.MakeLUN(3) || !n.Immediate || !bytes.Equal(x.data, payload) {
+		t.Errorf("NOP-Out %+v data %q", n, x.data)
+	}
+	if n.CmdSN != s.currentCmdSN() || n.ExpStatSN != seq.StatSN {
+		// A ping's StatSN is the next one, not a new status.
+		t.Errorf("NOP-Out CmdSN %#x ExpStatSN %#x, want %#x %#x", n.CmdSN, n.ExpStatSN, s.currentCmdSN(), seq.StatSN)
+	}
+}
+
+func TestDeadPeer(t *testing.T) {
+	cfg := testConfig()
+	cfg.NOPInterval, cfg.NOPTimeout = 40*time.Millisecond, 120*time.Millisecond
+	s, f := fakeSession(t, cfg, fakeLogin{})
+	c := s.Conns()[0]
+	ch := goExecute(context.Background(), s, readCmd(512))
+	f.expect(pdu.OpSCSICommand)
+	x := f.expect(pdu.OpNOPOut) // never answered
+	if n := x.p.(*pdu.NOPOut); n.ITT == 0xffffffff || n.TTT != 0xffffffff || !n.Immediate {
+		t.Errorf("keepalive NOP-Out %+v", n)
+	}
+	r := waitExec(t, ch)
+	if !errors.Is(r.err, ErrDeadPeer) || !strings.Contains(r.err.Error(), "outcome on the target is unknown") {
+		t.Fatalf("Execute: %v, want ErrDeadPeer", r.err)
+	}
+	if !errors.Is(c.Err(), ErrDeadPeer) {
+		t.Errorf("Conn.Err %v", c.Err())
+	}
+	f.expectClosed()
+	select {
+	case <-s.Ended():
+	case <-time.After(wait):
+		t.Fatal("session did not end")
+	}
+}
+
+// A target that answers every NOP-Out is never declared dead, even when
+// its answers take most of NOPTimeout.
+func TestKeepaliveAnswered(t *testing.T) {
+	cfg := testConfig()
+	cfg.NOPInterval, cfg.NOPTimeout = 20*time.Millisecond, 80*time.Millisecond
+	s, f := fakeSession(t, cfg, fakeLogin{})
+	c := s.Conns()[0]
+	for i := 0; i < 5; i++ {
+		x := f.expect(pdu.OpNOPOut)
+		n := x.p.(*pdu.NOPOut)
+		time.Sleep(30 * time.Millisecond) // a slow target, well within NOPTimeout
+		f.mustSend(&pdu.NOPIn{ITT: n.ITT, TTT: 0xffffffff, SeqNums: f.seq(true)}, nil)
+	}
+	if !c.Active() || c.Err() != nil {
+		t.Fatalf("connection after answered NOPs: active %v, err %v", c.Active(), c.Err())
+	}
+}
+
+func TestAsyncLogoutRequest(t *testing.T) {
+	events := make(chan AsyncEvent, 8)
+	cfg := testConfig()
+	cfg.OnAsync = func(c *Conn, ev AsyncEvent) bool {
+		events <- ev
+		return false
+	}
+	s, f := fakeSession(t, cfg, fakeLogin{})
+	c := s.Conns()[0]
+	ev := &pdu.AsyncMessage{ITT: 0xffffffff, AsyncEvent: pdu.AsyncLogoutRequest, Parameter3: 0}
+	ev.SeqNums = f.seq(true)
+	f.mustSend(ev, nil)
+	ev.SeqNums = f.seq(true)
+	f.mustSend(ev, nil) // the target asks again: still one logout
+	x := f.expect(pdu.OpLogoutRequest)
+	if lr := x.p.(*pdu.LogoutRequest); lr.ReasonCode != pdu.LogoutCloseSession || !lr.Immediate {
+		t.Errorf("Logout Request %+v", lr)
+	}
+	if !c.LogoutRequested() {
+		t.Error("LogoutRequested false")
+	}
+	f.answerLogout(x, pdu.LogoutSuccess)
+	f.expectClosed() // no second Logout Request
+	select {
+	case <-s.Ended():
+	case <-time.After(wait):
+		t.Fatal("session did not end")
+	}
+	if got := <-events; got.Event != pdu.AsyncLogoutRequest {
+		t.Errorf("OnAsync got %+v", got)
+	}
+	// A user's Logout now reports the logout the session made.
+	res, err := s.Logout(context.Background(), LogoutOptions{})
+	if err != nil || !res.OK() || !s.LoggedOut() {
+		t.Errorf("Logout after the target's logout: %+v %v", res, err)
+	}
+	if _, err := s.Execute(context.Background(), readCmd(512)); !errors.Is(err, ErrLoggedOut) {
+		t.Errorf("Execute after logout: %v", err)
+	}
+}
+
+// The target asks for a logout while the user's logout runs: one Logout
+// Request, and both see its result.
+func TestAsyncLogoutDuringLogout(t *testing.T) {
+	s, f := fakeSession(t, testConfig(), fakeLogin{})
+	ch := make(chan error, 1)
+	go func() {
+		_, err := s.Logout(context.Background(), LogoutOptions{Timeout: wait})
+		ch <- err
+	}()
+	x := f.expect(pdu.OpLogoutRequest)
+	f.mustSend(&pdu.AsyncMessage{ITT: 0xffffffff, AsyncEvent: pdu.AsyncLogoutRequest, SeqNums: f.seq(true)}, nil)
+	f.ping()
+	f.answerLogout(x, pdu.LogoutSuccess)
+	f.expectClosed()
+	if err := <-ch; err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestAsyncConnectionDrop(t *testing.T) {
+	events := make(chan AsyncEvent, 8)
+	cfg := testConfig()
+	cfg.OnAsync = func(c *Conn, ev AsyncEvent) bool {
+		events <- ev
+		return false
+	}
+	for _, tt := range []struct {
+		name  string
+		event uint8
+		cid   uint16
+		drops bool
+	}{
+		{"event 2 for our CID", pdu.AsyncConnectionDrop, 0, true},
+		{"event 2 for an unknown CID", pdu.AsyncConnectionDrop, 7, false},
+		{"event 3", pdu.AsyncSessionDrop, 0, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			s, f := fakeSession(t, cfg, fakeLogin{})
+			c := s.Conns()[0]
+			ch := goExecute(context.Background(), s, readCmd(512))
+			x := f.expect(pdu.OpSCSICommand)
+			f.mustSend(&pdu.AsyncMessage{ITT: 0xffffffff, AsyncEvent: tt.event, Parameter1: tt.cid, Parameter2: 2, Parameter3: 20, SeqNums: f.seq(true)}, nil)
+			ev := <-events
+			if ev.Event != tt.event || ev.Parameter1 != tt.cid || ev.Parameter2 != 2 || ev.Parameter3 != 20 {
+				t.Errorf("OnAsync %+v", ev)
+			}
+			if !tt.drops {
+				f.ping()
+				f.readData(x, make([]byte, 512))
+				if r := waitExec(t, ch); r.err != nil || !c.Active() {
+					t.Fatalf("after an event for another CID: %v", r.err)
+				}
+				return
+			}
+			r := waitExec(t, ch)
+			if !errors.Is(r.err, ErrTargetDropped) || !errors.Is(r.err, ErrConnReset) {
+				t.Fatalf("Execute: %v, want ErrTargetDropped", r.err)
+			}
+			f.expectClosed()
+			<-s.Ended()
+		})
+	}
+}
+
+// A SCSI async event (0) with sense data reaches OnAsync.
+func TestAsyncSCSIEvent(t *testing.T) {
+	events := make(chan AsyncEvent, 1)
+	cfg := testConfig()
+	cfg.OnAsync = func(c *Conn, ev AsyncEvent) bool { events <- ev; return false }
+	_, f := fakeSession(t, cfg, fakeLogin{})
+	f.mustSend(&pdu.AsyncMessage{ITT: 0xffffffff, AsyncEvent: pdu.AsyncSCSIEvent, LUN: pdu.MakeLUN(2), SeqNums: f.seq(true)},
+		[]byte{0, 3, 0x70, 0, 0x06, 0xff})
+	ev := <-events
+	if ev.LUN != uint64(pdu.MakeLUN(2)) || !bytes.Equal(ev.SenseData, []byte{0x70, 0, 0x06}) {
+		t.Errorf("event %+v", ev)
+	}
+}
+
+// A context canceled while Data-In arrives: Execute returns, ABORT TASK goes
+// out for the command, and later Data-In no longer lands in the buffer.
+func TestCancelMidCommand(t *testing.T) {
+	s, f := fakeSession(t, testConfig(), fakeLogin{})
+	ctx, cancel := context.WithCancel(context.Background())
+	cmd := readCmd(64 << 10)
+	ch := goExecute(ctx, s, cmd)
+	x := f.expect(pdu.OpSCSICommand)
+	c := x.p.(*pdu.SCSICommand)
+	f.mustSend(&pdu.DataIn{ITT: c.ITT, TTT: 0xffffffff, SeqNums: f.seq(false), DataSN: 0}, bytes.Repeat([]byte{0x11}, 8192))
+	f.ping() // the first Data-In is in the buffer
+	if cmd.Read[0] != 0x11 || cmd.Read[8191] != 0x11 {
+		t.Fatal("first Data-In not copied")
+	}
+	cancel()
+	r := waitExec(t, ch)
+	if !errors.Is(r.err, context.Canceled) || !strings.Contains(r.err.Error(), "unknown") {
+		t.Fatalf("Execute: %v", r.err)
+	}
+	// The buffer is the caller's again: writing it races with nothing.
+	for i := range cmd.Read {
+		cmd.Read[i] = 0x55
+	}
+	tm := f.expect(pdu.OpTaskMgmtRequest)
+	req := tm.p.(*pdu.TaskMgmtRequest)
+	if req.Function != pdu.TMFAbortTask || req.RefTaskTag != c.ITT || req.RefCmdSN != c.CmdSN || req.LUN != c.LUN || !req.Immediate {
+		t.Errorf("abort %+v for command ITT %#x CmdSN %#x", req, c.ITT, c.CmdSN)
+	}
+	f.mustSend(&pdu.DataIn{ITT: c.ITT, TTT: 0xffffffff, SeqNums: f.seq(false), DataSN: 1, BufferOffset: 8192}, bytes.Repeat([]byte{0xaa}, 8192))
+	f.mustSend(&pdu.TaskMgmtResponse{ITT: req.ITT, Response: pdu.TMFComplete, SeqNums: f.seq(true)}, nil)
+	f.ping()
+	if i := bytes.IndexFunc(cmd.Read, func(r rune) bool { return r != 0x55 }); i >= 0 {
+		t.Fatalf("buffer written at %d after Execute returned", i)
+	}
+	// The connection is still good.
+	ch = goExecute(context.Background(), s, readCmd(512))
+	f.readData(f.expect(pdu.OpSCSICommand), make([]byte, 512))
+	if r := waitExec(t, ch); r.err != nil {
+		t.Fatal(r.err)
+	}
+}
+
+// Every request of one SendTargets exchange carries the same tag, and a
+// continuation carries the target's TTT.
+func TestSendTargetsContinuation(t *testing.T) {
+	cfg := testConfig()
+	cfg.TargetName = ""
+	s, f := fakeSession(t, cfg, fakeLogin{})
+	type result struct {
+		ts  []DiscoveredTarget
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		ts, err := s.SendTargets(context.Background(), "All")
+		ch <- result{ts, err}
+	}()
+	x := f.expect(pdu.OpTextRequest)
+	tr := x.p.(*pdu.TextRequest)
+	if string(x.data) != "SendTargets=All\x00" || tr.TTT != 0xffffffff || !tr.Final {
+		t.Fatalf("Text Request %+v %q", tr, x.data)
+	}
+	text := "TargetName=iqn.2026-01.test:a\x00TargetAddress=10.0.0.1:3260,1\x00TargetAddress=[fe80::1]:3260,2\x00TargetName=iqn.2026-01.test:b\x00TargetAddress=10.0.0.2:3260,1\x00"
+	cut := 40
+	f.mustSend(&pdu.TextResponse{Continue: true, ITT: tr.ITT, TTT: 0x99, SeqNums: f.seq(true)}, []byte(text[:cut]))
+	x = f.expect(pdu.OpTextRequest)
+	tr2 := x.p.(*pdu.TextRequest)
+	if tr2.ITT != tr.ITT || tr2.TTT != 0x99 || len(x.data) != 0 {
+		t.Fatalf("continuation %+v %q, want ITT %#x TTT 0x99", tr2, x.data, tr.ITT)
+	}
+	f.mustSend(&pdu.TextResponse{Final: true, ITT: tr.ITT, TTT: 0xffffffff, SeqNums: f.seq(true)}, []byte(text[cut:]))
+	r := <-ch
+	if r.err != nil || len(r.ts) != 2 || r.ts[0].Name != "iqn.2026-01.test:a" || len(r.ts[0].Portals) != 2 || r.ts[1].Addresses()[0] != "10.0.0.2:3260" {
+		t.Fatalf("SendTargets: %+v %v", r.ts, r.err)
+	}
+}
+
+func TestConcurrentLogoutsShareOne(t *testing.T) {
+	s, f := fakeSession(t, testConfig(), fakeLogin{})
+	c := s.Conns()[0]
+	results := make(chan LogoutResult, 3)
+	for i := 0; i < 3; i++ {
+		go func() { results <- c.Logout(context.Background(), LogoutOptions{Timeout: wait}) }()
+	}
+	x := f.expect(pdu.OpLogoutRequest)
+	f.answerLogout(x, pdu.LogoutSuccess)
+	f.expectClosed()
+	for i := 0; i < 3; i++ {
+		if r := <-results; !r.OK() || r.CID != 0 {
+			t.Errorf("result %d: %+v", i, r)
+		}
+	}
+}
+
+func TestLogoutRefusedAndTimeout(t *testing.T) {
+	t.Run("cleanup failed", func(t *testing.T) {
+		s, f := fakeSession(t, testConfig(), fakeLogin{})
+		ch := make(chan LogoutResult, 1)
+		go func() {
+			ch <- s.Conns()[0].Logout(context.Background(), LogoutOptions{Reason: pdu.LogoutCloseSession, Timeout: wait})
+		}()
+		x := f.expect(pdu.OpLogoutRequest)
+		f.mustSend(&pdu.LogoutResponse{Response: pdu.LogoutCleanupFailed, ITT: x.p.(*pdu.LogoutRequest).ITT, Time2Wait: 3, Time2Retain: 9, SeqNums: f.seq(true)}, nil)
+		r := <-ch
+		var le *LogoutResponseError
+		if r.OK() || !r.Responded || r.Response != 3 || r.Time2Wait != 3 || r.Time2Retain != 9 || !errors.As(r.Err, &le) {
+			t.Fatalf("result %+v", r)
+		}
+		f.expectClosed()
+		if s.LoggedOut() {
+			t.Error("LoggedOut after a refused logout")
+		}
+	})
+	t.Run("no answer", func(t *testing.T) {
+		s, f := fakeSession(t, testConfig(), fakeLogin{})
+		r := s.Conns()[0].Logout(context.Background(), LogoutOptions{Reason: pdu.LogoutCloseConnection, Timeout: 50 * time.Millisecond})
+		if !errors.Is(r.Err, ErrLogoutTimeout) || r.Responded {
+			t.Fatalf("result %+v", r)
+		}
+		f.expect(pdu.OpLogoutRequest)
+		f.expectClosed()
+	})
+	t.Run("rejected immediate, then in order", func(t *testing.T) {
+		s, f := fakeSession(t, testConfig(), fakeLogin{})
+		ch := make(chan LogoutResult, 1)
+		go func() { ch <- s.Conns()[0].Logout(context.Background(), LogoutOptions{Timeout: wait}) }()
+		x := f.expect(pdu.OpLogoutRequest)
+		f.mustSend(&pdu.Reject{Reason: pdu.RejectImmediateCommand, ITT: 0xffffffff, SeqNums: f.seq(true)}, x.h[:])
+		x = f.expect(pdu.OpLogoutRequest)
+		if x.h.Immediate() {
+			t.Error("second Logout Request still immediate")
+		}
+		f.answerLogout(x, pdu.LogoutSuccess)
+		if r := <-ch; !r.OK() {
+			t.Fatalf("result %+v", r)
+		}
+	})
+}
+
+// Commands running when a logout starts may finish within DrainTimeout; a
+// command issued after it starts is refused at once.
+func TestLogoutDrains(t *testing.T) {
+	s, f := fakeSession(t, testConfig(), fakeLogin{})
+	ctx := context.Background()
+	ch := goExecute(ctx, s, readCmd(512))
+	x := f.expect(pdu.OpSCSICommand)
+	lch := make(chan LogoutResult, 1)
+	go func() { lch <- s.Conns()[0].Logout(ctx, LogoutOptions{DrainTimeout: wait, Timeout: wait}) }()
+	f.expectNothing() // draining: no Logout Request yet
+	if _, err := s.Execute(ctx, readCmd(512)); !errors.Is(err, ErrLoggedOut) {
+		t.Errorf("Execute during the logout: %v", err)
+	}
+	f.readData(x, make([]byte, 512))
+	if r := waitExec(t, ch); r.err != nil {
+		t.Fatalf("drained command: %v", r.err)
+	}
+	f.answerLogout(f.expect(pdu.OpLogoutRequest), pdu.LogoutSuccess)
+	if r := <-lch; !r.OK() || r.Failed != 0 {
+		t.Fatalf("logout %+v", r)
+	}
+}
+
+// A command that cannot finish before the Logout Request fails saying its
+// outcome is unknown; an R2T after the request is a protocol error.
+func TestLogoutFailsRunningCommands(t *testing.T) {
+	cfg := testConfig()
+	p := DefaultParams()
+	p.InitialR2T, p.ImmediateData = true, false
+	cfg.Params = &p
+	s, f := fakeSession(t, cfg, fakeLogin{})
+	ctx := context.Background()
+	ch := goExecute(ctx, s, writeCmd(pattern(4096, 0)))
+	x := f.expect(pdu.OpSCSICommand)
+	lch := make(chan LogoutResult, 1)
+	go func() { lch <- s.Conns()[0].Logout(ctx, LogoutOptions{Timeout: wait}) }()
+	f.expect(pdu.OpLogoutRequest)
+	f.send(&pdu.R2T{ITT: x.p.(*pdu.SCSICommand).ITT, TTT: 1, SeqNums: f.seq(false), DesiredDataTransferLength: 4096}, nil)
+	r := <-lch
+	asProtocolError(t, r.Err, pdu.OpR2T, "InitiatorTaskTag")
+	if r.Failed != 1 {
+		t.Errorf("Failed %d, want 1", r.Failed)
+	}
+	if e := waitExec(t, ch); e.err == nil {
+		t.Fatal("write reported done without status")
+	}
+}
+
+// A connection added to a session logs in with the session's TSIH and only
+// its own keys; a target changing the TSIH is refused.
+func TestAddConnection(t *testing.T) {
+	cfg := testConfig()
+	s, srv := fakeSessionServer(t, cfg, fakeLogin{tsih: 0x77})
+	c, err := s.AddConnection(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	f2 := srv.next()
+	if c.CID() != 1 || len(s.Conns()) != 2 {
+		t.Fatalf("CID %d, %d connections", c.CID(), len(s.Conns()))
+	}
+	f2.mu.Lock()
+	for _, r := range f2.loginReqs {
+		if r.TSIH != 0x77 || r.CID != 1 || r.ISID != s.ISID() {
+			t.Errorf("added connection's Login Request %+v", r)
+		}
+	}
+	for _, kv := range f2.loginKeys {
+		if leadingOnly[kv.Key] {
+			t.Errorf("added connection sent LO key %s", kv.Key)
+		}
+	}
+	if _, ok := pdu.Lookup(f2.loginKeys, "TargetName"); !ok {
+		t.Error("added connection sent no TargetName")
+	}
+	f2.mu.Unlock()
+
+	// Commands go over both connections.
+	f1 := srv.fakes[0]
+	for i := 0; i < 4; i++ {
+		ch := goExecute(context.Background(), s, readCmd(512))
+		var x rxPDU
+		select {
+		case x = <-f1.in:
+			f1.readData(x, make([]byte, 512))
+		case x = <-f2.in:
+			f2.readData(x, make([]byte, 512))
+		case <-time.After(wait):
+			t.Fatal("no command")
+		}
+		if r := waitExec(t, ch); r.err != nil {
+			t.Fatal(r.err)
+		}
+	}
+
+	// Logging out one connection leaves the other.
+	lch := make(chan LogoutResult, 1)
+	go func() {
+		lch <- c.Logout(context.Background(), LogoutOptions{Reason: pdu.LogoutCloseConnection, Timeout: wait})
+	}()
+	x := f2.expect(pdu.OpLogoutRequest)
+	if lr := x.p.(*pdu.LogoutRequest); lr.ReasonCode != pdu.LogoutCloseConnection || lr.CID != 1 {
+		t.Errorf("Logout Request %+v", lr)
+	}
+	f2.answerLogout(x, pdu.LogoutSuccess)
+	if r := <-lch; !r.OK() {
+		t.Fatalf("%+v", r)
+	}
+	if len(s.Conns()) != 1 || s.LoggedOut() {
+		t.Fatalf("%d connections, LoggedOut %v", len(s.Conns()), s.LoggedOut())
+	}
+
+	srv.login.addedTSIH = 0x78
+	_, err = s.AddConnection(context.Background())
+	asProtocolError(t, err, pdu.OpLoginResponse, "TSIH")
+}
+
+// A session logout (reason 0) that the target refuses gives the session's
+// other connections back their commands.
+func TestSessionLogoutRefusedResumesOthers(t *testing.T) {
+	s, srv := fakeSessionServer(t, testConfig(), fakeLogin{})
+	c2, err := s.AddConnection(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	f2 := srv.next()
+	c1, f1 := s.Conns()[0], srv.fakes[0]
+	lch := make(chan LogoutResult, 1)
+	go func() {
+		lch <- c1.Logout(context.Background(), LogoutOptions{Reason: pdu.LogoutCloseSession, Timeout: wait})
+	}()
+	x := f1.expect(pdu.OpLogoutRequest)
+	if c2.Active() {
+		t.Error("other connection takes commands during a session logout")
+	}
+	f1.answerLogout(x, pdu.LogoutCleanupFailed)
+	if r := <-lch; r.OK() {
+		t.Fatal("refused logout reported OK")
+	}
+	if !c2.Active() {
+		t.Fatal("other connection not given back its commands")
+	}
+	ch := goExecute(context.Background(), s, readCmd(512))
+	f2.readData(f2.expect(pdu.OpSCSICommand), make([]byte, 512))
+	if r := waitExec(t, ch); r.err != nil {
+		t.Fatal(r.err)
+	}
+}
+
+func TestLoginHostile(t *testing.T) {
+	cfg := testConfig()
+	t.Run("non-login PDU during login", func(t *testing.T) {
+		err := fakeLoginErr(t, cfg, func(f *fakeTarget) error {
+			if _, _, err := f.readLogin(); err != nil {
+				return err
+			}
+			return f.w.WritePDU(&pdu.NOPIn{ITT: 0xffffffff, TTT: 0xffffffff}, nil)
+		})
+		asProtocolError(t, err, pdu.OpNOPIn, "Opcode")
+	})
+	t.Run("login reject", func(t *testing.T) {
+		err := fakeLoginErr(t, cfg, func(f *fakeTarget) error {
+			req, _, err := f.readLogin()
+			if err != nil {
+				return err
+			}
+			return f.w.WritePDU(&pdu.LoginResponse{CSG: req.CSG, ISID: req.ISID, ITT: req.ITT, StatusClass: 2, StatusDetail: 3}, nil)
+		})
+		var le *LoginError
+		if !errors.As(err, &le) || le.Status != pdu.LoginTargetNotFound {
+			t.Fatalf("%v", err)
+		}
+	})
+	t.Run("wrong ITT", func(t *testing.T) {
+		err := fakeLoginErr(t, cfg, func(f *fakeTarget) error {
+			req, _, err := f.readLogin()
+			if err != nil {
+				return err
+			}
+			return f.w.WritePDU(&pdu.LoginResponse{Transit: true, CSG: req.CSG, NSG: 1, ISID: req.ISID, ITT: req.ITT + 1}, []byte("AuthMethod=None\x00"))
+		})
+		asProtocolError(t, err, pdu.OpLoginResponse, "InitiatorTaskTag")
+	})
+	t.Run("last key without NUL", func(t *testing.T) {
+		err := fakeLoginErr(t, cfg, func(f *fakeTarget) error {
+			req, _, err := f.readLogin()
+			if err != nil {
+				return err
+			}
+			return f.w.WritePDU(&pdu.LoginResponse{Transit: true, CSG: req.CSG, NSG: 1, ISID: req.ISID, ITT: req.ITT}, []byte("AuthMethod=None"))
+		})
+		var ne *NegotiationError
+		if !errors.As(err, &ne) {
+			t.Fatalf("%v", err)
+		}
+	})
+	t.Run("redirect to a malformed address", func(t *testing.T) {
+		err := fakeLoginErr(t, cfg, func(f *fakeTarget) error {
+			req, _, err := f.readLogin()
+			if err != nil {
+				return err
+			}
+			return f.w.WritePDU(&pdu.LoginResponse{CSG: req.CSG, ISID: req.ISID, ITT: req.ITT, StatusClass: 1, StatusDetail: 1}, []byte("TargetAddress=,1\x00"))
+		})
+		var ne *NegotiationError
+		if !errors.As(err, &ne) || ne.Key != "TargetAddress" {
+			t.Fatalf("%v", err)
+		}
+	})
+	t.Run("target stays in the security stage", func(t *testing.T) {
+		err := fakeLoginErr(t, cfg, func(f *fakeTarget) error {
+			for {
+				req, _, err := f.readLogin()
+				if err != nil {
+					return nil
+				}
+				if err := f.w.WritePDU(&pdu.LoginResponse{CSG: req.CSG, ISID: req.ISID, ITT: req.ITT}, []byte("AuthMethod=None\x00")); err != nil {
+					return nil
+				}
+			}
+		})
+		var ne *NegotiationError
+		if !errors.As(err, &ne) || !strings.Contains(ne.Reason, "security stage") {
+			t.Fatalf("%v", err)
+		}
+	})
+	t.Run("login timeout", func(t *testing.T) {
+		c := cfg
+		c.LoginTimeout = 50 * time.Millisecond
+		err := fakeLoginErr(t, c, func(f *fakeTarget) error {
+			f.readLogin()
+			f.readLogin() // blocks until the initiator gives up
+			return nil
+		})
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("%v", err)
+		}
+	})
+}
+
+func TestLoginRedirect(t *testing.T) {
+	var dialed []string
+	cfg := testConfig()
+	first := true
+	srv := newFakeServer(t, fakeLogin{})
+	cfg.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		dialed = append(dialed, addr)
+		if first {
+			first = false
+			ini, tgt := net.Pipe()
+			f := newFakeTarget(t, tgt)
+			go func() {
+				req, _, err := f.readLogin()
+				if err == nil {
+					f.w.WritePDU(&pdu.LoginResponse{CSG: req.CSG, ISID: req.ISID, ITT: req.ITT, StatusClass: 1, StatusDetail: 1},
+						[]byte("TargetAddress=[fe80::2]:3262,3\x00"))
+				}
+				f.close()
+			}()
+			return ini, nil
+		}
+		return srv.dial(ctx, network, addr)
+	}
+	s, err := Login(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	srv.next()
+	if len(dialed) != 2 || dialed[1] != "[fe80::2]:3262" || s.Portal() != "[fe80::2]:3262" {
+		t.Errorf("dialed %v, portal %s", dialed, s.Portal())
+	}
+}
