@@ -290,10 +290,17 @@ func (p *DataIn) UnmarshalBHS(h *BHS) error {
 	if h.Opcode() != OpSCSIDataIn {
 		return errOpcode(OpSCSIDataIn, h)
 	}
-	*p = DataIn{Final: h[1]&0x80 != 0, Acknowledge: h[1]&0x40 != 0, Overflow: h[1]&0x04 != 0,
-		Underflow: h[1]&0x02 != 0, HasStatus: h[1]&0x01 != 0, Status: h[3], LUN: LUN(be.Uint64(h[8:])),
-		ITT: u32(h[16:]), TTT: u32(h[20:]), SeqNums: getSeq(h), DataSN: u32(h[36:]),
-		BufferOffset: u32(h[40:]), ResidualCount: u32(h[44:])}
+	// Data-In is the PDU a read receives most of, so every field is set in
+	// place: a composite literal builds the value on the stack and copies
+	// it. Setting all of them still resets p.
+	f := h[1]
+	p.Final, p.Acknowledge = f&0x80 != 0, f&0x40 != 0
+	p.Overflow, p.Underflow, p.HasStatus = f&0x04 != 0, f&0x02 != 0, f&0x01 != 0
+	p.Status = h[3]
+	p.LUN = LUN(be.Uint64(h[8:]))
+	p.ITT, p.TTT = u32(h[16:]), u32(h[20:])
+	p.StatSN, p.ExpCmdSN, p.MaxCmdSN = u32(h[24:]), u32(h[28:]), u32(h[32:])
+	p.DataSN, p.BufferOffset, p.ResidualCount = u32(h[36:]), u32(h[40:]), u32(h[44:])
 	if p.HasStatus && !p.Final {
 		return &ProtocolError{Op: OpSCSIDataIn, Field: "Flags", Value: uint64(h[1]), Reason: "S bit set without F bit"}
 	}

@@ -54,8 +54,8 @@ func (e *TextError) Error() string {
 // between commas, or a hex or base64 binary value of at most
 // MaxBinaryValueLen bytes once decoded.
 //
-// The keys and values share one copy of b, so ParseText allocates twice
-// whatever the number of pairs.
+// The keys and values share one copy of b: a login's worth of pairs costs
+// two allocations, the copy and the slice.
 func ParseText(b []byte, lim TextLimits) ([]KV, error) {
 	maxPairs := lim.MaxPairs
 	if maxPairs <= 0 {
