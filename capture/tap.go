@@ -2,6 +2,7 @@ package capture
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -41,40 +42,106 @@ type TapOptions struct {
 	Now func() time.Time
 }
 
-// TapConn is a net.Conn that passes everything through to the conn it
-// wraps and records it into a pcap as TCP packets, from a synthetic
-// handshake to a FIN at Close. Read and Write may be called from different
-// goroutines. A failure to record does not affect the connection: Err
-// reports it.
-type TapConn struct {
-	net.Conn
-	opts   TapOptions
-	mss    int
-	closer io.Closer // the pcap file of NewFileTap
-
-	mu         sync.Mutex
-	bw         *bufio.Writer
-	pw         *pcapgo.Writer
-	sbuf       gopacket.SerializeBuffer
-	ends       [2]tapEnd // 0: local, 1: remote
-	ipID       uint16
-	err        error
-	remoteFIN  bool
-	closed     bool
-	closeErr   error
-	closeFiles sync.Once
+// Recorder writes the traffic of any number of connections into one pcap
+// with Ethernet link type, each connection through its own TapConn. It is
+// safe for concurrent use; packets are written whole, one at a time.
+type Recorder struct {
+	mu     sync.Mutex
+	bw     *bufio.Writer
+	pw     *pcapgo.Writer
+	sbuf   gopacket.SerializeBuffer
+	closer io.Closer // the file of NewFileRecorder
+	ipID   uint16
+	taps   int
+	err    error
+	closed bool
 }
 
-// tapEnd is one end of the recorded connection.
-type tapEnd struct {
-	mac  net.HardwareAddr
-	addr netip.AddrPort
-	seq  uint32 // sequence number of the next byte it sends
+// NewRecorder returns a Recorder writing into w. It writes the pcap file
+// header at once.
+func NewRecorder(w io.Writer) (*Recorder, error) {
+	r := &Recorder{bw: bufio.NewWriterSize(w, 64<<10), sbuf: gopacket.NewSerializeBuffer()}
+	r.pw = pcapgo.NewWriter(r.bw)
+	err := r.pw.WriteFileHeader(262144, layers.LinkTypeEthernet)
+	if err == nil {
+		err = r.bw.Flush()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("capture: writing the pcap header: %w", err)
+	}
+	return r, nil
 }
 
-// NewTap wraps conn so that its traffic is recorded into w as a pcap with
-// Ethernet link type. It writes the file header and a TCP handshake at once.
-func NewTap(conn net.Conn, w io.Writer, opts TapOptions) (*TapConn, error) {
+// NewFileRecorder returns a Recorder writing into a new file at path, which
+// Close closes.
+func NewFileRecorder(path string) (*Recorder, error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	r, err := NewRecorder(f)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	r.closer = f
+	return r, nil
+}
+
+// Err returns the first error met writing the pcap, or nil. After one, the
+// Recorder writes nothing more.
+func (r *Recorder) Err() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.err
+}
+
+// Close flushes the pcap and closes the file of NewFileRecorder; it returns
+// the first error met writing. Connections still open are recorded no
+// further, so close them first for their FINs to be in the pcap.
+func (r *Recorder) Close() error {
+	r.close()
+	return r.Err()
+}
+
+// close flushes the pcap and closes the file, once, and returns the error
+// of that alone.
+func (r *Recorder) close() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return nil
+	}
+	r.closed = true
+	var err error
+	if r.err == nil {
+		err = r.bw.Flush()
+	}
+	if r.closer != nil {
+		if cerr := r.closer.Close(); err == nil {
+			err = cerr
+		}
+	}
+	if r.err == nil {
+		r.err = err
+	}
+	return err
+}
+
+// Tap wraps conn so that its traffic is recorded, and records a TCP
+// handshake at once. Connections whose addresses are not TCP addresses get
+// InitiatorPort DefaultInitiatorPort+n for the Recorder's nth one unless
+// opts say otherwise, so that they stay apart in the pcap. It fails only
+// when the Recorder has failed or is closed.
+func (r *Recorder) Tap(conn net.Conn, opts TapOptions) (*TapConn, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.err != nil {
+		return nil, r.err
+	}
+	if r.closed {
+		return nil, errors.New("capture: Recorder closed")
+	}
 	if opts.MSS <= 0 || opts.MSS > DefaultMSS {
 		opts.MSS = DefaultMSS
 	}
@@ -82,17 +149,13 @@ func NewTap(conn net.Conn, w io.Writer, opts TapOptions) (*TapConn, error) {
 		opts.TargetPort = DefaultPort
 	}
 	if opts.InitiatorPort == 0 {
-		opts.InitiatorPort = DefaultInitiatorPort
+		opts.InitiatorPort = DefaultInitiatorPort + uint16(r.taps%16384)
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	c := &TapConn{Conn: conn, opts: opts, mss: opts.MSS, bw: bufio.NewWriterSize(w, 64<<10),
-		sbuf: gopacket.NewSerializeBuffer()}
-	c.pw = pcapgo.NewWriter(c.bw)
-	if err := c.pw.WriteFileHeader(262144, layers.LinkTypeEthernet); err != nil {
-		return nil, fmt.Errorf("capture: writing the pcap header: %w", err)
-	}
+	r.taps++
+	c := &TapConn{Conn: conn, rec: r, opts: opts}
 	local, lok := tcpAddr(conn.LocalAddr())
 	remote, rok := tcpAddr(conn.RemoteAddr())
 	if !lok || !rok || local.Addr().Is4() != remote.Addr().Is4() {
@@ -110,30 +173,71 @@ func NewTap(conn net.Conn, w io.Writer, opts TapOptions) (*TapConn, error) {
 	if opts.LocalIsTarget {
 		ini, tgt = 1, 0
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
 	c.packet(ini, tcpFlags{syn: true}, nil)
 	c.packet(tgt, tcpFlags{syn: true, ack: true}, nil)
 	c.packet(ini, tcpFlags{ack: true}, nil)
-	if c.err != nil {
-		return nil, c.err
+	if r.err != nil {
+		return nil, r.err
 	}
 	return c, nil
+}
+
+// TapConn is a net.Conn that passes everything through to the conn it
+// wraps and records it into a pcap as TCP packets, from a synthetic
+// handshake to a FIN at Close. Read and Write may be called from different
+// goroutines. A failure to record does not affect the connection: Err
+// reports it.
+type TapConn struct {
+	net.Conn
+	rec  *Recorder
+	own  bool // the Recorder is this TapConn's alone: Close closes it
+	opts TapOptions
+
+	// Guarded by rec.mu.
+	ends      [2]tapEnd // 0: local, 1: remote
+	remoteFIN bool
+	closed    bool
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// tapEnd is one end of the recorded connection.
+type tapEnd struct {
+	mac  net.HardwareAddr
+	addr netip.AddrPort
+	seq  uint32 // sequence number of the next byte it sends
+}
+
+// NewTap wraps conn so that its traffic is recorded into w as a pcap with
+// Ethernet link type, a Recorder of its own. It writes the file header and a
+// TCP handshake at once.
+func NewTap(conn net.Conn, w io.Writer, opts TapOptions) (*TapConn, error) {
+	r, err := NewRecorder(w)
+	if err != nil {
+		return nil, err
+	}
+	return r.ownTap(conn, opts)
 }
 
 // NewFileTap is NewTap recording into a new file at path, which Close
 // closes.
 func NewFileTap(conn net.Conn, path string, opts TapOptions) (*TapConn, error) {
-	f, err := os.Create(path)
+	r, err := NewFileRecorder(path)
 	if err != nil {
 		return nil, err
 	}
-	c, err := NewTap(conn, f, opts)
+	return r.ownTap(conn, opts)
+}
+
+// ownTap is Tap for a Recorder that the TapConn closes.
+func (r *Recorder) ownTap(conn net.Conn, opts TapOptions) (*TapConn, error) {
+	c, err := r.Tap(conn, opts)
 	if err != nil {
-		f.Close()
+		r.close()
 		return nil, err
 	}
-	c.closer = f
+	c.own = true
 	return c, nil
 }
 
@@ -152,7 +256,7 @@ func tcpAddr(a net.Addr) (netip.AddrPort, bool) {
 func (c *TapConn) Read(b []byte) (int, error) {
 	n, err := c.Conn.Read(b)
 	if n > 0 || err == io.EOF {
-		c.mu.Lock()
+		c.rec.mu.Lock()
 		if n > 0 && !c.remoteFIN && !c.closed {
 			c.data(1, b[:n])
 		}
@@ -160,7 +264,7 @@ func (c *TapConn) Read(b []byte) (int, error) {
 			c.remoteFIN = true
 			c.packet(1, tcpFlags{fin: true, ack: true}, nil)
 		}
-		c.mu.Unlock()
+		c.rec.mu.Unlock()
 	}
 	return n, err
 }
@@ -170,33 +274,32 @@ func (c *TapConn) Read(b []byte) (int, error) {
 // part way are recorded all the same.
 func (c *TapConn) Write(b []byte) (int, error) {
 	if len(b) > 0 {
-		c.mu.Lock()
+		c.rec.mu.Lock()
 		if !c.closed {
 			c.data(0, b)
 		}
-		c.mu.Unlock()
+		c.rec.mu.Unlock()
 	}
 	return c.Conn.Write(b)
 }
 
-// Close closes the conn, records the local end's FIN, and closes the pcap
-// file of NewFileTap. It returns the conn's error, else the file's.
+// Close closes the conn and records the local end's FIN; for NewTap and
+// NewFileTap it also closes their Recorder, and its file. It returns the
+// conn's error, else the error of closing the file: errors met writing the
+// pcap before are Err's.
 func (c *TapConn) Close() error {
 	err := c.Conn.Close()
-	c.closeFiles.Do(func() {
-		c.mu.Lock()
+	c.closeOnce.Do(func() {
+		c.rec.mu.Lock()
 		c.closed = true
 		c.packet(0, tcpFlags{fin: true, ack: true}, nil)
 		if c.remoteFIN {
 			c.packet(1, tcpFlags{ack: true}, nil)
 		}
-		if c.closer != nil {
-			if cerr := c.closer.Close(); cerr != nil && c.err == nil {
-				c.err = cerr
-				c.closeErr = cerr
-			}
+		c.rec.mu.Unlock()
+		if c.own {
+			c.closeErr = c.rec.close()
 		}
-		c.mu.Unlock()
 	})
 	if err == nil {
 		err = c.closeErr
@@ -204,20 +307,16 @@ func (c *TapConn) Close() error {
 	return err
 }
 
-// Err returns the first error met writing the pcap, or nil. After one, the
-// Tap records nothing more.
-func (c *TapConn) Err() error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.err
-}
+// Err returns the first error its Recorder met writing the pcap, or nil.
+// After one, nothing more is recorded.
+func (c *TapConn) Err() error { return c.rec.Err() }
 
 type tcpFlags struct{ syn, ack, fin, psh bool }
 
 // data records b as sent by end from, in segments of at most the MSS.
 func (c *TapConn) data(from int, b []byte) {
 	for len(b) > 0 {
-		n := min(len(b), c.mss)
+		n := min(len(b), c.opts.MSS)
 		c.packet(from, tcpFlags{ack: true, psh: n == len(b)}, b[:n])
 		b = b[n:]
 	}
@@ -225,9 +324,10 @@ func (c *TapConn) data(from int, b []byte) {
 
 // packet records one segment from end from to the other end, with
 // sequence and acknowledgment numbers following on from those before.
-// c.mu must be held.
+// c.rec.mu must be held.
 func (c *TapConn) packet(from int, f tcpFlags, payload []byte) {
-	if c.err != nil {
+	r := c.rec
+	if r.err != nil || r.closed {
 		return
 	}
 	src, dst := &c.ends[from], &c.ends[1-from]
@@ -245,8 +345,9 @@ func (c *TapConn) packet(from int, f tcpFlags, payload []byte) {
 	if f.syn {
 		// Window scaling lets a peer have more than 64 KiB in flight, as a
 		// real connection would, so analyzers do not report a full window.
+		mss := c.opts.MSS
 		tcp.Options = []layers.TCPOption{
-			{OptionType: layers.TCPOptionKindMSS, OptionLength: 4, OptionData: []byte{byte(c.mss >> 8), byte(c.mss)}},
+			{OptionType: layers.TCPOptionKindMSS, OptionLength: 4, OptionData: []byte{byte(mss >> 8), byte(mss)}},
 			{OptionType: layers.TCPOptionKindNop},
 			{OptionType: layers.TCPOptionKindWindowScale, OptionLength: 3, OptionData: []byte{7}},
 		}
@@ -255,8 +356,8 @@ func (c *TapConn) packet(from int, f tcpFlags, payload []byte) {
 	var ip gopacket.SerializableLayer
 	if src.addr.Addr().Is4() {
 		eth.EthernetType = layers.EthernetTypeIPv4
-		c.ipID++
-		ip4 := &layers.IPv4{Version: 4, IHL: 5, TTL: 64, Id: c.ipID, Flags: layers.IPv4DontFragment,
+		r.ipID++
+		ip4 := &layers.IPv4{Version: 4, IHL: 5, TTL: 64, Id: r.ipID, Flags: layers.IPv4DontFragment,
 			Protocol: layers.IPProtocolTCP, SrcIP: src.addr.Addr().AsSlice(), DstIP: dst.addr.Addr().AsSlice()}
 		tcp.SetNetworkLayerForChecksum(ip4)
 		ip = ip4
@@ -268,21 +369,21 @@ func (c *TapConn) packet(from int, f tcpFlags, payload []byte) {
 		ip = ip6
 	}
 	opts := gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}
-	if err := gopacket.SerializeLayers(c.sbuf, opts, eth, ip, tcp, gopacket.Payload(payload)); err != nil {
-		c.err = fmt.Errorf("capture: building a packet: %w", err)
+	if err := gopacket.SerializeLayers(r.sbuf, opts, eth, ip, tcp, gopacket.Payload(payload)); err != nil {
+		r.err = fmt.Errorf("capture: building a packet: %w", err)
 		return
 	}
 	src.seq += uint32(len(payload))
 	if f.syn || f.fin {
 		src.seq++
 	}
-	b := c.sbuf.Bytes()
+	b := r.sbuf.Bytes()
 	ci := gopacket.CaptureInfo{Timestamp: c.opts.Now(), CaptureLength: len(b), Length: len(b)}
-	if err := c.pw.WritePacket(ci, b); err != nil {
-		c.err = fmt.Errorf("capture: writing the pcap: %w", err)
+	if err := r.pw.WritePacket(ci, b); err != nil {
+		r.err = fmt.Errorf("capture: writing the pcap: %w", err)
 		return
 	}
-	if err := c.bw.Flush(); err != nil {
-		c.err = fmt.Errorf("capture: writing the pcap: %w", err)
+	if err := r.bw.Flush(); err != nil {
+		r.err = fmt.Errorf("capture: writing the pcap: %w", err)
 	}
 }

@@ -3,10 +3,12 @@ package capture
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -228,21 +230,24 @@ func TestTapConcurrent(t *testing.T) {
 		}
 		return msg{p: &pdu.NOPIn{ITT: 0xffffffff, TTT: uint32(i), SeqNums: pdu.SeqNums{StatSN: uint32(i)}}, data: pattern(i*11, uint64(i))}
 	}
+	var ms [2][]msg
 	var want [2][]sent
+	for dir := range 2 {
+		for i := range n {
+			ms[dir] = append(ms[dir], mk(i, dir == 0))
+		}
+		_, want[dir] = encode(t, ms[dir], false, false)
+	}
 	var wg sync.WaitGroup
-	send := func(c net.Conn, fromIni bool, dir int) {
+	send := func(c net.Conn, dir int) {
 		defer wg.Done()
 		w := pdu.NewWriter(c)
-		var ms []msg
-		for i := range n {
-			m := mk(i, fromIni)
-			ms = append(ms, m)
+		for _, m := range ms[dir] {
 			if err := w.WritePDU(m.p, m.data); err != nil {
 				t.Error(err)
 				return
 			}
 		}
-		_, want[dir] = encode(t, ms, false, false)
 	}
 	recv := func(c net.Conn, from pdu.Direction) {
 		defer wg.Done()
@@ -259,8 +264,8 @@ func TestTapConcurrent(t *testing.T) {
 		}
 	}
 	wg.Add(4)
-	go send(tap, true, 0)
-	go send(tgt, false, 1)
+	go send(tap, 0)
+	go send(tgt, 1)
 	go recv(tap, pdu.FromTarget)
 	go recv(tgt, pdu.FromInitiator)
 	wg.Wait()
@@ -352,5 +357,62 @@ func countPackets(t *testing.T, b []byte) int {
 			t.Fatal(err)
 		}
 		n++
+	}
+}
+
+// TestRecorder records several connections at once into one pcap.
+func TestRecorder(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "all.pcap")
+	rec, err := NewFileRecorder(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 4
+	wants := make([][2][]sent, n)
+	// The conversations run at once, as parallel subtests of this group.
+	t.Run("conns", func(t *testing.T) {
+		for i := range n {
+			ini, tgt := net.Pipe()
+			tap, err := rec.Tap(ini, TapOptions{MSS: 3000})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Run(fmt.Sprint(i), func(t *testing.T) {
+				t.Parallel()
+				wants[i] = converse(t, tap, tgt, false, false)
+			})
+		}
+	})
+	if t.Failed() {
+		t.FailNow()
+	}
+	if err := rec.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rec.Tap(nil, TapOptions{}); err == nil {
+		t.Fatal("Tap on a closed Recorder succeeded")
+	}
+	rs, err := ReadFile(path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	byConn := map[uint16][]Record{}
+	for _, r := range rs {
+		port := r.Src.Port()
+		if !r.FromInitiator {
+			port = r.Dst.Port()
+		}
+		byConn[port] = append(byConn[port], r)
+	}
+	if len(byConn) != n {
+		t.Fatalf("%d connections, want %d", len(byConn), n)
+	}
+	for i := range n {
+		checkPingPong(t, byConn[DefaultInitiatorPort+uint16(i)], wants[i])
+	}
+	if _, err := exec.LookPath("tshark"); err == nil {
+		if p := tsharkProblems(t, path, nil, "warning"); p != "" {
+			t.Errorf("tshark finds problems:\n%s", p)
+		}
 	}
 }
