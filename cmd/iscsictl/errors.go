@@ -80,6 +80,7 @@ type stepError struct {
 	portal  string
 	target  string
 	timeout time.Duration // the bound of the step, for a deadline
+	chap    bool          // the login used CHAP
 	err     error
 }
 
@@ -181,6 +182,12 @@ func loginMessage(st pdu.LoginStatus, step *stepError) string {
 		return "the target refuses more connections " + code
 	case pdu.LoginServiceUnavailable, pdu.LoginOutOfResources:
 		return "the target cannot take a login now: " + st.String()
+	case pdu.LoginInitiatorError:
+		if step != nil && step.chap {
+			// tgtd picks SHA-256 from the list offered and then cannot
+			// read the response.
+			return "login refused: " + st.String() + "; if the target only handles CHAP with MD5, try --chap-algorithms md5"
+		}
 	}
 	return "login refused: " + st.String()
 }

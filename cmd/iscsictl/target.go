@@ -42,6 +42,7 @@ type targetFlags struct {
 	chapTargetUser       string
 	chapTargetSecretFile string
 	chapAllowShort       bool
+	chapAlgorithms       string
 }
 
 func (t *targetFlags) register(fs *flag.FlagSet, a *app) {
@@ -56,6 +57,7 @@ func (t *targetFlags) register(fs *flag.FlagSet, a *app) {
 	fs.StringVar(&t.chapTargetUser, "chap-target-user", "", "mutual CHAP: the `name` the target must give")
 	fs.StringVar(&t.chapTargetSecretFile, "chap-target-secret-file", "", "mutual CHAP: read the target's secret from this `file` (else $"+envCHAPTargetSecret+")")
 	fs.BoolVar(&t.chapAllowShort, "chap-allow-short-secret", false, "accept CHAP secrets shorter than 12 bytes")
+	fs.StringVar(&t.chapAlgorithms, "chap-algorithms", "", "CHAP algorithms to offer, in order: `list` of sha3-256, sha256, sha1, md5 (default all, strongest first)")
 	a.pcapFlag(fs)
 }
 
@@ -112,12 +114,35 @@ func (t *targetFlags) chap() (*session.CHAP, error) {
 	case t.chapTargetUser != "" && tsecret == "":
 		return nil, invalidArgf("mutual CHAP: no target secret; put it in a file named by --chap-target-secret-file or in $%s", envCHAPTargetSecret)
 	}
+	algs, err := chapAlgorithms(t.chapAlgorithms)
+	if err != nil {
+		return nil, err
+	}
 	user := t.chapUser
 	if user == "" {
 		user = t.initiatorName
 	}
 	return &session.CHAP{User: user, Secret: secret, TargetUser: t.chapTargetUser, TargetSecret: tsecret,
-		AllowShortSecrets: t.chapAllowShort}, nil
+		AllowShortSecrets: t.chapAllowShort, Algorithms: algs}, nil
+}
+
+// chapAlgorithms parses --chap-algorithms; empty means the library's
+// default.
+func chapAlgorithms(list string) ([]int, error) {
+	if list == "" {
+		return nil, nil
+	}
+	names := map[string]int{"md5": session.CHAPMD5, "sha1": session.CHAPSHA1, "sha-1": session.CHAPSHA1,
+		"sha256": session.CHAPSHA256, "sha-256": session.CHAPSHA256, "sha3-256": session.CHAPSHA3256}
+	var out []int
+	for _, f := range strings.Split(list, ",") {
+		a, ok := names[strings.ToLower(strings.TrimSpace(f))]
+		if !ok {
+			return nil, invalidArgf("--chap-algorithms: unknown algorithm %q (want md5, sha1, sha256, sha3-256)", f)
+		}
+		out = append(out, a)
+	}
+	return out, nil
 }
 
 // readSecret reads a secret from path, else from the environment variable
@@ -200,7 +225,7 @@ func (c *connect) discover(ctx context.Context) ([]session.DiscoveredTarget, err
 	defer cancel()
 	ts, err := c.in.Discover(lctx, c.tf.portal, c.chap)
 	if err != nil {
-		return nil, &stepError{step: "discovering targets", portal: c.tf.portal, timeout: c.tf.loginTimeout, err: err}
+		return nil, &stepError{step: "discovering targets", portal: c.tf.portal, timeout: c.tf.loginTimeout, chap: c.chap != nil, err: err}
 	}
 	return ts, nil
 }
@@ -224,7 +249,8 @@ func (c *connect) login(ctx context.Context, n, m int, isid func(i int) [6]byte)
 			}
 			s, err := c.in.Login(lctx, c.tf.portal, c.tf.target, o)
 			if err != nil {
-				errs[i] = &stepError{step: "logging in", portal: c.tf.portal, target: c.tf.target, timeout: c.tf.loginTimeout, err: err}
+				errs[i] = &stepError{step: "logging in", portal: c.tf.portal, target: c.tf.target, timeout: c.tf.loginTimeout,
+					chap: c.chap != nil, err: err}
 				return
 			}
 			out[i] = s
