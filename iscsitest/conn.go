@@ -78,6 +78,7 @@ const (
 	itemPDU itemKind = iota
 	itemDigests
 	itemFIN
+	itemSync // nothing to write: done reports what was queued before is written
 )
 
 type outItem struct {
@@ -141,10 +142,21 @@ func (c *Conn) SendRaw(h *pdu.BHS, ahs, data []byte) error {
 
 // Close closes the connection gracefully: PDUs already queued are written,
 // then a FIN; the target discards whatever the initiator still sends until
-// it closes its side.
+// it closes its side. The connection leaves its session at once.
 func (c *Conn) Close() error {
 	c.finish()
+	if s := c.sess.Load(); s != nil {
+		s.connGone(c)
+	}
 	return nil
+}
+
+// flushed waits until what is queued is written.
+func (c *Conn) flushed() {
+	done := make(chan error, 1)
+	if c.push(outItem{kind: itemSync, done: done}) == nil {
+		c.wait(done)
+	}
 }
 
 // Reset closes the connection abruptly: an RST on TCP (SO_LINGER 0), a
@@ -326,6 +338,8 @@ func (c *Conn) writeLoop() {
 				if it.done != nil {
 					waiters = append(waiters, it.done)
 				}
+			case itemSync:
+				waiters = append(waiters, it.done)
 			case itemDigests:
 				if err = flush(); err == nil {
 					w.SetDigests(it.hdig, it.ddig)

@@ -122,7 +122,7 @@ func (c *Conn) apply(a Action, in *inPDU, p pdu.PDU) bool {
 	case actDrop:
 		return true
 	case actClose:
-		c.finish()
+		c.Close()
 		return true
 	case actReset:
 		c.Reset()
@@ -152,13 +152,10 @@ func (c *Conn) apply(a Action, in *inPDU, p pdu.PDU) bool {
 	}
 	switch a.after {
 	case actClose:
-		c.finish()
+		c.Close()
 	case actReset:
 		// Let the writer send what the action queued before the RST.
-		done := make(chan error, 1)
-		if c.push(outItem{kind: itemPDU, done: done}) == nil {
-			c.wait(done)
-		}
+		c.flushed()
 		c.Reset()
 	}
 	return true

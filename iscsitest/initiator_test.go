@@ -34,7 +34,7 @@ type ini struct {
 	tsih      uint16
 	cid       uint16
 	itt       uint32
-	cmdSN     uint32
+	cmdSN     *uint32 // shared by the connections of a session
 	expStatSN uint32
 	statSeen  bool
 	maxCmdSN  uint32
@@ -45,7 +45,8 @@ type ini struct {
 
 func newIni(t testing.TB, nc net.Conn) *ini {
 	t.Helper()
-	i := &ini{t: t, nc: nc, isid: [6]byte{0x80, 0x12, 0x34, 0x56, 0x00, 0x01}, cmdSN: 100, itt: 1,
+	sn := uint32(100)
+	i := &ini{t: t, nc: nc, isid: [6]byte{0x80, 0x12, 0x34, 0x56, 0x00, 0x01}, cmdSN: &sn, itt: 1,
 		negotiated: map[string]string{}, maxRecv: 65536}
 	i.r = pdu.NewReader(bufio.NewReader(nc), pdu.ReaderConfig{From: pdu.FromTarget})
 	i.w = pdu.NewWriter(nc)
@@ -63,6 +64,12 @@ func dial(t testing.TB, tg *Target) *ini {
 }
 
 func (i *ini) nextITT() uint32 { i.itt++; return i.itt }
+
+// join makes i a new connection of o's session, with CID cid.
+func (i *ini) join(o *ini, cid uint16) {
+	i.isid, i.tsih, i.cid, i.cmdSN = o.isid, o.tsih, cid, o.cmdSN
+	i.itt = o.itt + 1000*uint32(cid)
+}
 
 // send writes one PDU.
 func (i *ini) send(p pdu.PDU, data []byte) {
@@ -208,7 +215,7 @@ func (i *ini) expectSilence(d time.Duration) {
 func (i *ini) loginReq(csg, nsg uint8, transit bool, kvs ...pdu.KV) (*pdu.LoginResponse, []pdu.KV) {
 	i.t.Helper()
 	i.send(&pdu.LoginRequest{Transit: transit, CSG: csg, NSG: nsg, ISID: i.isid, TSIH: i.tsih, ITT: i.itt,
-		CID: i.cid, CmdSN: i.cmdSN, ExpStatSN: i.expStatSN}, pdu.AppendText(nil, kvs...))
+		CID: i.cid, CmdSN: *i.cmdSN, ExpStatSN: i.expStatSN}, pdu.AppendText(nil, kvs...))
 	p, data := i.recv()
 	resp, ok := p.(*pdu.LoginResponse)
 	if !ok {
@@ -346,7 +353,7 @@ func (i *ini) paramBool(key string, def bool) bool {
 func (i *ini) nop(data []byte) []byte {
 	i.t.Helper()
 	itt := i.nextITT()
-	i.send(&pdu.NOPOut{Immediate: true, ITT: itt, TTT: 0xffffffff, CmdSN: i.cmdSN, ExpStatSN: i.expStatSN}, data)
+	i.send(&pdu.NOPOut{Immediate: true, ITT: itt, TTT: 0xffffffff, CmdSN: *i.cmdSN, ExpStatSN: i.expStatSN}, data)
 	p, got := i.recv()
 	in, ok := p.(*pdu.NOPIn)
 	if !ok || in.ITT != itt {
@@ -358,7 +365,7 @@ func (i *ini) nop(data []byte) []byte {
 // logout sends a Logout Request and returns the first PDU answering it.
 func (i *ini) logout(reason uint8, cid uint16) pdu.PDU {
 	i.t.Helper()
-	i.send(&pdu.LogoutRequest{Immediate: true, ReasonCode: reason, ITT: i.nextITT(), CID: cid, CmdSN: i.cmdSN,
+	i.send(&pdu.LogoutRequest{Immediate: true, ReasonCode: reason, ITT: i.nextITT(), CID: cid, CmdSN: *i.cmdSN,
 		ExpStatSN: i.expStatSN}, nil)
 	p, _ := i.recv()
 	return p

@@ -50,10 +50,10 @@ func (i *ini) cmd(lun int, cdb []byte, out []byte, readLen uint32) scsiRes {
 		unsolEnd = min(len(out), firstBurst)
 	}
 	c := &pdu.SCSICommand{Final: unsolEnd == len(imm), Read: readLen > 0, Write: write, Attr: pdu.AttrSimple,
-		LUN: pdu.MakeLUN(lun), ITT: itt, ExpectedDataTransferLength: edtl, CmdSN: i.cmdSN, ExpStatSN: i.expStatSN}
+		LUN: pdu.MakeLUN(lun), ITT: itt, ExpectedDataTransferLength: edtl, CmdSN: *i.cmdSN, ExpStatSN: i.expStatSN}
 	copy(c.CDB[:], cdb)
 	i.send(c, imm)
-	i.cmdSN++
+	*i.cmdSN++
 	i.sendData(out, itt, 0xffffffff, len(imm), unsolEnd, tMax)
 	var res scsiRes
 	var dataSN uint32
