@@ -186,37 +186,3 @@ func TestPcapMux(t *testing.T) {
 		t.Errorf("PDUs by sender: %v, want 100 from each of two connections", counts)
 	}
 }
-
-// TestTapWriterPieces feeds a pcap stream one byte at a time.
-func TestTapWriterPieces(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "y.pcap")
-	m, err := newPcapMux(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var whole strings.Builder
-	ini, tgt := net.Pipe()
-	go io.Copy(io.Discard, tgt)
-	tap, err := capture.NewTap(ini, &whole, capture.TapOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var nop pdu.BHS
-	(&pdu.NOPOut{Immediate: true, ITT: 7, TTT: 0xffffffff}).MarshalBHS(&nop)
-	tap.Write(nop[:])
-	tap.Close()
-	tgt.Close()
-	w := &tapWriter{m: m}
-	for _, b := range []byte(whole.String()) {
-		if _, err := w.Write([]byte{b}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := m.Close(); err != nil {
-		t.Fatal(err)
-	}
-	got, _ := os.ReadFile(path)
-	if string(got) != whole.String() {
-		t.Fatalf("the mux wrote %d bytes, the tap %d", len(got), whole.Len())
-	}
-}
