@@ -126,7 +126,10 @@ func describe(err error) (int, string) {
 		if strings.HasPrefix(ne.Key, "CHAP") {
 			return exitError, "authentication failed: " + ne.Key + ": " + ne.Reason
 		}
-		return exitError, "login failed" + where() + ": " + trimPrefixes(ne.Error())
+		if ne.Key == "" {
+			return exitError, "login failed: " + ne.Reason
+		}
+		return exitError, "login failed: negotiating " + ne.Key + ": " + ne.Reason
 	case errors.As(err, &dns):
 		return exitError, fmt.Sprintf("cannot resolve host %q: %s", dns.Name, dns.Err)
 	case errors.Is(err, syscall.ECONNREFUSED):

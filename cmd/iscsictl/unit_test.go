@@ -39,6 +39,8 @@ func TestDescribe(t *testing.T) {
 		{login(&session.LoginError{Status: pdu.LoginAuthFailed}), exitError, "authentication failed (0x0201)"},
 		{login(&session.NegotiationError{Key: "CHAP_R", Reason: "target failed mutual authentication"}), exitError,
 			"authentication failed: CHAP_R: target failed mutual authentication"},
+		{login(&session.NegotiationError{Key: "MaxConnections", Reason: "target negotiated the key a second time"}), exitError,
+			"login failed: negotiating MaxConnections: target negotiated the key a second time"},
 		{login(context.DeadlineExceeded), exitError, "timed out after 15s (logging in) at 127.0.0.1:3260"},
 		{nameErr, exitInvalidArg, `invalid argument: iSCSI name "disk1": must start with iqn., eui. or naa.`},
 		{fmt.Errorf("--target: %w", nameErr), exitInvalidArg, `--target: invalid argument: iSCSI name "disk1"`},
