@@ -375,7 +375,9 @@ func (c *Conn) readLoop() {
 	defer c.cleanup()
 	c.nc.SetReadDeadline(time.Now().Add(c.t.Config.LoginTimeout))
 	if !c.login() {
-		c.drain()
+		if c.draining.Load() {
+			c.drain()
+		}
 		return
 	}
 	if !c.draining.Load() {
@@ -391,14 +393,14 @@ func (c *Conn) readLoop() {
 			break
 		}
 		if err != nil {
-			if !c.readFailed(err) {
-				return
-			}
-			continue
+			c.readFailed(err)
+			break
 		}
 		c.received(in)
 	}
-	c.drain()
+	if c.draining.Load() {
+		c.drain()
+	}
 }
 
 // received handles one PDU of full feature phase.
@@ -422,15 +424,14 @@ func (c *Conn) received(in *inPDU) {
 	s.submit(c, in, p, nil)
 }
 
-// readFailed handles a read error; it returns whether the connection may
-// go on.
-func (c *Conn) readFailed(err error) bool {
+// readFailed handles a read error, after which the connection ends.
+func (c *Conn) readFailed(err error) {
 	var re *readError
 	if !errors.As(err, &re) {
 		if err != io.EOF {
 			c.t.log.Debug("connection read ended", zap.Uint16("cid", c.cid), zap.Error(err))
 		}
-		return false
+		return
 	}
 	var de *pdu.DigestError
 	if errors.As(re.err, &de) {
@@ -439,7 +440,7 @@ func (c *Conn) readFailed(err error) bool {
 		c.t.count(func(s *Stats) { s.DigestErrors++; s.ProtocolErrors++ })
 		c.t.log.Debug("header digest error", zap.Uint16("cid", c.cid), zap.Error(re.err))
 		c.finish()
-		return false
+		return
 	}
 	var pe *pdu.ProtocolError
 	if errors.As(re.err, &pe) {
@@ -449,9 +450,8 @@ func (c *Conn) readFailed(err error) bool {
 			reason = pdu.RejectCommandNotSupported
 		}
 		c.protocolError(&re.hdr, reason, pe.Error())
-		return false
+		return
 	}
-	return false
 }
 
 // readError is a failure to read a PDU whose header was received.

@@ -41,6 +41,7 @@ type ini struct {
 	// negotiated holds the keys the target answered or declared.
 	negotiated map[string]string
 	maxRecv    int // our MaxRecvDataSegmentLength
+	lastData   []byte
 }
 
 func newIni(t testing.TB, nc net.Conn) *ini {
@@ -221,7 +222,7 @@ func (i *ini) loginReq(csg, nsg uint8, transit bool, kvs ...pdu.KV) (*pdu.LoginR
 	if !ok {
 		i.t.Fatalf("got %s, want a Login Response", p.Opcode())
 	}
-	got, err := pdu.ParseText(data, pdu.TextLimits{})
+	got, err := parseText(data, pdu.TextLimits{})
 	if err != nil {
 		i.t.Fatalf("login response text: %v", err)
 	}
@@ -242,6 +243,8 @@ type loginOpts struct {
 	chap      *CHAP    // log in with CHAP as this user
 	alg       string   // CHAP_A list; default "5"
 	mutualC   []byte   // challenge of mutual CHAP; default random-ish
+	reflect   bool     // send the target's own challenge back in mutual CHAP
+	noDigests bool     // leave HeaderDigest and DataDigest to the target
 }
 
 // login logs in to full feature phase and switches to the negotiated digests.
@@ -277,8 +280,10 @@ func (i *ini) tryLogin(o loginOpts) pdu.LoginStatus {
 	} else if st := i.chapLogin(o, first); st != 0 {
 		return st
 	}
-	op := []pdu.KV{{Key: "HeaderDigest", Value: "None"}, {Key: "DataDigest", Value: "None"},
-		{Key: "MaxRecvDataSegmentLength", Value: strconv.Itoa(i.maxRecv)}}
+	op := []pdu.KV{{Key: "MaxRecvDataSegmentLength", Value: strconv.Itoa(i.maxRecv)}}
+	if !o.noDigests {
+		op = append(op, pdu.KV{Key: "HeaderDigest", Value: "None"}, pdu.KV{Key: "DataDigest", Value: "None"})
+	}
 	if !o.discovery {
 		op = append(op, pdu.KV{Key: "DefaultTime2Wait", Value: "2"}, pdu.KV{Key: "DefaultTime2Retain", Value: "20"},
 			pdu.KV{Key: "ErrorRecoveryLevel", Value: "0"})

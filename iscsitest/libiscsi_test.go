@@ -58,7 +58,8 @@ func TestLibiscsi(t *testing.T) {
 		if !strings.Contains(out, "LOGICAL BLOCK LENGTH IN BYTES:512") || !strings.Contains(out, "Total size:67108864") {
 			t.Errorf("iscsi-readcapacity16 output:\n%s", out)
 		}
-		if ls, err := exec.LookPath("iscsi-ls"); err == nil {
+		// iscsi-ls offers no digests, which the second target requires.
+		if ls, err := exec.LookPath("iscsi-ls"); err == nil && cfg.HeaderDigests == nil {
 			out = runTool(t, ls, "-s", "iscsi://"+tg.Addr())
 			if !strings.Contains(out, DefaultName) || !strings.Contains(out, "Lun:0") {
 				t.Errorf("iscsi-ls output:\n%s", out)

@@ -148,7 +148,7 @@ func (l *login) step(in *inPDU, req *pdu.LoginRequest) (done, ok bool) {
 		c.enqueue(&pdu.LoginResponse{ISID: l.isid, TSIH: l.tsih, ITT: req.ITT, CSG: l.csg}, nil, nil, false)
 		return false, true
 	}
-	kvs, err := pdu.ParseText(l.text, pdu.TextLimits{})
+	kvs, err := parseText(l.text, pdu.TextLimits{})
 	l.text = l.text[:0]
 	if err != nil {
 		return false, l.fail(pdu.LoginInitiatorError, err.Error())
@@ -363,6 +363,10 @@ func (l *login) security(sec map[string]string, out *[]pdu.KV) (pdu.LoginStatus,
 func (l *login) finish(resp *pdu.LoginResponse, text []byte) (done, ok bool) {
 	c := l.c
 	s := l.sess
+	if !l.hdig && !slices.Contains(l.t.Config.HeaderDigests, "None") ||
+		!l.ddig && !slices.Contains(l.t.Config.DataDigests, "None") {
+		return false, l.fail(pdu.LoginInitiatorError, "the target requires digests")
+	}
 	if p := &l.params; p.FirstBurstLength > p.MaxBurstLength {
 		if !p.InitialR2T || p.ImmediateData {
 			return false, l.fail(pdu.LoginInitiatorError, "FirstBurstLength above MaxBurstLength")

@@ -189,6 +189,9 @@ func (i *ini) chapLogin(o loginOpts, first []pdu.KV) pdu.LoginStatus {
 		{Key: "CHAP_R", Value: pdu.FormatHex(chapResponse(a, byte(id), o.chap.Secret, ch))}}
 	mutual := o.chap.MutualUser != ""
 	mc := o.mutualC
+	if o.reflect {
+		mc = ch
+	}
 	if mutual {
 		if mc == nil {
 			mc = bytes.Repeat([]byte{0x5a, 0xa5}, 8)
