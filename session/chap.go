@@ -95,14 +95,27 @@ type chapState struct {
 	// sent are the challenges this session has sent, to refuse a target
 	// that reflects one back.
 	sent *[][]byte
+	// avoid is an algorithm left out of the offer (see Session.connect).
+	avoid int
 	// ourID and ourChallenge are the mutual challenge we sent.
 	ourID        byte
 	ourChallenge []byte
 }
 
+// offered returns the algorithms this exchange offers.
+func (c *chapState) offered() []int {
+	var out []int
+	for _, a := range c.cfg.algorithms() {
+		if a != c.avoid {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
 func (c *chapState) offer() string {
 	s := ""
-	for i, a := range c.cfg.algorithms() {
+	for i, a := range c.offered() {
 		if i > 0 {
 			s += ","
 		}
@@ -116,13 +129,14 @@ func (c *chapState) offer() string {
 func (c *chapState) answer(a, i, ch string) ([]kvPair, error) {
 	alg, err := strconv.Atoi(a)
 	offered := false
-	for _, x := range c.cfg.algorithms() {
+	for _, x := range c.offered() {
 		offered = offered || x == alg
 	}
+	c.alg = alg
 	if err != nil || !offered || chapHash(alg) == nil {
+		c.alg = 0
 		return nil, &NegotiationError{Key: "CHAP_A", Reason: "target chose an algorithm we did not offer: " + strconv.Quote(a)}
 	}
-	c.alg = alg
 	id, err := strconv.Atoi(i)
 	if err != nil {
 		if n, perr := parseNum(i); perr == nil {

@@ -52,6 +52,8 @@ type Conn struct {
 
 	expStatSN atomic.Uint32
 	lastRecv  atomic.Int64 // unix nanoseconds of the last PDU received
+	// commands counts the SCSI commands sent on the connection.
+	commands atomic.Uint64
 
 	// nopReplies carries target pings (NOP-In with a TTT) to the keepalive
 	// goroutine, which answers them; the reader never writes.

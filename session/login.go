@@ -26,19 +26,45 @@ func (s *Session) connect(ctx context.Context, cid uint16, leading bool) (*Conn,
 		maxRedirects = 4
 	}
 	addr := s.portal
-	for redirects := 0; ; redirects++ {
-		c, err := s.loginAt(ctx, addr, cid, leading)
+	retried := false
+	for redirects := 0; ; {
+		at := &loginAttempt{}
+		s.mu.Lock()
+		at.avoidAlg = s.chapAvoid
+		s.mu.Unlock()
+		c, err := s.loginAt(ctx, addr, cid, leading, at)
 		var rd *redirectError
 		if errors.As(err, &rd) && redirects < maxRedirects {
 			s.log.Debug("login redirected", zap.String("to", rd.addr), zap.Stringer("status", rd.status))
+			redirects++
 			addr = rd.addr
 			if leading {
 				s.portal = addr
 			}
 			continue
 		}
+		var le *LoginError
+		if !retried && at.chosenAlg == CHAPSHA256 && errors.As(err, &le) && le.Status == pdu.LoginInitiatorError &&
+			len(s.cfg.CHAP.algorithms()) > 1 {
+			// tgtd (up to 1.0.85 at least) takes CHAP_A=7 for SHA-1 and
+			// fails our SHA-256 response as malformed: try once more
+			// without 7. The target could choose any algorithm we offer
+			// anyway, so leaving one out weakens nothing.
+			s.log.Debug("CHAP with SHA-256 failed as an initiator error; retrying without CHAP_A=7")
+			retried = true
+			s.mu.Lock()
+			s.chapAvoid = CHAPSHA256
+			s.mu.Unlock()
+			continue
+		}
 		return c, err
 	}
+}
+
+// loginAttempt carries what one login attempt needs to know and tells.
+type loginAttempt struct {
+	avoidAlg  int // a CHAP algorithm not to offer
+	chosenAlg int // the CHAP algorithm the target chose
 }
 
 type redirectError struct {
@@ -48,7 +74,7 @@ type redirectError struct {
 
 func (e *redirectError) Error() string { return "iscsi: login redirected to " + e.addr }
 
-func (s *Session) loginAt(ctx context.Context, addr string, cid uint16, leading bool) (*Conn, error) {
+func (s *Session) loginAt(ctx context.Context, addr string, cid uint16, leading bool, at *loginAttempt) (*Conn, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.loginTimeout())
 	defer cancel()
 	nc, err := s.cfg.dial(ctx, addr)
@@ -71,7 +97,7 @@ func (s *Session) loginAt(ctx context.Context, addr string, cid uint16, leading 
 		}
 		dmu.Unlock()
 	})
-	l := &loginState{s: s, nc: nc, cid: cid, leading: leading,
+	l := &loginState{s: s, nc: nc, cid: cid, leading: leading, at: at,
 		r: pdu.NewReader(nc, pdu.ReaderConfig{From: pdu.FromTarget}), w: pdu.NewWriter(nc)}
 	c, err := l.run()
 	dmu.Lock()
@@ -110,6 +136,7 @@ type loginState struct {
 	nc      net.Conn
 	cid     uint16
 	leading bool
+	at      *loginAttempt
 	r       *pdu.Reader
 	w       *pdu.Writer
 
@@ -167,7 +194,7 @@ func (l *loginState) run() (*Conn, error) {
 		if resp.Transit {
 			return nil, &NegotiationError{Key: "AuthMethod", Reason: "target left the security stage before CHAP"}
 		}
-		st := &chapState{cfg: cfg.CHAP, sent: &s.challenges}
+		st := &chapState{cfg: cfg.CHAP, sent: &s.challenges, avoid: l.at.avoidAlg}
 		_, kvs, err = l.exchange(pdu.StageSecurity, pdu.StageOperational, false, []pdu.KV{kv("CHAP_A", st.offer())})
 		if err != nil {
 			return nil, err
@@ -181,6 +208,7 @@ func (l *loginState) run() (*Conn, error) {
 		s.mu.Lock()
 		ans, err := st.answer(a, i, ch)
 		s.mu.Unlock()
+		l.at.chosenAlg = st.alg
 		if err != nil {
 			return nil, err
 		}

@@ -12,7 +12,9 @@ import (
 // the target has to report (power on, LUNs changed, ...).
 const unitAttentionRetries = 4
 
-// executeRetryUA runs cmd, retrying it while it meets UNIT ATTENTION.
+// executeRetryUA runs cmd, retrying it while it meets UNIT ATTENTION. A
+// command that meets one was not performed (SAM-5 §5.14), so a write too
+// may be sent again.
 func (s *Session) executeRetryUA(ctx context.Context, cmd *Command) (*Result, error) {
 	for i := 0; ; i++ {
 		res, err := s.Execute(ctx, cmd)
@@ -105,18 +107,20 @@ func (s *Session) ReportLUNs(ctx context.Context) ([]int, error) {
 
 // TestUnitReady sends TEST UNIT READY to lun.
 func (s *Session) TestUnitReady(ctx context.Context, lun int) error {
-	_, err := s.Execute(ctx, &Command{LUN: lun, CDB: make([]byte, 6)})
+	_, err := s.executeRetryUA(ctx, &Command{LUN: lun, CDB: make([]byte, 6)})
 	return err
 }
 
 // Read reads len(buf) bytes from lun at block lba with READ(16); len(buf)
-// must be a multiple of blockSize.
+// must be a multiple of blockSize. Like the other helpers of this file it
+// sends the command again when it meets UNIT ATTENTION (after a login or a
+// reset), a few times at most.
 func (s *Session) Read(ctx context.Context, lun int, lba uint64, blockSize int, buf []byte) error {
 	if err := checkBlocks(len(buf), blockSize); err != nil {
 		return err
 	}
 	cdb := rw16(0x88, lba, len(buf), blockSize)
-	res, err := s.Execute(ctx, &Command{LUN: lun, CDB: cdb, Read: buf})
+	res, err := s.executeRetryUA(ctx, &Command{LUN: lun, CDB: cdb, Read: buf})
 	if err != nil {
 		return err
 	}
@@ -133,7 +137,7 @@ func (s *Session) Write(ctx context.Context, lun int, lba uint64, blockSize int,
 		return err
 	}
 	cdb := rw16(0x8a, lba, len(data), blockSize)
-	res, err := s.Execute(ctx, &Command{LUN: lun, CDB: cdb, Write: data})
+	res, err := s.executeRetryUA(ctx, &Command{LUN: lun, CDB: cdb, Write: data})
 	if err != nil {
 		return err
 	}
@@ -147,7 +151,7 @@ func (s *Session) Write(ctx context.Context, lun int, lba uint64, blockSize int,
 func (s *Session) SynchronizeCache(ctx context.Context, lun int) error {
 	cdb := make([]byte, 10)
 	cdb[0] = 0x35
-	_, err := s.Execute(ctx, &Command{LUN: lun, CDB: cdb})
+	_, err := s.executeRetryUA(ctx, &Command{LUN: lun, CDB: cdb})
 	return err
 }
 

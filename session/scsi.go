@@ -127,6 +127,7 @@ func (c *Conn) execute(ctx context.Context, cmd *Command) (*Result, error) {
 				return nil, err
 			}
 			sent = true
+			c.commands.Add(1)
 			err = c.w.Flush()
 			c.wmu.Unlock()
 			if err != nil {

@@ -42,6 +42,8 @@ type Session struct {
 	// challenges are the CHAP challenges this session sent, on any
 	// connection, so that a target reflecting one is refused.
 	challenges [][]byte
+	// chapAvoid is a CHAP algorithm the target got wrong (tgtd's 7).
+	chapAvoid int
 
 	itt atomic.Uint32
 	rr  atomic.Uint32
