@@ -1,11 +1,18 @@
 package main
 
 import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
 	"net"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/goiscsi/iscsi/internal/peers"
 )
@@ -217,5 +224,47 @@ func TestDemoPcap(t *testing.T) {
 		if n != 1 || resp[s] != 1 {
 			t.Errorf("tcp.stream %s: %d Logout Requests, %d Responses", s, n, resp[s])
 		}
+	}
+}
+
+// TestDemoInterrupt: an interrupt during a logout that waits for answers
+// that never come cancels it; the connections still waiting are reported
+// canceled and the sessions not logged out.
+func TestDemoInterrupt(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, "demo", "--fail-sessions", "2", "--fault", "no-response", "--logout-timeout", "25s")
+	cmd.WaitDelay = 5 * time.Second
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var text strings.Builder
+	sc := bufio.NewScanner(out)
+	for sc.Scan() {
+		text.WriteString(sc.Text() + "\n")
+		if strings.HasPrefix(sc.Text(), "I/O: ") {
+			break // the logout starts now
+		}
+	}
+	time.Sleep(300 * time.Millisecond)
+	start := time.Now()
+	cmd.Process.Signal(os.Interrupt)
+	rest, _ := io.ReadAll(out)
+	text.Write(rest)
+	err = cmd.Wait()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != exitIncomplete {
+		t.Fatalf("exit %v, want status %d\n%s", err, exitIncomplete, text.String())
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("took %s to end after the interrupt", d)
+	}
+	if n := strings.Count(text.String(), "canceled before a Logout Response came"); n != 4 {
+		t.Errorf("%d connections reported canceled, want 4:\n%s", n, text.String())
 	}
 }

@@ -114,6 +114,8 @@ func connDetail(c *logout.ConnResult) string {
 		} else {
 			parts = append(parts, "closed by the target (FIN), no Logout Response")
 		}
+	case logout.ConnCanceled:
+		parts = append(parts, "canceled before a Logout Response came")
 	default:
 		if c.Err != nil {
 			parts = append(parts, trimPrefixes(c.Err.Error()))
@@ -154,7 +156,7 @@ func (a *app) waitLogout(ctx context.Context, op *logout.Operation, conns int) l
 	progress := a.terminal && !a.json
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
-	shown := false
+	shown, last := false, 0
 	done := ctx.Done()
 	for {
 		select {
@@ -169,10 +171,9 @@ func (a *app) waitLogout(ctx context.Context, op *logout.Operation, conns int) l
 			op.Cancel()
 			done = nil
 		case <-tick.C:
-			if progress {
-				_, pct := op.Status()
+			if _, pct := op.Status(); progress && (pct != last || !shown) {
 				fmt.Fprintf(a.stdout, "\rlogging out of %s: %3d%% of %d connections", op.Target(), pct, conns)
-				shown = true
+				shown, last = true, pct
 			}
 		}
 	}
