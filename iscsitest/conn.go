@@ -527,6 +527,10 @@ func (c *Conn) cleanup() {
 	c.outCond.Signal()
 	c.outMu.Unlock()
 	<-c.writerDone
+	c.outMu.Lock()
+	c.wclosed = true
+	c.outQ = nil
+	c.outMu.Unlock()
 	c.nc.Close()
 	close(c.done)
 	if s := c.sess.Load(); s != nil {

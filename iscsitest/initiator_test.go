@@ -391,3 +391,11 @@ func (i *ini) logoutResp(reason uint8, cid uint16) *pdu.LogoutResponse {
 }
 
 func isReset(err error) bool { return errors.Is(err, syscall.ECONNRESET) }
+
+func dialErr(tg *Target) (net.Conn, error) {
+	nc, err := net.DialTimeout("tcp", tg.Addr(), wait)
+	if err == nil {
+		nc.Close()
+	}
+	return nc, err
+}

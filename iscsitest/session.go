@@ -539,6 +539,7 @@ func (s *session) abortTask(v *pdu.TaskMgmtRequest) uint8 {
 	if pdu.SerialLessEq(exp, v.RefCmdSN) && pdu.SerialLessEq(v.RefCmdSN, maxSN) &&
 		pdu.SerialLess(v.RefCmdSN, v.CmdSN) && s.pending[v.RefCmdSN] == nil {
 		s.skip[v.RefCmdSN] = true
+		s.drainPending()
 		return pdu.TMFComplete
 	}
 	return pdu.TMFNoSuchTask
