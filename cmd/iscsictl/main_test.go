@@ -78,6 +78,9 @@ func iscsictlWith(t *testing.T, o runOpts, args ...string) result {
 			env = append(env, e)
 		}
 	}
+	// The race detector sleeps a second before a process exits, unless told
+	// otherwise.
+	env = append(env, "GORACE=atexit_sleep_ms=0")
 	cmd.Env = append(env, o.env...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
