@@ -156,7 +156,11 @@ func TestUsage(t *testing.T) {
 	}
 	iscsictl(t, "frobnicate").want(t, exitInvalidArg)
 	iscsictl(t, "discover", "--no-such-flag").want(t, exitInvalidArg)
-	iscsictl(t, "logout", "-h").want(t, exitOK)
+	for _, c := range commands {
+		if r := iscsictl(t, c.name, "-h").want(t, exitOK); !strings.Contains(r.stderr, "-json") {
+			t.Errorf("%s -h:\n%s", c.name, r.stderr)
+		}
+	}
 	iscsictl(t, "demo", "--fault", "gremlins", "--fail-sessions", "1").want(t, exitInvalidArg)
 	iscsictl(t, "demo", "--sessions", "2", "--fail-sessions", "3").want(t, exitInvalidArg)
 	iscsictl(t, "perf", "--portal", "127.0.0.1", "--rw", "sideways").want(t, exitInvalidArg)
@@ -206,6 +210,24 @@ func TestConnectionRefused(t *testing.T) {
 		r := iscsictl(t, args...).want(t, exitError)
 		if want := "connection refused at " + addr; !strings.Contains(r.stderr, want) {
 			t.Errorf("%v: stderr %q, want %q", args, r.stderr, want)
+		}
+	}
+}
+
+// TestLogFormat: --log-format json writes one JSON object per line on
+// stderr, and stdout keeps the result alone.
+func TestLogFormat(t *testing.T) {
+	t.Parallel()
+	r := iscsictl(t, "demo", "--sessions", "1", "--conns", "1", "--log-level", "debug", "--log-format", "json", "--json").want(t, exitOK)
+	r.json(t)
+	lines := strings.Split(strings.TrimSpace(r.stderr), "\n")
+	if len(lines) < 3 {
+		t.Fatalf("%d log lines at debug:\n%s", len(lines), r.stderr)
+	}
+	for _, l := range lines {
+		var v map[string]any
+		if err := json.Unmarshal([]byte(l), &v); err != nil || v["msg"] == nil || v["level"] == nil {
+			t.Errorf("log line %q is not a zap JSON line: %v", l, err)
 		}
 	}
 }
