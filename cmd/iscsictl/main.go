@@ -14,7 +14,6 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"sort"
 	"syscall"
 )
 
@@ -79,9 +78,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 
 func usage(w io.Writer) {
 	fmt.Fprintf(w, "iscsictl: a pure-Go iSCSI initiator on the command line\n\nUsage: iscsictl COMMAND [flags]\n\nCommands:\n")
-	cs := append([]command(nil), commands...)
-	sort.SliceStable(cs, func(i, j int) bool { return cs[i].name == "demo" && cs[j].name != "demo" })
-	for _, c := range cs {
+	for _, c := range commands {
 		fmt.Fprintf(w, "  %-9s %s\n", c.name, c.summary)
 	}
 	fmt.Fprintf(w, "\nRun `iscsictl COMMAND -h` for a command's flags.\n\nExit status:\n")
