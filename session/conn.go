@@ -66,6 +66,8 @@ type Conn struct {
 	logoutSent atomic.Bool
 	// asyncLogout is set once the target asked for a logout (event 1).
 	asyncLogout atomic.Bool
+	// logoutOK is set once the target answered our logout with success.
+	logoutOK atomic.Bool
 	// logoutDone is closed when the connection's logout has ended, with
 	// its result in logoutRes; a second Logout waits for it.
 	logoutDone chan struct{}
@@ -307,6 +309,21 @@ func (c *Conn) dispatch(h *pdu.BHS) error {
 			return &pdu.ProtocolError{Op: pdu.OpLogoutResponse, Field: "InitiatorTaskTag", Value: uint64(r.ITT), Reason: "no Logout Request with this tag"}
 		}
 		c.remove(r.ITT)
+		if r.Response == pdu.LogoutSuccess {
+			// The target closes the connection next: that end is the
+			// logout's, not a reset, and the session is over before
+			// anyone sees the connection go (Session.Ended).
+			c.mu.Lock()
+			if c.err == nil {
+				c.err = ErrLoggedOut
+			}
+			c.mu.Unlock()
+			c.logoutOK.Store(true)
+			if t.logoutReason == pdu.LogoutCloseSession {
+				s.markLoggedOut(LogoutResult{CID: c.cid, Reason: t.logoutReason, Responded: true,
+					Time2Wait: r.Time2Wait, Time2Retain: r.Time2Retain})
+			}
+		}
 		t.complete(nil, func() { t.logoutResp = r })
 	case pdu.OpTextResponse:
 		var r pdu.TextResponse

@@ -134,6 +134,7 @@ func (c *Conn) logout(ctx context.Context, opts LogoutOptions) LogoutResult {
 	immediate := true
 	for attempt := 0; ; attempt++ {
 		t := s.newTask(taskLogout)
+		t.logoutReason = opts.Reason
 		if err := c.register(t, true); err != nil {
 			res.Err = err
 			break
@@ -191,13 +192,8 @@ func (c *Conn) logout(ctx context.Context, opts LogoutOptions) LogoutResult {
 	}
 
 	if res.OK() {
-		c.mu.Lock()
-		if c.err == nil {
-			c.err = ErrLoggedOut
-		}
-		c.mu.Unlock()
 		if opts.Reason == pdu.LogoutCloseSession {
-			s.markLoggedOut(res)
+			s.setLogoutResult(res)
 			// The target closes the session's other connections.
 			for _, o := range s.Conns() {
 				if o != c {
@@ -227,8 +223,10 @@ func (c *Conn) logout(ctx context.Context, opts LogoutOptions) LogoutResult {
 	res.Failed = c.failedSCSI
 	c.mu.Unlock()
 	c.wg.Wait()
-	if res.OK() && len(s.Conns()) == 0 {
-		s.markLoggedOut(res)
+	if res.OK() && s.LoggedOut() {
+		// The reader marked the session logged out with what the response
+		// said; keep the whole result.
+		s.setLogoutResult(res)
 	}
 	return res
 }
@@ -300,11 +298,19 @@ func (c *Conn) waitIdle(ctx context.Context) {
 	}
 }
 
+// markLoggedOut records that the session ended with a successful logout.
 func (s *Session) markLoggedOut(res LogoutResult) {
 	s.mu.Lock()
 	if !s.loggedOut {
 		s.loggedOut, s.logoutRes = true, res
 	}
+	s.mu.Unlock()
+}
+
+// setLogoutResult is markLoggedOut with the logout's final result.
+func (s *Session) setLogoutResult(res LogoutResult) {
+	s.mu.Lock()
+	s.loggedOut, s.logoutRes = true, res
 	s.mu.Unlock()
 }
 

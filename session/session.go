@@ -184,6 +184,13 @@ func (s *Session) connEnded(c *Conn) {
 		select {
 		case <-s.ended:
 		default:
+			if c.logoutOK.Load() && !s.loggedOut {
+				// The last connection logged out (reason 1 on each, say):
+				// the session is gone at the target too. Say so before
+				// Ended does.
+				s.loggedOut = true
+				s.logoutRes = LogoutResult{CID: c.cid, Reason: pdu.LogoutCloseConnection, Responded: true}
+			}
 			close(s.ended)
 			close(s.window)
 			s.window = make(chan struct{})

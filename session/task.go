@@ -45,10 +45,11 @@ type task struct {
 	under    bool
 	over     bool
 
-	tmfResp    uint8
-	logoutResp pdu.LogoutResponse
-	textResp   pdu.TextResponse
-	text       []byte
+	tmfResp      uint8
+	logoutReason uint8
+	logoutResp   pdu.LogoutResponse
+	textResp     pdu.TextResponse
+	text         []byte
 }
 
 // complete ends the task once: set records its result, err its failure.
