@@ -112,6 +112,9 @@ func (s *session) startWrite(c *Conn, v *pdu.SCSICommand, imm []byte, unsolLimit
 func (s *session) dataOut(c *Conn, in *inPDU, v *pdu.DataOut) {
 	tk := s.tasks[v.ITT]
 	if tk == nil {
+		if s.holdDataOut(c, in, v) {
+			return
+		}
 		for _, itt := range s.recent {
 			if itt == v.ITT {
 				return // data of a task already ended or aborted

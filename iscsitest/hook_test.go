@@ -66,9 +66,9 @@ func TestNoLogoutResponse(t *testing.T) {
 		t.Fatalf("faulted session ended: %+v", s)
 	}
 	bad.nc.Close()
-	waitFor(t, "the faulted session to end", func() bool { return sessionByTSIH(tg, bad.tsih).Ended })
-	if s := sessionByTSIH(tg, bad.tsih); s.LoggedOut {
-		t.Fatalf("faulted session reported logged out: %+v", s)
+	waitFor(t, "the faulted session to fail", func() bool { return sessionByTSIH(tg, bad.tsih).Failed })
+	if s := sessionByTSIH(tg, bad.tsih); s.LoggedOut || s.Ended {
+		t.Fatalf("faulted session: %+v", s)
 	}
 }
 
@@ -266,5 +266,5 @@ func TestTargetDropsConnection(t *testing.T) {
 	cs[1].expectClosed(true)
 	tg.Conn(cs[0].tsih, 0).Close()
 	cs[0].expectClosed(false)
-	waitFor(t, "the session to end", func() bool { return sessionByTSIH(tg, cs[0].tsih).Ended })
+	waitFor(t, "the session to fail", func() bool { return sessionByTSIH(tg, cs[0].tsih).Failed })
 }

@@ -82,7 +82,7 @@ func TestLogoutFailures(t *testing.T) {
 }
 
 // mcs logs in a session of n connections with CIDs 0..n-1.
-func mcs(t *testing.T, tg *Target, n int) []*ini {
+func mcs(t *testing.T, tg *Target, n int, op ...pdu.KV) []*ini {
 	t.Helper()
 	var cs []*ini
 	for cid := range n {
@@ -90,7 +90,7 @@ func mcs(t *testing.T, tg *Target, n int) []*ini {
 		if cid > 0 {
 			c.join(cs[0], uint16(cid))
 		}
-		c.login(loginOpts{op: []pdu.KV{{Key: "MaxConnections", Value: "8"}}})
+		c.login(loginOpts{op: append([]pdu.KV{{Key: "MaxConnections", Value: "8"}}, op...)})
 		if c.tsih != cs0(cs, c).tsih {
 			t.Fatalf("connection %d joined session %#x, want %#x", cid, c.tsih, cs[0].tsih)
 		}
@@ -212,13 +212,76 @@ func TestSessionReinstatement(t *testing.T) {
 	b.nop(nil)
 }
 
+// TestConnectionLost checks the session timeout of RFC 7143 §6.3.5: a
+// session whose last connection drops without a logout waits
+// DefaultTime2Retain for a connection to continue it, then ends.
 func TestConnectionLost(t *testing.T) {
 	tg := newTarget(t, Config{})
 	i := dial(t, tg)
 	i.login(loginOpts{})
 	i.nc.Close()
-	waitFor(t, "the session to end", func() bool { return sessionByTSIH(tg, i.tsih).Ended })
-	if s := sessionByTSIH(tg, i.tsih); s.LoggedOut {
-		t.Fatalf("session lost without logout reported as logged out: %+v", s)
+	waitFor(t, "the session to fail", func() bool { return sessionByTSIH(tg, i.tsih).Failed })
+	if s := sessionByTSIH(tg, i.tsih); s.Ended || s.LoggedOut || len(s.CIDs) != 0 {
+		t.Fatalf("failed session: %+v", s)
+	}
+	// Session continuation: a connection with the TSIH revives it.
+	c := dial(t, tg)
+	c.join(i, 1)
+	c.login(loginOpts{})
+	if s := sessionByTSIH(tg, i.tsih); s.Failed || s.Ended || len(s.CIDs) != 1 {
+		t.Fatalf("continued session: %+v", s)
+	}
+	c.nc.Close()
+	waitFor(t, "the session to fail again", func() bool { return sessionByTSIH(tg, i.tsih).Failed })
+	// Session reinstatement: a leading login with the ISID replaces it.
+	r := dial(t, tg)
+	r.login(loginOpts{})
+	if s := sessionByTSIH(tg, i.tsih); !s.Ended || s.Failed {
+		t.Fatalf("reinstated session: %+v", s)
+	}
+
+	// Time2Retain passes: the session ends; with 0 it ends at once.
+	for _, t2r := range []string{"1", "0"} {
+		i := dial(t, tg)
+		i.isid[5] = 0x20
+		i.login(loginOpts{op: []pdu.KV{{Key: "DefaultTime2Retain", Value: t2r}}})
+		start := time.Now()
+		i.nc.Close()
+		waitFor(t, "the session to end", func() bool { return sessionByTSIH(tg, i.tsih).Ended })
+		if d := time.Since(start); t2r == "1" && d < 900*time.Millisecond {
+			t.Fatalf("session with Time2Retain 1 ended after %v", d)
+		}
+		if s := sessionByTSIH(tg, i.tsih); s.LoggedOut || s.Failed {
+			t.Fatalf("session lost without logout: %+v", s)
+		}
+	}
+}
+
+// TestMCSQueuedWrite sends a write and its unsolicited Data-Out on one
+// connection ahead of the command before it on another: the data waits with
+// the command for its CmdSN.
+func TestMCSQueuedWrite(t *testing.T) {
+	tg := newTarget(t, Config{})
+	cs := mcs(t, tg, 2, pdu.KV{Key: "InitialR2T", Value: "No"})
+	if cs[0].paramBool("InitialR2T", true) {
+		t.Fatal("InitialR2T=Yes")
+	}
+	sn := *cs[0].cmdSN
+	data := pattern(4096, 8)
+	w := &pdu.SCSICommand{Write: true, ITT: 0x99, ExpectedDataTransferLength: 4096, CmdSN: sn + 1}
+	copy(w.CDB[:], write10(10, 8))
+	cs[1].send(w, nil)
+	cs[1].sendData(data, 0x99, 0xffffffff, 0, 4096, 1024)
+	cs[1].expectSilence(100 * time.Millisecond)
+	cs[0].send(&pdu.NOPOut{ITT: 0x98, TTT: 0xffffffff, CmdSN: sn}, nil)
+	*cs[0].cmdSN += 2
+	if p, _ := cs[0].recv(); p.(*pdu.NOPIn).ITT != 0x98 {
+		t.Fatalf("got %+v", p)
+	}
+	if p, _ := cs[1].recv(); p.(*pdu.SCSIResponse).Status != 0 || p.(*pdu.SCSIResponse).ITT != 0x99 {
+		t.Fatalf("got %+v", p)
+	}
+	if !bytes.Equal(tg.LUNData(0)[10*BlockSize:][:4096], data) {
+		t.Fatal("written data differs")
 	}
 }

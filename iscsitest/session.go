@@ -5,6 +5,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -14,12 +15,15 @@ import (
 // handler handles one PDU of a session, under the session's lock.
 type handler func(s *session, c *Conn, in *inPDU, p pdu.PDU)
 
-// queued is a command received ahead of its CmdSN, waiting for the gap.
+// queued is a command received ahead of its CmdSN, waiting for the gap,
+// with the unsolicited Data-Out that came for it meanwhile.
 type queued struct {
-	c  *Conn
-	in inPDU
-	p  pdu.PDU
-	f  handler
+	c        *Conn
+	in       inPDU
+	p        pdu.PDU
+	f        handler
+	dataOuts []inPDU
+	dataLen  int
 }
 
 // maxTexts bounds the text exchanges in progress in a session.
@@ -53,7 +57,12 @@ type session struct {
 	nextTTT    uint32
 	ended      bool
 	loggedOut  bool
-	later      []func()
+	// failed marks a session whose last connection ended without a logout:
+	// it waits DefaultTime2Retain seconds for a connection to continue or
+	// reinstate it, then ends (RFC 7143 §6.3.5, the FAILED state of §8.3).
+	failed bool
+	retain *time.Timer
+	later  []func()
 }
 
 func newSession(t *Target, l *login, tsih uint16) *session {
@@ -167,7 +176,33 @@ func (s *session) drainPending() {
 		default:
 		}
 		q.f(s, q.c, &q.in, q.p)
+		if len(q.dataOuts) > 0 && s.tasks[be32(q.in.h[16:])] != nil {
+			for i := range q.dataOuts {
+				d := &q.dataOuts[i]
+				var v pdu.DataOut
+				v.UnmarshalBHS(&d.h)
+				s.dataOut(q.c, d, &v)
+			}
+		}
 	}
+}
+
+// holdDataOut keeps an unsolicited Data-Out for a command still waiting for
+// its CmdSN; it reports false when there is no such command.
+func (s *session) holdDataOut(c *Conn, in *inPDU, v *pdu.DataOut) bool {
+	for _, q := range s.pending {
+		if q.c != c || q.in.h.Opcode() != pdu.OpSCSICommand || be32(q.in.h[16:]) != v.ITT {
+			continue
+		}
+		if v.TTT != 0xffffffff || q.dataLen+len(in.data) > s.params.FirstBurstLength {
+			c.protocolError(&in.h, pdu.RejectProtocolError, "Data-Out beyond the first burst of a queued command")
+			return true
+		}
+		q.dataLen += len(in.data)
+		q.dataOuts = append(q.dataOuts, inPDU{h: in.h, data: slices.Clone(in.data), badDigest: in.badDigest})
+		return true
+	}
+	return false
 }
 
 // runLater runs what handlers deferred until the session's lock is released.
@@ -386,7 +421,10 @@ func (s *session) endLocked(loggedOut bool) []*Conn {
 	if s.ended {
 		return nil
 	}
-	s.ended, s.loggedOut = true, loggedOut
+	s.ended, s.loggedOut, s.failed = true, loggedOut, false
+	if s.retain != nil {
+		s.retain.Stop()
+	}
 	conns := make([]*Conn, 0, len(s.conns))
 	for _, c := range s.conns {
 		conns = append(conns, c)
@@ -409,17 +447,39 @@ func (s *session) end(loggedOut bool) {
 	}
 }
 
-// connGone takes a connection that ended out of the session; the session
-// ends with its last connection (ErrorRecoveryLevel 0 keeps nothing to
-// recover).
+// connGone takes a connection that ended out of the session, and its
+// tasks (ErrorRecoveryLevel 0 recovers none). A session that loses its last
+// connection without a logout fails: its state is kept DefaultTime2Retain
+// seconds.
 func (s *session) connGone(c *Conn) {
 	s.mu.Lock()
 	if s.conns[c.cid] == c {
 		delete(s.conns, c.cid)
 	}
 	s.abortTasks(func(tk *task) bool { return tk.c == c })
-	if len(s.conns) == 0 {
+	switch {
+	case len(s.conns) > 0 || s.ended || s.failed:
+	case c.loggedOut.Load() || s.params.DefaultTime2Retain == 0:
 		s.endLocked(c.loggedOut.Load())
+	default:
+		s.failed = true
+		clear(s.pending)
+		s.retain = time.AfterFunc(time.Duration(s.params.DefaultTime2Retain)*time.Second, s.retainExpired)
+	}
+	s.mu.Unlock()
+	s.runLater()
+}
+
+// retainExpired ends a failed session whose Time2Retain passed (the
+// session timeout of §6.3.5).
+func (s *session) retainExpired() {
+	if !s.t.track() {
+		return
+	}
+	defer s.t.wg.Done()
+	s.mu.Lock()
+	if s.failed && len(s.conns) == 0 {
+		s.endLocked(false)
 	}
 	s.mu.Unlock()
 	s.runLater()
@@ -437,6 +497,11 @@ func (s *session) addConn(c *Conn) (old *Conn, ok bool) {
 	if old == nil && len(s.conns) >= s.params.MaxConnections {
 		return nil, false
 	}
+	if s.failed {
+		// Session continuation: a connection joins the failed session.
+		s.failed = false
+		s.retain.Stop()
+	}
 	if old != nil {
 		s.abortTasks(func(tk *task) bool { return tk.c == old })
 	}
@@ -448,7 +513,7 @@ func (s *session) info() SessionInfo {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	si := SessionInfo{TSIH: s.tsih, ISID: s.isid, InitiatorName: s.initiatorName, TargetName: s.targetName,
-		Discovery: s.discovery, LoggedOut: s.loggedOut, Ended: s.ended, Params: s.params}
+		Discovery: s.discovery, LoggedOut: s.loggedOut, Ended: s.ended, Failed: s.failed, Params: s.params}
 	for cid, c := range s.conns {
 		si.CIDs = append(si.CIDs, cid)
 		si.Conns = append(si.Conns, ConnInfo{CID: cid, RemoteAddr: c.nc.RemoteAddr().String(),

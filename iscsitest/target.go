@@ -324,7 +324,26 @@ func (t *Target) Close() {
 	for _, c := range conns {
 		c.abort()
 	}
+	for _, s := range t.liveSessions() {
+		s.mu.Lock()
+		if s.retain != nil {
+			s.retain.Stop()
+		}
+		s.mu.Unlock()
+	}
 	t.wg.Wait()
+}
+
+// track registers a goroutine started outside the target's own (a timer's)
+// for Close to wait for; it reports false once the target is closed.
+func (t *Target) track() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return false
+	}
+	t.wg.Add(1)
+	return true
 }
 
 // forget removes a finished connection from the target.
@@ -347,8 +366,14 @@ type SessionInfo struct {
 	// LoggedOut reports a session ended by a Logout Request: reason 0, or
 	// reason 1 on its last connection.
 	LoggedOut bool
+	// Failed reports a session that lost its last connection without a
+	// logout: the target keeps it for DefaultTime2Retain seconds, for a
+	// connection to continue it (by TSIH) or reinstate it (by ISID), then
+	// it ends (RFC 7143 §6.3.5).
+	Failed bool
 	// Ended reports a session that can take no more commands or
-	// connections: logged out, every connection lost, or reinstated.
+	// connections: logged out, reinstated, or failed for longer than
+	// DefaultTime2Retain (at once with 0).
 	Ended bool
 	// Params are the negotiated session-wide parameters.
 	Params Params
