@@ -73,9 +73,9 @@ var (
 // Delay waits d (or until the target closes), then handles the PDU normally.
 func Delay(d time.Duration) Action { return Action{kind: actDelay, delay: d} }
 
-// Respond sends p with data instead of handling the PDU; the target fills in
-// the sequence numbers of p as Conn.Send does. A non-immediate command still
-// takes its CmdSN.
+// Respond sends a copy of p with data instead of handling the PDU; the
+// target fills in the copy's sequence numbers as Conn.Send does. A
+// non-immediate command still takes its CmdSN.
 func Respond(p pdu.PDU, data []byte) Action { return Action{kind: actRespond, p: p, data: data} }
 
 // LogoutResponse answers a Logout Request with response code and
@@ -146,7 +146,7 @@ func (c *Conn) apply(a Action, in *inPDU, p pdu.PDU) bool {
 			})
 		}
 	case actRespond:
-		c.consume(in, p, func() { c.enqueue(a.p, nil, a.data, false) })
+		c.consume(in, p, func() { c.enqueue(clonePDU(a.p), nil, a.data, false) })
 	case actReject:
 		c.consume(in, p, func() { c.reject(a.reason, &in.h) })
 	}
@@ -161,6 +161,17 @@ func (c *Conn) apply(a Action, in *inPDU, p pdu.PDU) bool {
 	return true
 }
 
+// clonePDU returns a copy of p, so that filling its sequence numbers does
+// not write to a value hooks on several connections share.
+func clonePDU(p pdu.PDU) pdu.PDU {
+	var h pdu.BHS
+	p.MarshalBHS(&h)
+	if q, err := pdu.Decode(&h); err == nil {
+		return q
+	}
+	return p
+}
+
 // consume runs f in place of handling a PDU, in CmdSN order for a
 // non-immediate command in full feature phase.
 func (c *Conn) consume(in *inPDU, p pdu.PDU, f func()) {
@@ -172,7 +183,8 @@ func (c *Conn) consume(in *inPDU, p pdu.PDU, f func()) {
 	s.submit(c, in, p, func(*session, *Conn, *inPDU, pdu.PDU) { f() })
 }
 
-// Match selects the PDUs a ready-made Hook acts on.
+// Match selects the PDUs a ready-made Hook acts on; a nil Match selects
+// every PDU.
 type Match func(ev *Event) bool
 
 // AnySession matches every PDU.

@@ -2,7 +2,6 @@ package iscsitest
 
 import (
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -25,9 +24,6 @@ type queued struct {
 	dataOuts []inPDU
 	dataLen  int
 }
-
-// maxTexts bounds the text exchanges in progress in a session.
-const maxTexts = 16
 
 var sessionSeq atomic.Int64
 
@@ -160,7 +156,9 @@ func (s *session) drainPending() {
 	for !s.ended {
 		exp := s.expCmdSN.Load()
 		if s.skip[exp] {
+			// Aborted before its turn: it counts as received, and runs not.
 			delete(s.skip, exp)
+			delete(s.pending, exp)
 			s.expCmdSN.Store(exp + 1)
 			continue
 		}
@@ -263,100 +261,6 @@ func (s *session) nopOut(c *Conn, in *inPDU, v *pdu.NOPOut) {
 	}
 	data := slices.Clone(in.data[:min(len(in.data), c.maxSend)])
 	c.enqueue(&pdu.NOPIn{LUN: v.LUN, ITT: v.ITT, TTT: 0xffffffff}, nil, data, false)
-}
-
-// textState is a text exchange in progress: the request text gathered from
-// PDUs with the C bit, or the rest of a response too long for one PDU.
-type textState struct {
-	req  []byte
-	resp []byte
-	ttt  uint32
-}
-
-func (s *session) text(c *Conn, in *inPDU, v *pdu.TextRequest) {
-	st := s.texts[v.ITT]
-	if v.TTT != 0xffffffff {
-		if st == nil || st.ttt != v.TTT || len(st.resp) == 0 || len(in.data) > 0 {
-			c.reject(pdu.RejectInvalidPDUField, &in.h)
-			return
-		}
-		s.textChunk(c, v, st)
-		return
-	}
-	if st == nil || len(st.resp) > 0 {
-		if st == nil && len(s.texts) >= maxTexts {
-			c.reject(pdu.RejectProtocolError, &in.h)
-			return
-		}
-		st = &textState{}
-		s.texts[v.ITT] = st
-	}
-	if len(st.req)+len(in.data) > maxLoginText || v.Final && v.Continue {
-		delete(s.texts, v.ITT)
-		c.reject(pdu.RejectProtocolError, &in.h)
-		return
-	}
-	st.req = append(st.req, in.data...)
-	if v.Continue {
-		c.enqueue(&pdu.TextResponse{LUN: v.LUN, ITT: v.ITT, TTT: 0xffffffff}, nil, nil, false)
-		return
-	}
-	kvs, err := parseText(st.req, pdu.TextLimits{})
-	st.req = nil
-	if err != nil {
-		delete(s.texts, v.ITT)
-		c.reject(pdu.RejectProtocolError, &in.h)
-		return
-	}
-	var out []byte
-	for _, kv := range kvs {
-		out = s.textKey(c, kv, out)
-	}
-	st.resp = out
-	s.textChunk(c, v, st)
-}
-
-// textKey answers one key of a Text Request in full feature phase.
-func (s *session) textKey(c *Conn, kv pdu.KV, out []byte) []byte {
-	switch kv.Key {
-	case "SendTargets":
-		name := s.t.Config.Name
-		switch {
-		case kv.Value == "All" && !s.discovery:
-			return pdu.AppendText(out, pdu.KV{Key: kv.Key, Value: "Reject"})
-		case kv.Value == "All" || kv.Value == "" || strings.EqualFold(kv.Value, name):
-			return pdu.AppendText(out, pdu.KV{Key: "TargetName", Value: name},
-				pdu.KV{Key: "TargetAddress", Value: s.t.portal()})
-		}
-		return out
-	case "MaxRecvDataSegmentLength":
-		if n, err := pdu.ParseNumber(kv.Value); err == nil && n >= 512 && n <= pdu.MaxDataSegmentLength {
-			c.maxSend = int(n)
-			return out
-		}
-		return pdu.AppendText(out, pdu.KV{Key: kv.Key, Value: "Reject"})
-	}
-	if keyKnown(kv.Key) {
-		// Login-only and leading-only keys cannot be renegotiated.
-		return pdu.AppendText(out, pdu.KV{Key: kv.Key, Value: "Reject"})
-	}
-	return pdu.AppendText(out, pdu.KV{Key: kv.Key, Value: "NotUnderstood"})
-}
-
-// textChunk sends as much of a text response as the initiator accepts in
-// one PDU; more follows when it asks with the TTT.
-func (s *session) textChunk(c *Conn, v *pdu.TextRequest, st *textState) {
-	n := min(len(st.resp), c.maxSend)
-	chunk := st.resp[:n]
-	st.resp = st.resp[n:]
-	resp := &pdu.TextResponse{LUN: v.LUN, ITT: v.ITT, TTT: 0xffffffff, Final: true}
-	if len(st.resp) > 0 {
-		st.ttt = s.newTTT()
-		resp.Final, resp.Continue, resp.TTT = false, true, st.ttt
-	} else {
-		delete(s.texts, v.ITT)
-	}
-	c.enqueue(resp, nil, chunk, false)
 }
 
 // logout handles a Logout Request; a, when set, is a hook's chosen answer.
@@ -522,125 +426,6 @@ func (s *session) info() SessionInfo {
 	slices.Sort(si.CIDs)
 	slices.SortFunc(si.Conns, func(a, b ConnInfo) int { return int(a.CID) - int(b.CID) })
 	return si
-}
-
-func (s *session) taskMgmt(c *Conn, in *inPDU, v *pdu.TaskMgmtRequest) {
-	if s.discovery {
-		c.reject(pdu.RejectProtocolError, &in.h)
-		return
-	}
-	resp := &pdu.TaskMgmtResponse{ITT: v.ITT, Response: pdu.TMFComplete}
-	lun := v.LUN.Number()
-	lunOK := s.t.lun(lun) != nil
-	switch v.Function {
-	case pdu.TMFAbortTask:
-		resp.Response = s.abortTask(v)
-	case pdu.TMFAbortTaskSet, pdu.TMFClearTaskSet:
-		if !lunOK {
-			resp.Response = pdu.TMFNoSuchLUN
-			break
-		}
-		s.abortTasks(func(tk *task) bool { return tk.lun == lun })
-		if v.Function == pdu.TMFClearTaskSet {
-			s.others(func(o *session) { o.abortTasks(func(tk *task) bool { return tk.lun == lun }) })
-		}
-	case pdu.TMFClearACA:
-	case pdu.TMFLogicalUnitReset:
-		if !lunOK {
-			resp.Response = pdu.TMFNoSuchLUN
-			break
-		}
-		s.abortTasks(func(tk *task) bool { return tk.lun == lun })
-		s.others(func(o *session) {
-			o.abortTasks(func(tk *task) bool { return tk.lun == lun })
-			o.ua[lun] = senseUAReset
-		})
-	case pdu.TMFTargetWarmReset, pdu.TMFTargetColdReset:
-		s.abortTasks(func(*task) bool { return true })
-		s.others(func(o *session) {
-			o.abortTasks(func(*task) bool { return true })
-			for i := range s.t.luns {
-				o.ua[i] = senseUATargetReset
-			}
-		})
-		if v.Function == pdu.TMFTargetColdReset {
-			// A cold reset drops every connection of every session, this
-			// one's after the response.
-			c.enqueue(resp, nil, nil, false)
-			for _, cc := range s.endLocked(false) {
-				cc.finish()
-			}
-			s.later = append(s.later, func() {
-				for _, o := range s.t.liveSessions() {
-					o.end(false)
-				}
-			})
-			return
-		}
-	case pdu.TMFTaskReassign:
-		resp.Response = pdu.TMFReassignUnsupported
-	default:
-		resp.Response = pdu.TMFNotSupported
-	}
-	c.enqueue(resp, nil, nil, false)
-}
-
-// abortTask carries out ABORT TASK (RFC 7143 §11.5.1).
-func (s *session) abortTask(v *pdu.TaskMgmtRequest) uint8 {
-	if tk := s.tasks[v.RefTaskTag]; tk != nil {
-		s.endTask(tk)
-		return pdu.TMFComplete
-	}
-	for sn, q := range s.pending {
-		if q.in.h.Opcode() == pdu.OpSCSICommand && be32(q.in.h[16:]) == v.RefTaskTag {
-			delete(s.pending, sn)
-			s.skip[sn] = true
-			return pdu.TMFComplete
-		}
-	}
-	// A command not received yet whose CmdSN is in the window and before the
-	// request's: it counts as received, and aborted.
-	exp, maxSN := s.window()
-	if pdu.SerialLessEq(exp, v.RefCmdSN) && pdu.SerialLessEq(v.RefCmdSN, maxSN) &&
-		pdu.SerialLess(v.RefCmdSN, v.CmdSN) && s.pending[v.RefCmdSN] == nil {
-		s.skip[v.RefCmdSN] = true
-		s.drainPending()
-		return pdu.TMFComplete
-	}
-	return pdu.TMFNoSuchTask
-}
-
-// abortTasks ends the tasks f selects without a response.
-func (s *session) abortTasks(f func(tk *task) bool) {
-	for _, tk := range s.tasks {
-		if f(tk) {
-			s.endTask(tk)
-		}
-	}
-}
-
-// others runs f on every other live session under that session's lock,
-// once this session's lock is released.
-func (s *session) others(f func(o *session)) {
-	s.later = append(s.later, func() {
-		for _, o := range s.t.liveSessions() {
-			if o == s {
-				continue
-			}
-			o.mu.Lock()
-			f(o)
-			o.mu.Unlock()
-		}
-	})
-}
-
-// endTask forgets a task; Data-Out still arriving for it is ignored.
-func (s *session) endTask(tk *task) {
-	delete(s.tasks, tk.itt)
-	s.recent = append(s.recent, tk.itt)
-	if len(s.recent) > 2*int(s.depth) {
-		s.recent = s.recent[1:]
-	}
 }
 
 func be32(b []byte) uint32 {
