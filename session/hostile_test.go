@@ -953,3 +953,50 @@ func TestLoginRedirect(t *testing.T) {
 		t.Errorf("dialed %v, portal %s", dialed, s.Portal())
 	}
 }
+
+// A target that stops in the middle of a Data-In while the caller gives up:
+// Execute still returns (the buffer is not left to the reader), within
+// NOPTimeout, and the connection is dropped.
+func TestCancelDuringStalledDataIn(t *testing.T) {
+	cfg := testConfig()
+	cfg.NOPTimeout = 100 * time.Millisecond
+	s, f := fakeSession(t, cfg, fakeLogin{})
+	ctx, cancel := context.WithCancel(context.Background())
+	cmd := readCmd(8192)
+	ch := goExecute(ctx, s, cmd)
+	c := f.expect(pdu.OpSCSICommand).p.(*pdu.SCSICommand)
+	var h pdu.BHS
+	(&pdu.DataIn{ITT: c.ITT, TTT: 0xffffffff, SeqNums: f.seq(false)}).MarshalBHS(&h)
+	h.SetLengths(0, 8192)
+	f.wmu.Lock()
+	_, err := f.nc.Write(append(h[:], make([]byte, 4096)...)) // half the data, then nothing
+	f.wmu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	start := time.Now()
+	r := waitExec(t, ch)
+	if !errors.Is(r.err, context.Canceled) {
+		t.Fatalf("Execute: %v", r.err)
+	}
+	clear(cmd.Read) // ours again
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("Execute took %v to return", d)
+	}
+	f.expectClosed()
+	if err := s.all[0].Err(); !errors.Is(err, ErrDeadPeer) {
+		t.Errorf("Conn.Err %v", err)
+	}
+}
+
+// A context already done sends nothing.
+func TestExecuteDoneContext(t *testing.T) {
+	s, f := fakeSession(t, testConfig(), fakeLogin{})
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := s.Execute(ctx, readCmd(512)); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Execute: %v", err)
+	}
+	f.expectNothing()
+}

@@ -350,10 +350,19 @@ func (s *Session) Logout(ctx context.Context, opts LogoutOptions) (LogoutResult,
 	}
 }
 
-// logoutConn picks the connection for a session logout: an active one, else
-// one whose logout is running.
+// logoutConn picks the connection for a session logout: one whose logout
+// runs (to join it rather than start a second), else an active one, else any
+// still up.
 func (s *Session) logoutConn() *Conn {
 	conns := s.Conns()
+	for _, c := range conns {
+		c.mu.Lock()
+		running := c.loggingOut && c.state != connClosed
+		c.mu.Unlock()
+		if running {
+			return c
+		}
+	}
 	for _, c := range conns {
 		if c.Active() {
 			return c

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/goiscsi/iscsi/pdu"
 	"go.uber.org/zap"
@@ -59,6 +60,9 @@ func (c *Conn) Execute(ctx context.Context, cmd *Command) (*Result, error) {
 }
 
 func (c *Conn) execute(ctx context.Context, cmd *Command) (*Result, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("iscsi: command not sent: %w", err)
+	}
 	s := c.s
 	p := c.params
 	t := s.newTask(taskSCSI)
@@ -194,10 +198,18 @@ func (c *Conn) appendDataOut(t *task, data []byte, off, n int, ttt uint32) error
 
 // settle makes sure the reader no longer touches a finished task's buffer:
 // once it returns, no Data-In is copied into it. If the reader is copying a
-// Data-In into the buffer right now, settle waits for that one PDU.
+// Data-In into the buffer right now, settle waits for that one PDU; a target
+// that stalls in the middle of one for NOPTimeout loses the connection, which
+// ends the copy.
 func (c *Conn) settle(t *task) {
 	c.remove(t.itt)
-	t.mu.Lock()
+	if !t.mu.TryLock() {
+		stalled := time.AfterFunc(c.s.cfg.nopTimeout(), func() {
+			c.fail(fmt.Errorf("iscsi: target stalled in the middle of a Data-In for %v: %w", c.s.cfg.nopTimeout(), ErrDeadPeer))
+		})
+		t.mu.Lock()
+		stalled.Stop()
+	}
 	t.dead = true
 	t.mu.Unlock()
 }
