@@ -111,9 +111,15 @@ func writeVerify(ctx context.Context, s *session.Session, lun int, lba uint64, d
 // number want.
 func waitLIOSessions(t testing.TB, l *peers.LIO, name string, want int) {
 	t.Helper()
+	waitLIOSessionsFor(t, l, name, want, lioSessionWait)
+}
+
+// waitLIOSessionsFor is waitLIOSessions with its own deadline.
+func waitLIOSessionsFor(t testing.TB, l *peers.LIO, name string, want int, wait time.Duration) {
+	t.Helper()
 	var got []string
 	var err error
-	deadline := time.Now().Add(lioSessionWait)
+	deadline := time.Now().Add(wait)
 	for {
 		var all []string
 		all, err = l.Sessions()
@@ -127,9 +133,23 @@ func waitLIOSessions(t testing.TB, l *peers.LIO, name string, want int) {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("LIO lists %d sessions of %q after %v, want %d: %q (err %v)", len(got), name, lioSessionWait, want, all, err)
+			t.Fatalf("LIO lists %d sessions of %q after %v, want %d: %q (err %v)", len(got), name, wait, want, all, err)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// lioSessionsWithin reports whether LIO lists no session of initiator name
+// within wait.
+func lioSessionsWithin(l *peers.LIO, name string, wait time.Duration) bool {
+	for deadline := time.Now().Add(wait); ; time.Sleep(50 * time.Millisecond) {
+		all, err := l.Sessions()
+		if err == nil && !slices.Contains(all, name) {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
 	}
 }
 
