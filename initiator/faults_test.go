@@ -302,7 +302,7 @@ func TestTargetRequestedLogout(t *testing.T) {
 func TestWritesRacingLogout(t *testing.T) {
 	for round := 0; round < 5; round++ {
 		t.Run(fmt.Sprint(round), func(t *testing.T) {
-			tg, in := memSetup(t, 2, 1, nil, Config{})
+			tg, in := memSetup(t, 2, 2, nil, Config{})
 			const block = 4096
 			const writers = 8
 			type attempt struct {
