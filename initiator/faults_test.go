@@ -370,3 +370,17 @@ func TestWritesRacingLogout(t *testing.T) {
 		})
 	}
 }
+
+// A call right after an operation completed starts a new one, which finds
+// no session, rather than returning the finished operation.
+func TestSecondCallAfterCompletion(t *testing.T) {
+	for i := 0; i < 20; i++ {
+		_, in := memSetup(t, 1, 1, nil, Config{})
+		if r := logoutWait(t, in, logout.Options{}); r.Outcome != logout.Success {
+			t.Fatalf("first logout: %v", r.Outcome)
+		}
+		if r := logoutWait(t, in, logout.Options{}); r.Outcome != logout.SessionNotFound {
+			t.Fatalf("round %d: second logout right after the first: %v, want session not found", i, r.Outcome)
+		}
+	}
+}

@@ -214,7 +214,12 @@ func (in *Initiator) LogoutFromTargetWith(target string, opts logout.Options) (*
 	in.mu.Lock()
 	defer in.mu.Unlock()
 	if op, ok := in.ops[key]; ok {
-		return op, nil
+		select {
+		case <-op.Done():
+			// Finished: its table entry is about to go; start afresh.
+		default:
+			return op, nil
+		}
 	}
 	return in.startLocked(key, in.liveLocked(key), opts), nil
 }
