@@ -1,0 +1,53 @@
+# goiscsi: build, test and CI entry points. `make test` is what .ci/run runs.
+
+GO ?= go
+FUZZTIME ?= 60s
+# Fuzz targets in ./fuzz, run one after the other by `make fuzz`; override to
+# run a subset, e.g. make fuzz FUZZ_TARGETS=FuzzText FUZZTIME=10s
+FUZZ_TARGETS ?= $(shell $(GO) test -list '^Fuzz' ./fuzz/ | grep '^Fuzz')
+
+# The real peers the tests run (see internal/peers), and their packages.
+PEER_BINS := tgtd tgtadm iscsi-inq iscsi-perf iscsi-ls tshark istgt
+PEER_PKGS := tgt libiscsi-bin tshark istgt
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: all deps test demo fuzz bench lint
+
+all: lint test
+
+# Install the peers if any is missing (tgtd and tgtadm live in /usr/sbin,
+# which may not be on a user's PATH).
+deps:
+	@missing=""; \
+	for b in $(PEER_BINS); do \
+		command -v $$b >/dev/null 2>&1 || [ -x /usr/sbin/$$b ] || missing="$$missing $$b"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "deps: missing:$$missing; installing $(PEER_PKGS)"; \
+		$(SUDO) apt-get update && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y $(PEER_PKGS); \
+	else \
+		echo "deps: peers present ($(PEER_BINS))"; \
+	fi
+
+test: deps
+	$(GO) vet ./...
+	$(GO) test -race -count=1 -timeout 30m ./...
+
+demo:
+	$(GO) run ./cmd/iscsictl demo
+
+fuzz:
+	@set -e; \
+	if [ -z "$(strip $(FUZZ_TARGETS))" ]; then echo "fuzz: no fuzz targets found in ./fuzz"; exit 1; fi; \
+	for t in $(FUZZ_TARGETS); do \
+		echo "fuzz: $$t for $(FUZZTIME)"; \
+		$(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) ./fuzz/; \
+	done
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+lint:
+	@out="$$(gofmt -l .)"; if [ -n "$$out" ]; then echo "gofmt -l: files need formatting:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
