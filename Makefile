@@ -9,6 +9,9 @@ FUZZ_TARGETS ?= $(shell $(GO) test -list '^Fuzz' ./fuzz/ | grep '^Fuzz')
 # The real peers the tests run (see internal/peers), and their packages.
 PEER_BINS := tgtd tgtadm iscsi-inq iscsi-perf iscsi-ls tshark istgt
 PEER_PKGS := tgt libiscsi-bin tshark istgt
+# LIO, the kernel target, runs in a qemu VM (scripts/lio-vm); its kernel and
+# busybox are fetched once with apt-get download into LIO_CACHE.
+LIO_CACHE ?= /tmp/lio-vm-cache
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: all deps test demo fuzz bench lint
@@ -29,6 +32,13 @@ deps:
 	else \
 		echo "deps: peers present ($(PEER_BINS))"; \
 	fi
+	@if ! command -v qemu-system-x86_64 >/dev/null 2>&1; then \
+		echo "deps: installing qemu-system-x86 for the LIO VM"; \
+		$(SUDO) apt-get update && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends qemu-system-x86; \
+	fi
+	@LIO_CACHE=$(LIO_CACHE) LIO_PREPARE_ONLY=1 scripts/lio-vm/run-lio-vm.sh >/dev/null || \
+		{ echo "deps: preparing the LIO VM cache failed" >&2; exit 1; }
 
 test: deps
 	$(GO) vet ./...

@@ -3,10 +3,13 @@ module github.com/goiscsi/iscsi
 go 1.26
 
 require (
-	github.com/gopacket/gopacket v1.7.7 // indirect
-	go.uber.org/goleak v1.3.0 // indirect
+	github.com/gopacket/gopacket v1.7.7
+	go.uber.org/goleak v1.3.0
+	go.uber.org/zap v1.28.0
+)
+
+require (
 	go.uber.org/multierr v1.10.0 // indirect
-	go.uber.org/zap v1.28.0 // indirect
 	golang.org/x/net v0.55.0 // indirect
 	golang.org/x/sys v0.45.0 // indirect
 )
