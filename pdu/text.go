@@ -126,6 +126,10 @@ func ParseText(b []byte, lim TextLimits) ([]KV, error) {
 		kvs = append(kvs, KV{key, val})
 		off += end + 1
 	}
+	if len(kvs) == 0 {
+		// Only NULs: no pairs, reported as for an empty segment.
+		return nil, nil
+	}
 	return kvs, nil
 }
 

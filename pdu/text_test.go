@@ -38,8 +38,10 @@ func TestTextRoundTrip(t *testing.T) {
 	if _, ok := pdu.Lookup(got, "HeaderDigest"); ok {
 		t.Error("Lookup found a missing key")
 	}
-	if got, err := pdu.ParseText(nil, pdu.TextLimits{}); got != nil || err != nil {
-		t.Errorf("empty segment: %q, %v", got, err)
+	for _, empty := range []string{"", "\x00", "\x00\x00\x00\x00"} {
+		if got, err := pdu.ParseText([]byte(empty), pdu.TextLimits{}); got != nil || err != nil {
+			t.Errorf("segment %q: %#v, %v", empty, got, err)
+		}
 	}
 	// Extra NULs, as some targets pad, carry nothing.
 	if got, err := pdu.ParseText([]byte("A=1\x00\x00\x00B=2\x00\x00"), pdu.TextLimits{}); err != nil || len(got) != 2 {
