@@ -255,3 +255,26 @@ func onePDU(b []byte, from pdu.Direction) (n int, m byte, h pdu.BHS, ok bool) {
 	}
 	return 0, 0, h, false
 }
+
+// pcapTexts returns the text segments of the captures' Login and Text PDUs.
+func pcapTexts(tb testing.TB) [][]byte {
+	var texts [][]byte
+	for _, s := range pcapSeeds(tb) {
+		m := mode(s.mode)
+		r := pdu.NewReader(bytes.NewReader(s.stream), pdu.ReaderConfig{From: m.from(), MaxDataSegmentLength: pdu.MaxDataSegmentLength,
+			HeaderDigest: m.headerDigest(), DataDigest: m.dataDigest()})
+		for {
+			h, err := r.Next()
+			if err != nil {
+				break
+			}
+			switch h.Opcode() {
+			case pdu.OpLoginRequest, pdu.OpLoginResponse, pdu.OpTextRequest, pdu.OpTextResponse:
+				if d, err := r.Data(); err == nil && len(d) > 0 {
+					texts = append(texts, bytes.Clone(d))
+				}
+			}
+		}
+	}
+	return texts
+}

@@ -188,6 +188,9 @@ func FuzzText(f *testing.F) {
 	for _, s := range textSeeds() {
 		f.Add([]byte(s))
 	}
+	for _, s := range pcapTexts(f) {
+		f.Add(s)
+	}
 	f.Fuzz(func(t *testing.T, in []byte) {
 		lim := pdu.TextLimits{MaxPairs: 64, AllowDuplicates: len(in)%2 == 1}
 		kvs, err := pdu.ParseText(in, lim)
