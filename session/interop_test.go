@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"fmt"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -39,7 +40,26 @@ type recorder struct {
 }
 
 func newRecorder(t testing.TB, port int) *recorder {
-	return &recorder{t: t, dir: t.TempDir(), port: port}
+	r := &recorder{t: t, dir: t.TempDir(), port: port}
+	t.Cleanup(func() {
+		// A failed test keeps its captures (t.TempDir's go with it).
+		if !t.Failed() {
+			return
+		}
+		keep, err := os.MkdirTemp("", "goiscsi-pcap-")
+		if err != nil {
+			return
+		}
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		for _, p := range r.paths {
+			if b, err := os.ReadFile(p); err == nil {
+				os.WriteFile(filepath.Join(keep, filepath.Base(p)), b, 0o644)
+			}
+		}
+		t.Logf("captures kept in %s", keep)
+	})
+	return r
 }
 
 // wrap is a Config.WrapConn.

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/goiscsi/iscsi/internal/peers"
 	"github.com/goiscsi/iscsi/pdu"
@@ -69,7 +70,7 @@ func TestIstgt(t *testing.T) {
 		if capy.Bytes() != 64<<20 {
 			t.Errorf("READ CAPACITY(16): %+v", capy)
 		}
-		mustLogout(t, ctx, s)
+		istgtLogout(t, ctx, s)
 		rec.check()
 	})
 
@@ -89,7 +90,7 @@ func TestIstgt(t *testing.T) {
 					t.Errorf("ImmediateData=%v InitialR2T=%v", got.ImmediateData, got.InitialR2T)
 				}
 				verifyIO(t, ctx, s, 0, 8, 512, ioSizes)
-				mustLogout(t, ctx, s)
+				istgtLogout(t, ctx, s)
 				rec.check()
 			})
 		}
@@ -108,7 +109,7 @@ func TestIstgt(t *testing.T) {
 			t.Fatalf("digests not negotiated")
 		}
 		verifyIO(t, ctx, s, 0, 0, 512, []int{512, 64<<10 + 512, 1<<20 + 512})
-		mustLogout(t, ctx, s)
+		istgtLogout(t, ctx, s)
 		rec.check()
 	})
 
@@ -117,7 +118,7 @@ func TestIstgt(t *testing.T) {
 		rec := newRecorder(t, ig.Port)
 		s := mustLogin(t, ctx, config(rec))
 		concurrentIO(t, ctx, s, 0, 512, 32, 64<<10)
-		mustLogout(t, ctx, s)
+		istgtLogout(t, ctx, s)
 		rec.check()
 	})
 
@@ -158,7 +159,7 @@ func TestIstgt(t *testing.T) {
 			for _, c := range s.Conns() {
 				verifyConnIO(t, ctx, c, 0, uint64(c.CID())*32768, []int{512, 64<<10 + 512, 1 << 20})
 			}
-			mustLogout(t, ctx, s)
+			istgtLogout(t, ctx, s)
 			ops := rec.opcodes()
 			t.Logf("capture: %d connections, %d Logout Requests, %d Logout Responses", len(rec.paths), ops[pdu.OpLogoutRequest], ops[pdu.OpLogoutResponse])
 			rec.check()
@@ -176,6 +177,7 @@ func TestIstgt(t *testing.T) {
 			}
 		}
 		mcsIO(t, ctx, s, 0, 16)
+		time.Sleep(50 * time.Millisecond) // see istgtLogout
 		var wg sync.WaitGroup
 		results := make([]LogoutResult, 4)
 		for i, c := range s.Conns() {
@@ -203,6 +205,34 @@ func TestIstgt(t *testing.T) {
 	})
 }
 
+// TestIstgtQuickLogout logs out right after I/O, which istgt sometimes
+// answers by closing the connection (see istgtLogout): the session must
+// report that as a reset without a response, and end.
+func TestIstgtQuickLogout(t *testing.T) {
+	ig := peers.StartIstgt(t, peers.IstgtOptions{})
+	ctx := interopCtx(t)
+	const n = 10
+	closed := 0
+	for i := 0; i < n; i++ {
+		s := mustLogin(t, ctx, Config{InitiatorName: initiatorIQN, TargetName: ig.IQN, Portal: ig.Addr})
+		if _, err := s.ReadCapacity(ctx, 0); err != nil {
+			t.Fatal(err)
+		}
+		res, err := s.Logout(ctx, LogoutOptions{Timeout: 10 * time.Second})
+		switch {
+		case err == nil && res.OK():
+		case errors.Is(err, ErrConnReset) && !res.Responded:
+			closed++
+		default:
+			t.Fatalf("logout %d: %+v %v", i, res, err)
+		}
+		if len(s.Conns()) != 0 {
+			t.Fatalf("logout %d: connection still up", i)
+		}
+	}
+	t.Logf("istgt closed %d of %d connections without a Logout Response", closed, n)
+}
+
 // TestIstgtCHAP logs in to istgt with one-way and mutual CHAP.
 func TestIstgtCHAP(t *testing.T) {
 	for _, tc := range []struct {
@@ -225,7 +255,7 @@ func TestIstgtCHAP(t *testing.T) {
 				t.Logf("istgt needed the CHAP_A=7 fallback")
 			}
 			verifyIO(t, ctx, s, 0, 0, 512, []int{4096})
-			mustLogout(t, ctx, s)
+			istgtLogout(t, ctx, s)
 
 			bad := tc.chap
 			bad.Secret = "not-the-secret-at-all"
@@ -299,4 +329,16 @@ func verifyConnIO(t testing.TB, ctx context.Context, c *Conn, lun int, lba uint6
 			t.Fatalf("CID %d, %d bytes: data differs", c.CID(), n)
 		}
 	}
+}
+
+// istgtLogout logs out of istgt. istgt 0.4 races with itself on a Logout
+// Request that comes within a millisecond or so of its last response: about
+// one time in twenty it closes the connection without a Logout Response (and
+// logs "worker: ***ERROR*** conn->state = 2"), immediate request or not; none
+// in 30 tries with 20 ms of quiet before. The session waits for that quiet so
+// that the logout exchange itself is what the test checks.
+func istgtLogout(t testing.TB, ctx context.Context, s *Session) {
+	t.Helper()
+	time.Sleep(50 * time.Millisecond)
+	mustLogout(t, ctx, s)
 }
