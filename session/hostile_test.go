@@ -1000,3 +1000,51 @@ func TestExecuteDoneContext(t *testing.T) {
 	}
 	f.expectNothing()
 }
+
+// A target that redirects more than MaxRedirects times fails the login with a
+// *LoginError carrying its redirect status.
+func TestLoginTooManyRedirects(t *testing.T) {
+	cfg := testConfig()
+	cfg.MaxRedirects = 2
+	dials := 0
+	err := fakeLoginErrN(t, cfg, &dials, func(f *fakeTarget) error {
+		req, _, err := f.readLogin()
+		if err != nil {
+			return err
+		}
+		return f.w.WritePDU(&pdu.LoginResponse{CSG: req.CSG, ISID: req.ISID, ITT: req.ITT, StatusClass: 1, StatusDetail: 1},
+			[]byte("TargetAddress=10.9.9.9:3260,1\x00"))
+	})
+	var le *LoginError
+	if !errors.As(err, &le) || le.Status != pdu.LoginTargetMovedTemp {
+		t.Fatalf("%v, want a LoginError 0x0101", err)
+	}
+	if dials != 3 {
+		t.Errorf("%d dials, want 3", dials)
+	}
+}
+
+// fakeLoginErrN is fakeLoginErr for a login that dials several times, each
+// connection running script.
+func fakeLoginErrN(t testing.TB, cfg Config, dials *int, script func(f *fakeTarget) error) error {
+	t.Helper()
+	var fakes []*fakeTarget
+	done := make(chan error, 16)
+	cfg.Dial = pipeDialer(func(nc net.Conn) {
+		*dials++
+		f := newFakeTarget(t, nc)
+		fakes = append(fakes, f)
+		go func() { done <- script(f) }()
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	s, err := Login(ctx, cfg)
+	if s != nil {
+		s.Close()
+	}
+	for _, f := range fakes {
+		f.close()
+		<-done
+	}
+	return err
+}

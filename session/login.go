@@ -57,6 +57,11 @@ func (s *Session) connect(ctx context.Context, cid uint16, leading bool) (*Conn,
 			s.mu.Unlock()
 			continue
 		}
+		if errors.As(err, &rd) {
+			// One redirect too many: a *LoginError with the target's
+			// status, which callers can test for (redirectError is ours).
+			return nil, fmt.Errorf("iscsi: login: gave up after %d redirects, the last to %s: %w", redirects, rd.addr, &LoginError{Status: rd.status})
+		}
 		return c, err
 	}
 }
