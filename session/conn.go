@@ -60,8 +60,12 @@ type Conn struct {
 	nopReplies chan nopPing
 	closing    chan struct{} // closed when the connection starts to close
 	readerDone chan struct{}
-	wg         sync.WaitGroup
-	closeOnce  sync.Once
+	// exited is closed once the reader and the keepalive have both
+	// returned; live counts them down.
+	exited    chan struct{}
+	live      atomic.Int32
+	wg        sync.WaitGroup
+	closeOnce sync.Once
 	// logoutSent is set once a Logout Request went out on this connection.
 	logoutSent atomic.Bool
 	// asyncLogout is set once the target asked for a logout (event 1).
@@ -116,6 +120,7 @@ func newConn(s *Session, cid uint16, nc net.Conn, r *pdu.Reader, w *pdu.Writer, 
 		nopReplies: make(chan nopPing, 4),
 		closing:    make(chan struct{}),
 		readerDone: make(chan struct{}),
+		exited:     make(chan struct{}),
 	}
 	c.expStatSN.Store(expStatSN)
 	c.lastRecv.Store(time.Now().UnixNano())
@@ -124,6 +129,7 @@ func newConn(s *Session, cid uint16, nc net.Conn, r *pdu.Reader, w *pdu.Writer, 
 
 func (c *Conn) start() {
 	c.wg.Add(2)
+	c.live.Store(2)
 	go c.readLoop()
 	go c.keepalive()
 }
@@ -193,9 +199,17 @@ func (c *Conn) sendLocked(p pdu.PDU, data []byte) error {
 	return nil
 }
 
+// goroutineDone ends one of the connection's goroutines.
+func (c *Conn) goroutineDone() {
+	if c.live.Add(-1) == 0 {
+		close(c.exited)
+	}
+	c.wg.Done()
+}
+
 // readLoop reads every PDU of the connection until it ends.
 func (c *Conn) readLoop() {
-	defer c.wg.Done()
+	defer c.goroutineDone()
 	defer close(c.readerDone)
 	for {
 		h, err := c.r.Next()
@@ -433,7 +447,7 @@ func (c *Conn) Close() error {
 // keepalive answers target pings and sends a NOP-Out when the connection has
 // been idle for NOPInterval, failing it if no NOP-In comes in NOPTimeout.
 func (c *Conn) keepalive() {
-	defer c.wg.Done()
+	defer c.goroutineDone()
 	interval := c.s.cfg.nopInterval()
 	var tick <-chan time.Time
 	if interval > 0 {

@@ -792,6 +792,19 @@ func TestAddConnection(t *testing.T) {
 		t.Fatalf("%d connections, LoggedOut %v", len(s.Conns()), s.LoggedOut())
 	}
 
+	// A new connection takes the place of the one that left; the session
+	// no longer holds the old one.
+	if _, err := s.AddConnection(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	srv.next()
+	s.mu.Lock()
+	held := len(s.all)
+	s.mu.Unlock()
+	if held != 2 {
+		t.Errorf("session holds %d connections, want 2", held)
+	}
+
 	srv.login.addedTSIH = 0x78
 	_, err = s.AddConnection(context.Background())
 	asProtocolError(t, err, pdu.OpLoginResponse, "TSIH")

@@ -119,6 +119,17 @@ func (s *Session) AddConnection(ctx context.Context) (*Conn, error) {
 		return nil, ErrClosed
 	}
 	s.conns = append(s.conns, c)
+	// Close waits for the connections whose goroutines may still run;
+	// forget those that are over, or a session that replaces its
+	// connections for months would keep them all.
+	s.all = slices.DeleteFunc(s.all, func(o *Conn) bool {
+		select {
+		case <-o.exited:
+			return true
+		default:
+			return false
+		}
+	})
 	s.all = append(s.all, c)
 	s.mu.Unlock()
 	c.start()
