@@ -219,7 +219,9 @@ func (c *Conn) readLoop() {
 		}
 		c.lastRecv.Store(time.Now().UnixNano())
 		if err := c.dispatch(h); err != nil {
-			c.fail(err)
+			// A stream that ends inside a data segment is a connection
+			// the target closed, as one that ends between PDUs.
+			c.fail(c.readErr(err))
 			return
 		}
 	}
