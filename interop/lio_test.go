@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"slices"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -237,13 +236,9 @@ func testIO(t *testing.T, l *peers.LIO) {
 			s := login(t, l, &p)
 			logParams(t, t.Name(), s)
 			got := s.Params()
-			if !c.immediate && got.ImmediateData {
-				// LIO leaves out its answer to ImmediateData=No, as RFC 7143
-				// §6.2.2 allows (an AND offered as No: the outcome is No),
-				// and the session takes the RFC default Yes: LIO then
-				// rejects the first write with immediate data (reason 0x04).
-				t.Skipf("KNOWN LIBRARY BUG (interop/README.md): offered ImmediateData=No, LIO did not answer (RFC 7143 §6.2.2: optional), session says ImmediateData=Yes")
-			}
+			// LIO leaves out its answer to ImmediateData=No, as RFC 7143
+			// §6.2.2 allows (an AND offered as No: the outcome is No): the
+			// session must say No, or LIO rejects the first write.
 			if got.InitialR2T != c.initialR2T || got.ImmediateData != c.immediate {
 				t.Fatalf("negotiated InitialR2T %v ImmediateData %v, want %v %v", got.InitialR2T, got.ImmediateData, c.initialR2T, c.immediate)
 			}
@@ -498,7 +493,6 @@ func (c logoutCase) run(t *testing.T, l *peers.LIO) {
 	}
 
 	// A second call finds nothing, at once.
-	var bugs []string
 	op2, err := in.LogoutFromTarget(l.IQN)
 	if err != nil {
 		t.Fatal(err)
@@ -534,22 +528,12 @@ func (c logoutCase) run(t *testing.T, l *peers.LIO) {
 		}
 	}
 
-	// LIO's own view: no session left.
+	// LIO's own view: no session left. Reason 1 on the last connection of a
+	// session leaves it in LIO's FAILED state for DefaultTime2Retain
+	// seconds (iscsit_close_connection): the initiator offers 0 by default,
+	// so it goes at once unless a case asks for more.
 	if c.strategy == logout.PerConnection && c.nconn > 1 && retain > 0 {
-		// Reason 1 on the last connection of a session puts the session
-		// in LIO's FAILED state, kept for DefaultTime2Retain seconds
-		// (iscsit_close_connection starts the Time2Retain timer unless
-		// the session itself logged out), though every connection got
-		// a success response and we report Success. TestLIO waits for
-		// them to go at its end.
-		if !lioSessionsWithin(l, name, 3*time.Second) {
-			bugs = append(bugs, fmt.Sprintf("outcome Success, but LIO still lists the %d sessions 3 s after the logout: reason 1 on every "+
-				"connection leaves each session in LIO's FAILED state for DefaultTime2Retain=%d s", c.nsess, retain))
-		}
-	} else {
-		waitLIOSessions(t, l, name, 0)
+		t.Logf("DefaultTime2Retain=%d: LIO keeps the sessions that long", retain)
 	}
-	if len(bugs) > 0 {
-		t.Skipf("KNOWN LIBRARY BUG (interop/README.md): %s", strings.Join(bugs, "; "))
-	}
+	waitLIOSessions(t, l, name, 0)
 }

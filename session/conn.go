@@ -243,6 +243,13 @@ func (c *Conn) readErr(err error) error {
 
 func (c *Conn) dispatch(h *pdu.BHS) error {
 	s := c.s
+	if c.logoutOK.Load() {
+		// The Logout Response ended the connection's commands (RFC 7143
+		// §11.14): status or data for them after it is not to be believed.
+		// Discard it; the connection closes after the grace period.
+		c.log.Debug("discarding a PDU after the Logout Response", zap.Stringer("op", h.Opcode()))
+		return nil
+	}
 	switch h.Opcode() {
 	case pdu.OpSCSIDataIn:
 		var d pdu.DataIn

@@ -113,7 +113,7 @@ func (c *Conn) sendText(ctx context.Context, t *task, ttt uint32, data []byte) e
 		c.wmu.Lock()
 		if c.logoutSent.Load() {
 			c.wmu.Unlock()
-			return ErrLoggedOut
+			return ErrNotSent
 		}
 		sn, wait, ok := s.takeCmdSN()
 		if ok {

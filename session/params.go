@@ -35,8 +35,12 @@ type Params struct {
 }
 
 // DefaultParams are the initiator's default offers: RFC 7143 defaults, except
-// a larger receive segment and burst, and ImmediateData with InitialR2T=No to
-// save a round trip per write where the target agrees.
+// a larger receive segment and burst, ImmediateData with InitialR2T=No to
+// save a round trip per write where the target agrees, and
+// DefaultTime2Retain 0 (as open-iscsi offers). At ErrorRecoveryLevel 0
+// nothing is ever recovered, and a retain time only keeps a session's state
+// at the target after its connections ended: LIO keeps a session whose last
+// connection logged out with reason 1 for that long.
 func DefaultParams() Params {
 	return Params{
 		MaxConnections:                 4,
@@ -47,7 +51,7 @@ func DefaultParams() Params {
 		MaxBurstLength:                 1 << 20,
 		FirstBurstLength:               256 << 10,
 		DefaultTime2Wait:               2,
-		DefaultTime2Retain:             20,
+		DefaultTime2Retain:             0,
 		MaxOutstandingR2T:              1,
 		DataPDUInOrder:                 true,
 		DataSequenceInOrder:            true,
@@ -222,18 +226,21 @@ func (n *negotiator) apply(key, v string) (*kvPair, error) {
 		"SessionType", "TargetName", "InitiatorName", "InitiatorAlias", "AuthMethod":
 		// Declarations (which a target may repeat), or echoes.
 	default:
+		if !n.leading && leadingOnly[key] {
+			// Session-wide keys are settled on the leading connection; a
+			// target offering one here gets no new value from us, and may
+			// answer our Irrelevant (tgtd answers Reject).
+			if offered || n.seen[key] || v == "NotUnderstood" || v == "Irrelevant" || v == "Reject" {
+				n.seen[key] = true
+				return nil, nil
+			}
+			n.seen[key] = true
+			return &kvPair{Key: key, Value: "Irrelevant"}, nil
+		}
 		if n.seen[key] {
 			return nil, &NegotiationError{Key: key, Reason: "target negotiated the key a second time"}
 		}
 		n.seen[key] = true
-	}
-	if !n.leading && leadingOnly[key] {
-		// Session-wide keys are settled on the leading connection; a target
-		// offering one here gets no new value from us.
-		if offered || v == "NotUnderstood" || v == "Irrelevant" || v == "Reject" {
-			return nil, nil
-		}
-		return &kvPair{Key: key, Value: "Irrelevant"}, nil
 	}
 	if v == "NotUnderstood" || v == "Irrelevant" || v == "Reject" {
 		if !offered {
@@ -347,6 +354,18 @@ func (n *negotiator) finish() (Params, error) {
 	r := n.result
 	if n.discovery || !n.leading {
 		return r, nil
+	}
+	// A key we offered that the target never answered: RFC 7143 §6.2.2
+	// lets it stay silent where our offer alone decides (a Boolean AND
+	// offered as No, an OR offered as Yes; LIO does so). The outcome is
+	// what our offer and the RFC default make, as for Irrelevant.
+	d := rfcDefaults()
+	for key := range n.pending {
+		if k, ok := boolKeys[key]; ok {
+			*k.get(&r) = k.combine(*k.get(&n.offer), *k.get(&d))
+		} else if k, ok := intKeys[key]; ok {
+			*k.get(&r) = k.combine(*k.get(&n.offer), *k.get(&d))
+		}
 	}
 	if r.FirstBurstLength > r.MaxBurstLength {
 		r.FirstBurstLength = r.MaxBurstLength

@@ -44,7 +44,7 @@ func TestNegotiationOffers(t *testing.T) {
 	}
 	want := map[string]string{
 		"HeaderDigest": "None", "DataDigest": "None", "MaxRecvDataSegmentLength": "262144",
-		"DefaultTime2Wait": "2", "DefaultTime2Retain": "20", "ErrorRecoveryLevel": "0",
+		"DefaultTime2Wait": "2", "DefaultTime2Retain": "0", "ErrorRecoveryLevel": "0",
 		"MaxConnections": "4", "InitialR2T": "No", "ImmediateData": "Yes", "MaxBurstLength": "1048576",
 		"FirstBurstLength": "262144", "MaxOutstandingR2T": "1", "DataPDUInOrder": "Yes", "DataSequenceInOrder": "Yes",
 	}
@@ -59,7 +59,7 @@ func TestNegotiationOffers(t *testing.T) {
 		got[p.Key] = p.Value
 	}
 	want = map[string]string{"HeaderDigest": "CRC32C,None", "DataDigest": "None", "MaxRecvDataSegmentLength": "262144",
-		"DefaultTime2Wait": "2", "DefaultTime2Retain": "20", "ErrorRecoveryLevel": "0"}
+		"DefaultTime2Wait": "2", "DefaultTime2Retain": "0", "ErrorRecoveryLevel": "0"}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("discovery offers %v\nwant %v", got, want)
 	}
@@ -283,5 +283,37 @@ func TestLoginNegotiationOverTheWire(t *testing.T) {
 	var ne *NegotiationError
 	if !errors.As(err, &ne) || ne.Key != "HeaderDigest" {
 		t.Fatalf("Login with CRC32C forced on us: %v, want a NegotiationError on HeaderDigest", err)
+	}
+}
+
+// A target may leave out its answer where our offer alone decides (RFC 7143
+// §6.2.2), as LIO does for ImmediateData=No: the outcome is our offer, not
+// the RFC default.
+func TestNegotiationUnansweredKeys(t *testing.T) {
+	o := DefaultParams()
+	o.ImmediateData, o.InitialR2T, o.DataPDUInOrder = false, true, true
+	p, _, err := negotiate(o, false, true, kvs("HeaderDigest", "None", "DataDigest", "None")...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.ImmediateData || !p.InitialR2T || !p.DataPDUInOrder {
+		t.Fatalf("unanswered ImmediateData=No/InitialR2T=Yes/DataPDUInOrder=Yes gave %v/%v/%v", p.ImmediateData, p.InitialR2T, p.DataPDUInOrder)
+	}
+	// Numbers left unanswered fall back to what our offer and the RFC
+	// default make: never more than the default allows.
+	if p.MaxBurstLength != 262144 || p.FirstBurstLength != 65536 || p.MaxConnections != 1 {
+		t.Fatalf("unanswered numbers: MaxBurstLength %d FirstBurstLength %d MaxConnections %d", p.MaxBurstLength, p.FirstBurstLength, p.MaxConnections)
+	}
+}
+
+// On an added connection tgtd offers MaxConnections, we answer Irrelevant,
+// and it answers Reject: that is no second negotiation of the key.
+func TestNegotiationLeadingOnlyOnAddedConnection(t *testing.T) {
+	_, replies, err := negotiate(DefaultParams(), false, false, kvs("MaxConnections", "4", "MaxConnections", "Reject")...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(replies) != 1 || replies[0] != (pdu.KV{Key: "MaxConnections", Value: "Irrelevant"}) {
+		t.Fatalf("replies %v", replies)
 	}
 }

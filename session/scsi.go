@@ -109,7 +109,7 @@ func (c *Conn) execute(ctx context.Context, cmd *Command) (*Result, error) {
 		if c.logoutSent.Load() {
 			// Nothing may follow a Logout Request on the connection.
 			c.wmu.Unlock()
-			return nil, fmt.Errorf("iscsi: command not sent: %w", ErrLoggedOut)
+			return nil, ErrNotSent
 		}
 		sn, wait, ok := s.takeCmdSN()
 		if ok {
@@ -311,7 +311,12 @@ func (c *Conn) r2t(r *pdu.R2T) error {
 		return nil
 	}
 	if c.logoutSent.Load() {
-		return &pdu.ProtocolError{Op: pdu.OpR2T, Field: "InitiatorTaskTag", Value: uint64(r.ITT), Reason: "R2T after the Logout Request"}
+		// The target may have sent it before it read our Logout Request:
+		// no Data-Out may follow the request, so the write fails here and
+		// the logout goes on.
+		c.remove(t.itt)
+		t.complete(fmt.Errorf("iscsi: R2T after the Logout Request, no data sent: %w", ErrLoggedOut), nil)
+		return nil
 	}
 	off, n := uint64(r.BufferOffset), uint64(r.DesiredDataTransferLength)
 	switch {

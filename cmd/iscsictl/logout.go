@@ -209,9 +209,8 @@ func startIOLoad(ctx context.Context, a *app, ss []*session.Session, f ioLoadFla
 					if err != nil && session.IsUnitAttention(err) {
 						continue
 					}
-					if err == session.ErrLoggedOut || err == session.ErrClosed {
-						// Not sent (the session returns these bare before
-						// sending): the connections take no new command
+					if errors.Is(err, session.ErrNotSent) || err == session.ErrClosed {
+						// Not sent: the connections take no new command
 						// once the logout has begun.
 						l.refused.Add(1)
 						return
