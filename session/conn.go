@@ -143,7 +143,7 @@ func (c *Conn) register(t *task, whileLoggingOut bool) error {
 	case c.state == connClosed:
 		return c.closedErr()
 	case c.state == connLoggingOut && !whileLoggingOut:
-		return ErrLoggedOut
+		return ErrNotSent
 	}
 	c.tasks[t.itt] = t
 	if t.kind == taskSCSI {
@@ -236,7 +236,9 @@ func (c *Conn) readErr(err error) error {
 	}
 	switch {
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, syscall.ECONNRESET), errors.Is(err, net.ErrClosed):
-		return fmt.Errorf("%w (%v)", ErrConnReset, err)
+		// Both stay matchable: errors.Is(err, syscall.ECONNRESET) tells a
+		// reset from a close.
+		return fmt.Errorf("%w: %w", ErrConnReset, err)
 	}
 	return err
 }
