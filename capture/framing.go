@@ -2,28 +2,13 @@ package capture
 
 import (
 	"encoding/binary"
-	"hash/crc32"
 
 	"github.com/goiscsi/iscsi/pdu"
 )
 
-// What this file knows about an opcode beyond package pdu: whether its PDU may
-// carry a data segment or additional header segments (pdu keeps these in an
-// unexported table), and which flag bits RFC 7143 fixes, which the
-// resynchronizing scan uses to tell a header from bytes of a data segment.
-
-// mayCarryData reports whether op's PDU may have a data segment.
-func mayCarryData(op pdu.Opcode) bool {
-	switch op {
-	case pdu.OpTaskMgmtRequest, pdu.OpTaskMgmtResponse, pdu.OpLogoutRequest,
-		pdu.OpLogoutResponse, pdu.OpSNACKRequest, pdu.OpR2T:
-		return false
-	}
-	return op.Valid()
-}
-
-// mayCarryAHS reports whether op's PDU may have additional header segments.
-func mayCarryAHS(op pdu.Opcode) bool { return op == pdu.OpSCSICommand }
+// What this file knows about an opcode beyond package pdu: which flag bits
+// RFC 7143 fixes, which the resynchronizing scan uses to tell a header from
+// bytes of a data segment.
 
 // finalAlways reports whether RFC 7143 fixes op's F bit at 1.
 func finalAlways(op pdu.Opcode) bool {
@@ -62,7 +47,7 @@ func framing(h *pdu.BHS, from pdu.Direction, maxData int, hdig, ddig bool) (layo
 		return layout{}, false
 	}
 	l := layout{ahs: h.TotalAHSLength(), data: h.DataSegmentLength()}
-	if l.ahs > 0 && !mayCarryAHS(op) || l.data > 0 && !mayCarryData(op) || l.data > maxData {
+	if l.ahs > 0 && !op.MayCarryAHS() || l.data > 0 && !op.MayCarryData() || l.data > maxData {
 		return layout{}, false
 	}
 	l.hdig = hdig && !isLogin(op)
@@ -111,9 +96,3 @@ func plausible(h *pdu.BHS, from pdu.Direction, maxData int, hdig, ddig bool) (la
 
 // le32 reads a digest as it is on the wire, least significant byte first.
 func le32(b []byte) uint32 { return binary.LittleEndian.Uint32(b) }
-
-// castagnoli is the CRC32C table, for extending a pdu.CRC32C over more
-// bytes: pdu exports no incremental form.
-var castagnoli = crc32.MakeTable(crc32.Castagnoli)
-
-func crcUpdate(crc uint32, b []byte) uint32 { return crc32.Update(crc, castagnoli, b) }

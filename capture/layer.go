@@ -196,14 +196,14 @@ func (l *ISCSI) SerializeTo(b gopacket.SerializeBuffer, opts gopacket.SerializeO
 
 // headerCRC is the header digest of h followed by ahs.
 func headerCRC(h *pdu.BHS, ahs []byte) uint32 {
-	return crcUpdate(pdu.CRC32C(h[:]), ahs)
+	return pdu.UpdateCRC32C(pdu.CRC32C(h[:]), ahs)
 }
 
 var zeros [4]byte
 
 // dataCRC is the data digest of data and its padding.
 func dataCRC(data []byte) uint32 {
-	return crcUpdate(pdu.CRC32C(data), zeros[:padLen(len(data))])
+	return pdu.UpdateCRC32C(pdu.CRC32C(data), zeros[:padLen(len(data))])
 }
 
 // LayerDecoder is a gopacket.Decoder of iSCSI PDUs with the digests a

@@ -240,7 +240,7 @@ func (s *Stream) scan(b []byte, eof bool) (skip int, found bool) {
 				}
 				return i, false
 			}
-			if crcUpdate(pdu.CRC32C(b[i:i+pdu.BHSLen]), b[i+pdu.BHSLen:i+n]) == le32(b[i+n:]) {
+			if pdu.UpdateCRC32C(pdu.CRC32C(b[i:i+pdu.BHSLen]), b[i+pdu.BHSLen:i+n]) == le32(b[i+n:]) {
 				return i, true
 			}
 			continue
@@ -282,7 +282,7 @@ func (s *Stream) record(b []byte, lay layout) Record {
 	}
 	if lay.hdig {
 		r.HeaderDigest = le32(b[off:])
-		if want := crcUpdate(pdu.CRC32C(b[:pdu.BHSLen]), r.AHS); want != r.HeaderDigest {
+		if want := pdu.UpdateCRC32C(pdu.CRC32C(b[:pdu.BHSLen]), r.AHS); want != r.HeaderDigest {
 			r.Err = &pdu.DigestError{Op: op, Got: r.HeaderDigest, Want: want}
 		}
 		off += pdu.DigestLen

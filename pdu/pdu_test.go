@@ -357,3 +357,20 @@ func TestOpcodeNames(t *testing.T) {
 		t.Errorf("%d opcodes defined, RFC 7143 has 18", n)
 	}
 }
+
+func TestOpcodeCarries(t *testing.T) {
+	noData := map[pdu.Opcode]bool{pdu.OpTaskMgmtRequest: true, pdu.OpTaskMgmtResponse: true,
+		pdu.OpLogoutRequest: true, pdu.OpLogoutResponse: true, pdu.OpSNACKRequest: true, pdu.OpR2T: true}
+	for op := pdu.Opcode(0); op < 64; op++ {
+		if want := op.Valid() && !noData[op]; op.MayCarryData() != want {
+			t.Errorf("%v.MayCarryData() = %v, want %v", op, op.MayCarryData(), want)
+		}
+		if want := op == pdu.OpSCSICommand; op.MayCarryAHS() != want {
+			t.Errorf("%v.MayCarryAHS() = %v, want %v", op, op.MayCarryAHS(), want)
+		}
+	}
+	b := []byte("header and data")
+	if got := pdu.UpdateCRC32C(pdu.CRC32C(b[:6]), b[6:]); got != pdu.CRC32C(b) {
+		t.Errorf("UpdateCRC32C = %#x, want %#x", got, pdu.CRC32C(b))
+	}
+}
