@@ -222,7 +222,7 @@ func (i *ini) loginReq(csg, nsg uint8, transit bool, kvs ...pdu.KV) (*pdu.LoginR
 	if !ok {
 		i.t.Fatalf("got %s, want a Login Response", p.Opcode())
 	}
-	got, err := parseText(data, pdu.TextLimits{})
+	got, err := pdu.ParseText(data, pdu.TextLimits{})
 	if err != nil {
 		i.t.Fatalf("login response text: %v", err)
 	}

@@ -148,7 +148,7 @@ func (l *login) step(in *inPDU, req *pdu.LoginRequest) (done, ok bool) {
 		c.enqueue(&pdu.LoginResponse{ISID: l.isid, TSIH: l.tsih, ITT: req.ITT, CSG: l.csg}, nil, nil, false)
 		return false, true
 	}
-	kvs, err := parseText(l.text, pdu.TextLimits{})
+	kvs, err := pdu.ParseText(l.text, pdu.TextLimits{})
 	l.text = l.text[:0]
 	if err != nil {
 		return false, l.fail(pdu.LoginInitiatorError, err.Error())

@@ -1,7 +1,6 @@
 package iscsitest
 
 import (
-	"bytes"
 	"slices"
 	"strconv"
 
@@ -74,34 +73,6 @@ var keyTable = map[string]keyDef{
 }
 
 func keyKnown(k string) bool { _, ok := keyTable[k]; return ok }
-
-// parseText is pdu.ParseText, except that it accepts the key
-// iSCSIProtocolLevel (RFC 7143 §13.24), which pdu refuses because §6.1 says
-// a key begins with a capital letter.
-func parseText(b []byte, lim pdu.TextLimits) ([]pdu.KV, error) {
-	const key = "iSCSIProtocolLevel="
-	if !bytes.Contains(b, []byte(key)) {
-		return pdu.ParseText(b, lim)
-	}
-	c := bytes.Clone(b)
-	for off := 0; ; {
-		j := bytes.Index(c[off:], []byte(key))
-		if j < 0 {
-			break
-		}
-		if at := off + j; at == 0 || c[at-1] == 0 {
-			c[at] = 'I'
-		}
-		off += j + len(key)
-	}
-	kvs, err := pdu.ParseText(c, lim)
-	for i := range kvs {
-		if kvs[i].Key == "ISCSIProtocolLevel" {
-			kvs[i].Key = "iSCSIProtocolLevel"
-		}
-	}
-	return kvs, err
-}
 
 // defaultParams are RFC 7143's defaults, what a session has for every key
 // nobody negotiated.

@@ -45,7 +45,7 @@ func (s *session) text(c *Conn, in *inPDU, v *pdu.TextRequest) {
 		c.enqueue(&pdu.TextResponse{LUN: v.LUN, ITT: v.ITT, TTT: 0xffffffff}, nil, nil, false)
 		return
 	}
-	kvs, err := parseText(st.req, pdu.TextLimits{})
+	kvs, err := pdu.ParseText(st.req, pdu.TextLimits{})
 	st.req = nil
 	if err != nil {
 		delete(s.texts, v.ITT)

@@ -374,3 +374,15 @@ func TestOpcodeCarries(t *testing.T) {
 		t.Errorf("UpdateCRC32C = %#x, want %#x", got, pdu.CRC32C(b))
 	}
 }
+
+// RFC 7143 §6.1 wants keys to begin with a capital letter, but §13.24
+// defines iSCSIProtocolLevel: that one key is the exception.
+func TestTextProtocolLevelKey(t *testing.T) {
+	kvs, err := pdu.ParseText([]byte("iSCSIProtocolLevel=1\x00"), pdu.TextLimits{})
+	if err != nil || len(kvs) != 1 || kvs[0].Key != "iSCSIProtocolLevel" {
+		t.Fatalf("iSCSIProtocolLevel: %v %v", kvs, err)
+	}
+	if _, err := pdu.ParseText([]byte("iSCSIOther=1\x00"), pdu.TextLimits{}); err == nil {
+		t.Fatal("a key beginning with a small letter other than iSCSIProtocolLevel was accepted")
+	}
+}

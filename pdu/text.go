@@ -146,7 +146,9 @@ func checkKey(k string) string {
 	if len(k) > MaxKeyLen {
 		return "key longer than " + itoa(MaxKeyLen) + " bytes"
 	}
-	if c := k[0]; c < 'A' || c > 'Z' {
+	// §6.1 says a key begins with a capital letter, but §13.24 itself
+	// defines iSCSIProtocolLevel.
+	if c := k[0]; (c < 'A' || c > 'Z') && k != "iSCSIProtocolLevel" {
 		return fmt.Sprintf("key begins with 0x%02x, not a capital letter", c)
 	}
 	for i := 1; i < len(k); i++ {
