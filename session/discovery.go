@@ -2,7 +2,6 @@ package session
 
 import (
 	"context"
-	"errors"
 	"fmt"
 
 	"github.com/goiscsi/iscsi/pdu"
@@ -78,7 +77,8 @@ func (s *Session) SendTargets(ctx context.Context, what string) ([]DiscoveredTar
 			return nil, t.err
 		}
 		if len(text)+len(t.text) > maxSendTargets {
-			return nil, fmt.Errorf("iscsi: SendTargets answer over %d bytes", maxSendTargets)
+			return nil, &pdu.ProtocolError{Op: pdu.OpTextResponse, Field: "DataSegmentLength", Value: uint64(len(text) + len(t.text)),
+				Reason: fmt.Sprintf("SendTargets answer over %d bytes", maxSendTargets)}
 		}
 		text = append(text, t.text...)
 		if t.textResp.Final {
@@ -92,13 +92,16 @@ func (s *Session) SendTargets(ctx context.Context, what string) ([]DiscoveredTar
 		return nil, err
 	}
 	var out []DiscoveredTarget
-	for _, p := range kvs {
+	for i, p := range kvs {
 		switch p.Key {
 		case "TargetName":
 			out = append(out, DiscoveredTarget{Name: p.Value})
 		case "TargetAddress":
 			if len(out) == 0 {
-				return nil, errors.New("iscsi: SendTargets: TargetAddress before any TargetName")
+				// Typed, like every error a target's bytes cause; the value
+				// is the pair's index in the answer.
+				return nil, &pdu.ProtocolError{Op: pdu.OpTextResponse, Field: "TargetAddress", Value: uint64(i),
+					Reason: "SendTargets answer gives an address (pair number shown) before any TargetName"}
 			}
 			out[len(out)-1].Portals = append(out[len(out)-1].Portals, p.Value)
 		}
