@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"errors"
 	"io"
+	"net"
 )
 
 // DefaultMaxRecvDataSegmentLength is RFC 7143's default for
@@ -28,7 +29,7 @@ type ReaderConfig struct {
 // concurrent use. After an error other than a clean io.EOF between PDUs the
 // stream is out of step, and every later call returns the same error.
 type Reader struct {
-	r    *bufio.Reader
+	r    source
 	cfg  ReaderConfig
 	hdr  BHS
 	ahs  [MaxAHSLength]byte
@@ -46,17 +47,27 @@ type Reader struct {
 	err     error
 }
 
-// NewReader returns a Reader of r. It reads through a bufio.Reader unless r
-// already is one.
+// NewReader returns a Reader of r. A *net.TCPConn is read through a 64 KiB
+// buffer that goes back to a shared pool whenever the connection waits with
+// nothing buffered, so that an idle connection holds none; any other r is
+// read through a bufio.Reader of 64 KiB, unless it already is one.
 func NewReader(r io.Reader, cfg ReaderConfig) *Reader {
-	br, ok := r.(*bufio.Reader)
-	if !ok {
-		br = bufio.NewReaderSize(r, 64<<10)
+	var src source
+	switch v := r.(type) {
+	case *bufio.Reader:
+		src = v
+	case *net.TCPConn:
+		if sr := newSockReader(v); sr != nil {
+			src = sr
+		}
+	}
+	if src == nil {
+		src = bufio.NewReaderSize(r, readBufSize)
 	}
 	if cfg.MaxDataSegmentLength <= 0 {
 		cfg.MaxDataSegmentLength = DefaultMaxRecvDataSegmentLength
 	}
-	return &Reader{r: br, cfg: cfg}
+	return &Reader{r: src, cfg: cfg}
 }
 
 // SetConfig changes the limits and digests, e.g. when login ends. It takes
