@@ -212,7 +212,10 @@ func (c *Conn) logout(ctx context.Context, opts LogoutOptions) LogoutResult {
 		grace.Stop()
 		c.fail(ErrLoggedOut)
 	} else {
-		c.fail(fmt.Errorf("iscsi: logout failed: %w", res.Err))
+		// ErrClosed too: commands still running on the connection end
+		// saying their outcome is unknown, not with the logout's cause
+		// alone (a canceled logout is not a canceled command).
+		c.fail(fmt.Errorf("iscsi: logout failed: %w (%w)", res.Err, ErrClosed))
 		// The session goes on where it still can: the connections this
 		// logout stopped take commands again.
 		for _, o := range stopped {
