@@ -193,7 +193,7 @@ func (c *Conn) sendLocked(p pdu.PDU, data []byte) error {
 		return err
 	}
 	if err := c.w.Flush(); err != nil {
-		c.fail(fmt.Errorf("iscsi: write on connection %d: %w", c.cid, err))
+		c.fail(c.writeErr(err))
 		return c.Err()
 	}
 	return nil
@@ -225,6 +225,18 @@ func (c *Conn) readLoop() {
 			return
 		}
 	}
+}
+
+// writeErr names a failed write: the connection is gone, and the commands on
+// it end as after a reset (their outcome unknown), not with the bare
+// socket error.
+func (c *Conn) writeErr(err error) error {
+	select {
+	case <-c.closing:
+		return ErrClosed
+	default:
+	}
+	return fmt.Errorf("iscsi: write on connection %d: %w: %w", c.cid, ErrConnReset, err)
 }
 
 // readErr names how the stream ended.

@@ -135,7 +135,7 @@ func (c *Conn) execute(ctx context.Context, cmd *Command) (*Result, error) {
 			err = c.w.Flush()
 			c.wmu.Unlock()
 			if err != nil {
-				c.fail(fmt.Errorf("iscsi: write on connection %d: %w", c.cid, err))
+				c.fail(c.writeErr(err))
 				return nil, fmt.Errorf("iscsi: command did not complete, its outcome on the target is unknown: %w", c.Err())
 			}
 			break
@@ -171,7 +171,7 @@ func (c *Conn) execute(ctx context.Context, cmd *Command) (*Result, error) {
 			}
 			c.wmu.Unlock()
 			if err != nil {
-				c.fail(fmt.Errorf("iscsi: write on connection %d: %w", c.cid, err))
+				c.fail(c.writeErr(err))
 			}
 		case <-ctx.Done():
 			return nil, fmt.Errorf("iscsi: command abandoned, its outcome on the target is unknown: %w", ctx.Err())
