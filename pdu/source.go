@@ -110,6 +110,11 @@ func (s *sockReader) sysRead(p []byte) (int, error) {
 		}
 		return true
 	})
+	if (err != nil || errno != nil || n == 0) && s.buf != nil && s.r == s.w {
+		// The connection is over: its buffer serves another.
+		readBufs.Put(s.buf)
+		s.buf, s.r, s.w = nil, 0, 0
+	}
 	switch {
 	case err != nil:
 		// Closed, or past a deadline: say it as Read would.
