@@ -368,27 +368,51 @@ func (l *LIO) ExecContext(ctx context.Context, cmd string) (string, error) {
 		ctx, cancel = context.WithTimeout(ctx, lioExecTimeout)
 		defer cancel()
 	}
+	for backoff := 20 * time.Millisecond; ; backoff *= 2 {
+		out, ran, err := l.execOnce(ctx, cmd)
+		// qemu's port forward accepts before the guest's shell does: when
+		// the guest's nc is not listening (just after boot, or between two
+		// connections) the connection is reset before any byte comes
+		// back, and the command never ran. Only then is it tried again.
+		if ran || err == nil || ctx.Err() != nil {
+			return out, err
+		}
+		select {
+		case <-ctx.Done():
+			return out, err
+		case <-time.After(min(backoff, time.Second)):
+		}
+	}
+}
+
+// execOnce runs cmd over one control-shell connection; ran is false when the
+// connection ended before any byte came back.
+func (l *LIO) execOnce(ctx context.Context, cmd string) (out string, ran bool, err error) {
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "tcp4", net.JoinHostPort("127.0.0.1", strconv.Itoa(l.CtlPort)))
 	if err != nil {
-		return "", fmt.Errorf("peers: LIO control shell: %w", err)
+		return "", false, fmt.Errorf("peers: LIO control shell: %w", err)
 	}
 	defer conn.Close()
 	deadline, _ := ctx.Deadline()
 	if err := conn.SetDeadline(deadline); err != nil {
-		return "", fmt.Errorf("peers: LIO control shell: %w", err)
+		return "", false, fmt.Errorf("peers: LIO control shell: %w", err)
 	}
 	// The commands run in a subshell, so that an "exit" in them still lets
 	// the status line through; a new line ends a last line without one.
 	script := "exec 2>&1\n(\n" + cmd + "\n)\nprintf '" + strings.ReplaceAll(lioRCMarker, "\x01", `\001`) + "%d\\n' $?\nexit\n"
 	if _, err := io.WriteString(conn, script); err != nil {
-		return "", fmt.Errorf("peers: LIO control shell: %w", err)
+		return "", false, fmt.Errorf("peers: LIO control shell: %w", err)
 	}
 	b, err := io.ReadAll(conn)
 	if err != nil {
-		return string(b), fmt.Errorf("peers: LIO control shell: %w", err)
+		return string(b), len(b) > 0, fmt.Errorf("peers: LIO control shell: %w", err)
 	}
-	return lioSplitStatus(string(b), cmd)
+	if len(b) == 0 {
+		return "", false, fmt.Errorf("peers: LIO control shell: closed before any output")
+	}
+	out, err = lioSplitStatus(string(b), cmd)
+	return out, true, err
 }
 
 // lioSplitStatus separates a command's output from the status line that
