@@ -34,14 +34,14 @@ const (
 	fuzzRedirects = 2
 	// fuzzOpTimeout bounds each command and the logout's wait for its
 	// response.
-	fuzzOpTimeout = 200 * time.Millisecond
+	fuzzOpTimeout = 100 * time.Millisecond
 	// fuzzBudget is how long one input may take in all: a login with its
 	// redirects and CHAP retry, a command, a logout. Past it the input
 	// fails as a hang.
 	fuzzBudget = 5 * time.Second
 	// fuzzCredit is how long the scripted target waits for the initiator's
 	// next request before it answers the last one again.
-	fuzzCredit = 20 * time.Millisecond
+	fuzzCredit = 10 * time.Millisecond
 	// fuzzMaxDials bounds the connections one input may open.
 	fuzzMaxDials = 8
 )
@@ -123,7 +123,12 @@ type fuzzConn struct {
 	statSN   uint32
 	expCmdSN uint32
 	arrived  chan struct{} // a token per new request, capacity 1
-	readDone chan struct{}
+	// settled are the tags the target has answered for good: a status, a
+	// Logout, Login, Text or Task Management Response, a NOP-In.
+	settled map[uint32]bool
+	// loggedOut is set once the target answered a logout with success.
+	loggedOut bool
+	readDone  chan struct{}
 
 	wmu sync.Mutex
 	w   *pdu.Writer
@@ -136,7 +141,7 @@ type fuzzConn struct {
 }
 
 func newFuzzConn(nc net.Conn, sc *script, switchFFP bool) *fuzzConn {
-	f := &fuzzConn{nc: nc, sc: sc, statSN: 0x100, arrived: make(chan struct{}, 1),
+	f := &fuzzConn{nc: nc, sc: sc, statSN: 0x100, arrived: make(chan struct{}, 1), settled: map[uint32]bool{},
 		readDone: make(chan struct{}), w: pdu.NewWriter(nc), switchFFP: switchFFP, rcfg: make(chan pdu.ReaderConfig, 1),
 		done: make(chan struct{})}
 	go f.readLoop()
@@ -251,9 +256,31 @@ func (f *fuzzConn) fuzzSeq(flag, status bool) pdu.SeqNums {
 }
 
 func (f *fuzzConn) send(p pdu.PDU, data []byte) error {
+	var h pdu.BHS
+	p.MarshalBHS(&h)
+	f.settle(&h)
 	f.wmu.Lock()
 	defer f.wmu.Unlock()
 	return f.w.WritePDU(p, data)
+}
+
+// settle records a tag the target answers with h.
+func (f *fuzzConn) settle(h *pdu.BHS) {
+	switch h.Opcode() {
+	case pdu.OpSCSIDataIn:
+		if h[1]&0x01 == 0 {
+			return
+		}
+	case pdu.OpSCSIResponse, pdu.OpLogoutResponse, pdu.OpLoginResponse, pdu.OpTextResponse, pdu.OpTaskMgmtResponse, pdu.OpNOPIn:
+	default:
+		return
+	}
+	f.mu.Lock()
+	f.settled[h.ITT()] = true
+	if h.Opcode() == pdu.OpLogoutResponse && h[2] == pdu.LogoutSuccess {
+		f.loggedOut = true
+	}
+	f.mu.Unlock()
 }
 
 func (f *fuzzConn) sendRaw(b []byte) error {
@@ -264,6 +291,7 @@ func (f *fuzzConn) sendRaw(b []byte) error {
 }
 
 func (f *fuzzConn) sendHeader(h *pdu.BHS, data []byte) error {
+	f.settle(h)
 	f.wmu.Lock()
 	defer f.wmu.Unlock()
 	f.w.AppendRaw(h, nil, data)
@@ -396,19 +424,29 @@ func (f *fuzzConn) step() bool {
 }
 
 // auto answers what is left once the script is spent, as a well-behaved
-// target would: good status, NOP-In, logout success. It returns when the
-// initiator closes the connection.
+// target would: every request the script left without a final answer gets
+// good status, a NOP-In, logout success. It returns when the initiator
+// closes the connection.
 func (f *fuzzConn) auto() {
+	next := 0
 	for {
 		f.mu.Lock()
-		for f.answered < len(f.reqs) {
-			h := f.reqs[f.answered]
-			f.answered++
+		if f.loggedOut {
+			// As a target does after a successful logout.
 			f.mu.Unlock()
-			f.autoReply(h)
-			f.mu.Lock()
+			f.nc.Close()
+			return
+		}
+		var todo []pdu.BHS
+		for ; next < len(f.reqs); next++ {
+			if h := f.reqs[next]; !f.settled[h.ITT()] {
+				todo = append(todo, h)
+			}
 		}
 		f.mu.Unlock()
+		for _, h := range todo {
+			f.autoReply(h)
+		}
 		select {
 		case <-f.arrived:
 		case <-f.readDone:
@@ -939,7 +977,12 @@ func loginSeeds() [][]byte {
 	add(4, (&scriptBuilder{}).loginReply(1|1<<2, 0, 0, "AuthMethod=None").
 		loginReply(1|3<<2, 0x11, 0, "HeaderDigest=CRC32C", "DataDigest=CRC32C"))
 	// Discovery, with a SendTargets answer.
-	add(8, good(&scriptBuilder{}).op(opReply, 1).text("TargetName=iqn.2026-01.org.goiscsi:x", "TargetAddress=10.0.0.1:3260,1"))
+	discovery := func(s *scriptBuilder) *scriptBuilder {
+		return s.loginReply(1|1<<2, 0, 0, "AuthMethod=None").loginReply(1|3<<2, 0x11, 0, operational[:3]...)
+	}
+	add(8, discovery(&scriptBuilder{}).op(opReply, 1).text("TargetName=iqn.2026-01.org.goiscsi:x", "TargetAddress=10.0.0.1:3260,1"))
+	add(8, discovery(&scriptBuilder{}).op(opReply, 1).text("TargetAddress=10.0.0.1:3260,1", "TargetName=iqn.2026-01.org.goiscsi:x"))
+	add(8, discovery(&scriptBuilder{}).op(opReply, 2|4).text("TargetName=iqn.2026-01.org.goiscsi:x").op(opReply, 1).text("TargetAddress=[::1]:3260,1"))
 	// Operational stage over two exchanges, with a key the target offers.
 	add(0, (&scriptBuilder{}).loginReply(1|1<<2, 0, 0, "AuthMethod=None").
 		loginReply(0, 0x11, 0, "HeaderDigest=None", "X-com.example.Foo=1", "MaxConnections=2").
