@@ -161,13 +161,16 @@ func (c *Conn) logout(ctx context.Context, opts LogoutOptions) LogoutResult {
 			res.Err = err
 			break
 		}
+		// On a timeout or a cancel the task stays registered until the
+		// connection is failed below: a response already on its way then
+		// meets its request, rather than looking like a Logout Response
+		// for a tag never sent (a protocol error that would end the
+		// connection's commands with the wrong cause).
 		select {
 		case <-t.done:
 		case <-timer.C:
-			c.remove(t.itt)
 			res.Err = ErrLogoutTimeout
 		case <-ctx.Done():
-			c.remove(t.itt)
 			res.Err = ctx.Err()
 		}
 		if res.Err != nil {
