@@ -6,6 +6,7 @@ package reliability
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -272,5 +273,37 @@ func TestFaultR2TAfterLogoutRequest(t *testing.T) {
 	within(t, wait, ch, "logout")
 	if r := waitExec(t, write); r.err == nil {
 		t.Fatal("a write without status reported done")
+	}
+}
+
+// A Logout Response that crosses the logout's cancel (or its deadline) →
+// not a protocol error: the commands still running end saying their outcome
+// is unknown, and the logout reports the cancel or the response, whichever
+// it saw first.
+func TestFaultLogoutResponseCrossingCancel(t *testing.T) {
+	for i := 0; i < 200 && !t.Failed(); i++ {
+		s, f := fakeSession(t, testConfig(), fakeLogin{})
+		read := goExecute(context.Background(), s, readCmd(512))
+		f.expect(pdu.OpSCSICommand)
+		ctx, cancel := context.WithCancel(context.Background())
+		ch := make(chan session.LogoutResult, 1)
+		go func() {
+			ch <- s.Conns()[0].Logout(ctx, session.LogoutOptions{Reason: pdu.LogoutCloseSession, Timeout: wait})
+		}()
+		x := f.expect(pdu.OpLogoutRequest)
+		resp := &pdu.LogoutResponse{ITT: x.p.(*pdu.LogoutRequest).ITT, SeqNums: f.seq(true)}
+		go cancel()
+		f.send(resp, nil)
+		res := within(t, wait, ch, "logout")
+		if !res.OK() && !errors.Is(res.Err, context.Canceled) {
+			t.Fatalf("round %d: logout %+v, want success or canceled", i, res)
+		}
+		r := waitExec(t, read)
+		var pe *pdu.ProtocolError
+		if r.err == nil || errors.As(r.err, &pe) || !strings.Contains(r.err.Error(), "unknown") {
+			t.Fatalf("round %d: the running read: %v, want its outcome unknown", i, r.err)
+		}
+		f.close()
+		s.Close()
 	}
 }
