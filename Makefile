@@ -14,7 +14,7 @@ PEER_PKGS := tgt libiscsi-bin tshark istgt
 LIO_CACHE ?= /tmp/lio-vm-cache
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps test demo fuzz bench lint
+.PHONY: all deps test demo fuzz soak bench lint
 
 all: lint test
 
@@ -52,8 +52,14 @@ fuzz:
 	if [ -z "$(strip $(FUZZ_TARGETS))" ]; then echo "fuzz: no fuzz targets found in ./fuzz"; exit 1; fi; \
 	for t in $(FUZZ_TARGETS); do \
 		echo "fuzz: $$t for $(FUZZTIME)"; \
-		$(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) ./fuzz/; \
+		$(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) -timeout 0 ./fuzz/; \
 	done
+
+# The long forms of the reliability tests: 10,000 login/I/O/logout cycles
+# against tgtd and the in-memory target with goroutines, fds and heap
+# sampled, and 1,000 rounds of writes racing logouts read back byte for byte.
+soak: deps
+	SOAK=1 $(GO) test -race -count=1 -timeout 30m -run 'Soak|NoDataLoss' -v ./reliability/
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...
