@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 )
 
 // DefaultMaxRecvDataSegmentLength is RFC 7143's default for
@@ -27,7 +28,10 @@ type ReaderConfig struct {
 // is then read with ReadData (into the caller's buffer) or Data (into the
 // Reader's), or skipped by the next call to Next. A Reader is not safe for
 // concurrent use. After an error other than a clean io.EOF between PDUs the
-// stream is out of step, and every later call returns the same error.
+// stream is out of step, and every later call returns the same error, with
+// one exception: a read deadline (os.ErrDeadlineExceeded) that expires in
+// Next, before the next header is all in, leaves the stream in step, and the
+// next call to Next goes on from where it was.
 type Reader struct {
 	r    source
 	cfg  ReaderConfig
@@ -45,6 +49,11 @@ type Reader struct {
 	buf     []byte
 	scratch [DigestLen]byte
 	err     error
+	// skipping is set while skipData is part way through a data segment:
+	// skipLeft bytes to go, skipCRC the digest so far.
+	skipping bool
+	skipLeft int
+	skipCRC  uint32
 }
 
 // NewReader returns a Reader of r. A *net.TCPConn is read through a 64 KiB
@@ -55,7 +64,10 @@ func NewReader(r io.Reader, cfg ReaderConfig) *Reader {
 	var src source
 	switch v := r.(type) {
 	case *bufio.Reader:
-		src = v
+		if v.Size() >= BHSLen+MaxAHSLength+DigestLen {
+			// Large enough to peek at any header whole.
+			src = v
+		}
 	case *net.TCPConn:
 		if sr := newSockReader(v); sr != nil {
 			src = sr
@@ -93,29 +105,41 @@ func (r *Reader) Next() (*BHS, error) {
 	}
 	if r.unread {
 		if err := r.skipData(); err != nil {
+			if isTimeout(err) {
+				return nil, err // resumed by the next call
+			}
 			return nil, r.fail(err)
 		}
 	}
+	// The header (with its AHS and digest) is peeked, then consumed whole:
+	// a read deadline that expires before it is all in leaves the stream
+	// where it was, and the next call reads the same PDU.
 	h := &r.hdr
-	if n, err := io.ReadFull(r.r, h[:]); err != nil {
-		if err == io.EOF && n == 0 {
+	b, err := r.r.Peek(BHSLen)
+	if err != nil {
+		switch {
+		case isTimeout(err):
+			return nil, err
+		case err == io.EOF && len(b) == 0:
 			r.err = io.EOF
 			return nil, io.EOF
 		}
-		return nil, r.fail(err)
+		return nil, r.fail(unexpected(err))
 	}
+	copy(h[:], b)
 	op := h.Opcode()
 	r.nahs = h.TotalAHSLength()
+	hlen := BHSLen + r.nahs
+	if r.cfg.HeaderDigest {
+		hlen += DigestLen
+	}
 	if r.cfg.HeaderDigest {
 		// A header the digest does not vouch for is not to be believed
 		// about anything, its lengths included (§7.8: discard or drop the
 		// connection), so the digest is checked first. The AHS it covers
 		// goes into the Reader's own 1020 bytes: nothing is allocated.
-		if err := r.readAHS(); err != nil {
-			return nil, r.fail(err)
-		}
-		if _, err := io.ReadFull(r.r, r.scratch[:]); err != nil {
-			return nil, r.fail(unexpected(err))
+		if err := r.peekHeader(hlen); err != nil {
+			return nil, err
 		}
 		want := updateCRC(CRC32C(h[:]), r.ahs[:r.nahs])
 		if got := getDigest(r.scratch[:]); got != want {
@@ -144,22 +168,40 @@ func (r *Reader) Next() (*BHS, error) {
 		return nil, r.fail(&ProtocolError{Op: op, Field: "DataSegmentLength", Value: uint64(r.dataLen), Reason: "exceeds MaxRecvDataSegmentLength " + itoa(r.cfg.MaxDataSegmentLength)})
 	}
 	if !r.cfg.HeaderDigest {
-		if err := r.readAHS(); err != nil {
-			return nil, r.fail(err)
+		if err := r.peekHeader(hlen); err != nil {
+			return nil, err
 		}
 	}
+	r.r.Discard(hlen)
 	r.unread = r.dataLen > 0
 	r.ddig = r.cfg.DataDigest
 	return h, nil
 }
 
-func (r *Reader) readAHS() error {
-	if r.nahs == 0 {
+// peekHeader peeks the hlen bytes of the current header, its AHS and digest,
+// into r.ahs and r.scratch, consuming nothing. A timeout is returned as is
+// (the stream is still in step); any other error fails the Reader.
+func (r *Reader) peekHeader(hlen int) error {
+	if hlen == BHSLen {
 		return nil
 	}
-	_, err := io.ReadFull(r.r, r.ahs[:r.nahs])
-	return unexpected(err)
+	b, err := r.r.Peek(hlen)
+	if err != nil {
+		if isTimeout(err) {
+			return err
+		}
+		return r.fail(unexpected(err))
+	}
+	copy(r.ahs[:r.nahs], b[BHSLen:])
+	if r.cfg.HeaderDigest {
+		copy(r.scratch[:], b[BHSLen+r.nahs:])
+	}
+	return nil
 }
+
+// isTimeout reports a read deadline that expired: not an error of the
+// stream, which a later call may go on reading.
+func isTimeout(err error) bool { return errors.Is(err, os.ErrDeadlineExceeded) }
 
 // AHS returns the current PDU's additional header segments, valid until the
 // next call to Next.
@@ -215,31 +257,43 @@ func (r *Reader) Data() ([]byte, error) {
 }
 
 // skipData reads past an unread data segment, still checking its digest. It
-// digests the bytes in the bufio.Reader's own buffer rather than copying them.
+// digests the bytes in the read buffer rather than copying them. A read
+// deadline that expires part way leaves it where it was: the next call goes
+// on from there.
 func (r *Reader) skipData() error {
-	r.unread = false
-	n := r.dataLen + pad(r.dataLen)
-	crc := uint32(0)
-	for n > 0 {
-		c, err := r.r.Peek(min(n, r.r.Size()))
+	if !r.skipping {
+		r.skipping, r.skipLeft, r.skipCRC = true, r.dataLen+pad(r.dataLen), 0
+	}
+	for r.skipLeft > 0 {
+		c, err := r.r.Peek(min(r.skipLeft, r.r.Size()))
 		if err != nil {
+			if isTimeout(err) {
+				return err
+			}
 			return unexpected(err)
 		}
 		if r.ddig {
-			crc = updateCRC(crc, c)
+			r.skipCRC = updateCRC(r.skipCRC, c)
 		}
 		r.r.Discard(len(c))
-		n -= len(c)
+		r.skipLeft -= len(c)
 	}
-	if !r.ddig {
-		return nil
+	if r.ddig {
+		b, err := r.r.Peek(DigestLen)
+		if err != nil {
+			if isTimeout(err) {
+				return err
+			}
+			return unexpected(err)
+		}
+		got := getDigest(b)
+		r.r.Discard(DigestLen)
+		if got != r.skipCRC {
+			r.skipping, r.unread = false, false
+			return &DigestError{Op: r.hdr.Opcode(), Data: true, Got: got, Want: r.skipCRC}
+		}
 	}
-	if _, err := io.ReadFull(r.r, r.scratch[:]); err != nil {
-		return unexpected(err)
-	}
-	if got := getDigest(r.scratch[:]); got != crc {
-		return &DigestError{Op: r.hdr.Opcode(), Data: true, Got: got, Want: crc}
-	}
+	r.skipping, r.unread = false, false
 	return nil
 }
 

@@ -45,8 +45,12 @@ type sockReader struct {
 	err error
 }
 
-// newSockReader returns a sockReader of c, or nil if c gives no RawConn.
+// newSockReader returns a sockReader of c, or nil where there is none (see
+// rawIO) or c gives no RawConn.
 func newSockReader(c *net.TCPConn) *sockReader {
+	if !rawIO {
+		return nil
+	}
 	rc, err := c.SyscallConn()
 	if err != nil {
 		return nil
@@ -83,7 +87,7 @@ func (s *sockReader) readErr() error {
 // buffered the buffer goes back to the pool.
 func (s *sockReader) sysRead(p []byte) (int, error) {
 	var n int
-	var errno error
+	var errno syscall.Errno
 	err := s.rc.Read(func(fd uintptr) bool {
 		dst := p
 		if dst == nil {
@@ -92,12 +96,7 @@ func (s *sockReader) sysRead(p []byte) (int, error) {
 			}
 			dst = (*s.buf)[s.w:]
 		}
-		for {
-			n, errno = syscall.Read(int(fd), dst)
-			if errno != syscall.EINTR {
-				break
-			}
-		}
+		n, errno = readFD(fd, dst)
 		if errno == syscall.EAGAIN {
 			if s.buf != nil && s.r == s.w {
 				readBufs.Put(s.buf)
@@ -110,7 +109,7 @@ func (s *sockReader) sysRead(p []byte) (int, error) {
 		}
 		return true
 	})
-	if (err != nil || errno != nil || n == 0) && s.buf != nil && s.r == s.w {
+	if (err != nil || errno != 0 || n == 0) && s.buf != nil && s.r == s.w {
 		// The connection is over: its buffer serves another.
 		readBufs.Put(s.buf)
 		s.buf, s.r, s.w = nil, 0, 0
@@ -123,7 +122,7 @@ func (s *sockReader) sysRead(p []byte) (int, error) {
 			oe.Op = "read"
 		}
 		return 0, err
-	case errno != nil:
+	case errno != 0:
 		return 0, &net.OpError{Op: "read", Net: "tcp", Source: s.c.LocalAddr(), Addr: s.c.RemoteAddr(), Err: os.NewSyscallError("read", errno)}
 	case n == 0:
 		return 0, io.EOF

@@ -3,6 +3,7 @@ package pdu
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -191,6 +192,129 @@ func TestSockReaderErrors(t *testing.T) {
 		s.CloseWrite()
 		if _, err := r.Next(); err != io.EOF {
 			t.Fatalf("got %v, want io.EOF", err)
+		}
+	})
+}
+
+// TestNextDeadlineResumes: a read deadline that expires while Next waits for
+// a header, or skips an unread data segment, leaves the stream in step.
+func TestNextDeadlineResumes(t *testing.T) {
+	for _, dig := range []bool{false, true} {
+		t.Run(fmt.Sprintf("digests=%v", dig), func(t *testing.T) {
+			c, s := tcpPair(t)
+			r := NewReader(c, ReaderConfig{From: FromTarget, HeaderDigest: dig, DataDigest: dig, MaxDataSegmentLength: 1 << 20})
+			var stream bytes.Buffer
+			w := NewWriter(&stream)
+			w.SetDigests(dig, dig)
+			big := bytes.Repeat([]byte{7}, 200<<10)
+			w.WritePDU(&DataIn{ITT: 1, TTT: 0xffffffff}, big) // skipped unread
+			w.WritePDU(&NOPIn{ITT: 2, TTT: 0xffffffff}, []byte("pong"))
+			raw := stream.Bytes()
+			first := BHSLen
+			if dig {
+				first += DigestLen
+			}
+			interrupt := func(what string) {
+				t.Helper()
+				c.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+				if _, err := r.Next(); !errors.Is(err, os.ErrDeadlineExceeded) {
+					t.Fatalf("%s: got %v, want os.ErrDeadlineExceeded", what, err)
+				}
+				c.SetReadDeadline(time.Time{})
+			}
+			interrupt("nothing sent")
+			s.Write(raw[:20]) // part of the first header
+			interrupt("part of a header")
+			s.Write(raw[20 : first+1000]) // the header and some data
+			h, err := r.Next()
+			if err != nil || h.Opcode() != OpSCSIDataIn {
+				t.Fatalf("first PDU: %v %v", h, err)
+			}
+			interrupt("part of the unread data segment")
+			s.Write(raw[first+1000 : len(raw)-10])
+			interrupt("part of the next header")
+			s.Write(raw[len(raw)-10:])
+			h, err = r.Next()
+			if err != nil || h.Opcode() != OpNOPIn {
+				t.Fatalf("second PDU: %v %v", h, err)
+			}
+			if d, err := r.Data(); err != nil || string(d) != "pong" {
+				t.Fatalf("second PDU's data: %q %v", d, err)
+			}
+		})
+	}
+}
+
+// TestRawWriterLargeBatch writes one batch of more buffers than a writev
+// takes and more bytes than the socket buffers hold, while the reader is
+// slow, through the raw writer, and reads it all back.
+func TestRawWriterLargeBatch(t *testing.T) {
+	c, s := tcpPair(t)
+	w := NewWriter(s)
+	if rawIO && w.rc == nil {
+		t.Fatal("a *net.TCPConn is not written with raw writev")
+	}
+	w.SetDigests(true, true)
+	const n = 1500 // PDUs: 3 buffers each (header, data, padding+digest)
+	for i := range n {
+		data := bytes.Repeat([]byte{byte(i)}, 4093) // padded: 3 buffers
+		if err := w.Append(&DataIn{ITT: uint32(i), TTT: 0xffffffff}, nil, data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	done := make(chan error, 1)
+	go func() { done <- w.Flush() }()
+	r := NewReader(c, ReaderConfig{From: FromTarget, HeaderDigest: true, DataDigest: true})
+	got := make([]byte, 4093)
+	for i := range n {
+		if i%100 == 0 {
+			time.Sleep(time.Millisecond) // let the writer meet a full socket
+		}
+		h, err := r.Next()
+		if err != nil {
+			t.Fatalf("PDU %d: %v", i, err)
+		}
+		if h.ITT() != uint32(i) {
+			t.Fatalf("PDU %d: ITT %d", i, h.ITT())
+		}
+		if err := r.ReadData(got); err != nil || got[0] != byte(i) || got[4092] != byte(i) {
+			t.Fatalf("PDU %d: data %v", i, err)
+		}
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestRawWriterErrors: writing to a connection the peer reset, or that we
+// closed, fails as net.Conn.Write does.
+func TestRawWriterErrors(t *testing.T) {
+	t.Run("reset", func(t *testing.T) {
+		c, s := tcpPair(t)
+		c.SetLinger(0)
+		c.Close()
+		w := NewWriter(s)
+		var err error
+		for range 100 {
+			if err = w.WritePDU(&NOPIn{ITT: 1, TTT: 0xffffffff}, make([]byte, 8192)); err != nil {
+				break
+			}
+			time.Sleep(time.Millisecond)
+		}
+		if !errors.Is(err, syscall.ECONNRESET) && !errors.Is(err, syscall.EPIPE) {
+			t.Fatalf("got %v, want ECONNRESET or EPIPE", err)
+		}
+		var oe *net.OpError
+		if !errors.As(err, &oe) || oe.Op != "write" {
+			t.Fatalf("got %#v, want a *net.OpError of a write", err)
+		}
+	})
+	t.Run("closed", func(t *testing.T) {
+		_, s := tcpPair(t)
+		w := NewWriter(s)
+		s.Close()
+		if err := w.WritePDU(&NOPIn{ITT: 1, TTT: 0xffffffff}, nil); !errors.Is(err, net.ErrClosed) {
+			t.Fatalf("got %v, want net.ErrClosed", err)
 		}
 	})
 }

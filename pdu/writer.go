@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"syscall"
 )
 
 // Writer queues PDUs and writes each batch with one vectored write
@@ -21,13 +22,24 @@ type Writer struct {
 	// out is the copy of bufs that WriteTo consumes; a field rather than a
 	// local so that Flush does not allocate.
 	out net.Buffers
+	// On a TCP connection (see rawIO) writes are raw writev calls through
+	// rc, with iov the buffers of the batch.
+	tcp *net.TCPConn
+	rc  syscall.RawConn
+	iov []iovec
 }
 
 var zeroPad [4]byte
 
 // NewWriter returns a Writer to w.
 func NewWriter(w io.Writer) *Writer {
-	return &Writer{w: w, arena: make([]byte, 0, 1024)}
+	pw := &Writer{w: w, arena: make([]byte, 0, 1024)}
+	if c, ok := w.(*net.TCPConn); ok && rawIO {
+		if rc, err := c.SyscallConn(); err == nil {
+			pw.tcp, pw.rc = c, rc
+		}
+	}
+	return pw
 }
 
 // SetDigests turns header and data digests on or off for PDUs queued from now on.
@@ -102,9 +114,14 @@ func (w *Writer) Flush() error {
 	if w.n == 0 {
 		return nil
 	}
-	w.out = w.bufs
-	_, err := w.out.WriteTo(w.w)
-	w.out = nil
+	var err error
+	if w.rc != nil {
+		err = w.writeRaw()
+	} else {
+		w.out = w.bufs
+		_, err = w.out.WriteTo(w.w)
+		w.out = nil
+	}
 	clear(w.bufs)
 	w.bufs = w.bufs[:0]
 	w.arena = w.arena[:0]
