@@ -76,6 +76,25 @@ type Conn struct {
 	// its result in logoutRes; a second Logout waits for it.
 	logoutDone chan struct{}
 	logoutRes  LogoutResult
+
+	// The reader role (reader.go): reading is set while a goroutine holds
+	// it, rcmd is the command holding it (nil: the reader goroutine).
+	// rcancel asks that command to stop; rboundary says it waits for a
+	// header; rinterrupted that a deadline was set to interrupt it. All
+	// under rmu. rwg counts commands holding the role, for Close.
+	rmu          sync.Mutex
+	reading      bool
+	rcmd         *task
+	rcancel      bool
+	rboundary    bool
+	rinterrupted bool
+	rwake        chan struct{}
+	ridle        *time.Timer // see armIdle
+	ridleArmed   bool
+	rlast        time.Time // when the role was last given up
+	rwg          sync.WaitGroup
+	// direct is set on a TCP connection: commands may read for themselves.
+	direct bool
 }
 
 type nopPing struct {
@@ -121,7 +140,9 @@ func newConn(s *Session, cid uint16, nc net.Conn, r *pdu.Reader, w *pdu.Writer, 
 		closing:    make(chan struct{}),
 		readerDone: make(chan struct{}),
 		exited:     make(chan struct{}),
+		rwake:      make(chan struct{}, 1),
 	}
+	_, c.direct = nc.(*net.TCPConn)
 	c.expStatSN.Store(expStatSN)
 	c.lastRecv.Store(time.Now().UnixNano())
 	return c
@@ -196,6 +217,7 @@ func (c *Conn) sendLocked(p pdu.PDU, data []byte) error {
 		c.fail(c.writeErr(err))
 		return c.Err()
 	}
+	c.ensureReader()
 	return nil
 }
 
@@ -205,26 +227,6 @@ func (c *Conn) goroutineDone() {
 		close(c.exited)
 	}
 	c.wg.Done()
-}
-
-// readLoop reads every PDU of the connection until it ends.
-func (c *Conn) readLoop() {
-	defer c.goroutineDone()
-	defer close(c.readerDone)
-	for {
-		h, err := c.r.Next()
-		if err != nil {
-			c.fail(c.readErr(err))
-			return
-		}
-		c.lastRecv.Store(time.Now().UnixNano())
-		if err := c.dispatch(h); err != nil {
-			// A stream that ends inside a data segment is a connection
-			// the target closed, as one that ends between PDUs.
-			c.fail(c.readErr(err))
-			return
-		}
-	}
 }
 
 // writeErr names a failed write: the connection is gone, and the commands on
@@ -464,6 +466,14 @@ func (c *Conn) fail(err error) {
 func (c *Conn) Close() error {
 	c.fail(ErrClosed)
 	c.wg.Wait()
+	// No command takes the reader role once the connection is closing;
+	// wait for those that hold it to see the end.
+	c.rmu.Lock()
+	if c.ridle != nil {
+		c.ridle.Stop()
+	}
+	c.rmu.Unlock()
+	c.rwg.Wait()
 	return nil
 }
 

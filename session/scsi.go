@@ -150,6 +150,13 @@ func (c *Conn) execute(ctx context.Context, cmd *Command) (*Result, error) {
 		}
 	}
 
+	if t.writeLen == 0 {
+		// Read the response here if nobody else reads (reader.go).
+		c.readOwn(ctx, t)
+	} else {
+		// R2Ts are answered by this goroutine: another one reads.
+		c.ensureReader()
+	}
 	for {
 		select {
 		case <-t.done:
