@@ -34,8 +34,15 @@ type Conn struct {
 	// digests and data segment lengths.
 	params Params
 
-	wmu sync.Mutex
-	w   *pdu.Writer
+	// wmu guards w, the PDUs queued for the next write, and flushing.
+	// Writes are group commits: the goroutine that finds no write running
+	// writes what is queued, with wmu released during the write; PDUs
+	// queued meanwhile go out with its next write (see flushLocked).
+	wmu      sync.Mutex
+	w        *pdu.Writer
+	wspare   *pdu.Writer // the batch being written, swapped with w
+	flushing bool
+	wdone    *sync.Cond // on wmu, broadcast when a flusher stops
 
 	mu    sync.Mutex
 	tasks map[uint32]*task
@@ -143,6 +150,7 @@ func newConn(s *Session, cid uint16, nc net.Conn, r *pdu.Reader, w *pdu.Writer, 
 		rwake:      make(chan struct{}, 1),
 	}
 	_, c.direct = nc.(*net.TCPConn)
+	c.wdone = sync.NewCond(&c.wmu)
 	c.expStatSN.Store(expStatSN)
 	c.lastRecv.Store(time.Now().UnixNano())
 	return c
@@ -213,12 +221,53 @@ func (c *Conn) sendLocked(p pdu.PDU, data []byte) error {
 	if err := c.w.Append(p, nil, data); err != nil {
 		return err
 	}
-	if err := c.w.Flush(); err != nil {
+	if err := c.flushLocked(len(data) > 0); err != nil {
 		c.fail(c.writeErr(err))
 		return c.Err()
 	}
 	c.ensureReader()
 	return nil
+}
+
+// flushLocked writes the queued PDUs; the caller holds wmu, which is
+// released during the write. When another goroutine is writing, it writes
+// the caller's PDUs after its own and flushLocked returns at once, unless
+// wait is set because the PDUs point into the caller's memory: then it
+// returns once they are written (or dropped by a write that failed, which
+// fails the connection). Commands ready together thus go out in one
+// vectored write, and none parks on wmu for a write in progress.
+func (c *Conn) flushLocked(wait bool) error {
+	if c.flushing {
+		if !wait {
+			return nil
+		}
+		for c.flushing {
+			c.wdone.Wait()
+		}
+		if c.w.Buffered() == 0 {
+			return nil
+		}
+	}
+	c.flushing = true
+	var err error
+	for c.w.Buffered() > 0 {
+		if c.wspare == nil {
+			c.wspare = pdu.NewWriter(c.nc)
+			c.wspare.SetDigests(c.params.HeaderDigest, c.params.DataDigest)
+		}
+		batch := c.w
+		c.w, c.wspare = c.wspare, batch
+		c.wmu.Unlock()
+		err = batch.Flush()
+		c.wmu.Lock()
+		if err != nil {
+			c.w.Discard()
+			break
+		}
+	}
+	c.flushing = false
+	c.wdone.Broadcast()
+	return err
 }
 
 // goroutineDone ends one of the connection's goroutines.

@@ -132,7 +132,7 @@ func (c *Conn) execute(ctx context.Context, cmd *Command) (*Result, error) {
 			}
 			sent = true
 			c.commands.Add(1)
-			err = c.w.Flush()
+			err = c.flushLocked(t.writeLen > 0)
 			c.wmu.Unlock()
 			if err != nil {
 				c.fail(c.writeErr(err))
@@ -172,7 +172,7 @@ func (c *Conn) execute(ctx context.Context, cmd *Command) (*Result, error) {
 			}
 			err := c.appendDataOut(t, cmd.Write, int(r.BufferOffset), int(r.DesiredDataTransferLength), r.TTT)
 			if err == nil {
-				err = c.w.Flush()
+				err = c.flushLocked(true)
 			} else {
 				c.w.Discard()
 			}
