@@ -78,31 +78,10 @@ func (w *Writer) writeRaw() error {
 		}
 	}
 	w.iov = iov
-	var errno syscall.Errno
-	err := w.rc.Write(func(fd uintptr) bool {
-		for len(iov) > 0 {
-			n, e := writevFD(fd, iov[:min(len(iov), maxIovecs)])
-			if e == syscall.EAGAIN {
-				return false
-			}
-			if e != 0 {
-				errno = e
-				return true
-			}
-			// Step past what the kernel took.
-			for n > 0 {
-				l := int(iov[0].Len)
-				if n < l {
-					b := unsafe.Slice(iov[0].Base, l)
-					setIovec(&iov[0], b[n:])
-					break
-				}
-				n -= l
-				iov = iov[1:]
-			}
-		}
-		return true
-	})
+	w.pending, w.werrno = iov, 0
+	err := w.rc.Write(w.writeFn)
+	errno := w.werrno
+	w.pending = nil
 	clear(w.iov) // no pointers into the batch left behind
 	switch {
 	case err != nil:
@@ -115,4 +94,35 @@ func (w *Writer) writeRaw() error {
 		return &net.OpError{Op: "write", Net: "tcp", Source: w.tcp.LocalAddr(), Addr: w.tcp.RemoteAddr(), Err: os.NewSyscallError("writev", errno)}
 	}
 	return nil
+}
+
+// tryWrite is the RawConn.Write callback of writeRaw (a func value made
+// once, in writeFn): it writes w.pending until done, an error (w.werrno) or
+// a full socket.
+func (w *Writer) tryWrite(fd uintptr) bool {
+	iov := w.pending
+	for len(iov) > 0 {
+		n, e := writevFD(fd, iov[:min(len(iov), maxIovecs)])
+		if e == syscall.EAGAIN {
+			w.pending = iov
+			return false
+		}
+		if e != 0 {
+			w.werrno = e
+			return true
+		}
+		// Step past what the kernel took.
+		for n > 0 {
+			l := int(iov[0].Len)
+			if n < l {
+				b := unsafe.Slice(iov[0].Base, l)
+				setIovec(&iov[0], b[n:])
+				break
+			}
+			n -= l
+			iov = iov[1:]
+		}
+	}
+	w.pending = nil
+	return true
 }

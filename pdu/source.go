@@ -43,6 +43,13 @@ type sockReader struct {
 	r   int     // read position in *buf
 	w   int     // write position in *buf
 	err error
+	// readFn is tryRead as a func value, made once: a closure per read
+	// would be an allocation per read. dst, n and errno are its argument
+	// and results.
+	readFn func(fd uintptr) bool
+	dst    []byte
+	n      int
+	errno  syscall.Errno
 }
 
 // newSockReader returns a sockReader of c, or nil where there is none (see
@@ -55,7 +62,9 @@ func newSockReader(c *net.TCPConn) *sockReader {
 	if err != nil {
 		return nil
 	}
-	return &sockReader{c: c, rc: rc}
+	s := &sockReader{c: c, rc: rc}
+	s.readFn = s.tryRead
+	return s
 }
 
 // onRelease, when set (by tests), runs whenever a sockReader gives its
@@ -86,29 +95,10 @@ func (s *sockReader) readErr() error {
 // buffer), waiting for it to be readable. While it waits with nothing
 // buffered the buffer goes back to the pool.
 func (s *sockReader) sysRead(p []byte) (int, error) {
-	var n int
-	var errno syscall.Errno
-	err := s.rc.Read(func(fd uintptr) bool {
-		dst := p
-		if dst == nil {
-			if s.buf == nil {
-				s.buf = readBufs.Get().(*[]byte)
-			}
-			dst = (*s.buf)[s.w:]
-		}
-		n, errno = readFD(fd, dst)
-		if errno == syscall.EAGAIN {
-			if s.buf != nil && s.r == s.w {
-				readBufs.Put(s.buf)
-				s.buf, s.r, s.w = nil, 0, 0
-				if onRelease != nil {
-					onRelease()
-				}
-			}
-			return false
-		}
-		return true
-	})
+	s.dst, s.n, s.errno = p, 0, 0
+	err := s.rc.Read(s.readFn)
+	n, errno := s.n, s.errno
+	s.dst = nil
 	if (err != nil || errno != 0 || n == 0) && s.buf != nil && s.r == s.w {
 		// The connection is over: its buffer serves another.
 		readBufs.Put(s.buf)
@@ -128,6 +118,30 @@ func (s *sockReader) sysRead(p []byte) (int, error) {
 		return 0, io.EOF
 	}
 	return n, nil
+}
+
+// tryRead is the RawConn.Read callback of sysRead: one non-blocking read into
+// s.dst, or the free part of the buffer when s.dst is nil.
+func (s *sockReader) tryRead(fd uintptr) bool {
+	dst := s.dst
+	if dst == nil {
+		if s.buf == nil {
+			s.buf = readBufs.Get().(*[]byte)
+		}
+		dst = (*s.buf)[s.w:]
+	}
+	s.n, s.errno = readFD(fd, dst)
+	if s.errno == syscall.EAGAIN {
+		if s.buf != nil && s.r == s.w {
+			readBufs.Put(s.buf)
+			s.buf, s.r, s.w = nil, 0, 0
+			if onRelease != nil {
+				onRelease()
+			}
+		}
+		return false
+	}
+	return true
 }
 
 // fill reads more into the buffer, after what it holds.

@@ -27,6 +27,11 @@ type Writer struct {
 	tcp *net.TCPConn
 	rc  syscall.RawConn
 	iov []iovec
+	// writeFn is tryWrite as a func value, made once (no allocation per
+	// write); pending and werrno are its state.
+	writeFn func(fd uintptr) bool
+	pending []iovec
+	werrno  syscall.Errno
 }
 
 var zeroPad [4]byte
@@ -37,6 +42,7 @@ func NewWriter(w io.Writer) *Writer {
 	if c, ok := w.(*net.TCPConn); ok && rawIO {
 		if rc, err := c.SyscallConn(); err == nil {
 			pw.tcp, pw.rc = c, rc
+			pw.writeFn = pw.tryWrite
 		}
 	}
 	return pw
