@@ -147,9 +147,9 @@ func (op *Operation) run(ctx context.Context, sessions []Session, conns [][]Conn
 // logoutSession runs one session's logout by the strategy and fills sr.Conns.
 func (op *Operation) logoutSession(ctx context.Context, sr *SessionResult, cs []Conn, opts Options) {
 	lo := session.LogoutOptions{DrainTimeout: opts.DrainTimeout, Timeout: opts.Timeout}
-	one := func(i int, reason uint8) {
+	one := func(i int, reason uint8, drainSession bool) {
 		o := lo
-		o.Reason = reason
+		o.Reason, o.DrainSession = reason, drainSession
 		sr.Conns[i] = classify(cs[i].Logout(ctx, o))
 		op.finished.Add(1)
 	}
@@ -171,7 +171,7 @@ func (op *Operation) logoutSession(ctx context.Context, sr *SessionResult, cs []
 				op.finished.Add(1)
 				continue
 			}
-			one(i, pdu.LogoutCloseSession)
+			one(i, pdu.LogoutCloseSession, false)
 		}
 		return
 	}
@@ -180,7 +180,7 @@ func (op *Operation) logoutSession(ctx context.Context, sr *SessionResult, cs []
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			one(i, pdu.LogoutCloseConnection)
+			one(i, pdu.LogoutCloseConnection, true)
 		}()
 	}
 	wg.Wait()

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -317,4 +318,82 @@ func TestInMemoryPipe(t *testing.T) {
 	s := mustLogin(t, ctx, cfg)
 	verifyIO(t, ctx, s, 0, 0, 512, []int{512, 1 << 20})
 	mustLogout(t, ctx, s)
+}
+
+// TestDrainSession: with DrainSession, a reason-1 logout of one connection
+// waits for the command running on the session's other connection before
+// its request goes out (istgt drops such a command when another connection
+// of its session logs out); without it, the request goes out at once.
+func TestDrainSession(t *testing.T) {
+	for _, drain := range []bool{true, false} {
+		t.Run(fmt.Sprintf("DrainSession=%v", drain), func(t *testing.T) {
+			arrived := make(chan struct{})
+			logoutSeen := make(chan struct{})
+			var order []string
+			var mu sync.Mutex
+			note := func(s string) {
+				mu.Lock()
+				order = append(order, s)
+				mu.Unlock()
+			}
+			hook := func(ev *iscsitest.Event) iscsitest.Action {
+				switch p := ev.PDU.(type) {
+				case *pdu.SCSICommand:
+					if ev.CID == 1 && p.Read {
+						close(arrived)
+						// Hold the command until cid 0's Logout Request
+						// arrives, or long enough to show it does not.
+						select {
+						case <-logoutSeen:
+						case <-time.After(300 * time.Millisecond):
+						}
+						note("command answered")
+					}
+				case *pdu.LogoutRequest:
+					if ev.CID == 0 {
+						note("logout of cid 0")
+						close(logoutSeen)
+					}
+				}
+				return iscsitest.Continue
+			}
+			tg := newTestTarget(t, iscsitest.Config{Hook: hook})
+			ctx := interopCtx(t)
+			s := mustLogin(t, ctx, testTargetConfig(tg, nil))
+			c1, err := s.AddConnection(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c0 := s.Conns()[0]
+			cmdErr := make(chan error, 1)
+			go func() {
+				buf := make([]byte, 4096)
+				_, err := c1.Execute(ctx, &Command{CDB: []byte{0x28, 0, 0, 0, 0, 0, 0, 0, 8, 0}, Read: buf})
+				cmdErr <- err
+			}()
+			select {
+			case <-arrived:
+			case <-ctx.Done():
+				t.Fatal("the command did not reach the target")
+			}
+			r := c0.Logout(ctx, LogoutOptions{Reason: pdu.LogoutCloseConnection, DrainTimeout: 10 * time.Second, DrainSession: drain})
+			if !r.OK() {
+				t.Fatalf("logout of cid 0: %+v", r)
+			}
+			if err := <-cmdErr; err != nil {
+				t.Fatalf("command on cid 1: %v", err)
+			}
+			mu.Lock()
+			got := fmt.Sprint(order)
+			mu.Unlock()
+			want := "[command answered logout of cid 0]"
+			if !drain {
+				want = "[logout of cid 0 command answered]"
+			}
+			if got != want {
+				t.Errorf("order %s, want %s", got, want)
+			}
+			mustLogout(t, ctx, s)
+		})
+	}
 }

@@ -28,6 +28,14 @@ type LogoutOptions struct {
 	// Timeout bounds the wait for the Logout Response; 0 means
 	// DefaultLogoutTimeout.
 	Timeout time.Duration
+	// DrainSession, with reason pdu.LogoutCloseConnection, also stops new
+	// commands on the session's other connections and lets theirs finish
+	// (within DrainTimeout) before the request goes out, as reason
+	// pdu.LogoutCloseSession always does. It is for logging out every
+	// connection of a session at once: a target may drop a command still
+	// running on one connection when another logs out (istgt does), and the
+	// command would end with its outcome unknown.
+	DrainSession bool
 }
 
 // LogoutResult is what one connection's logout exchange came to.
@@ -108,10 +116,15 @@ func (c *Conn) logout(ctx context.Context, opts LogoutOptions) LogoutResult {
 	res := LogoutResult{CID: c.cid, Reason: opts.Reason}
 	s := c.s
 	// Connections this logout stops; given back their commands if it fails.
-	var stopped []*Conn
-	if opts.Reason == pdu.LogoutCloseSession {
+	// It drains those too, and those whose own logout stopped them.
+	var stopped, others []*Conn
+	if opts.Reason == pdu.LogoutCloseSession || opts.DrainSession {
 		for _, o := range s.Conns() {
-			if o != c && o.stopCommands() {
+			if o == c {
+				continue
+			}
+			others = append(others, o)
+			if o.stopCommands() {
 				stopped = append(stopped, o)
 			}
 		}
@@ -119,7 +132,7 @@ func (c *Conn) logout(ctx context.Context, opts LogoutOptions) LogoutResult {
 	if opts.DrainTimeout > 0 {
 		dctx, cancel := context.WithTimeout(ctx, opts.DrainTimeout)
 		c.waitIdle(dctx)
-		for _, o := range stopped {
+		for _, o := range others {
 			o.waitIdle(dctx)
 		}
 		cancel()
