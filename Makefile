@@ -14,7 +14,7 @@ PEER_PKGS := tgt libiscsi-bin tshark istgt
 LIO_CACHE ?= /tmp/lio-vm-cache
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps test demo fuzz soak bench lint
+.PHONY: all deps test demo fuzz soak bench bench-go lint
 
 all: lint test
 
@@ -61,7 +61,17 @@ fuzz:
 soak: deps
 	SOAK=1 $(GO) test -race -count=1 -timeout 30m -run 'Soak|NoDataLoss' -v ./reliability/
 
-bench:
+# The side-by-side harness (bench/README.md): libiscsi's iscsi-perf against
+# iscsictl perf on a private tgtd, the in-memory target against raw loopback
+# TCP, LogoutFromTarget at scale, memory per idle session and the
+# micro-benchmarks; about 15 minutes on 2 cores. BENCHFLAGS passes harness
+# flags (e.g. BENCHFLAGS="-sections logout -rounds 5").
+BENCHFLAGS ?=
+bench: deps
+	$(GO) run ./bench/harness -o bench/last-run.md $(BENCHFLAGS)
+
+# Every Go benchmark of the module, with allocations.
+bench-go:
 	$(GO) test -run '^$$' -bench . -benchmem ./...
 
 lint:

@@ -1,0 +1,260 @@
+//go:build linux
+
+package bench_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"runtime/pprof"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/goiscsi/iscsi/bench"
+	"github.com/goiscsi/iscsi/internal/peers"
+	"github.com/goiscsi/iscsi/session"
+)
+
+// The in-memory target runs in a child process (this test binary again), so
+// that what these benchmarks measure in their own process is the initiator.
+func TestMain(m *testing.M) {
+	bench.MaybeServeChild()
+	os.Exit(m.Run())
+}
+
+var (
+	childOnce sync.Once
+	child     *bench.Child
+	childErr  error
+)
+
+// memTarget returns the in-memory target child, started once for the whole
+// test binary.
+func memTarget(b testing.TB) *bench.Child {
+	b.Helper()
+	childOnce.Do(func() {
+		bench.RaiseOpenFiles(1 << 17)
+		child, childErr = bench.StartChild(os.Args[0], 256<<20)
+	})
+	if childErr != nil {
+		b.Fatal(childErr)
+	}
+	return child
+}
+
+// TestChild checks the plumbing the benchmarks stand on: the target child
+// serves, a session logs in and out, the raw server answers.
+func TestChild(t *testing.T) {
+	c := memTarget(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	ini, err := bench.NewInitiator()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ini.Close()
+	if err := bench.LoginN(ctx, ini, c.ISCSIAddr, bench.MemTargetName, 3, 2, 2); err != nil {
+		t.Fatal(err)
+	}
+	lt, err := bench.TimeLogout(ctx, ini, bench.MemTargetName, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lt.Conns != 6 {
+		t.Errorf("logout saw %d connections, want 6", lt.Conns)
+	}
+	r, err := bench.RawClient(c.RawAddr, 4096, 4, 50*time.Millisecond)
+	if err != nil || r.IOs == 0 {
+		t.Fatalf("raw client: %+v, %v", r, err)
+	}
+}
+
+// BenchmarkLogoutFromTarget measures LogoutFromTarget of n sessions of c
+// connections on the in-memory target; ns/op is the wall time of one
+// logout of them all (the logins are not timed).
+func BenchmarkLogoutFromTarget(b *testing.B) {
+	c := memTarget(b)
+	for _, conns := range []int{1, 2} {
+		counts := []int{1, 10, 100, 1000}
+		if v := os.Getenv("BENCH_LOGOUT_SESSIONS"); v != "" {
+			// e.g. BENCH_LOGOUT_SESSIONS=10000 (mind the open-file limit)
+			counts = nil
+			for _, f := range strings.Split(v, ",") {
+				if n, err := strconv.Atoi(f); err == nil {
+					counts = append(counts, n)
+				}
+			}
+		}
+		for _, n := range counts {
+			b.Run(fmt.Sprintf("sessions=%d/conns=%d", n, conns), func(b *testing.B) {
+				ctx := context.Background()
+				var total time.Duration
+				for b.Loop() {
+					b.StopTimer()
+					ini, err := bench.NewInitiator()
+					if err != nil {
+						b.Fatal(err)
+					}
+					if err := bench.LoginN(ctx, ini, c.ISCSIAddr, bench.MemTargetName, n, conns, 64); err != nil {
+						b.Fatal(err)
+					}
+					// BENCH_LOGOUTPROFILE=FILE profiles the logouts alone
+					// (the last sub-benchmark's last one is kept).
+					prof := os.Getenv("BENCH_LOGOUTPROFILE")
+					var pf *os.File
+					if prof != "" {
+						if pf, err = os.Create(prof); err == nil {
+							pprof.StartCPUProfile(pf)
+						}
+					}
+					b.StartTimer()
+					lt, err := bench.TimeLogout(ctx, ini, bench.MemTargetName, n)
+					b.StopTimer()
+					if pf != nil {
+						pprof.StopCPUProfile()
+						pf.Close()
+					}
+					if err != nil {
+						b.Fatal(err)
+					}
+					total += lt.Wall
+					ini.Close()
+					b.StartTimer()
+				}
+				b.ReportMetric(float64(total.Nanoseconds())/float64(b.N)/float64(n), "ns/session")
+			})
+		}
+	}
+}
+
+// BenchmarkIdleSession measures what an idle single-connection session
+// costs the initiator's process: heap after GC and goroutine stacks, per
+// session, with 1,000 sessions open.
+func BenchmarkIdleSession(b *testing.B) {
+	c := memTarget(b)
+	const n = 1000
+	ctx := context.Background()
+	var last bench.PerSession
+	for b.Loop() {
+		ps, err := bench.IdleMemory(ctx, c.ISCSIAddr, bench.MemTargetName, n, time.Second, func() {
+			// BENCH_HEAPPROFILE=FILE writes a heap profile while the
+			// sessions are up: what each one holds.
+			if f := os.Getenv("BENCH_HEAPPROFILE"); f != "" {
+				if w, err := os.Create(f); err == nil {
+					pprof.Lookup("heap").WriteTo(w, 0)
+					w.Close()
+				}
+			}
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		last = ps
+	}
+	b.ReportMetric(last.HeapBytes, "heapB/session")
+	b.ReportMetric(last.StackBytes, "stackB/session")
+	b.ReportMetric(last.Total(), "B/session")
+	b.ReportMetric(last.Goroutines, "goroutines/session")
+}
+
+// BenchmarkRead measures 4 KiB random reads and 1 MiB sequential reads in
+// this process (for pprof: -cpuprofile), on the in-memory target and, when
+// tgtd is installed, on tgtd. ns/op is per I/O.
+func BenchmarkRead(b *testing.B) {
+	type tc struct {
+		name   string
+		bs, qd int
+		random bool
+	}
+	cases := []tc{{"4k-qd1", 4096, 1, true}, {"4k-qd32", 4096, 32, true}, {"1m-seq-qd8", 1 << 20, 8, false}}
+	b.Run("target=mem", func(b *testing.B) {
+		c := memTarget(b)
+		for _, k := range cases {
+			b.Run(k.name, func(b *testing.B) { readLoad(b, c.ISCSIAddr, bench.MemTargetName, 0, k.bs, k.qd, k.random) })
+		}
+	})
+	b.Run("target=tgtd", func(b *testing.B) {
+		peers.Require(b, "tgtd", "tgtadm")
+		dir := b.TempDir()
+		if _, err := os.Stat("/dev/shm"); err == nil {
+			d, err := os.MkdirTemp("/dev/shm", "goiscsi-bench-")
+			if err == nil {
+				dir = d
+				b.Cleanup(func() { os.RemoveAll(d) })
+			}
+		}
+		tg := peers.StartTgtdWith(b, peers.TgtdOptions{Dir: dir})
+		const iqn = "iqn.2026-01.org.goiscsi:bench-tgtd"
+		if _, err := tg.AddDiskTarget(1, iqn, 256<<20); err != nil {
+			b.Fatal(err)
+		}
+		for _, k := range cases {
+			b.Run(k.name, func(b *testing.B) { readLoad(b, tg.Addr, iqn, 1, k.bs, k.qd, k.random) })
+		}
+	})
+}
+
+func readLoad(b *testing.B, addr, iqn string, lun, bs, qd int, random bool) {
+	ctx := context.Background()
+	ini, err := bench.NewInitiator()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ini.Close()
+	if err := bench.LoginN(ctx, ini, addr, iqn, 1, 1, 1); err != nil {
+		b.Fatal(err)
+	}
+	s := ini.Sessions(iqn)[0]
+	capy, err := s.ReadCapacity(ctx, lun)
+	if err != nil {
+		b.Fatal(err)
+	}
+	blk := int(capy.BlockSize)
+	per := uint64(bs / blk)
+	span := capy.Blocks / per
+	b.SetBytes(int64(bs))
+	var mu sync.Mutex
+	left := b.N
+	var wg sync.WaitGroup
+	errs := make(chan error, qd)
+	b.ResetTimer()
+	for w := range qd {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, bs)
+			x := uint64(w) * 7919
+			for {
+				mu.Lock()
+				if left == 0 {
+					mu.Unlock()
+					return
+				}
+				left--
+				mu.Unlock()
+				x = x*6364136223846793005 + 1442695040888963407
+				idx := x % span
+				if !random {
+					idx = uint64(left) % span
+				}
+				if err := s.Read(ctx, lun, idx*per, blk, buf); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	b.StopTimer()
+	select {
+	case err := <-errs:
+		b.Fatal(err)
+	default:
+	}
+	if _, err := s.Logout(ctx, session.LogoutOptions{}); err != nil {
+		b.Fatal(err)
+	}
+}
