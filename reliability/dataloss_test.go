@@ -83,14 +83,14 @@ func randInt(n int) int {
 }
 
 // writeErrClass names what a failed write's error says became of it: never
-// sent (ErrNotSent, "command not sent", or the error of a connection that
-// had already ended, as is: Execute refused it before sending), or sent
+// sent (ErrNotSent: Execute refused it before sending, the connection
+// logging out or ended), or sent
 // with its outcome unknown ("outcome on the target is unknown"), with the
 // cause. It returns "" for an error that says neither.
 func writeErrClass(err error) string {
 	msg := err.Error()
 	unknown := strings.Contains(msg, "outcome on the target is unknown")
-	if errors.Is(err, session.ErrNotSent) || strings.Contains(msg, "command not sent") {
+	if errors.Is(err, session.ErrNotSent) {
 		return "not sent"
 	}
 	if !unknown && (errors.Is(err, session.ErrClosed) || errors.Is(err, session.ErrConnReset) ||

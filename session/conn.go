@@ -172,7 +172,7 @@ func (c *Conn) register(t *task, whileLoggingOut bool) error {
 	case c.state == connClosed:
 		return c.closedErr()
 	case c.state == connLoggingOut && !whileLoggingOut:
-		return ErrNotSent
+		return errLoggingOut
 	}
 	c.tasks[t.itt] = t
 	if t.kind == taskSCSI {

@@ -116,7 +116,7 @@ func (c *Conn) sendText(ctx context.Context, t *task, ttt uint32, data []byte) e
 		c.wmu.Lock()
 		if c.logoutSent.Load() {
 			c.wmu.Unlock()
-			return ErrNotSent
+			return errLoggingOut
 		}
 		sn, wait, ok := s.takeCmdSN()
 		if ok {

@@ -10,9 +10,13 @@ import (
 var (
 	// ErrClosed reports use of a connection or session that has been closed.
 	ErrClosed = errors.New("iscsi: connection closed")
-	// ErrNotSent fails a command that was never sent because its connection
-	// or session is logging out or has logged out: the target never saw it.
-	ErrNotSent = errors.New("iscsi: command not sent: the connection is logging out or logged out")
+	// ErrNotSent fails a command that was never sent: its connection or
+	// session is logging out, logged out or closed, its context ended
+	// before the CmdSN window opened. The target never saw it.
+	ErrNotSent = errors.New("iscsi: command not sent")
+	// errLoggingOut is ErrNotSent on a connection that takes no commands
+	// because it is logging out or logged out.
+	errLoggingOut = fmt.Errorf("%w: the connection is logging out or logged out", ErrNotSent)
 	// ErrLoggedOut fails a command that could not finish because its
 	// connection or session logged out; the target may not have executed it.
 	ErrLoggedOut = errors.New("iscsi: logged out before the command completed; its outcome on the target is unknown")

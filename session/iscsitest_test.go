@@ -397,3 +397,19 @@ func TestDrainSession(t *testing.T) {
 		})
 	}
 }
+
+// TestNotSentOnEndedConnection: a command on a connection that has ended
+// says it was never sent, and why the connection ended.
+func TestNotSentOnEndedConnection(t *testing.T) {
+	tg := newTestTarget(t, iscsitest.Config{})
+	ctx := interopCtx(t)
+	s := mustLogin(t, ctx, testTargetConfig(tg, nil))
+	c := s.Conns()[0]
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	_, err := c.Execute(ctx, &Command{CDB: []byte{0x00, 0, 0, 0, 0, 0}})
+	if !errors.Is(err, ErrNotSent) || !errors.Is(err, ErrClosed) {
+		t.Fatalf("Execute on a closed connection: %v; want ErrNotSent and ErrClosed", err)
+	}
+}

@@ -61,7 +61,7 @@ func (c *Conn) Execute(ctx context.Context, cmd *Command) (*Result, error) {
 
 func (c *Conn) execute(ctx context.Context, cmd *Command) (*Result, error) {
 	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("iscsi: command not sent: %w", err)
+		return nil, fmt.Errorf("%w: %w", ErrNotSent, err)
 	}
 	s := c.s
 	p := c.params
@@ -73,6 +73,14 @@ func (c *Conn) execute(ctx context.Context, cmd *Command) (*Result, error) {
 		t.r2ts = make(chan pdu.R2T, p.MaxOutstandingR2T)
 	}
 	if err := c.register(t, false); err != nil {
+		switch {
+		case errors.Is(err, ErrNotSent):
+		case errors.Is(err, ErrLoggedOut):
+			err = errLoggingOut
+		default:
+			// The connection has ended: the command never left.
+			err = fmt.Errorf("%w: the connection has ended: %w", ErrNotSent, err)
+		}
 		return nil, err
 	}
 	sent, finished := false, false
@@ -109,7 +117,7 @@ func (c *Conn) execute(ctx context.Context, cmd *Command) (*Result, error) {
 		if c.logoutSent.Load() {
 			// Nothing may follow a Logout Request on the connection.
 			c.wmu.Unlock()
-			return nil, ErrNotSent
+			return nil, errLoggingOut
 		}
 		sn, wait, ok := s.takeCmdSN()
 		if ok {
@@ -144,9 +152,9 @@ func (c *Conn) execute(ctx context.Context, cmd *Command) (*Result, error) {
 		select {
 		case <-wait:
 		case <-ctx.Done():
-			return nil, fmt.Errorf("iscsi: command not sent, CmdSN window closed: %w", ctx.Err())
+			return nil, fmt.Errorf("%w, CmdSN window closed: %w", ErrNotSent, ctx.Err())
 		case <-c.closing:
-			return nil, fmt.Errorf("iscsi: command not sent: %w", c.Err())
+			return nil, fmt.Errorf("%w: %w", ErrNotSent, c.Err())
 		}
 	}
 

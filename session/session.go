@@ -269,7 +269,7 @@ func (s *Session) pickConn() (*Conn, error) {
 	s.mu.Unlock()
 	if n == 0 {
 		if loggedOut {
-			return nil, ErrNotSent
+			return nil, errLoggingOut
 		}
 		return nil, ErrClosed
 	}
@@ -280,5 +280,5 @@ func (s *Session) pickConn() (*Conn, error) {
 			return c, nil
 		}
 	}
-	return nil, ErrNotSent
+	return nil, errLoggingOut
 }
