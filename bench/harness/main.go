@@ -45,6 +45,8 @@ type config struct {
 	memSessions int
 	benchtime   string // of the micro-benchmarks
 	lunBytes    int64
+	// gomaxprocs, when positive, is the GOMAXPROCS of iscsictl perf.
+	gomaxprocs int
 	// progress receives a line per measurement; nil for none.
 	progress io.Writer
 }
@@ -94,12 +96,13 @@ func parseFlags(args []string) (config, string, error) {
 	memN2 := fs.String("mem-logout2", "1,10,100,1000,5000,9000", "session counts of the logout rows of 2-connection sessions on the in-memory target")
 	memS := fs.Int("mem-sessions", 1000, "idle sessions of the memory rows")
 	benchtime := fs.String("benchtime", "1s", "-benchtime of the micro-benchmarks")
+	procs := fs.Int("gomaxprocs", 0, "GOMAXPROCS of iscsictl perf (0: the Go default, one per CPU)")
 	out := fs.String("o", "", "also write the report to this file")
 	if err := fs.Parse(args); err != nil {
 		return config{}, "", err
 	}
 	cfg := config{duration: *d, rounds: *rounds, smoke: *smoke, iscsictl: *iscsictl, memSessions: *memS,
-		benchtime: *benchtime, lunBytes: 512 << 20, sections: map[string]bool{}}
+		benchtime: *benchtime, lunBytes: 512 << 20, gomaxprocs: *procs, sections: map[string]bool{}}
 	for _, s := range strings.Split(*sections, ",") {
 		s = strings.TrimSpace(s)
 		if s == "" {

@@ -143,6 +143,9 @@ func run(ctx context.Context, cfg config) (*report, error) {
 	rep := &report{cfg: cfg, start: time.Now(), loadStart: loadavg()}
 	rep.machine = machineInfo()
 	limit, err := bench.RaiseOpenFiles(1 << 17)
+	if cfg.gomaxprocs > 0 {
+		rep.notes = append(rep.notes, fmt.Sprintf("iscsictl perf runs with GOMAXPROCS=%d (-gomaxprocs).", cfg.gomaxprocs))
+	}
 	note := fmt.Sprintf("open-file limit of the harness, tgtd and the in-memory target (inherited): %d", limit)
 	if err != nil {
 		note += fmt.Sprintf(" (%v)", err)
@@ -416,6 +419,9 @@ func runIscsictl(ctx context.Context, cfg config, tgt ioTarget, c ioConfig) samp
 	cmd := exec.CommandContext(ctx, cfg.iscsictl, "perf", "--portal", tgt.addr, "--target", tgt.iqn,
 		"--lun", strconv.Itoa(tgt.lun), "--bs", strconv.Itoa(c.BS), "--qd", strconv.Itoa(c.QD),
 		"--duration", cfg.duration.String(), "--rw", c.rw(), "--pattern", c.pattern(), "--json", "--log-level", "error")
+	if cfg.gomaxprocs > 0 {
+		cmd.Env = append(os.Environ(), "GOMAXPROCS="+strconv.Itoa(cfg.gomaxprocs))
+	}
 	out, cpu, tpct, err := measured(cmd, tgt.pid)
 	if err != nil {
 		return sample{Err: err}
