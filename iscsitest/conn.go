@@ -86,6 +86,8 @@ type outItem struct {
 	ahs, data  []byte
 	hdig, ddig bool
 	done       chan error
+	// release, when set, is released once the item is written or dropped.
+	release *lunView
 }
 
 func newConn(t *Target, nc net.Conn) *Conn {
@@ -194,6 +196,16 @@ func (c *Conn) finish() {
 // enqueue queues p for the writer, filling its sequence numbers; with wait
 // it returns once p is written.
 func (c *Conn) enqueue(p pdu.PDU, ahs, data []byte, wait bool) error {
+	return c.enqueueItem(p, ahs, data, wait, nil)
+}
+
+// enqueueData queues p with data, then releases rel (which may be nil) once
+// p is written or dropped.
+func (c *Conn) enqueueData(p pdu.PDU, data []byte, rel *lunView) {
+	c.enqueueItem(p, nil, data, false, rel)
+}
+
+func (c *Conn) enqueueItem(p pdu.PDU, ahs, data []byte, wait bool, rel *lunView) error {
 	var done chan error
 	if wait {
 		done = make(chan error, 1)
@@ -201,10 +213,11 @@ func (c *Conn) enqueue(p pdu.PDU, ahs, data []byte, wait bool) error {
 	c.outMu.Lock()
 	if c.wclosed {
 		c.outMu.Unlock()
+		rel.release()
 		return errConnClosed
 	}
 	c.fillLocked(p)
-	it := outItem{kind: itemPDU, ahs: ahs, data: data, done: done}
+	it := outItem{kind: itemPDU, ahs: ahs, data: data, done: done, release: rel}
 	p.MarshalBHS(&it.h)
 	it.h.SetLengths(len(ahs), len(data))
 	c.outQ = append(c.outQ, it)
@@ -302,6 +315,7 @@ func (c *Conn) writeLoop() {
 	defer close(c.writerDone)
 	w := pdu.NewWriter(c.nc)
 	var waiters []chan error
+	var releases []*lunView
 	flush := func() error {
 		c.nc.SetWriteDeadline(time.Now().Add(c.t.Config.WriteTimeout))
 		err := w.Flush()
@@ -309,6 +323,11 @@ func (c *Conn) writeLoop() {
 			d <- err
 		}
 		waiters = waiters[:0]
+		for _, r := range releases {
+			r.release()
+		}
+		clear(releases)
+		releases = releases[:0]
 		return err
 	}
 	for {
@@ -329,6 +348,7 @@ func (c *Conn) writeLoop() {
 				if it.done != nil {
 					it.done <- errConnClosed
 				}
+				it.release.release()
 				continue
 			}
 			switch it.kind {
@@ -336,6 +356,9 @@ func (c *Conn) writeLoop() {
 				w.AppendRaw(&it.h, it.ahs, it.data)
 				if it.done != nil {
 					waiters = append(waiters, it.done)
+				}
+				if it.release != nil {
+					releases = append(releases, it.release)
 				}
 			case itemSync:
 				waiters = append(waiters, it.done)

@@ -216,9 +216,11 @@ func (s *session) advance(tk *task) {
 // respond sends a command's data and status: Data-In PDUs no longer than the
 // initiator's MaxRecvDataSegmentLength, in sequences of at most
 // MaxBurstLength, with the status in the last one when it can go there,
-// else in a SCSI Response. expDataSN counts the R2Ts a write had.
+// else in a SCSI Response. expDataSN counts the R2Ts a write had. The
+// LUN memory a READ's data points into is released once its last PDU is
+// written.
 func (s *session) respond(c *Conn, itt uint32, read, write bool, edtl uint32, res result, expDataSN uint32) {
-	data := res.data
+	size := uint32(res.dataLen())
 	var over, under bool
 	var resid uint32
 	switch {
@@ -234,33 +236,35 @@ func (s *session) respond(c *Conn, itt uint32, read, write bool, edtl uint32, re
 			over, resid = true, tl-out
 		}
 		if !read {
-			data = nil
+			size = 0
 		} else {
-			data = data[:min(uint32(len(data)), edtl)]
+			size = min(size, edtl)
 		}
 	case read:
-		if uint32(len(data)) > edtl {
-			over, resid, data = true, uint32(len(data))-edtl, data[:edtl]
-		} else if uint32(len(data)) < edtl {
-			under, resid = true, edtl-uint32(len(data))
+		if size > edtl {
+			over, resid, size = true, size-edtl, edtl
+		} else if size < edtl {
+			under, resid = true, edtl-size
 		}
-	case len(data) > 0:
-		over, resid, data = true, uint32(len(data)), nil
+	case size > 0:
+		over, resid, size = true, size, 0
 	case edtl > 0:
 		under, resid = true, edtl
 	}
-	inData := len(data) > 0 && res.sense == nil && !s.t.Config.SeparateReadStatus
+	inData := size > 0 && res.sense == nil && !s.t.Config.SeparateReadStatus
 	burst := s.params.MaxBurstLength
 	var dataSN uint32
-	for off := 0; off < len(data); {
-		n := min(len(data)-off, c.maxSend, burst-off%burst)
-		end := off+n == len(data)
+	for off := 0; off < int(size); {
+		n := min(int(size)-off, c.maxSend, burst-off%burst)
+		end := off+n == int(size)
 		d := &pdu.DataIn{ITT: itt, TTT: 0xffffffff, DataSN: dataSN, BufferOffset: uint32(off),
 			Final: end || (off+n)%burst == 0}
+		var release *lunView
 		if end && inData {
 			d.HasStatus, d.Status, d.Overflow, d.Underflow, d.ResidualCount = true, res.status, over, under, resid
+			release = res.view
 		}
-		c.enqueue(d, nil, data[off:off+n], false)
+		c.enqueueData(d, res.dataAt(off, n), release)
 		off += n
 		dataSN++
 	}
@@ -276,6 +280,6 @@ func (s *session) respond(c *Conn, itt uint32, read, write bool, edtl uint32, re
 		binary.BigEndian.PutUint16(sense, uint16(len(res.sense)))
 		copy(sense[2:], res.sense)
 	}
-	c.enqueue(&pdu.SCSIResponse{ITT: itt, Response: pdu.RespCommandCompleted, Status: res.status,
-		Overflow: over, Underflow: under, ResidualCount: resid, ExpDataSN: expDataSN}, nil, sense, false)
+	c.enqueueData(&pdu.SCSIResponse{ITT: itt, Response: pdu.RespCommandCompleted, Status: res.status,
+		Overflow: over, Underflow: under, ResidualCount: resid, ExpDataSN: expDataSN}, sense, res.view)
 }

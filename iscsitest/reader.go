@@ -171,6 +171,9 @@ func (c *Conn) cleanup() {
 	<-c.writerDone
 	c.outMu.Lock()
 	c.wclosed = true
+	for _, it := range c.outQ {
+		it.release.release()
+	}
 	c.outQ = nil
 	c.outMu.Unlock()
 	c.nc.Close()

@@ -60,12 +60,30 @@ func (s sense) bytes() []byte {
 }
 
 // result is the outcome of a SCSI command: status, sense data, the data it
-// returns and the length of the data it wanted to write, for residuals.
+// returns (in data, or for a READ in view) and the length of the data it
+// wanted to write, for residuals.
 type result struct {
 	status  uint8
 	sense   []byte
 	data    []byte
+	view    *lunView
 	wantOut int
+}
+
+// dataLen returns the length of the data the command returns.
+func (r *result) dataLen() int {
+	if r.view != nil {
+		return r.view.size
+	}
+	return len(r.data)
+}
+
+// dataAt returns bytes [off, off+n) of the data the command returns.
+func (r *result) dataAt(off, n int) []byte {
+	if r.view != nil {
+		return r.view.slice(off, n)
+	}
+	return r.data[off : off+n]
 }
 
 func good(data []byte) result { return result{status: pdu.StatusGood, data: data} }
@@ -143,9 +161,8 @@ func (s *session) execute(n int, cdb []byte, out []byte, woff *int64) result {
 		if fail != nil {
 			return *fail
 		}
-		b := make([]byte, length)
-		lu.readAt(b, off)
-		return good(b)
+		// The data goes out from the LUN's memory, pinned until written.
+		return result{status: pdu.StatusGood, view: lu.view(off, length)}
 	case opWrite6, opWrite10, opWrite12, opWrite16:
 		// A write that comes without data (no W bit or EDTL 0) writes
 		// nothing and reports the whole transfer as residual overflow.
