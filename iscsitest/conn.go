@@ -12,6 +12,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/goiscsi/iscsi/internal/sockio"
 	"github.com/goiscsi/iscsi/pdu"
 )
 
@@ -313,7 +314,7 @@ func (c *Conn) fillLocked(p pdu.PDU) {
 func (c *Conn) writeLoop() {
 	defer c.t.wg.Done()
 	defer close(c.writerDone)
-	w := pdu.NewWriter(c.nc)
+	w := pdu.NewWriter(sockio.WriterOf(c.nc))
 	var waiters []chan error
 	var releases []*lunView
 	flush := func() error {

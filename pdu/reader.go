@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"errors"
 	"io"
-	"net"
 	"os"
 )
 
@@ -33,7 +32,7 @@ type ReaderConfig struct {
 // Next, before the next header is all in, leaves the stream in step, and the
 // next call to Next goes on from where it was.
 type Reader struct {
-	r    source
+	r    BufferedSource
 	cfg  ReaderConfig
 	hdr  BHS
 	ahs  [MaxAHSLength]byte
@@ -56,24 +55,12 @@ type Reader struct {
 	skipCRC  uint32
 }
 
-// NewReader returns a Reader of r. A *net.TCPConn is read through a 64 KiB
-// buffer that goes back to a shared pool whenever the connection waits with
-// nothing buffered, so that an idle connection holds none; any other r is
-// read through a bufio.Reader of 64 KiB, unless it already is one.
+// NewReader returns a Reader of r. A BufferedSource (a *bufio.Reader, say)
+// whose buffer holds any header whole is read as it is; any other r is read
+// through a bufio.Reader of 64 KiB.
 func NewReader(r io.Reader, cfg ReaderConfig) *Reader {
-	var src source
-	switch v := r.(type) {
-	case *bufio.Reader:
-		if v.Size() >= BHSLen+MaxAHSLength+DigestLen {
-			// Large enough to peek at any header whole.
-			src = v
-		}
-	case *net.TCPConn:
-		if sr := newSockReader(v); sr != nil {
-			src = sr
-		}
-	}
-	if src == nil {
+	src, ok := r.(BufferedSource)
+	if !ok || src.Size() < BHSLen+MaxAHSLength+DigestLen {
 		src = bufio.NewReaderSize(r, readBufSize)
 	}
 	if cfg.MaxDataSegmentLength <= 0 {

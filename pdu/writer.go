@@ -5,14 +5,15 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"syscall"
 )
 
-// Writer queues PDUs and writes each batch with one vectored write
-// (writev on a TCP connection). It is not safe for concurrent use; a
-// connection serializes it under its write lock.
+// Writer queues PDUs and writes each batch with one vectored write: a
+// BuffersWriter's WriteBuffers, or net.Buffers' WriteTo (writev on a TCP
+// connection). It is not safe for concurrent use; a connection serializes it
+// under its write lock.
 type Writer struct {
 	w          io.Writer
+	bw         BuffersWriter // w, when it is one
 	hdig, ddig bool
 	bufs       net.Buffers
 	// arena holds the headers, digests and padding of queued PDUs; data
@@ -22,30 +23,23 @@ type Writer struct {
 	// out is the copy of bufs that WriteTo consumes; a field rather than a
 	// local so that Flush does not allocate.
 	out net.Buffers
-	// On a TCP connection (see rawIO) writes are raw writev calls through
-	// rc, with iov the buffers of the batch.
-	tcp *net.TCPConn
-	rc  syscall.RawConn
-	iov []iovec
-	// writeFn is tryWrite as a func value, made once (no allocation per
-	// write); pending and werrno are its state.
-	writeFn func(fd uintptr) bool
-	pending []iovec
-	werrno  syscall.Errno
+}
+
+// BuffersWriter is a writer that takes a batch of buffers at once, with one
+// vectored write where it can. WriteBuffers writes every buffer of bufs, in
+// order, all of them unless it fails, and keeps none of them once it
+// returns; it must not change bufs.
+type BuffersWriter interface {
+	WriteBuffers(bufs [][]byte) error
 }
 
 var zeroPad [4]byte
 
-// NewWriter returns a Writer to w.
+// NewWriter returns a Writer to w, which writes each batch with WriteBuffers
+// when w is a BuffersWriter.
 func NewWriter(w io.Writer) *Writer {
-	pw := &Writer{w: w, arena: make([]byte, 0, 1024)}
-	if c, ok := w.(*net.TCPConn); ok && rawIO {
-		if rc, err := c.SyscallConn(); err == nil {
-			pw.tcp, pw.rc = c, rc
-			pw.writeFn = pw.tryWrite
-		}
-	}
-	return pw
+	bw, _ := w.(BuffersWriter)
+	return &Writer{w: w, bw: bw, arena: make([]byte, 0, 1024)}
 }
 
 // SetDigests turns header and data digests on or off for PDUs queued from now on.
@@ -121,8 +115,8 @@ func (w *Writer) Flush() error {
 		return nil
 	}
 	var err error
-	if w.rc != nil {
-		err = w.writeRaw()
+	if w.bw != nil {
+		err = w.bw.WriteBuffers(w.bufs)
 	} else {
 		w.out = w.bufs
 		_, err = w.out.WriteTo(w.w)

@@ -10,6 +10,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/goiscsi/iscsi/internal/sockio"
 	"github.com/goiscsi/iscsi/pdu"
 	"go.uber.org/zap"
 )
@@ -252,7 +253,7 @@ func (c *Conn) flushLocked(wait bool) error {
 	var err error
 	for c.w.Buffered() > 0 {
 		if c.wspare == nil {
-			c.wspare = pdu.NewWriter(c.nc)
+			c.wspare = pdu.NewWriter(sockio.WriterOf(c.nc))
 			c.wspare.SetDigests(c.params.HeaderDigest, c.params.DataDigest)
 		}
 		batch := c.w

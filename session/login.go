@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/goiscsi/iscsi/internal/sockio"
 	"github.com/goiscsi/iscsi/pdu"
 	"go.uber.org/zap"
 )
@@ -103,7 +104,7 @@ func (s *Session) loginAt(ctx context.Context, addr string, cid uint16, leading 
 		dmu.Unlock()
 	})
 	l := &loginState{s: s, nc: nc, cid: cid, leading: leading, at: at,
-		r: pdu.NewReader(nc, pdu.ReaderConfig{From: pdu.FromTarget}), w: pdu.NewWriter(nc)}
+		r: pdu.NewReader(sockio.ReaderOf(nc), pdu.ReaderConfig{From: pdu.FromTarget}), w: pdu.NewWriter(sockio.WriterOf(nc))}
 	c, err := l.run()
 	dmu.Lock()
 	loginOver = true

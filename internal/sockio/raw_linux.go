@@ -1,4 +1,4 @@
-package pdu
+package sockio
 
 import (
 	"errors"
@@ -9,17 +9,8 @@ import (
 )
 
 // rawIO says that sockets are read and written here with raw system calls
-// (RawConn and RawSyscall) rather than through net.Conn.
-//
-// Why: the descriptor is non-blocking, so a read or write never sleeps in
-// the kernel, and a raw system call spares the scheduler's entersyscall,
-// which wakes the runtime's sysmon thread out of its deep sleep whenever
-// every P was idle. A connection doing one command at a time is idle
-// (waiting for the target) between commands: each I/O then woke sysmon,
-// which polls every 20 µs for a while: on a 2-core VM that was a third of
-// the context switches of a 4 KiB read at queue depth 1 (perf sched_switch
-// call graphs: runtime.sysmon's notetsleep and usleep, and
-// entersyscallWakeSysmon from the socket read).
+// (RawConn and RawSyscall) rather than through net.Conn: see the package
+// documentation for why.
 const rawIO = true
 
 // readFD reads from the non-blocking descriptor fd into p.
@@ -66,18 +57,22 @@ func setIovec(v *iovec, b []byte) {
 	v.SetLen(len(b))
 }
 
-// writeRaw writes the batch with writev system calls on the socket (see
-// rawIO), waiting for room as net.Conn.Write does. Its errors are those of
-// net.Conn.Write.
-func (w *Writer) writeRaw() error {
+// WriteBuffers writes the non-empty buffers of bufs, in order, with writev
+// system calls on the socket, waiting for room as net.Conn.Write does. Its
+// errors are those of net.Conn.Write. It keeps nothing of bufs once it
+// returns, and allocates nothing.
+func (w *Writer) WriteBuffers(bufs [][]byte) error {
 	iov := w.iov[:0]
-	for _, b := range w.bufs {
+	for _, b := range bufs {
 		if len(b) > 0 {
 			iov = append(iov, iovec{})
 			setIovec(&iov[len(iov)-1], b)
 		}
 	}
 	w.iov = iov
+	if len(iov) == 0 {
+		return nil
+	}
 	w.pending, w.werrno = iov, 0
 	err := w.rc.Write(w.writeFn)
 	errno := w.werrno
@@ -91,12 +86,12 @@ func (w *Writer) writeRaw() error {
 		}
 		return err
 	case errno != 0:
-		return &net.OpError{Op: "write", Net: "tcp", Source: w.tcp.LocalAddr(), Addr: w.tcp.RemoteAddr(), Err: os.NewSyscallError("writev", errno)}
+		return &net.OpError{Op: "write", Net: "tcp", Source: w.c.LocalAddr(), Addr: w.c.RemoteAddr(), Err: os.NewSyscallError("writev", errno)}
 	}
 	return nil
 }
 
-// tryWrite is the RawConn.Write callback of writeRaw (a func value made
+// tryWrite is the RawConn.Write callback of WriteBuffers (a func value made
 // once, in writeFn): it writes w.pending until done, an error (w.werrno) or
 // a full socket.
 func (w *Writer) tryWrite(fd uintptr) bool {

@@ -1,4 +1,4 @@
-package pdu
+package sockio
 
 import (
 	"bytes"
@@ -10,6 +10,13 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/goiscsi/iscsi/pdu"
+)
+
+var (
+	_ pdu.BufferedSource = (*Reader)(nil)
+	_ pdu.BuffersWriter  = (*Writer)(nil)
 )
 
 // tcpPair returns both ends of a loopback TCP connection.
@@ -37,17 +44,42 @@ func tcpPair(t *testing.T) (client, server *net.TCPConn) {
 	return c.(*net.TCPConn), s.(*net.TCPConn)
 }
 
-// TestSockReaderStream reads PDUs of every size, written in pieces of every
-// size, through a Reader on a TCP connection, and checks them all.
-func TestSockReaderStream(t *testing.T) {
-	c, s := tcpPair(t)
-	r := NewReader(c, ReaderConfig{From: FromTarget, MaxDataSegmentLength: 1 << 20, DataDigest: true, HeaderDigest: true})
-	if _, ok := r.r.(*sockReader); !ok {
-		t.Fatalf("a *net.TCPConn is read through %T, want *sockReader", r.r)
+// rawReader returns a pdu.Reader of c read through a Reader, skipping the
+// test where there is no raw I/O.
+func rawReader(t *testing.T, c *net.TCPConn, cfg pdu.ReaderConfig) *pdu.Reader {
+	t.Helper()
+	sr := NewReader(c)
+	if sr == nil {
+		if rawIO {
+			t.Fatal("no Reader of a *net.TCPConn")
+		}
+		t.Skip("no raw socket I/O here")
 	}
+	return pdu.NewReader(sr, cfg)
+}
+
+// rawWriter returns a pdu.Writer of c written through a Writer, skipping
+// the test where there is no raw I/O.
+func rawWriter(t *testing.T, c *net.TCPConn) *pdu.Writer {
+	t.Helper()
+	sw := NewWriter(c)
+	if sw == nil {
+		if rawIO {
+			t.Fatal("no Writer of a *net.TCPConn")
+		}
+		t.Skip("no raw socket I/O here")
+	}
+	return pdu.NewWriter(sw)
+}
+
+// TestReaderStream reads PDUs of every size, written in pieces of every size,
+// through a pdu.Reader on a Reader of a TCP connection, and checks them all.
+func TestReaderStream(t *testing.T) {
+	c, s := tcpPair(t)
+	r := rawReader(t, c, pdu.ReaderConfig{From: pdu.FromTarget, MaxDataSegmentLength: 1 << 20, DataDigest: true, HeaderDigest: true})
 	sizes := []int{0, 1, 3, 47, 48, 4096, 8191, readBufSize - 1, readBufSize, readBufSize + 5, 256 << 10, 1 << 20}
 	var stream bytes.Buffer
-	w := NewWriter(&stream)
+	w := pdu.NewWriter(&stream)
 	w.SetDigests(true, true)
 	var want [][]byte
 	for i, n := range sizes {
@@ -56,7 +88,7 @@ func TestSockReaderStream(t *testing.T) {
 			data[j] = byte(i + j*7)
 		}
 		want = append(want, data)
-		if err := w.WritePDU(&DataIn{ITT: uint32(i), TTT: 0xffffffff, BufferOffset: 0}, data); err != nil {
+		if err := w.WritePDU(&pdu.DataIn{ITT: uint32(i), TTT: 0xffffffff, BufferOffset: 0}, data); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -107,17 +139,17 @@ func TestSockReaderStream(t *testing.T) {
 	}
 }
 
-// TestSockReaderIdleHoldsNoBuffer checks the point of sockReader: while it
-// waits for the network with nothing buffered, it holds no buffer.
-func TestSockReaderIdleHoldsNoBuffer(t *testing.T) {
+// TestReaderIdleHoldsNoBuffer checks the point of Reader: while it waits for
+// the network with nothing buffered, it holds no buffer.
+func TestReaderIdleHoldsNoBuffer(t *testing.T) {
 	releases := make(chan struct{}, 16)
 	onRelease = func() { releases <- struct{}{} }
 	defer func() { onRelease = nil }()
 	c, s := tcpPair(t)
-	r := NewReader(c, ReaderConfig{From: FromTarget})
+	r := rawReader(t, c, pdu.ReaderConfig{From: pdu.FromTarget})
 	var stream bytes.Buffer
-	w := NewWriter(&stream)
-	w.WritePDU(&NOPIn{ITT: 1, TTT: 0xffffffff}, []byte("ping"))
+	w := pdu.NewWriter(&stream)
+	w.WritePDU(&pdu.NOPIn{ITT: 1, TTT: 0xffffffff}, []byte("ping"))
 	got := make(chan error, 2)
 	go func() {
 		for range 2 {
@@ -148,12 +180,12 @@ func TestSockReaderIdleHoldsNoBuffer(t *testing.T) {
 	}
 }
 
-// TestSockReaderErrors: a deadline, a reset and a local close end a read as
-// they end net.Conn.Read.
-func TestSockReaderErrors(t *testing.T) {
+// TestReaderErrors: a deadline, a reset and a local close end a read as they
+// end net.Conn.Read.
+func TestReaderErrors(t *testing.T) {
 	t.Run("deadline", func(t *testing.T) {
 		c, _ := tcpPair(t)
-		r := NewReader(c, ReaderConfig{})
+		r := rawReader(t, c, pdu.ReaderConfig{})
 		c.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
 		_, err := r.Next()
 		if !errors.Is(err, os.ErrDeadlineExceeded) {
@@ -166,7 +198,7 @@ func TestSockReaderErrors(t *testing.T) {
 	})
 	t.Run("close", func(t *testing.T) {
 		c, _ := tcpPair(t)
-		r := NewReader(c, ReaderConfig{})
+		r := rawReader(t, c, pdu.ReaderConfig{})
 		go func() {
 			time.Sleep(20 * time.Millisecond)
 			c.Close()
@@ -177,7 +209,7 @@ func TestSockReaderErrors(t *testing.T) {
 	})
 	t.Run("reset", func(t *testing.T) {
 		c, s := tcpPair(t)
-		r := NewReader(c, ReaderConfig{})
+		r := rawReader(t, c, pdu.ReaderConfig{})
 		s.Write(make([]byte, 10)) // inside a header
 		s.SetLinger(0)
 		s.Close()
@@ -188,7 +220,7 @@ func TestSockReaderErrors(t *testing.T) {
 	})
 	t.Run("eof", func(t *testing.T) {
 		c, s := tcpPair(t)
-		r := NewReader(c, ReaderConfig{})
+		r := rawReader(t, c, pdu.ReaderConfig{})
 		s.CloseWrite()
 		if _, err := r.Next(); err != io.EOF {
 			t.Fatalf("got %v, want io.EOF", err)
@@ -196,23 +228,24 @@ func TestSockReaderErrors(t *testing.T) {
 	})
 }
 
-// TestNextDeadlineResumes: a read deadline that expires while Next waits for
-// a header, or skips an unread data segment, leaves the stream in step.
+// TestNextDeadlineResumes: a read deadline that expires while pdu.Reader.Next
+// waits for a header, or skips an unread data segment, leaves the stream in
+// step (Peek consumes nothing when it times out).
 func TestNextDeadlineResumes(t *testing.T) {
 	for _, dig := range []bool{false, true} {
 		t.Run(fmt.Sprintf("digests=%v", dig), func(t *testing.T) {
 			c, s := tcpPair(t)
-			r := NewReader(c, ReaderConfig{From: FromTarget, HeaderDigest: dig, DataDigest: dig, MaxDataSegmentLength: 1 << 20})
+			r := rawReader(t, c, pdu.ReaderConfig{From: pdu.FromTarget, HeaderDigest: dig, DataDigest: dig, MaxDataSegmentLength: 1 << 20})
 			var stream bytes.Buffer
-			w := NewWriter(&stream)
+			w := pdu.NewWriter(&stream)
 			w.SetDigests(dig, dig)
 			big := bytes.Repeat([]byte{7}, 200<<10)
-			w.WritePDU(&DataIn{ITT: 1, TTT: 0xffffffff}, big) // skipped unread
-			w.WritePDU(&NOPIn{ITT: 2, TTT: 0xffffffff}, []byte("pong"))
+			w.WritePDU(&pdu.DataIn{ITT: 1, TTT: 0xffffffff}, big) // skipped unread
+			w.WritePDU(&pdu.NOPIn{ITT: 2, TTT: 0xffffffff}, []byte("pong"))
 			raw := stream.Bytes()
-			first := BHSLen
+			first := pdu.BHSLen
 			if dig {
-				first += DigestLen
+				first += pdu.DigestLen
 			}
 			interrupt := func(what string) {
 				t.Helper()
@@ -227,7 +260,7 @@ func TestNextDeadlineResumes(t *testing.T) {
 			interrupt("part of a header")
 			s.Write(raw[20 : first+1000]) // the header and some data
 			h, err := r.Next()
-			if err != nil || h.Opcode() != OpSCSIDataIn {
+			if err != nil || h.Opcode() != pdu.OpSCSIDataIn {
 				t.Fatalf("first PDU: %v %v", h, err)
 			}
 			interrupt("part of the unread data segment")
@@ -235,7 +268,7 @@ func TestNextDeadlineResumes(t *testing.T) {
 			interrupt("part of the next header")
 			s.Write(raw[len(raw)-10:])
 			h, err = r.Next()
-			if err != nil || h.Opcode() != OpNOPIn {
+			if err != nil || h.Opcode() != pdu.OpNOPIn {
 				t.Fatalf("second PDU: %v %v", h, err)
 			}
 			if d, err := r.Data(); err != nil || string(d) != "pong" {
@@ -245,26 +278,23 @@ func TestNextDeadlineResumes(t *testing.T) {
 	}
 }
 
-// TestRawWriterLargeBatch writes one batch of more buffers than a writev
-// takes and more bytes than the socket buffers hold, while the reader is
-// slow, through the raw writer, and reads it all back.
-func TestRawWriterLargeBatch(t *testing.T) {
+// TestWriterLargeBatch writes one batch of more buffers than a writev takes
+// and more bytes than the socket buffers hold, while the reader is slow,
+// through a Writer, and reads it all back.
+func TestWriterLargeBatch(t *testing.T) {
 	c, s := tcpPair(t)
-	w := NewWriter(s)
-	if rawIO && w.rc == nil {
-		t.Fatal("a *net.TCPConn is not written with raw writev")
-	}
+	w := rawWriter(t, s)
 	w.SetDigests(true, true)
 	const n = 1500 // PDUs: 3 buffers each (header, data, padding+digest)
 	for i := range n {
 		data := bytes.Repeat([]byte{byte(i)}, 4093) // padded: 3 buffers
-		if err := w.Append(&DataIn{ITT: uint32(i), TTT: 0xffffffff}, nil, data); err != nil {
+		if err := w.Append(&pdu.DataIn{ITT: uint32(i), TTT: 0xffffffff}, nil, data); err != nil {
 			t.Fatal(err)
 		}
 	}
 	done := make(chan error, 1)
 	go func() { done <- w.Flush() }()
-	r := NewReader(c, ReaderConfig{From: FromTarget, HeaderDigest: true, DataDigest: true})
+	r := rawReader(t, c, pdu.ReaderConfig{From: pdu.FromTarget, HeaderDigest: true, DataDigest: true})
 	got := make([]byte, 4093)
 	for i := range n {
 		if i%100 == 0 {
@@ -286,17 +316,17 @@ func TestRawWriterLargeBatch(t *testing.T) {
 	}
 }
 
-// TestRawWriterErrors: writing to a connection the peer reset, or that we
+// TestWriterErrors: writing to a connection the peer reset, or that we
 // closed, fails as net.Conn.Write does.
-func TestRawWriterErrors(t *testing.T) {
+func TestWriterErrors(t *testing.T) {
 	t.Run("reset", func(t *testing.T) {
 		c, s := tcpPair(t)
 		c.SetLinger(0)
 		c.Close()
-		w := NewWriter(s)
+		w := rawWriter(t, s)
 		var err error
 		for range 100 {
-			if err = w.WritePDU(&NOPIn{ITT: 1, TTT: 0xffffffff}, make([]byte, 8192)); err != nil {
+			if err = w.WritePDU(&pdu.NOPIn{ITT: 1, TTT: 0xffffffff}, make([]byte, 8192)); err != nil {
 				break
 			}
 			time.Sleep(time.Millisecond)
@@ -311,10 +341,53 @@ func TestRawWriterErrors(t *testing.T) {
 	})
 	t.Run("closed", func(t *testing.T) {
 		_, s := tcpPair(t)
-		w := NewWriter(s)
+		w := rawWriter(t, s)
 		s.Close()
-		if err := w.WritePDU(&NOPIn{ITT: 1, TTT: 0xffffffff}, nil); !errors.Is(err, net.ErrClosed) {
+		if err := w.WritePDU(&pdu.NOPIn{ITT: 1, TTT: 0xffffffff}, nil); !errors.Is(err, net.ErrClosed) {
 			t.Fatalf("got %v, want net.ErrClosed", err)
 		}
 	})
+}
+
+// TestOf: a *net.TCPConn is read and written through a Reader and a Writer
+// where there is raw I/O; any other connection as it is.
+func TestOf(t *testing.T) {
+	c, _ := tcpPair(t)
+	_, rok := ReaderOf(c).(*Reader)
+	_, wok := WriterOf(c).(*Writer)
+	if rok != rawIO || wok != rawIO {
+		t.Fatalf("a *net.TCPConn: Reader %v, Writer %v; want %v", rok, wok, rawIO)
+	}
+	p, q := net.Pipe()
+	defer p.Close()
+	defer q.Close()
+	if ReaderOf(p) != p || WriterOf(p) != p {
+		t.Fatal("a net.Pipe is not read and written as it is")
+	}
+}
+
+// TestNoAllocs: a PDU written and read back through a Writer and a Reader
+// allocates nothing, once they are warm.
+func TestNoAllocs(t *testing.T) {
+	c, s := tcpPair(t)
+	w := rawWriter(t, s)
+	r := rawReader(t, c, pdu.ReaderConfig{From: pdu.FromTarget})
+	data := make([]byte, 4096)
+	got := make([]byte, 4096)
+	nop := &pdu.NOPIn{ITT: 1, TTT: 0xffffffff}
+	roundTrip := func() {
+		if err := w.WritePDU(nop, data); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := r.Next(); err != nil {
+			t.Fatal(err)
+		}
+		if err := r.ReadData(got); err != nil {
+			t.Fatal(err)
+		}
+	}
+	roundTrip()
+	if n := testing.AllocsPerRun(100, roundTrip); n != 0 {
+		t.Fatalf("%v allocations per PDU, want 0", n)
+	}
 }
