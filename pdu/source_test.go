@@ -6,10 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
-	"os"
 	"testing"
-	"time"
 
 	"github.com/goiscsi/iscsi/pdu"
 )
@@ -101,78 +98,4 @@ func TestWriterBuffersWriter(t *testing.T) {
 	if n := testing.AllocsPerRun(100, func() { w.WritePDU(cmd, data) }); n != 0 {
 		t.Fatalf("%v allocations per PDU, want 0", n)
 	}
-}
-
-// TestNextDeadlineResumes: a read deadline that expires while Next waits for
-// a header, or skips an unread data segment, leaves the stream in step.
-func TestNextDeadlineResumes(t *testing.T) {
-	for _, dig := range []bool{false, true} {
-		t.Run(fmt.Sprintf("digests=%v", dig), func(t *testing.T) {
-			c, s := tcpPair(t)
-			r := pdu.NewReader(c, pdu.ReaderConfig{From: pdu.FromTarget, HeaderDigest: dig, DataDigest: dig, MaxDataSegmentLength: 1 << 20})
-			var stream bytes.Buffer
-			w := pdu.NewWriter(&stream)
-			w.SetDigests(dig, dig)
-			big := bytes.Repeat([]byte{7}, 200<<10)
-			w.WritePDU(&pdu.DataIn{ITT: 1, TTT: 0xffffffff}, big) // skipped unread
-			w.WritePDU(&pdu.NOPIn{ITT: 2, TTT: 0xffffffff}, []byte("pong"))
-			raw := stream.Bytes()
-			first := pdu.BHSLen
-			if dig {
-				first += pdu.DigestLen
-			}
-			interrupt := func(what string) {
-				t.Helper()
-				c.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
-				if _, err := r.Next(); !errors.Is(err, os.ErrDeadlineExceeded) {
-					t.Fatalf("%s: got %v, want os.ErrDeadlineExceeded", what, err)
-				}
-				c.SetReadDeadline(time.Time{})
-			}
-			interrupt("nothing sent")
-			s.Write(raw[:20]) // part of the first header
-			interrupt("part of a header")
-			s.Write(raw[20 : first+1000]) // the header and some data
-			h, err := r.Next()
-			if err != nil || h.Opcode() != pdu.OpSCSIDataIn {
-				t.Fatalf("first PDU: %v %v", h, err)
-			}
-			interrupt("part of the unread data segment")
-			s.Write(raw[first+1000 : len(raw)-10])
-			interrupt("part of the next header")
-			s.Write(raw[len(raw)-10:])
-			h, err = r.Next()
-			if err != nil || h.Opcode() != pdu.OpNOPIn {
-				t.Fatalf("second PDU: %v %v", h, err)
-			}
-			if d, err := r.Data(); err != nil || string(d) != "pong" {
-				t.Fatalf("second PDU's data: %q %v", d, err)
-			}
-		})
-	}
-}
-
-// tcpPair returns both ends of a loopback TCP connection.
-func tcpPair(t *testing.T) (client, server net.Conn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Skip(err)
-	}
-	defer ln.Close()
-	acc := make(chan net.Conn, 1)
-	go func() {
-		c, _ := ln.Accept()
-		acc <- c
-	}()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := <-acc
-	if s == nil {
-		t.Fatal("accept failed")
-	}
-	t.Cleanup(func() { c.Close(); s.Close() })
-	return c, s
 }

@@ -66,6 +66,23 @@ func ratio(a, b float64) string {
 	return fmt.Sprintf("%.2f", a/b)
 }
 
+// ioTable prints one table of I/O rows, the peer's figures next to ours;
+// target names the target's CPU column, short the peer within it.
+func ioTable(p func(string, ...any), title, peer, target, short string, rows []*ioRow) {
+	if len(rows) == 0 {
+		return
+	}
+	p("#### %s", title)
+	p("")
+	p("| Configuration | %[1]s IOPS | goiscsi IOPS | IOPS ratio | %[1]s MiB/s | goiscsi MiB/s | %[1]s CPU µs/IO | goiscsi CPU µs/IO | CPU ratio | %[2]s CPU %% (%[3]s / goiscsi) | Notes |",
+		peer, target, short)
+	p("|---|---|---|---|---|---|---|---|---|---|---|")
+	for _, row := range rows {
+		p("%s", ioRowLine(row, peer))
+	}
+	p("")
+}
+
 // ioRowLine is one row of an I/O table: the peer's medians, ours, the
 // ratios.
 func ioRowLine(r *ioRow, peer string) string {
@@ -211,26 +228,9 @@ func (r *report) write(w io.Writer) {
 		p("- %s.", strings.TrimSuffix(n, "."))
 	}
 	p("")
-	if len(r.tgtdIO) > 0 {
-		p("#### I/O on tgtd: libiscsi's iscsi-perf against `iscsictl perf`")
-		p("")
-		p("| Configuration | libiscsi IOPS | goiscsi IOPS | IOPS ratio | libiscsi MiB/s | goiscsi MiB/s | libiscsi CPU µs/IO | goiscsi CPU µs/IO | CPU ratio | tgtd CPU %% (libiscsi / goiscsi) | Notes |")
-		p("|---|---|---|---|---|---|---|---|---|---|---|")
-		for _, row := range r.tgtdIO {
-			p("%s", ioRowLine(row, "libiscsi"))
-		}
-		p("")
-	}
-	if len(r.memIO) > 0 {
-		p("#### I/O on the in-memory target: raw loopback TCP (same request/response shape, one connection) against `iscsictl perf`")
-		p("")
-		p("| Configuration | raw TCP IOPS | goiscsi IOPS | IOPS ratio | raw TCP MiB/s | goiscsi MiB/s | raw TCP CPU µs/IO | goiscsi CPU µs/IO | CPU ratio | target CPU %% (raw / goiscsi) | Notes |")
-		p("|---|---|---|---|---|---|---|---|---|---|---|")
-		for _, row := range r.memIO {
-			p("%s", ioRowLine(row, "raw TCP"))
-		}
-		p("")
-	}
+	ioTable(p, "I/O on tgtd: libiscsi's iscsi-perf against `iscsictl perf`", "libiscsi", "tgtd", "libiscsi", r.tgtdIO)
+	ioTable(p, "I/O on the in-memory target: raw loopback TCP (same request/response shape, one connection) against `iscsictl perf`",
+		"raw TCP", "target", "raw", r.memIO)
 	if len(r.memory) > 0 {
 		p("#### Memory per idle session (initiator process, after GC; each session one connection)")
 		p("")

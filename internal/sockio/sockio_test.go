@@ -230,51 +230,62 @@ func TestReaderErrors(t *testing.T) {
 
 // TestNextDeadlineResumes: a read deadline that expires while pdu.Reader.Next
 // waits for a header, or skips an unread data segment, leaves the stream in
-// step (Peek consumes nothing when it times out).
+// step (Peek consumes nothing when it times out), whether pdu.Reader reads
+// the socket through a Reader or through its own bufio.Reader.
 func TestNextDeadlineResumes(t *testing.T) {
-	for _, dig := range []bool{false, true} {
-		t.Run(fmt.Sprintf("digests=%v", dig), func(t *testing.T) {
-			c, s := tcpPair(t)
-			r := rawReader(t, c, pdu.ReaderConfig{From: pdu.FromTarget, HeaderDigest: dig, DataDigest: dig, MaxDataSegmentLength: 1 << 20})
-			var stream bytes.Buffer
-			w := pdu.NewWriter(&stream)
-			w.SetDigests(dig, dig)
-			big := bytes.Repeat([]byte{7}, 200<<10)
-			w.WritePDU(&pdu.DataIn{ITT: 1, TTT: 0xffffffff}, big) // skipped unread
-			w.WritePDU(&pdu.NOPIn{ITT: 2, TTT: 0xffffffff}, []byte("pong"))
-			raw := stream.Bytes()
-			first := pdu.BHSLen
-			if dig {
-				first += pdu.DigestLen
-			}
-			interrupt := func(what string) {
-				t.Helper()
-				c.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
-				if _, err := r.Next(); !errors.Is(err, os.ErrDeadlineExceeded) {
-					t.Fatalf("%s: got %v, want os.ErrDeadlineExceeded", what, err)
-				}
-				c.SetReadDeadline(time.Time{})
-			}
-			interrupt("nothing sent")
-			s.Write(raw[:20]) // part of the first header
-			interrupt("part of a header")
-			s.Write(raw[20 : first+1000]) // the header and some data
-			h, err := r.Next()
-			if err != nil || h.Opcode() != pdu.OpSCSIDataIn {
-				t.Fatalf("first PDU: %v %v", h, err)
-			}
-			interrupt("part of the unread data segment")
-			s.Write(raw[first+1000 : len(raw)-10])
-			interrupt("part of the next header")
-			s.Write(raw[len(raw)-10:])
-			h, err = r.Next()
-			if err != nil || h.Opcode() != pdu.OpNOPIn {
-				t.Fatalf("second PDU: %v %v", h, err)
-			}
-			if d, err := r.Data(); err != nil || string(d) != "pong" {
-				t.Fatalf("second PDU's data: %q %v", d, err)
-			}
-		})
+	for _, src := range []string{"sockio", "bufio"} {
+		for _, dig := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/digests=%v", src, dig), func(t *testing.T) {
+				testNextDeadlineResumes(t, src == "sockio", dig)
+			})
+		}
+	}
+}
+
+func testNextDeadlineResumes(t *testing.T, raw, dig bool) {
+	c, s := tcpPair(t)
+	cfg := pdu.ReaderConfig{From: pdu.FromTarget, HeaderDigest: dig, DataDigest: dig, MaxDataSegmentLength: 1 << 20}
+	r := pdu.NewReader(c, cfg)
+	if raw {
+		r = rawReader(t, c, cfg)
+	}
+	var stream bytes.Buffer
+	w := pdu.NewWriter(&stream)
+	w.SetDigests(dig, dig)
+	big := bytes.Repeat([]byte{7}, 200<<10)
+	w.WritePDU(&pdu.DataIn{ITT: 1, TTT: 0xffffffff}, big) // skipped unread
+	w.WritePDU(&pdu.NOPIn{ITT: 2, TTT: 0xffffffff}, []byte("pong"))
+	wire := stream.Bytes()
+	first := pdu.BHSLen
+	if dig {
+		first += pdu.DigestLen
+	}
+	interrupt := func(what string) {
+		t.Helper()
+		c.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+		if _, err := r.Next(); !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("%s: got %v, want os.ErrDeadlineExceeded", what, err)
+		}
+		c.SetReadDeadline(time.Time{})
+	}
+	interrupt("nothing sent")
+	s.Write(wire[:20]) // part of the first header
+	interrupt("part of a header")
+	s.Write(wire[20 : first+1000]) // the header and some data
+	h, err := r.Next()
+	if err != nil || h.Opcode() != pdu.OpSCSIDataIn {
+		t.Fatalf("first PDU: %v %v", h, err)
+	}
+	interrupt("part of the unread data segment")
+	s.Write(wire[first+1000 : len(wire)-10])
+	interrupt("part of the next header")
+	s.Write(wire[len(wire)-10:])
+	h, err = r.Next()
+	if err != nil || h.Opcode() != pdu.OpNOPIn {
+		t.Fatalf("second PDU: %v %v", h, err)
+	}
+	if d, err := r.Data(); err != nil || string(d) != "pong" {
+		t.Fatalf("second PDU's data: %q %v", d, err)
 	}
 }
 
