@@ -25,6 +25,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/goiscsi/iscsi/initiator"
+	"github.com/goiscsi/iscsi/internal/faketarget"
 	"github.com/goiscsi/iscsi/iscsitest"
 	"github.com/goiscsi/iscsi/logout"
 	"github.com/goiscsi/iscsi/pdu"
@@ -258,14 +259,14 @@ type mutualCHAP struct {
 	challenge, id, alg string
 }
 
-func (m *mutualCHAP) security(f *fakeTarget, req *pdu.LoginRequest, kvs []pdu.KV) (*pdu.LoginRequest, []pdu.KV, error) {
+func (m *mutualCHAP) security(f *faketarget.Target, req *pdu.LoginRequest, kvs []pdu.KV) (*pdu.LoginRequest, []pdu.KV, error) {
 	if v, _ := pdu.Lookup(kvs, "AuthMethod"); v != "CHAP" {
 		return nil, nil, fmt.Errorf("fake: AuthMethod %q", v)
 	}
-	if err := f.loginResp(req, pdu.LoginResponse{TSIH: req.TSIH}, text("AuthMethod=CHAP")); err != nil {
+	if err := f.AnswerLogin(req, pdu.LoginResponse{TSIH: req.TSIH}, faketarget.Text("AuthMethod=CHAP")); err != nil {
 		return nil, nil, err
 	}
-	req, _, err := f.readLogin()
+	req, _, err := f.ReadLogin()
 	if err != nil {
 		return nil, nil, err
 	}
@@ -285,10 +286,10 @@ func (m *mutualCHAP) security(f *fakeTarget, req *pdu.LoginRequest, kvs []pdu.KV
 	if id == "" {
 		id = "7"
 	}
-	if err := f.loginResp(req, pdu.LoginResponse{TSIH: req.TSIH}, text("CHAP_A="+alg, "CHAP_I="+id, "CHAP_C="+ch)); err != nil {
+	if err := f.AnswerLogin(req, pdu.LoginResponse{TSIH: req.TSIH}, faketarget.Text("CHAP_A="+alg, "CHAP_I="+id, "CHAP_C="+ch)); err != nil {
 		return nil, nil, err
 	}
-	req, kvs, err = f.readLogin()
+	req, kvs, err = f.ReadLogin()
 	if err != nil {
 		return nil, nil, err
 	}
@@ -306,11 +307,11 @@ func (m *mutualCHAP) security(f *fakeTarget, req *pdu.LoginRequest, kvs []pdu.KV
 	h.Write([]byte{byte(n)})
 	h.Write([]byte(chapTgtSecret))
 	h.Write(ours)
-	if err := f.loginResp(req, pdu.LoginResponse{Transit: true, NSG: pdu.StageOperational, TSIH: req.TSIH},
-		text("CHAP_N="+chapTgtUser, "CHAP_R="+pdu.FormatHex(h.Sum(nil)))); err != nil {
+	if err := f.AnswerLogin(req, pdu.LoginResponse{Transit: true, NSG: pdu.StageOperational, TSIH: req.TSIH},
+		faketarget.Text("CHAP_N="+chapTgtUser, "CHAP_R="+pdu.FormatHex(h.Sum(nil)))); err != nil {
 		return nil, nil, err
 	}
-	return f.readLogin()
+	return f.ReadLogin()
 }
 
 func chapFakeConfig() session.Config {
@@ -325,7 +326,7 @@ func chapFakeConfig() session.Config {
 // refused (*session.NegotiationError, CHAP_C); the first goes on.
 func TestFaultCHAPReflectedChallenge(t *testing.T) {
 	m := &mutualCHAP{}
-	s, srv := fakeSessionServer(t, chapFakeConfig(), fakeLogin{security: m.security})
+	s, srv := fakeSessionServer(t, chapFakeConfig(), faketarget.Login{Security: m.security})
 	m.mu.Lock()
 	if len(m.sent) != 1 {
 		t.Fatalf("%d initiator challenges, want 1", len(m.sent))
@@ -339,9 +340,9 @@ func TestFaultCHAPReflectedChallenge(t *testing.T) {
 	if ne.Key != "CHAP_C" {
 		t.Errorf("key %q, want CHAP_C", ne.Key)
 	}
-	f := srv.fakes[0]
+	f := srv.Targets()[0]
 	ch := goExecute(ctx, s, readCmd(512))
-	f.readData(f.expect(pdu.OpSCSICommand), make([]byte, 512))
+	f.ReadData(f.Expect(pdu.OpSCSICommand), make([]byte, 512))
 	if r := waitExec(t, ch); r.err != nil {
 		t.Fatalf("I/O on the first connection: %v", r.err)
 	}
@@ -375,8 +376,8 @@ func TestFaultCHAPHostileChallenge(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			m := &mutualCHAP{challenge: tt.challenge, id: tt.id, alg: tt.alg}
-			err := fakeLoginErr(t, chapFakeConfig(), func(f *fakeTarget) error {
-				req, kvs, err := f.readLogin()
+			err := fakeLoginErr(t, chapFakeConfig(), func(f *faketarget.Target) error {
+				req, kvs, err := f.ReadLogin()
 				if err != nil {
 					return err
 				}

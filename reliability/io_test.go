@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/goiscsi/iscsi/internal/faketarget"
 	"github.com/goiscsi/iscsi/iscsitest"
 	"github.com/goiscsi/iscsi/pdu"
 	"github.com/goiscsi/iscsi/session"
@@ -18,19 +19,19 @@ import (
 
 // dropped checks that a hostile PDU cost the connection: the initiator
 // closed it and the session (of one connection) ended.
-func dropped(t *testing.T, s *session.Session, f *fakeTarget) {
+func dropped(t *testing.T, s *session.Session, f *faketarget.Target) {
 	t.Helper()
-	f.expectClosed()
+	f.ExpectClosed()
 	waitEnded(t, s)
 }
 
 // kept checks that the session still does I/O on the fake.
-func kept(t *testing.T, s *session.Session, f *fakeTarget) {
+func kept(t *testing.T, s *session.Session, f *faketarget.Target) {
 	t.Helper()
 	ch := goExecute(context.Background(), s, readCmd(512))
 	want := pattern(512, 0x42)
-	cmd := f.expect(pdu.OpSCSICommand)
-	f.readData(cmd, want)
+	cmd := f.Expect(pdu.OpSCSICommand)
+	f.ReadData(cmd, want)
 	if r := waitExec(t, ch); r.err != nil || r.res.N != 512 {
 		t.Fatalf("I/O after the fault: %+v %v", r.res, r.err)
 	}
@@ -38,12 +39,12 @@ func kept(t *testing.T, s *session.Session, f *fakeTarget) {
 
 // hostileAfterRead logs in, starts a 512-byte read and lets the target
 // answer it with raw bytes; it returns the read's outcome.
-func hostileAfterRead(t *testing.T, o fakeLogin, cfg session.Config, raw func(f *fakeTarget, cmd *pdu.SCSICommand) []byte) (*session.Session, *fakeTarget, execResult) {
+func hostileAfterRead(t *testing.T, o faketarget.Login, cfg session.Config, raw func(f *faketarget.Target, cmd *pdu.SCSICommand) []byte) (*session.Session, *faketarget.Target, execResult) {
 	t.Helper()
 	s, f := fakeSession(t, cfg, o)
 	ch := goExecute(context.Background(), s, readCmd(512))
-	cmd := f.expect(pdu.OpSCSICommand).p.(*pdu.SCSICommand)
-	f.sendRaw(raw(f, cmd))
+	cmd := f.Expect(pdu.OpSCSICommand).PDU.(*pdu.SCSICommand)
+	f.SendRaw(raw(f, cmd))
 	return s, f, waitExec(t, ch)
 }
 
@@ -52,12 +53,12 @@ func hostileAfterRead(t *testing.T, o fakeLogin, cfg session.Config, raw func(f 
 func TestFaultUnknownOpcode(t *testing.T) {
 	for _, op := range []pdu.Opcode{0x3e, pdu.OpSCSICommand} {
 		t.Run(op.String(), func(t *testing.T) {
-			s, f, r := hostileAfterRead(t, fakeLogin{}, testConfig(), func(f *fakeTarget, cmd *pdu.SCSICommand) []byte {
+			s, f, r := hostileAfterRead(t, faketarget.Login{}, testConfig(), func(f *faketarget.Target, cmd *pdu.SCSICommand) []byte {
 				var h pdu.BHS
 				h[0], h[1] = byte(op), 0x80
 				return h[:]
 			})
-			asProtocolError(t, r.err, op, "Opcode")
+			faketarget.AsProtocolError(t, r.err, op, "Opcode")
 			dropped(t, s, f)
 		})
 	}
@@ -68,14 +69,14 @@ func TestFaultUnknownOpcode(t *testing.T) {
 func TestFaultDataSegment16MiB(t *testing.T) {
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
-	s, f, r := hostileAfterRead(t, fakeLogin{}, testConfig(), func(f *fakeTarget, cmd *pdu.SCSICommand) []byte {
+	s, f, r := hostileAfterRead(t, faketarget.Login{}, testConfig(), func(f *faketarget.Target, cmd *pdu.SCSICommand) []byte {
 		var h pdu.BHS
-		(&pdu.DataIn{ITT: cmd.ITT, TTT: 0xffffffff, SeqNums: f.seq(false)}).MarshalBHS(&h)
+		(&pdu.DataIn{ITT: cmd.ITT, TTT: 0xffffffff, SeqNums: f.Seq(false)}).MarshalBHS(&h)
 		h.SetLengths(0, pdu.MaxDataSegmentLength)
 		return h[:]
 	})
 	runtime.ReadMemStats(&after)
-	asProtocolError(t, r.err, pdu.OpSCSIDataIn, "DataSegmentLength")
+	faketarget.AsProtocolError(t, r.err, pdu.OpSCSIDataIn, "DataSegmentLength")
 	dropped(t, s, f)
 	if grew := after.TotalAlloc - before.TotalAlloc; grew > 4<<20 {
 		t.Errorf("%d bytes allocated for a refused 16 MiB segment", grew)
@@ -86,13 +87,13 @@ func TestFaultDataSegment16MiB(t *testing.T) {
 // fewer bytes than it claims) → *pdu.ProtocolError (TotalAHSLength);
 // connection dropped.
 func TestFaultAHSPastPDU(t *testing.T) {
-	s, f, r := hostileAfterRead(t, fakeLogin{}, testConfig(), func(f *fakeTarget, cmd *pdu.SCSICommand) []byte {
+	s, f, r := hostileAfterRead(t, faketarget.Login{}, testConfig(), func(f *faketarget.Target, cmd *pdu.SCSICommand) []byte {
 		var h pdu.BHS
-		(&pdu.SCSIResponse{ITT: cmd.ITT, SeqNums: f.seq(true)}).MarshalBHS(&h)
+		(&pdu.SCSIResponse{ITT: cmd.ITT, SeqNums: f.Seq(true)}).MarshalBHS(&h)
 		h[4] = 255
 		return append(h[:], 1, 2, 3, 4)
 	})
-	asProtocolError(t, r.err, pdu.OpSCSIResponse, "TotalAHSLength")
+	faketarget.AsProtocolError(t, r.err, pdu.OpSCSIResponse, "TotalAHSLength")
 	dropped(t, s, f)
 }
 
@@ -107,8 +108,8 @@ func digestConfig() session.Config {
 // A header digest that does not match → *pdu.DigestError; the command
 // fails; connection dropped.
 func TestFaultHeaderDigestMismatch(t *testing.T) {
-	s, f, r := hostileAfterRead(t, fakeLogin{digests: true}, digestConfig(), func(f *fakeTarget, cmd *pdu.SCSICommand) []byte {
-		b := f.wire(&pdu.DataIn{Final: true, HasStatus: true, ITT: cmd.ITT, TTT: 0xffffffff, SeqNums: f.seq(true)}, make([]byte, 512))
+	s, f, r := hostileAfterRead(t, faketarget.Login{Digests: true}, digestConfig(), func(f *faketarget.Target, cmd *pdu.SCSICommand) []byte {
+		b := f.Wire(&pdu.DataIn{Final: true, HasStatus: true, ITT: cmd.ITT, TTT: 0xffffffff, SeqNums: f.Seq(true)}, make([]byte, 512))
 		b[pdu.BHSLen] ^= 0x01 // the header digest
 		return b
 	})
@@ -122,8 +123,8 @@ func TestFaultHeaderDigestMismatch(t *testing.T) {
 // A data digest that does not match → *pdu.DigestError (Data); the read
 // fails; connection dropped.
 func TestFaultDataDigestMismatch(t *testing.T) {
-	s, f, r := hostileAfterRead(t, fakeLogin{digests: true}, digestConfig(), func(f *fakeTarget, cmd *pdu.SCSICommand) []byte {
-		b := f.wire(&pdu.DataIn{Final: true, HasStatus: true, ITT: cmd.ITT, TTT: 0xffffffff, SeqNums: f.seq(true)}, make([]byte, 512))
+	s, f, r := hostileAfterRead(t, faketarget.Login{Digests: true}, digestConfig(), func(f *faketarget.Target, cmd *pdu.SCSICommand) []byte {
+		b := f.Wire(&pdu.DataIn{Final: true, HasStatus: true, ITT: cmd.ITT, TTT: 0xffffffff, SeqNums: f.Seq(true)}, make([]byte, 512))
 		b[pdu.BHSLen+4+100] ^= 0x80 // a data byte
 		return b
 	})
@@ -137,27 +138,27 @@ func TestFaultDataDigestMismatch(t *testing.T) {
 // StatSN going backwards → ignored: ExpStatSN does not move back; session
 // kept.
 func TestFaultStatSNBackwards(t *testing.T) {
-	s, f := fakeSession(t, testConfig(), fakeLogin{})
+	s, f := fakeSession(t, testConfig(), faketarget.Login{})
 	ctx := context.Background()
 	ch := goExecute(ctx, s, readCmd(512))
-	x := f.expect(pdu.OpSCSICommand)
-	seq := f.seq(true)
-	f.mustSend(&pdu.DataIn{Final: true, HasStatus: true, ITT: x.p.(*pdu.SCSICommand).ITT, TTT: 0xffffffff, SeqNums: seq}, make([]byte, 512))
+	x := f.Expect(pdu.OpSCSICommand)
+	seq := f.Seq(true)
+	f.MustSend(&pdu.DataIn{Final: true, HasStatus: true, ITT: x.PDU.(*pdu.SCSICommand).ITT, TTT: 0xffffffff, SeqNums: seq}, make([]byte, 512))
 	waitExec(t, ch)
 	ch = goExecute(ctx, s, readCmd(512))
-	x = f.expect(pdu.OpSCSICommand)
-	back := f.seq(false)
+	x = f.Expect(pdu.OpSCSICommand)
+	back := f.Seq(false)
 	back.StatSN = seq.StatSN - 100
-	f.mustSend(&pdu.SCSIResponse{ITT: x.p.(*pdu.SCSICommand).ITT, SeqNums: back}, nil)
+	f.MustSend(&pdu.SCSIResponse{ITT: x.PDU.(*pdu.SCSICommand).ITT, SeqNums: back}, nil)
 	if r := waitExec(t, ch); r.err != nil {
 		t.Fatal(r.err)
 	}
 	ch = goExecute(ctx, s, readCmd(512))
-	x = f.expect(pdu.OpSCSICommand)
-	if got := x.p.(*pdu.SCSICommand).ExpStatSN; got != seq.StatSN+1 {
+	x = f.Expect(pdu.OpSCSICommand)
+	if got := x.PDU.(*pdu.SCSICommand).ExpStatSN; got != seq.StatSN+1 {
 		t.Errorf("ExpStatSN %#x after a StatSN going back, want %#x", got, seq.StatSN+1)
 	}
-	f.readData(x, make([]byte, 512))
+	f.ReadData(x, make([]byte, 512))
 	if r := waitExec(t, ch); r.err != nil {
 		t.Fatal(r.err)
 	}
@@ -167,17 +168,17 @@ func TestFaultStatSNBackwards(t *testing.T) {
 // MaxCmdSN below ExpCmdSN-1 → the update is ignored (RFC 7143 §4.2.2.1):
 // commands still go out; session kept.
 func TestFaultMaxCmdSNBelowExpCmdSN(t *testing.T) {
-	s, f := fakeSession(t, testConfig(), fakeLogin{window: 4})
-	sq := f.seq(false)
-	f.mustSend(&pdu.NOPIn{ITT: 0xffffffff, TTT: 0xffffffff, SeqNums: pdu.SeqNums{StatSN: sq.StatSN, ExpCmdSN: sq.ExpCmdSN, MaxCmdSN: sq.ExpCmdSN - 10}}, nil)
-	f.ping()
+	s, f := fakeSession(t, testConfig(), faketarget.Login{Window: 4})
+	sq := f.Seq(false)
+	f.MustSend(&pdu.NOPIn{ITT: 0xffffffff, TTT: 0xffffffff, SeqNums: pdu.SeqNums{StatSN: sq.StatSN, ExpCmdSN: sq.ExpCmdSN, MaxCmdSN: sq.ExpCmdSN - 10}}, nil)
+	f.Ping()
 	// Four commands fit the window the target gave at login.
 	var chs []<-chan execResult
 	for i := 0; i < 4; i++ {
 		chs = append(chs, goExecute(context.Background(), s, readCmd(512)))
 	}
 	for i := 0; i < 4; i++ {
-		f.readData(f.expect(pdu.OpSCSICommand), make([]byte, 512))
+		f.ReadData(f.Expect(pdu.OpSCSICommand), make([]byte, 512))
 	}
 	for _, ch := range chs {
 		if r := waitExec(t, ch); r.err != nil {
@@ -190,23 +191,21 @@ func TestFaultMaxCmdSNBelowExpCmdSN(t *testing.T) {
 // MaxCmdSN = ExpCmdSN-1 (window closed) → commands wait, without sending
 // or spinning, and go out when a NOP-In opens the window; session kept.
 func TestFaultWindowClosed(t *testing.T) {
-	s, f := fakeSession(t, testConfig(), fakeLogin{window: 1})
+	s, f := fakeSession(t, testConfig(), faketarget.Login{Window: 1})
 	ch := goExecute(context.Background(), s, readCmd(512))
-	x := f.expect(pdu.OpSCSICommand)
-	sn := x.p.(*pdu.SCSICommand).CmdSN
-	f.mu.Lock()
-	f.frozen = true
-	f.mu.Unlock()
-	closed := pdu.SeqNums{StatSN: f.seq(true).StatSN, ExpCmdSN: sn + 1, MaxCmdSN: sn}
-	f.mustSend(&pdu.DataIn{Final: true, HasStatus: true, ITT: x.p.(*pdu.SCSICommand).ITT, TTT: 0xffffffff, SeqNums: closed}, make([]byte, 512))
+	x := f.Expect(pdu.OpSCSICommand)
+	sn := x.PDU.(*pdu.SCSICommand).CmdSN
+	f.Freeze()
+	closed := pdu.SeqNums{StatSN: f.Seq(true).StatSN, ExpCmdSN: sn + 1, MaxCmdSN: sn}
+	f.MustSend(&pdu.DataIn{Final: true, HasStatus: true, ITT: x.PDU.(*pdu.SCSICommand).ITT, TTT: 0xffffffff, SeqNums: closed}, make([]byte, 512))
 	if r := waitExec(t, ch); r.err != nil {
 		t.Fatal(r.err)
 	}
 	blocked := goExecute(context.Background(), s, readCmd(512))
-	f.expectNothing()
-	f.mustSend(&pdu.NOPIn{ITT: 0xffffffff, TTT: 0xffffffff, SeqNums: pdu.SeqNums{StatSN: closed.StatSN + 1, ExpCmdSN: sn + 1, MaxCmdSN: sn + 1}}, nil)
-	x = f.expect(pdu.OpSCSICommand)
-	f.readData(x, make([]byte, 512))
+	f.ExpectNothing()
+	f.MustSend(&pdu.NOPIn{ITT: 0xffffffff, TTT: 0xffffffff, SeqNums: pdu.SeqNums{StatSN: closed.StatSN + 1, ExpCmdSN: sn + 1, MaxCmdSN: sn + 1}}, nil)
+	x = f.Expect(pdu.OpSCSICommand)
+	f.ReadData(x, make([]byte, 512))
 	if r := waitExec(t, blocked); r.err != nil {
 		t.Fatal(r.err)
 	}
@@ -229,12 +228,12 @@ func TestFaultR2TOutsideBuffer(t *testing.T) {
 		{"length wraps", 4096, 0xfffff000, "DesiredDataTransferLength"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			s, f := fakeSession(t, cfg, fakeLogin{})
+			s, f := fakeSession(t, cfg, faketarget.Login{})
 			ch := goExecute(context.Background(), s, writeCmd(pattern(16384, 1)))
-			c := f.expect(pdu.OpSCSICommand).p.(*pdu.SCSICommand)
-			f.send(&pdu.R2T{ITT: c.ITT, TTT: 1, SeqNums: f.seq(false), BufferOffset: tt.off, DesiredDataTransferLength: tt.n}, nil)
+			c := f.Expect(pdu.OpSCSICommand).PDU.(*pdu.SCSICommand)
+			f.Send(&pdu.R2T{ITT: c.ITT, TTT: 1, SeqNums: f.Seq(false), BufferOffset: tt.off, DesiredDataTransferLength: tt.n}, nil)
 			r := waitExec(t, ch)
-			asProtocolError(t, r.err, pdu.OpR2T, tt.field)
+			faketarget.AsProtocolError(t, r.err, pdu.OpR2T, tt.field)
 			dropped(t, s, f)
 		})
 	}
@@ -243,14 +242,14 @@ func TestFaultR2TOutsideBuffer(t *testing.T) {
 // Data-In past the command's expected length → *pdu.ProtocolError
 // (DataSegmentLength), nothing written past the buffer; connection dropped.
 func TestFaultDataInPastExpectedLength(t *testing.T) {
-	s, f := fakeSession(t, testConfig(), fakeLogin{})
+	s, f := fakeSession(t, testConfig(), faketarget.Login{})
 	buf := make([]byte, 1024)
 	cmd := &session.Command{LUN: 1, CDB: rw16(0x88, 0, 512), Read: buf[:512]}
 	ch := goExecute(context.Background(), s, cmd)
-	c := f.expect(pdu.OpSCSICommand).p.(*pdu.SCSICommand)
-	f.send(&pdu.DataIn{Final: true, HasStatus: true, ITT: c.ITT, TTT: 0xffffffff, SeqNums: f.seq(true)}, bytes.Repeat([]byte{0xee}, 1024))
+	c := f.Expect(pdu.OpSCSICommand).PDU.(*pdu.SCSICommand)
+	f.Send(&pdu.DataIn{Final: true, HasStatus: true, ITT: c.ITT, TTT: 0xffffffff, SeqNums: f.Seq(true)}, bytes.Repeat([]byte{0xee}, 1024))
 	r := waitExec(t, ch)
-	asProtocolError(t, r.err, pdu.OpSCSIDataIn, "DataSegmentLength")
+	faketarget.AsProtocolError(t, r.err, pdu.OpSCSIDataIn, "DataSegmentLength")
 	dropped(t, s, f)
 	if bytes.ContainsRune(buf, 0xee) {
 		t.Error("Data-In written into the buffer")
@@ -261,14 +260,14 @@ func TestFaultDataInPastExpectedLength(t *testing.T) {
 // fails with session.ErrConnReset, saying its outcome is unknown; session
 // ended.
 func TestFaultCloseMidDataIn(t *testing.T) {
-	s, f := fakeSession(t, testConfig(), fakeLogin{})
+	s, f := fakeSession(t, testConfig(), faketarget.Login{})
 	ch := goExecute(context.Background(), s, readCmd(8192))
-	c := f.expect(pdu.OpSCSICommand).p.(*pdu.SCSICommand)
+	c := f.Expect(pdu.OpSCSICommand).PDU.(*pdu.SCSICommand)
 	var h pdu.BHS
-	(&pdu.DataIn{ITT: c.ITT, TTT: 0xffffffff, SeqNums: f.seq(false)}).MarshalBHS(&h)
+	(&pdu.DataIn{ITT: c.ITT, TTT: 0xffffffff, SeqNums: f.Seq(false)}).MarshalBHS(&h)
 	h.SetLengths(0, 8192)
-	f.sendRaw(append(h[:], make([]byte, 4096)...))
-	f.close()
+	f.SendRaw(append(h[:], make([]byte, 4096)...))
+	f.Close()
 	r := waitExec(t, ch)
 	if !errors.Is(r.err, session.ErrConnReset) || !strings.Contains(r.err.Error(), "unknown") {
 		t.Fatalf("Execute: %v (%T), want session.ErrConnReset, outcome unknown", r.err, r.err)
@@ -310,10 +309,10 @@ func TestFaultNOPInNeverAnswered(t *testing.T) {
 // A Reject of a SCSI command → *session.RejectError for that command alone;
 // session kept.
 func TestFaultRejectOfCommand(t *testing.T) {
-	s, f := fakeSession(t, testConfig(), fakeLogin{})
+	s, f := fakeSession(t, testConfig(), faketarget.Login{})
 	ch := goExecute(context.Background(), s, readCmd(512))
-	x := f.expect(pdu.OpSCSICommand)
-	f.mustSend(&pdu.Reject{Reason: pdu.RejectInvalidPDUField, ITT: 0xffffffff, SeqNums: f.seq(true)}, x.h[:])
+	x := f.Expect(pdu.OpSCSICommand)
+	f.MustSend(&pdu.Reject{Reason: pdu.RejectInvalidPDUField, ITT: 0xffffffff, SeqNums: f.Seq(true)}, x.BHS[:])
 	r := waitExec(t, ch)
 	var rj *session.RejectError
 	if !errors.As(r.err, &rj) || rj.Reason != pdu.RejectInvalidPDUField || rj.Op != pdu.OpSCSICommand {
@@ -325,17 +324,17 @@ func TestFaultRejectOfCommand(t *testing.T) {
 // A SCSI Response for a tag no command has → ignored; the command still
 // waits for its own status; session kept.
 func TestFaultResponseUnknownITT(t *testing.T) {
-	s, f := fakeSession(t, testConfig(), fakeLogin{})
+	s, f := fakeSession(t, testConfig(), faketarget.Login{})
 	ch := goExecute(context.Background(), s, readCmd(512))
-	x := f.expect(pdu.OpSCSICommand)
-	f.mustSend(&pdu.SCSIResponse{ITT: x.p.(*pdu.SCSICommand).ITT ^ 0x5555, Status: pdu.StatusCheckCondition, SeqNums: f.seq(true)}, nil)
-	f.ping()
+	x := f.Expect(pdu.OpSCSICommand)
+	f.MustSend(&pdu.SCSIResponse{ITT: x.PDU.(*pdu.SCSICommand).ITT ^ 0x5555, Status: pdu.StatusCheckCondition, SeqNums: f.Seq(true)}, nil)
+	f.Ping()
 	select {
 	case r := <-ch:
 		t.Fatalf("Execute returned on another tag's response: %v", r.err)
 	default:
 	}
-	f.readData(x, make([]byte, 512))
+	f.ReadData(x, make([]byte, 512))
 	if r := waitExec(t, ch); r.err != nil {
 		t.Fatal(r.err)
 	}
@@ -345,10 +344,10 @@ func TestFaultResponseUnknownITT(t *testing.T) {
 // CHECK CONDITION with a 1-byte sense segment (OpenBSD's bug) →
 // *session.SCSIError with no sense key; session kept.
 func TestFaultCheckConditionShortSense(t *testing.T) {
-	s, f := fakeSession(t, testConfig(), fakeLogin{})
+	s, f := fakeSession(t, testConfig(), faketarget.Login{})
 	ch := goExecute(context.Background(), s, readCmd(512))
-	x := f.expect(pdu.OpSCSICommand)
-	f.mustSend(&pdu.SCSIResponse{ITT: x.p.(*pdu.SCSICommand).ITT, Status: pdu.StatusCheckCondition, SeqNums: f.seq(true)}, []byte{0x70})
+	x := f.Expect(pdu.OpSCSICommand)
+	f.MustSend(&pdu.SCSIResponse{ITT: x.PDU.(*pdu.SCSICommand).ITT, Status: pdu.StatusCheckCondition, SeqNums: f.Seq(true)}, []byte{0x70})
 	r := waitExec(t, ch)
 	var se *session.SCSIError
 	if !errors.As(r.err, &se) || se.Status != pdu.StatusCheckCondition || se.SenseKey() != -1 {

@@ -11,21 +11,22 @@ import (
 	"testing"
 	"time"
 
+	"github.com/goiscsi/iscsi/internal/faketarget"
 	"github.com/goiscsi/iscsi/pdu"
 	"github.com/goiscsi/iscsi/session"
 )
 
 // securityOK answers the security stage with AuthMethod=None and returns the
 // next request.
-func securityOK(f *fakeTarget, tsih uint16) (*pdu.LoginRequest, error) {
-	req, _, err := f.readLogin()
+func securityOK(f *faketarget.Target, tsih uint16) (*pdu.LoginRequest, error) {
+	req, _, err := f.ReadLogin()
 	if err != nil {
 		return nil, err
 	}
-	if err := f.loginResp(req, pdu.LoginResponse{Transit: true, NSG: pdu.StageOperational, TSIH: tsih}, text("AuthMethod=None")); err != nil {
+	if err := f.AnswerLogin(req, pdu.LoginResponse{Transit: true, NSG: pdu.StageOperational, TSIH: tsih}, faketarget.Text("AuthMethod=None")); err != nil {
 		return nil, err
 	}
-	req, _, err = f.readLogin()
+	req, _, err = f.ReadLogin()
 	return req, err
 }
 
@@ -43,29 +44,29 @@ func asNegotiationError(t *testing.T, err error, contains string) *session.Negot
 
 // Login response with another ISID → *pdu.ProtocolError (ISID), no session.
 func TestFaultLoginISIDChanged(t *testing.T) {
-	err := fakeLoginErr(t, testConfig(), func(f *fakeTarget) error {
-		req, _, err := f.readLogin()
+	err := fakeLoginErr(t, testConfig(), func(f *faketarget.Target) error {
+		req, _, err := f.ReadLogin()
 		if err != nil {
 			return err
 		}
 		isid := req.ISID
 		isid[5] ^= 0xff
-		return f.loginResp(req, pdu.LoginResponse{Transit: true, NSG: pdu.StageOperational, ISID: isid}, text("AuthMethod=None"))
+		return f.AnswerLogin(req, pdu.LoginResponse{Transit: true, NSG: pdu.StageOperational, ISID: isid}, faketarget.Text("AuthMethod=None"))
 	})
-	asProtocolError(t, err, pdu.OpLoginResponse, "ISID")
+	faketarget.AsProtocolError(t, err, pdu.OpLoginResponse, "ISID")
 }
 
 // A leading login whose TSIH changes between responses → *pdu.ProtocolError
 // (TSIH), no session.
 func TestFaultLoginTSIHChanged(t *testing.T) {
-	err := fakeLoginErr(t, testConfig(), func(f *fakeTarget) error {
+	err := fakeLoginErr(t, testConfig(), func(f *faketarget.Target) error {
 		req, err := securityOK(f, 0x11)
 		if err != nil {
 			return err
 		}
-		return f.loginResp(req, pdu.LoginResponse{Transit: true, NSG: pdu.StageFullFeature, TSIH: 0x22}, nil)
+		return f.AnswerLogin(req, pdu.LoginResponse{Transit: true, NSG: pdu.StageFullFeature, TSIH: 0x22}, nil)
 	})
-	pe := asProtocolError(t, err, pdu.OpLoginResponse, "TSIH")
+	pe := faketarget.AsProtocolError(t, err, pdu.OpLoginResponse, "TSIH")
 	if pe.Value != 0x22 {
 		t.Errorf("TSIH %#x in the error, want 0x22", pe.Value)
 	}
@@ -75,20 +76,18 @@ func TestFaultLoginTSIHChanged(t *testing.T) {
 // AddConnection fails with *pdu.ProtocolError (TSIH); the session keeps its
 // first connection and its I/O.
 func TestFaultLoginTSIHChangedOnNewConnection(t *testing.T) {
-	s, srv := fakeSessionServer(t, testConfig(), fakeLogin{tsih: 0x77})
-	srv.mu.Lock()
-	srv.login.addedTSIH = 0x78
-	srv.mu.Unlock()
+	s, srv := fakeSessionServer(t, testConfig(), faketarget.Login{TSIH: 0x77})
+	srv.SetLogin(faketarget.Login{TSIH: 0x77, AddedTSIH: 0x78})
 	ctx, cancel := context.WithTimeout(context.Background(), wait)
 	defer cancel()
 	_, err := s.AddConnection(ctx)
-	asProtocolError(t, err, pdu.OpLoginResponse, "TSIH")
+	faketarget.AsProtocolError(t, err, pdu.OpLoginResponse, "TSIH")
 	if n := len(s.Conns()); n != 1 {
 		t.Fatalf("%d connections after the refused one, want 1", n)
 	}
-	f := srv.fakes[0]
+	f := srv.Targets()[0]
 	ch := goExecute(ctx, s, readCmd(512))
-	f.readData(f.expect(pdu.OpSCSICommand), pattern(512, 1))
+	f.ReadData(f.Expect(pdu.OpSCSICommand), pattern(512, 1))
 	if r := waitExec(t, ch); r.err != nil {
 		t.Fatalf("I/O after the refused connection: %v", r.err)
 	}
@@ -96,25 +95,25 @@ func TestFaultLoginTSIHChangedOnNewConnection(t *testing.T) {
 
 // A key without '=' → *session.NegotiationError, no session.
 func TestFaultLoginKeyWithoutEquals(t *testing.T) {
-	err := fakeLoginErr(t, testConfig(), func(f *fakeTarget) error {
-		req, _, err := f.readLogin()
+	err := fakeLoginErr(t, testConfig(), func(f *faketarget.Target) error {
+		req, _, err := f.ReadLogin()
 		if err != nil {
 			return err
 		}
-		return f.loginResp(req, pdu.LoginResponse{Transit: true, NSG: pdu.StageOperational}, text("AuthMethod=None", "TargetPortalGroupTag"))
+		return f.AnswerLogin(req, pdu.LoginResponse{Transit: true, NSG: pdu.StageOperational}, faketarget.Text("AuthMethod=None", "TargetPortalGroupTag"))
 	})
 	asNegotiationError(t, err, "no '='")
 }
 
 // The same key twice → *session.NegotiationError, no session.
 func TestFaultLoginKeyRepeated(t *testing.T) {
-	err := fakeLoginErr(t, testConfig(), func(f *fakeTarget) error {
+	err := fakeLoginErr(t, testConfig(), func(f *faketarget.Target) error {
 		req, err := securityOK(f, 0)
 		if err != nil {
 			return err
 		}
-		return f.loginResp(req, pdu.LoginResponse{Transit: true, NSG: pdu.StageFullFeature, TSIH: 5},
-			text("MaxBurstLength=65536", "HeaderDigest=None", "MaxBurstLength=65536"))
+		return f.AnswerLogin(req, pdu.LoginResponse{Transit: true, NSG: pdu.StageFullFeature, TSIH: 5},
+			faketarget.Text("MaxBurstLength=65536", "HeaderDigest=None", "MaxBurstLength=65536"))
 	})
 	asNegotiationError(t, err, "repeated")
 }
@@ -125,19 +124,19 @@ func TestFaultLogin10000Keys(t *testing.T) {
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
 	start := time.Now()
-	err := fakeLoginErr(t, testConfig(), func(f *fakeTarget) error {
+	err := fakeLoginErr(t, testConfig(), func(f *faketarget.Target) error {
 		var all []byte
 		for i := 0; i < 10000; i++ {
 			all = fmt.Appendf(all, "X-k%d=%d\x00", i, i)
 		}
 		for len(all) > 0 {
-			req, _, err := f.readLogin()
+			req, _, err := f.ReadLogin()
 			if err != nil {
 				return nil // the initiator gave up: what this row expects
 			}
 			n := min(len(all), pdu.DefaultMaxRecvDataSegmentLength)
 			more := n < len(all)
-			if err := f.loginResp(req, pdu.LoginResponse{Continue: more, Transit: !more, NSG: pdu.StageOperational}, all[:n]); err != nil {
+			if err := f.AnswerLogin(req, pdu.LoginResponse{Continue: more, Transit: !more, NSG: pdu.StageOperational}, all[:n]); err != nil {
 				return nil
 			}
 			all = all[n:]
@@ -161,18 +160,18 @@ func TestFaultLogin10000Keys(t *testing.T) {
 func TestFaultLoginDataSegment16MiB(t *testing.T) {
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
-	err := fakeLoginErr(t, testConfig(), func(f *fakeTarget) error {
-		req, _, err := f.readLogin()
+	err := fakeLoginErr(t, testConfig(), func(f *faketarget.Target) error {
+		req, _, err := f.ReadLogin()
 		if err != nil {
 			return err
 		}
 		var h pdu.BHS
 		(&pdu.LoginResponse{Transit: true, CSG: req.CSG, NSG: pdu.StageOperational, ISID: req.ISID, ITT: req.ITT}).MarshalBHS(&h)
 		h.SetLengths(0, pdu.MaxDataSegmentLength)
-		return f.sendRaw(h[:])
+		return f.SendRaw(h[:])
 	})
 	runtime.ReadMemStats(&after)
-	asProtocolError(t, err, pdu.OpLoginResponse, "DataSegmentLength")
+	faketarget.AsProtocolError(t, err, pdu.OpLoginResponse, "DataSegmentLength")
 	if grew := after.TotalAlloc - before.TotalAlloc; grew > 4<<20 {
 		t.Errorf("%d bytes allocated for a refused 16 MiB segment", grew)
 	}
@@ -181,13 +180,13 @@ func TestFaultLoginDataSegment16MiB(t *testing.T) {
 // A PDU other than a Login Response during login (SPDK's bug) →
 // *pdu.ProtocolError (Opcode), no session.
 func TestFaultLoginNonLoginPDU(t *testing.T) {
-	err := fakeLoginErr(t, testConfig(), func(f *fakeTarget) error {
-		if _, _, err := f.readLogin(); err != nil {
+	err := fakeLoginErr(t, testConfig(), func(f *faketarget.Target) error {
+		if _, _, err := f.ReadLogin(); err != nil {
 			return err
 		}
-		return f.w.WritePDU(&pdu.NOPIn{ITT: 0xffffffff, TTT: 0xffffffff}, nil)
+		return f.Send(&pdu.NOPIn{ITT: 0xffffffff, TTT: 0xffffffff}, nil)
 	})
-	asProtocolError(t, err, pdu.OpNOPIn, "Opcode")
+	faketarget.AsProtocolError(t, err, pdu.OpNOPIn, "Opcode")
 }
 
 // A target that redirects every login → after Config.MaxRedirects, a
@@ -196,12 +195,12 @@ func TestFaultLoginNonLoginPDU(t *testing.T) {
 func TestFaultLoginRedirectLoop(t *testing.T) {
 	cfg := testConfig()
 	cfg.MaxRedirects = 3
-	err := fakeLoginErr(t, cfg, func(f *fakeTarget) error {
-		req, _, err := f.readLogin()
+	err := fakeLoginErr(t, cfg, func(f *faketarget.Target) error {
+		req, _, err := f.ReadLogin()
 		if err != nil {
 			return err
 		}
-		return f.loginResp(req, pdu.LoginResponse{StatusClass: 1, StatusDetail: 1}, text("TargetAddress=127.0.0.2:3260,1"))
+		return f.AnswerLogin(req, pdu.LoginResponse{StatusClass: 1, StatusDetail: 1}, faketarget.Text("TargetAddress=127.0.0.2:3260,1"))
 	})
 	var le *session.LoginError
 	if !errors.As(err, &le) || le.Status != pdu.LoginStatus(0x0101) {
@@ -218,9 +217,9 @@ func TestFaultLoginSilentTarget(t *testing.T) {
 	cfg := testConfig()
 	cfg.LoginTimeout = 200 * time.Millisecond
 	start := time.Now()
-	err := fakeLoginErr(t, cfg, func(f *fakeTarget) error {
-		f.readLogin()
-		f.readLogin() // until the initiator gives up
+	err := fakeLoginErr(t, cfg, func(f *faketarget.Target) error {
+		f.ReadLogin()
+		f.ReadLogin() // until the initiator gives up
 		return nil
 	})
 	if !errors.Is(err, context.DeadlineExceeded) {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/goiscsi/iscsi/initiator"
+	"github.com/goiscsi/iscsi/internal/faketarget"
 	"github.com/goiscsi/iscsi/iscsitest"
 	"github.com/goiscsi/iscsi/logout"
 	"github.com/goiscsi/iscsi/pdu"
@@ -121,7 +122,7 @@ func TestFaultLogoutRejectedImmediate(t *testing.T) {
 func TestFaultLogoutResponseUnknownITT(t *testing.T) {
 	e, r, c := logoutOne(t, iscsitest.OnLogout(nil, iscsitest.Respond(&pdu.LogoutResponse{ITT: 0xdeadbeef}, nil)), logout.Options{})
 	failed(t, e, r, logout.ConnError)
-	asProtocolError(t, c.Err, pdu.OpLogoutResponse, "InitiatorTaskTag")
+	faketarget.AsProtocolError(t, c.Err, pdu.OpLogoutResponse, "InitiatorTaskTag")
 }
 
 // A Logout Response carrying a data segment → *pdu.ProtocolError
@@ -140,7 +141,7 @@ func TestFaultLogoutResponseWithData(t *testing.T) {
 	}
 	e, r, c := logoutOne(t, hook, logout.Options{})
 	failed(t, e, r, logout.ConnError)
-	asProtocolError(t, c.Err, pdu.OpLogoutResponse, "DataSegmentLength")
+	faketarget.AsProtocolError(t, c.Err, pdu.OpLogoutResponse, "DataSegmentLength")
 }
 
 // Reason 0 on one of four sessions refused (response 3) → outcome
@@ -209,21 +210,21 @@ func TestFaultLogoutCancel(t *testing.T) {
 // A header digest mismatch on the Logout Response → *pdu.DigestError, the
 // logout failed, the connection closed.
 func TestFaultLogoutHeaderDigestMismatch(t *testing.T) {
-	s, f := fakeSession(t, digestConfig(), fakeLogin{digests: true})
+	s, f := fakeSession(t, digestConfig(), faketarget.Login{Digests: true})
 	ch := make(chan session.LogoutResult, 1)
 	go func() {
 		ch <- s.Conns()[0].Logout(context.Background(), session.LogoutOptions{Reason: pdu.LogoutCloseSession, Timeout: wait})
 	}()
-	x := f.expect(pdu.OpLogoutRequest)
-	b := f.wire(&pdu.LogoutResponse{ITT: x.p.(*pdu.LogoutRequest).ITT, SeqNums: f.seq(true)}, nil)
+	x := f.Expect(pdu.OpLogoutRequest)
+	b := f.Wire(&pdu.LogoutResponse{ITT: x.PDU.(*pdu.LogoutRequest).ITT, SeqNums: f.Seq(true)}, nil)
 	b[pdu.BHSLen+2] ^= 0x10
-	f.sendRaw(b)
+	f.SendRaw(b)
 	res := within(t, wait, ch, "logout")
 	var de *pdu.DigestError
 	if res.OK() || res.Responded || !errors.As(res.Err, &de) {
 		t.Fatalf("logout %+v, want a DigestError", res)
 	}
-	f.expectClosed()
+	f.ExpectClosed()
 	if s.LoggedOut() {
 		t.Error("session says it logged out")
 	}
@@ -232,17 +233,17 @@ func TestFaultLogoutHeaderDigestMismatch(t *testing.T) {
 // Data-In (for a command the logout failed) after the Logout Response →
 // discarded; the logout succeeds.
 func TestFaultDataInAfterLogoutResponse(t *testing.T) {
-	s, f := fakeSession(t, testConfig(), fakeLogin{})
+	s, f := fakeSession(t, testConfig(), faketarget.Login{})
 	read := goExecute(context.Background(), s, readCmd(512))
-	cmd := f.expect(pdu.OpSCSICommand).p.(*pdu.SCSICommand)
+	cmd := f.Expect(pdu.OpSCSICommand).PDU.(*pdu.SCSICommand)
 	ch := make(chan session.LogoutResult, 1)
 	go func() {
 		ch <- s.Conns()[0].Logout(context.Background(), session.LogoutOptions{Reason: pdu.LogoutCloseSession, Timeout: wait})
 	}()
-	x := f.expect(pdu.OpLogoutRequest)
-	f.mustSend(&pdu.LogoutResponse{ITT: x.p.(*pdu.LogoutRequest).ITT, SeqNums: f.seq(true)}, nil)
-	f.send(&pdu.DataIn{Final: true, HasStatus: true, ITT: cmd.ITT, TTT: 0xffffffff, SeqNums: f.seq(true)}, make([]byte, 512))
-	f.close()
+	x := f.Expect(pdu.OpLogoutRequest)
+	f.MustSend(&pdu.LogoutResponse{ITT: x.PDU.(*pdu.LogoutRequest).ITT, SeqNums: f.Seq(true)}, nil)
+	f.Send(&pdu.DataIn{Final: true, HasStatus: true, ITT: cmd.ITT, TTT: 0xffffffff, SeqNums: f.Seq(true)}, make([]byte, 512))
+	f.Close()
 	res := within(t, wait, ch, "logout")
 	if !res.OK() || res.Failed != 1 || !s.LoggedOut() {
 		t.Fatalf("logout %+v (logged out %v), want success with 1 command failed", res, s.LoggedOut())
@@ -259,17 +260,17 @@ func TestFaultR2TAfterLogoutRequest(t *testing.T) {
 	p := session.DefaultParams()
 	p.InitialR2T, p.ImmediateData = true, false
 	cfg.Params = &p
-	s, f := fakeSession(t, cfg, fakeLogin{})
+	s, f := fakeSession(t, cfg, faketarget.Login{})
 	write := goExecute(context.Background(), s, writeCmd(pattern(4096, 3)))
-	cmd := f.expect(pdu.OpSCSICommand).p.(*pdu.SCSICommand)
+	cmd := f.Expect(pdu.OpSCSICommand).PDU.(*pdu.SCSICommand)
 	ch := make(chan session.LogoutResult, 1)
 	go func() {
 		ch <- s.Conns()[0].Logout(context.Background(), session.LogoutOptions{Reason: pdu.LogoutCloseSession, Timeout: 2 * time.Second})
 	}()
-	x := f.expect(pdu.OpLogoutRequest)
-	f.send(&pdu.R2T{ITT: cmd.ITT, TTT: 1, SeqNums: f.seq(false), DesiredDataTransferLength: 4096}, nil)
-	f.send(&pdu.LogoutResponse{ITT: x.p.(*pdu.LogoutRequest).ITT, SeqNums: f.seq(true)}, nil)
-	f.expectClosed() // and no Data-Out before
+	x := f.Expect(pdu.OpLogoutRequest)
+	f.Send(&pdu.R2T{ITT: cmd.ITT, TTT: 1, SeqNums: f.Seq(false), DesiredDataTransferLength: 4096}, nil)
+	f.Send(&pdu.LogoutResponse{ITT: x.PDU.(*pdu.LogoutRequest).ITT, SeqNums: f.Seq(true)}, nil)
+	f.ExpectClosed() // and no Data-Out before
 	within(t, wait, ch, "logout")
 	if r := waitExec(t, write); r.err == nil {
 		t.Fatal("a write without status reported done")
@@ -282,18 +283,18 @@ func TestFaultR2TAfterLogoutRequest(t *testing.T) {
 // it saw first.
 func TestFaultLogoutResponseCrossingCancel(t *testing.T) {
 	for i := 0; i < 200 && !t.Failed(); i++ {
-		s, f := fakeSession(t, testConfig(), fakeLogin{})
+		s, f := fakeSession(t, testConfig(), faketarget.Login{})
 		read := goExecute(context.Background(), s, readCmd(512))
-		f.expect(pdu.OpSCSICommand)
+		f.Expect(pdu.OpSCSICommand)
 		ctx, cancel := context.WithCancel(context.Background())
 		ch := make(chan session.LogoutResult, 1)
 		go func() {
 			ch <- s.Conns()[0].Logout(ctx, session.LogoutOptions{Reason: pdu.LogoutCloseSession, Timeout: wait})
 		}()
-		x := f.expect(pdu.OpLogoutRequest)
-		resp := &pdu.LogoutResponse{ITT: x.p.(*pdu.LogoutRequest).ITT, SeqNums: f.seq(true)}
+		x := f.Expect(pdu.OpLogoutRequest)
+		resp := &pdu.LogoutResponse{ITT: x.PDU.(*pdu.LogoutRequest).ITT, SeqNums: f.Seq(true)}
 		go cancel()
-		f.send(resp, nil)
+		f.Send(resp, nil)
 		res := within(t, wait, ch, "logout")
 		if !res.OK() && !errors.Is(res.Err, context.Canceled) {
 			t.Fatalf("round %d: logout %+v, want success or canceled", i, res)
@@ -303,7 +304,7 @@ func TestFaultLogoutResponseCrossingCancel(t *testing.T) {
 		if r.err == nil || errors.As(r.err, &pe) || !strings.Contains(r.err.Error(), "unknown") {
 			t.Fatalf("round %d: the running read: %v, want its outcome unknown", i, r.err)
 		}
-		f.close()
+		f.Close()
 		s.Close()
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/goiscsi/iscsi/internal/faketarget"
 	"github.com/goiscsi/iscsi/pdu"
 )
 
@@ -55,18 +56,18 @@ func pattern(n int, seed byte) []byte {
 }
 
 func TestReadAndWrite(t *testing.T) {
-	s, f := fakeSession(t, testConfig(), fakeLogin{})
+	s, f := fakeSession(t, testConfig(), faketarget.Login{})
 	ctx := context.Background()
 
 	ch := goExecute(ctx, s, readCmd(1024))
-	x := f.expect(pdu.OpSCSICommand)
-	c := x.p.(*pdu.SCSICommand)
-	if !c.Read || c.Write || !c.Final || c.ExpectedDataTransferLength != 1024 || c.LUN != pdu.MakeLUN(1) || c.Attr != pdu.AttrSimple || x.h.Immediate() {
+	x := f.Expect(pdu.OpSCSICommand)
+	c := x.PDU.(*pdu.SCSICommand)
+	if !c.Read || c.Write || !c.Final || c.ExpectedDataTransferLength != 1024 || c.LUN != pdu.MakeLUN(1) || c.Attr != pdu.AttrSimple || x.BHS.Immediate() {
 		t.Errorf("READ command %+v", c)
 	}
 	want := pattern(1024, 1)
-	f.mustSend(&pdu.DataIn{ITT: c.ITT, TTT: 0xffffffff, SeqNums: f.seq(false), DataSN: 0}, want[:512])
-	f.mustSend(&pdu.DataIn{Final: true, HasStatus: true, ITT: c.ITT, TTT: 0xffffffff, SeqNums: f.seq(true), DataSN: 1, BufferOffset: 512}, want[512:])
+	f.MustSend(&pdu.DataIn{ITT: c.ITT, TTT: 0xffffffff, SeqNums: f.Seq(false), DataSN: 0}, want[:512])
+	f.MustSend(&pdu.DataIn{Final: true, HasStatus: true, ITT: c.ITT, TTT: 0xffffffff, SeqNums: f.Seq(true), DataSN: 1, BufferOffset: 512}, want[512:])
 	r := waitExec(t, ch)
 	if r.err != nil || r.res.N != 1024 {
 		t.Fatalf("read: %+v %v", r.res, r.err)
@@ -75,17 +76,17 @@ func TestReadAndWrite(t *testing.T) {
 	// A short read reports its residual.
 	cmd := readCmd(1024)
 	ch = goExecute(ctx, s, cmd)
-	c = f.expect(pdu.OpSCSICommand).p.(*pdu.SCSICommand)
-	f.mustSend(&pdu.DataIn{Final: true, HasStatus: true, Underflow: true, ResidualCount: 512, ITT: c.ITT, TTT: 0xffffffff, SeqNums: f.seq(true)}, want[:512])
+	c = f.Expect(pdu.OpSCSICommand).PDU.(*pdu.SCSICommand)
+	f.MustSend(&pdu.DataIn{Final: true, HasStatus: true, Underflow: true, ResidualCount: 512, ITT: c.ITT, TTT: 0xffffffff, SeqNums: f.Seq(true)}, want[:512])
 	if r := waitExec(t, ch); r.err != nil || r.res.N != 512 || !r.res.Underflow || !bytes.Equal(cmd.Read[:512], want[:512]) {
 		t.Fatalf("short read: %+v %v", r.res, r.err)
 	}
 
 	// CHECK CONDITION with sense.
 	ch = goExecute(ctx, s, readCmd(512))
-	c = f.expect(pdu.OpSCSICommand).p.(*pdu.SCSICommand)
+	c = f.Expect(pdu.OpSCSICommand).PDU.(*pdu.SCSICommand)
 	sense := []byte{0, 18, 0x70, 0, 0x05, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x21, 0x00, 0, 0, 0, 0}
-	f.mustSend(&pdu.SCSIResponse{ITT: c.ITT, Status: pdu.StatusCheckCondition, SeqNums: f.seq(true)}, sense)
+	f.MustSend(&pdu.SCSIResponse{ITT: c.ITT, Status: pdu.StatusCheckCondition, SeqNums: f.Seq(true)}, sense)
 	r = waitExec(t, ch)
 	var se *SCSIError
 	if !errors.As(r.err, &se) || se.SenseKey() != 5 || r.res == nil || r.res.Status != pdu.StatusCheckCondition {
@@ -98,12 +99,12 @@ func TestReadAndWrite(t *testing.T) {
 	// A write within the immediate data limit goes in one PDU.
 	data := pattern(4096, 9)
 	ch = goExecute(ctx, s, writeCmd(data))
-	x = f.expect(pdu.OpSCSICommand)
-	c = x.p.(*pdu.SCSICommand)
-	if !c.Write || c.Read || !c.Final || c.ExpectedDataTransferLength != 4096 || !bytes.Equal(x.data, data) {
-		t.Errorf("WRITE command %+v with %d bytes", c, len(x.data))
+	x = f.Expect(pdu.OpSCSICommand)
+	c = x.PDU.(*pdu.SCSICommand)
+	if !c.Write || c.Read || !c.Final || c.ExpectedDataTransferLength != 4096 || !bytes.Equal(x.Data, data) {
+		t.Errorf("WRITE command %+v with %d bytes", c, len(x.Data))
 	}
-	f.good(x)
+	f.Good(x)
 	if r := waitExec(t, ch); r.err != nil || r.res.N != 4096 {
 		t.Fatalf("write: %+v %v", r.res, r.err)
 	}
@@ -117,17 +118,17 @@ func TestWriteR2TSequence(t *testing.T) {
 	p := DefaultParams()
 	p.FirstBurstLength, p.MaxBurstLength = 8192, 8192
 	cfg.Params = &p
-	s, f := fakeSession(t, cfg, fakeLogin{targetMRDSL: 4096})
+	s, f := fakeSession(t, cfg, faketarget.Login{TargetMRDSL: 4096})
 	data := pattern(20000, 3)
 	ch := goExecute(context.Background(), s, writeCmd(data))
 	got := make([]byte, len(data))
 
-	x := f.expect(pdu.OpSCSICommand)
-	c := x.p.(*pdu.SCSICommand)
-	if c.Final || len(x.data) != 4096 {
-		t.Fatalf("command F=%v with %d bytes of immediate data", c.Final, len(x.data))
+	x := f.Expect(pdu.OpSCSICommand)
+	c := x.PDU.(*pdu.SCSICommand)
+	if c.Final || len(x.Data) != 4096 {
+		t.Fatalf("command F=%v with %d bytes of immediate data", c.Final, len(x.Data))
 	}
-	copy(got, x.data)
+	copy(got, x.Data)
 	type dout struct {
 		off, n int
 		sn     uint32
@@ -136,21 +137,21 @@ func TestWriteR2TSequence(t *testing.T) {
 	}
 	check := func(want dout) {
 		t.Helper()
-		x := f.expect(pdu.OpSCSIDataOut)
-		d := x.p.(*pdu.DataOut)
-		g := dout{int(d.BufferOffset), len(x.data), d.DataSN, d.Final, d.TTT}
+		x := f.Expect(pdu.OpSCSIDataOut)
+		d := x.PDU.(*pdu.DataOut)
+		g := dout{int(d.BufferOffset), len(x.Data), d.DataSN, d.Final, d.TTT}
 		if g != want || d.ITT != c.ITT || d.LUN != c.LUN {
 			t.Fatalf("Data-Out %+v ITT %#x, want %+v ITT %#x", g, d.ITT, want, c.ITT)
 		}
-		copy(got[d.BufferOffset:], x.data)
+		copy(got[d.BufferOffset:], x.Data)
 	}
 	check(dout{4096, 4096, 0, true, 0xffffffff}) // unsolicited, to FirstBurstLength
-	f.mustSend(&pdu.R2T{ITT: c.ITT, TTT: 7, SeqNums: f.seq(false), R2TSN: 0, BufferOffset: 8192, DesiredDataTransferLength: 8192}, nil)
+	f.MustSend(&pdu.R2T{ITT: c.ITT, TTT: 7, SeqNums: f.Seq(false), R2TSN: 0, BufferOffset: 8192, DesiredDataTransferLength: 8192}, nil)
 	check(dout{8192, 4096, 0, false, 7})
 	check(dout{12288, 4096, 1, true, 7})
-	f.mustSend(&pdu.R2T{ITT: c.ITT, TTT: 8, SeqNums: f.seq(false), R2TSN: 1, BufferOffset: 16384, DesiredDataTransferLength: 3616}, nil)
+	f.MustSend(&pdu.R2T{ITT: c.ITT, TTT: 8, SeqNums: f.Seq(false), R2TSN: 1, BufferOffset: 16384, DesiredDataTransferLength: 3616}, nil)
 	check(dout{16384, 3616, 0, true, 8})
-	f.good(x)
+	f.Good(x)
 	if r := waitExec(t, ch); r.err != nil {
 		t.Fatal(r.err)
 	}
@@ -179,19 +180,19 @@ func TestDataInHostile(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			s, f := fakeSession(t, testConfig(), fakeLogin{})
+			s, f := fakeSession(t, testConfig(), faketarget.Login{})
 			cmd := readCmd(512)
 			ch := goExecute(context.Background(), s, cmd)
-			c := f.expect(pdu.OpSCSICommand).p.(*pdu.SCSICommand)
+			c := f.Expect(pdu.OpSCSICommand).PDU.(*pdu.SCSICommand)
 			for _, d := range tt.pdus {
-				f.send(&pdu.DataIn{Final: d.final, HasStatus: d.final, ITT: c.ITT, TTT: 0xffffffff, SeqNums: f.seq(d.final),
+				f.Send(&pdu.DataIn{Final: d.final, HasStatus: d.final, ITT: c.ITT, TTT: 0xffffffff, SeqNums: f.Seq(d.final),
 					DataSN: d.sn, BufferOffset: d.off}, bytes.Repeat([]byte{0xee}, d.n))
 			}
 			r := waitExec(t, ch)
-			asProtocolError(t, r.err, pdu.OpSCSIDataIn, tt.field)
-			f.expectClosed()
+			faketarget.AsProtocolError(t, r.err, pdu.OpSCSIDataIn, tt.field)
+			f.ExpectClosed()
 			<-s.Ended()
-			asProtocolError(t, s.all[0].Err(), pdu.OpSCSIDataIn, tt.field)
+			faketarget.AsProtocolError(t, s.all[0].Err(), pdu.OpSCSIDataIn, tt.field)
 		})
 	}
 }
@@ -217,58 +218,58 @@ func TestR2THostile(t *testing.T) {
 			p := DefaultParams()
 			p.InitialR2T, p.ImmediateData, p.MaxBurstLength, p.FirstBurstLength = true, false, 4096, 4096
 			cfg.Params = &p
-			s, f := fakeSession(t, cfg, fakeLogin{})
+			s, f := fakeSession(t, cfg, faketarget.Login{})
 			cmd := writeCmd(pattern(16384, 0))
 			if tt.read {
 				cmd = readCmd(16384)
 			}
 			ch := goExecute(context.Background(), s, cmd)
-			x := f.expect(pdu.OpSCSICommand)
-			if len(x.data) != 0 {
+			x := f.Expect(pdu.OpSCSICommand)
+			if len(x.Data) != 0 {
 				t.Fatalf("immediate data with ImmediateData=No")
 			}
-			c := x.p.(*pdu.SCSICommand)
-			f.send(&pdu.R2T{ITT: c.ITT, TTT: 1, SeqNums: f.seq(false), BufferOffset: tt.off, DesiredDataTransferLength: tt.n}, nil)
+			c := x.PDU.(*pdu.SCSICommand)
+			f.Send(&pdu.R2T{ITT: c.ITT, TTT: 1, SeqNums: f.Seq(false), BufferOffset: tt.off, DesiredDataTransferLength: tt.n}, nil)
 			r := waitExec(t, ch)
-			pe := asProtocolError(t, r.err, pdu.OpR2T, tt.field)
+			pe := faketarget.AsProtocolError(t, r.err, pdu.OpR2T, tt.field)
 			if !strings.Contains(pe.Reason, tt.contain) {
 				t.Errorf("reason %q", pe.Reason)
 			}
-			f.expectClosed()
+			f.ExpectClosed()
 		})
 	}
 }
 
 func TestLogoutResponseUnknownITT(t *testing.T) {
-	s, f := fakeSession(t, testConfig(), fakeLogin{})
+	s, f := fakeSession(t, testConfig(), faketarget.Login{})
 	c := s.Conns()[0]
 	ch := make(chan LogoutResult, 1)
 	go func() {
 		ch <- c.Logout(context.Background(), LogoutOptions{Reason: pdu.LogoutCloseSession, Timeout: wait})
 	}()
-	x := f.expect(pdu.OpLogoutRequest)
-	lr := x.p.(*pdu.LogoutRequest)
+	x := f.Expect(pdu.OpLogoutRequest)
+	lr := x.PDU.(*pdu.LogoutRequest)
 	if !lr.Immediate || lr.ReasonCode != pdu.LogoutCloseSession || lr.CID != 0 {
 		t.Errorf("Logout Request %+v", lr)
 	}
-	f.send(&pdu.LogoutResponse{ITT: lr.ITT + 1, SeqNums: f.seq(true)}, nil)
+	f.Send(&pdu.LogoutResponse{ITT: lr.ITT + 1, SeqNums: f.Seq(true)}, nil)
 	res := <-ch
-	asProtocolError(t, res.Err, pdu.OpLogoutResponse, "InitiatorTaskTag")
+	faketarget.AsProtocolError(t, res.Err, pdu.OpLogoutResponse, "InitiatorTaskTag")
 	if res.Responded || res.OK() {
 		t.Errorf("result %+v", res)
 	}
-	f.expectClosed()
+	f.ExpectClosed()
 	if s.LoggedOut() {
 		t.Error("session says it logged out")
 	}
 }
 
 func TestRejectOfCommand(t *testing.T) {
-	s, f := fakeSession(t, testConfig(), fakeLogin{})
+	s, f := fakeSession(t, testConfig(), faketarget.Login{})
 	ctx := context.Background()
 	ch := goExecute(ctx, s, readCmd(512))
-	x := f.expect(pdu.OpSCSICommand)
-	f.mustSend(&pdu.Reject{Reason: pdu.RejectInvalidPDUField, ITT: 0xffffffff, SeqNums: f.seq(true)}, x.h[:])
+	x := f.Expect(pdu.OpSCSICommand)
+	f.MustSend(&pdu.Reject{Reason: pdu.RejectInvalidPDUField, ITT: 0xffffffff, SeqNums: f.Seq(true)}, x.BHS[:])
 	r := waitExec(t, ch)
 	var rj *RejectError
 	if !errors.As(r.err, &rj) || rj.Reason != pdu.RejectInvalidPDUField || rj.Op != pdu.OpSCSICommand {
@@ -276,60 +277,58 @@ func TestRejectOfCommand(t *testing.T) {
 	}
 	// The connection goes on.
 	ch = goExecute(ctx, s, readCmd(512))
-	f.readData(f.expect(pdu.OpSCSICommand), make([]byte, 512))
+	f.ReadData(f.Expect(pdu.OpSCSICommand), make([]byte, 512))
 	if r := waitExec(t, ch); r.err != nil {
 		t.Fatalf("after the Reject: %v", r.err)
 	}
 
 	// A Reject without the rejected header is a protocol error.
 	ch = goExecute(ctx, s, readCmd(512))
-	f.expect(pdu.OpSCSICommand)
-	f.send(&pdu.Reject{Reason: pdu.RejectProtocolError, ITT: 0xffffffff, SeqNums: f.seq(true)}, make([]byte, 20))
-	asProtocolError(t, waitExec(t, ch).err, pdu.OpReject, "DataSegmentLength")
+	f.Expect(pdu.OpSCSICommand)
+	f.Send(&pdu.Reject{Reason: pdu.RejectProtocolError, ITT: 0xffffffff, SeqNums: f.Seq(true)}, make([]byte, 20))
+	faketarget.AsProtocolError(t, waitExec(t, ch).err, pdu.OpReject, "DataSegmentLength")
 }
 
 func TestStatSNGoingBackwards(t *testing.T) {
-	s, f := fakeSession(t, testConfig(), fakeLogin{})
+	s, f := fakeSession(t, testConfig(), faketarget.Login{})
 	ctx := context.Background()
 	ch := goExecute(ctx, s, readCmd(512))
-	x := f.expect(pdu.OpSCSICommand)
-	seq := f.seq(true)
-	f.mustSend(&pdu.DataIn{Final: true, HasStatus: true, ITT: x.p.(*pdu.SCSICommand).ITT, TTT: 0xffffffff, SeqNums: seq}, make([]byte, 512))
+	x := f.Expect(pdu.OpSCSICommand)
+	seq := f.Seq(true)
+	f.MustSend(&pdu.DataIn{Final: true, HasStatus: true, ITT: x.PDU.(*pdu.SCSICommand).ITT, TTT: 0xffffffff, SeqNums: seq}, make([]byte, 512))
 	waitExec(t, ch)
 
 	ch = goExecute(ctx, s, readCmd(512))
-	x = f.expect(pdu.OpSCSICommand)
-	if got := x.p.(*pdu.SCSICommand).ExpStatSN; got != seq.StatSN+1 {
+	x = f.Expect(pdu.OpSCSICommand)
+	if got := x.PDU.(*pdu.SCSICommand).ExpStatSN; got != seq.StatSN+1 {
 		t.Fatalf("ExpStatSN %#x, want %#x", got, seq.StatSN+1)
 	}
-	back := f.seq(false)
+	back := f.Seq(false)
 	back.StatSN = seq.StatSN - 5
-	f.mustSend(&pdu.SCSIResponse{ITT: x.p.(*pdu.SCSICommand).ITT, SeqNums: back}, nil)
+	f.MustSend(&pdu.SCSIResponse{ITT: x.PDU.(*pdu.SCSICommand).ITT, SeqNums: back}, nil)
 	if r := waitExec(t, ch); r.err != nil {
 		t.Fatal(r.err)
 	}
 	ch = goExecute(ctx, s, readCmd(512))
-	x = f.expect(pdu.OpSCSICommand)
-	if got := x.p.(*pdu.SCSICommand).ExpStatSN; got != seq.StatSN+1 {
+	x = f.Expect(pdu.OpSCSICommand)
+	if got := x.PDU.(*pdu.SCSICommand).ExpStatSN; got != seq.StatSN+1 {
 		t.Errorf("ExpStatSN %#x after a StatSN going back, want %#x", got, seq.StatSN+1)
 	}
-	f.good(x)
+	f.Good(x)
 	waitExec(t, ch)
 }
 
 // A target closes the window (MaxCmdSN = ExpCmdSN-1): Execute blocks, sends
 // nothing, and goes on when a NOP-In opens the window again.
 func TestWindowClosedThenOpened(t *testing.T) {
-	s, f := fakeSession(t, testConfig(), fakeLogin{window: 1})
+	s, f := fakeSession(t, testConfig(), faketarget.Login{Window: 1})
 	ctx := context.Background()
 	ch := goExecute(ctx, s, readCmd(512))
-	x := f.expect(pdu.OpSCSICommand)
-	sn := x.p.(*pdu.SCSICommand).CmdSN
-	f.mu.Lock()
-	f.frozen = true
-	f.mu.Unlock()
-	closed := pdu.SeqNums{StatSN: f.seq(true).StatSN, ExpCmdSN: sn + 1, MaxCmdSN: sn}
-	f.mustSend(&pdu.DataIn{Final: true, HasStatus: true, ITT: x.p.(*pdu.SCSICommand).ITT, TTT: 0xffffffff, SeqNums: closed}, make([]byte, 512))
+	x := f.Expect(pdu.OpSCSICommand)
+	sn := x.PDU.(*pdu.SCSICommand).CmdSN
+	f.Freeze()
+	closed := pdu.SeqNums{StatSN: f.Seq(true).StatSN, ExpCmdSN: sn + 1, MaxCmdSN: sn}
+	f.MustSend(&pdu.DataIn{Final: true, HasStatus: true, ITT: x.PDU.(*pdu.SCSICommand).ITT, TTT: 0xffffffff, SeqNums: closed}, make([]byte, 512))
 	if r := waitExec(t, ch); r.err != nil {
 		t.Fatal(r.err)
 	}
@@ -337,7 +336,7 @@ func TestWindowClosedThenOpened(t *testing.T) {
 	blocked := goExecute(ctx, s, readCmd(512))
 	cctx, cancel := context.WithCancel(ctx)
 	abandoned := goExecute(cctx, s, readCmd(512))
-	f.expectNothing()
+	f.ExpectNothing()
 	cancel()
 	r := waitExec(t, abandoned)
 	if !errors.Is(r.err, context.Canceled) || !strings.Contains(r.err.Error(), "not sent") {
@@ -349,28 +348,28 @@ func TestWindowClosedThenOpened(t *testing.T) {
 	default:
 	}
 
-	f.mustSend(&pdu.NOPIn{ITT: 0xffffffff, TTT: 0xffffffff, SeqNums: pdu.SeqNums{StatSN: closed.StatSN + 1, ExpCmdSN: sn + 1, MaxCmdSN: sn + 1}}, nil)
-	x = f.expect(pdu.OpSCSICommand)
-	if got := x.p.(*pdu.SCSICommand).CmdSN; got != sn+1 {
+	f.MustSend(&pdu.NOPIn{ITT: 0xffffffff, TTT: 0xffffffff, SeqNums: pdu.SeqNums{StatSN: closed.StatSN + 1, ExpCmdSN: sn + 1, MaxCmdSN: sn + 1}}, nil)
+	x = f.Expect(pdu.OpSCSICommand)
+	if got := x.PDU.(*pdu.SCSICommand).CmdSN; got != sn+1 {
 		t.Errorf("CmdSN %#x, want %#x", got, sn+1)
 	}
-	f.readData(x, make([]byte, 512))
+	f.ReadData(x, make([]byte, 512))
 	if r := waitExec(t, blocked); r.err != nil {
 		t.Fatal(r.err)
 	}
 	// The canceled command never went out, and nothing asks to abort it.
-	f.expectNothing()
+	f.ExpectNothing()
 }
 
 func TestNOPInPingAnswered(t *testing.T) {
-	s, f := fakeSession(t, testConfig(), fakeLogin{})
+	s, f := fakeSession(t, testConfig(), faketarget.Login{})
 	payload := []byte("are you there?")
-	seq := f.seq(false)
-	f.mustSend(&pdu.NOPIn{ITT: 0xffffffff, TTT: 0xabcd, LUN: pdu.MakeLUN(3), SeqNums: seq}, payload)
-	x := f.expect(pdu.OpNOPOut)
-	n := x.p.(*pdu.NOPOut)
-	if n.ITT != 0xffffffff || n.TTT != 0xabcd || n.LUN != pdu.MakeLUN(3) || !n.Immediate || !bytes.Equal(x.data, payload) {
-		t.Errorf("NOP-Out %+v data %q", n, x.data)
+	seq := f.Seq(false)
+	f.MustSend(&pdu.NOPIn{ITT: 0xffffffff, TTT: 0xabcd, LUN: pdu.MakeLUN(3), SeqNums: seq}, payload)
+	x := f.Expect(pdu.OpNOPOut)
+	n := x.PDU.(*pdu.NOPOut)
+	if n.ITT != 0xffffffff || n.TTT != 0xabcd || n.LUN != pdu.MakeLUN(3) || !n.Immediate || !bytes.Equal(x.Data, payload) {
+		t.Errorf("NOP-Out %+v data %q", n, x.Data)
 	}
 	if n.CmdSN != s.currentCmdSN() || n.ExpStatSN != seq.StatSN {
 		// A ping's StatSN is the next one, not a new status.
@@ -381,12 +380,12 @@ func TestNOPInPingAnswered(t *testing.T) {
 func TestDeadPeer(t *testing.T) {
 	cfg := testConfig()
 	cfg.NOPInterval, cfg.NOPTimeout = 40*time.Millisecond, 120*time.Millisecond
-	s, f := fakeSession(t, cfg, fakeLogin{})
+	s, f := fakeSession(t, cfg, faketarget.Login{})
 	c := s.Conns()[0]
 	ch := goExecute(context.Background(), s, readCmd(512))
-	f.expect(pdu.OpSCSICommand)
-	x := f.expect(pdu.OpNOPOut) // never answered
-	if n := x.p.(*pdu.NOPOut); n.ITT == 0xffffffff || n.TTT != 0xffffffff || !n.Immediate {
+	f.Expect(pdu.OpSCSICommand)
+	x := f.Expect(pdu.OpNOPOut) // never answered
+	if n := x.PDU.(*pdu.NOPOut); n.ITT == 0xffffffff || n.TTT != 0xffffffff || !n.Immediate {
 		t.Errorf("keepalive NOP-Out %+v", n)
 	}
 	r := waitExec(t, ch)
@@ -396,7 +395,7 @@ func TestDeadPeer(t *testing.T) {
 	if !errors.Is(c.Err(), ErrDeadPeer) {
 		t.Errorf("Conn.Err %v", c.Err())
 	}
-	f.expectClosed()
+	f.ExpectClosed()
 	select {
 	case <-s.Ended():
 	case <-time.After(wait):
@@ -410,13 +409,13 @@ func TestDeadPeer(t *testing.T) {
 func TestKeepaliveAnswered(t *testing.T) {
 	cfg := testConfig()
 	cfg.NOPInterval, cfg.NOPTimeout = 50*time.Millisecond, time.Second
-	s, f := fakeSession(t, cfg, fakeLogin{})
+	s, f := fakeSession(t, cfg, faketarget.Login{})
 	c := s.Conns()[0]
 	for i := 0; i < 3; i++ {
-		x := f.expect(pdu.OpNOPOut)
-		n := x.p.(*pdu.NOPOut)
+		x := f.Expect(pdu.OpNOPOut)
+		n := x.PDU.(*pdu.NOPOut)
 		time.Sleep(300 * time.Millisecond) // a slow target, well within NOPTimeout
-		f.mustSend(&pdu.NOPIn{ITT: n.ITT, TTT: 0xffffffff, SeqNums: f.seq(true)}, nil)
+		f.MustSend(&pdu.NOPIn{ITT: n.ITT, TTT: 0xffffffff, SeqNums: f.Seq(true)}, nil)
 	}
 	if !c.Active() || c.Err() != nil {
 		t.Fatalf("connection after answered NOPs: active %v, err %v", c.Active(), c.Err())
@@ -430,22 +429,22 @@ func TestAsyncLogoutRequest(t *testing.T) {
 		events <- ev
 		return false
 	}
-	s, f := fakeSession(t, cfg, fakeLogin{})
+	s, f := fakeSession(t, cfg, faketarget.Login{})
 	c := s.Conns()[0]
 	ev := &pdu.AsyncMessage{ITT: 0xffffffff, AsyncEvent: pdu.AsyncLogoutRequest, Parameter3: 0}
-	ev.SeqNums = f.seq(true)
-	f.mustSend(ev, nil)
-	ev.SeqNums = f.seq(true)
-	f.mustSend(ev, nil) // the target asks again: still one logout
-	x := f.expect(pdu.OpLogoutRequest)
-	if lr := x.p.(*pdu.LogoutRequest); lr.ReasonCode != pdu.LogoutCloseSession || !lr.Immediate {
+	ev.SeqNums = f.Seq(true)
+	f.MustSend(ev, nil)
+	ev.SeqNums = f.Seq(true)
+	f.MustSend(ev, nil) // the target asks again: still one logout
+	x := f.Expect(pdu.OpLogoutRequest)
+	if lr := x.PDU.(*pdu.LogoutRequest); lr.ReasonCode != pdu.LogoutCloseSession || !lr.Immediate {
 		t.Errorf("Logout Request %+v", lr)
 	}
 	if !c.LogoutRequested() {
 		t.Error("LogoutRequested false")
 	}
-	f.answerLogout(x, pdu.LogoutSuccess)
-	f.expectClosed() // no second Logout Request
+	f.AnswerLogout(x, pdu.LogoutSuccess)
+	f.ExpectClosed() // no second Logout Request
 	select {
 	case <-s.Ended():
 	case <-time.After(wait):
@@ -467,17 +466,17 @@ func TestAsyncLogoutRequest(t *testing.T) {
 // The target asks for a logout while the user's logout runs: one Logout
 // Request, and both see its result.
 func TestAsyncLogoutDuringLogout(t *testing.T) {
-	s, f := fakeSession(t, testConfig(), fakeLogin{})
+	s, f := fakeSession(t, testConfig(), faketarget.Login{})
 	ch := make(chan error, 1)
 	go func() {
 		_, err := s.Logout(context.Background(), LogoutOptions{Timeout: wait})
 		ch <- err
 	}()
-	x := f.expect(pdu.OpLogoutRequest)
-	f.mustSend(&pdu.AsyncMessage{ITT: 0xffffffff, AsyncEvent: pdu.AsyncLogoutRequest, SeqNums: f.seq(true)}, nil)
-	f.ping()
-	f.answerLogout(x, pdu.LogoutSuccess)
-	f.expectClosed()
+	x := f.Expect(pdu.OpLogoutRequest)
+	f.MustSend(&pdu.AsyncMessage{ITT: 0xffffffff, AsyncEvent: pdu.AsyncLogoutRequest, SeqNums: f.Seq(true)}, nil)
+	f.Ping()
+	f.AnswerLogout(x, pdu.LogoutSuccess)
+	f.ExpectClosed()
 	if err := <-ch; err != nil {
 		t.Fatal(err)
 	}
@@ -501,18 +500,18 @@ func TestAsyncConnectionDrop(t *testing.T) {
 		{"event 3", pdu.AsyncSessionDrop, 0, true},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			s, f := fakeSession(t, cfg, fakeLogin{})
+			s, f := fakeSession(t, cfg, faketarget.Login{})
 			c := s.Conns()[0]
 			ch := goExecute(context.Background(), s, readCmd(512))
-			x := f.expect(pdu.OpSCSICommand)
-			f.mustSend(&pdu.AsyncMessage{ITT: 0xffffffff, AsyncEvent: tt.event, Parameter1: tt.cid, Parameter2: 2, Parameter3: 20, SeqNums: f.seq(true)}, nil)
+			x := f.Expect(pdu.OpSCSICommand)
+			f.MustSend(&pdu.AsyncMessage{ITT: 0xffffffff, AsyncEvent: tt.event, Parameter1: tt.cid, Parameter2: 2, Parameter3: 20, SeqNums: f.Seq(true)}, nil)
 			ev := <-events
 			if ev.Event != tt.event || ev.Parameter1 != tt.cid || ev.Parameter2 != 2 || ev.Parameter3 != 20 {
 				t.Errorf("OnAsync %+v", ev)
 			}
 			if !tt.drops {
-				f.ping()
-				f.readData(x, make([]byte, 512))
+				f.Ping()
+				f.ReadData(x, make([]byte, 512))
 				if r := waitExec(t, ch); r.err != nil || !c.Active() {
 					t.Fatalf("after an event for another CID: %v", r.err)
 				}
@@ -522,7 +521,7 @@ func TestAsyncConnectionDrop(t *testing.T) {
 			if !errors.Is(r.err, ErrTargetDropped) || !errors.Is(r.err, ErrConnReset) {
 				t.Fatalf("Execute: %v, want ErrTargetDropped", r.err)
 			}
-			f.expectClosed()
+			f.ExpectClosed()
 			<-s.Ended()
 		})
 	}
@@ -533,8 +532,8 @@ func TestAsyncSCSIEvent(t *testing.T) {
 	events := make(chan AsyncEvent, 1)
 	cfg := testConfig()
 	cfg.OnAsync = func(c *Conn, ev AsyncEvent) bool { events <- ev; return false }
-	_, f := fakeSession(t, cfg, fakeLogin{})
-	f.mustSend(&pdu.AsyncMessage{ITT: 0xffffffff, AsyncEvent: pdu.AsyncSCSIEvent, LUN: pdu.MakeLUN(2), SeqNums: f.seq(true)},
+	_, f := fakeSession(t, cfg, faketarget.Login{})
+	f.MustSend(&pdu.AsyncMessage{ITT: 0xffffffff, AsyncEvent: pdu.AsyncSCSIEvent, LUN: pdu.MakeLUN(2), SeqNums: f.Seq(true)},
 		[]byte{0, 3, 0x70, 0, 0x06, 0xff})
 	ev := <-events
 	if ev.LUN != uint64(pdu.MakeLUN(2)) || !bytes.Equal(ev.SenseData, []byte{0x70, 0, 0x06}) {
@@ -545,14 +544,14 @@ func TestAsyncSCSIEvent(t *testing.T) {
 // A context canceled while Data-In arrives: Execute returns, ABORT TASK goes
 // out for the command, and later Data-In no longer lands in the buffer.
 func TestCancelMidCommand(t *testing.T) {
-	s, f := fakeSession(t, testConfig(), fakeLogin{})
+	s, f := fakeSession(t, testConfig(), faketarget.Login{})
 	ctx, cancel := context.WithCancel(context.Background())
 	cmd := readCmd(64 << 10)
 	ch := goExecute(ctx, s, cmd)
-	x := f.expect(pdu.OpSCSICommand)
-	c := x.p.(*pdu.SCSICommand)
-	f.mustSend(&pdu.DataIn{ITT: c.ITT, TTT: 0xffffffff, SeqNums: f.seq(false), DataSN: 0}, bytes.Repeat([]byte{0x11}, 8192))
-	f.ping() // the first Data-In is in the buffer
+	x := f.Expect(pdu.OpSCSICommand)
+	c := x.PDU.(*pdu.SCSICommand)
+	f.MustSend(&pdu.DataIn{ITT: c.ITT, TTT: 0xffffffff, SeqNums: f.Seq(false), DataSN: 0}, bytes.Repeat([]byte{0x11}, 8192))
+	f.Ping() // the first Data-In is in the buffer
 	if cmd.Read[0] != 0x11 || cmd.Read[8191] != 0x11 {
 		t.Fatal("first Data-In not copied")
 	}
@@ -565,20 +564,20 @@ func TestCancelMidCommand(t *testing.T) {
 	for i := range cmd.Read {
 		cmd.Read[i] = 0x55
 	}
-	tm := f.expect(pdu.OpTaskMgmtRequest)
-	req := tm.p.(*pdu.TaskMgmtRequest)
+	tm := f.Expect(pdu.OpTaskMgmtRequest)
+	req := tm.PDU.(*pdu.TaskMgmtRequest)
 	if req.Function != pdu.TMFAbortTask || req.RefTaskTag != c.ITT || req.RefCmdSN != c.CmdSN || req.LUN != c.LUN || !req.Immediate {
 		t.Errorf("abort %+v for command ITT %#x CmdSN %#x", req, c.ITT, c.CmdSN)
 	}
-	f.mustSend(&pdu.DataIn{ITT: c.ITT, TTT: 0xffffffff, SeqNums: f.seq(false), DataSN: 1, BufferOffset: 8192}, bytes.Repeat([]byte{0xaa}, 8192))
-	f.mustSend(&pdu.TaskMgmtResponse{ITT: req.ITT, Response: pdu.TMFComplete, SeqNums: f.seq(true)}, nil)
-	f.ping()
+	f.MustSend(&pdu.DataIn{ITT: c.ITT, TTT: 0xffffffff, SeqNums: f.Seq(false), DataSN: 1, BufferOffset: 8192}, bytes.Repeat([]byte{0xaa}, 8192))
+	f.MustSend(&pdu.TaskMgmtResponse{ITT: req.ITT, Response: pdu.TMFComplete, SeqNums: f.Seq(true)}, nil)
+	f.Ping()
 	if i := bytes.IndexFunc(cmd.Read, func(r rune) bool { return r != 0x55 }); i >= 0 {
 		t.Fatalf("buffer written at %d after Execute returned", i)
 	}
 	// The connection is still good.
 	ch = goExecute(context.Background(), s, readCmd(512))
-	f.readData(f.expect(pdu.OpSCSICommand), make([]byte, 512))
+	f.ReadData(f.Expect(pdu.OpSCSICommand), make([]byte, 512))
 	if r := waitExec(t, ch); r.err != nil {
 		t.Fatal(r.err)
 	}
@@ -589,7 +588,7 @@ func TestCancelMidCommand(t *testing.T) {
 func TestSendTargetsContinuation(t *testing.T) {
 	cfg := testConfig()
 	cfg.TargetName = ""
-	s, f := fakeSession(t, cfg, fakeLogin{})
+	s, f := fakeSession(t, cfg, faketarget.Login{})
 	type result struct {
 		ts  []DiscoveredTarget
 		err error
@@ -599,20 +598,20 @@ func TestSendTargetsContinuation(t *testing.T) {
 		ts, err := s.SendTargets(context.Background(), "All")
 		ch <- result{ts, err}
 	}()
-	x := f.expect(pdu.OpTextRequest)
-	tr := x.p.(*pdu.TextRequest)
-	if string(x.data) != "SendTargets=All\x00" || tr.TTT != 0xffffffff || !tr.Final {
-		t.Fatalf("Text Request %+v %q", tr, x.data)
+	x := f.Expect(pdu.OpTextRequest)
+	tr := x.PDU.(*pdu.TextRequest)
+	if string(x.Data) != "SendTargets=All\x00" || tr.TTT != 0xffffffff || !tr.Final {
+		t.Fatalf("Text Request %+v %q", tr, x.Data)
 	}
 	text := "TargetName=iqn.2026-01.test:a\x00TargetAddress=10.0.0.1:3260,1\x00TargetAddress=[fe80::1]:3260,2\x00TargetName=iqn.2026-01.test:b\x00TargetAddress=10.0.0.2:3260,1\x00"
 	cut := 40
-	f.mustSend(&pdu.TextResponse{Continue: true, ITT: tr.ITT, TTT: 0x99, SeqNums: f.seq(true)}, []byte(text[:cut]))
-	x = f.expect(pdu.OpTextRequest)
-	tr2 := x.p.(*pdu.TextRequest)
-	if tr2.ITT != tr.ITT || tr2.TTT != 0x99 || len(x.data) != 0 {
-		t.Fatalf("continuation %+v %q, want ITT %#x TTT 0x99", tr2, x.data, tr.ITT)
+	f.MustSend(&pdu.TextResponse{Continue: true, ITT: tr.ITT, TTT: 0x99, SeqNums: f.Seq(true)}, []byte(text[:cut]))
+	x = f.Expect(pdu.OpTextRequest)
+	tr2 := x.PDU.(*pdu.TextRequest)
+	if tr2.ITT != tr.ITT || tr2.TTT != 0x99 || len(x.Data) != 0 {
+		t.Fatalf("continuation %+v %q, want ITT %#x TTT 0x99", tr2, x.Data, tr.ITT)
 	}
-	f.mustSend(&pdu.TextResponse{Final: true, ITT: tr.ITT, TTT: 0xffffffff, SeqNums: f.seq(true)}, []byte(text[cut:]))
+	f.MustSend(&pdu.TextResponse{Final: true, ITT: tr.ITT, TTT: 0xffffffff, SeqNums: f.Seq(true)}, []byte(text[cut:]))
 	r := <-ch
 	if r.err != nil || len(r.ts) != 2 || r.ts[0].Name != "iqn.2026-01.test:a" || len(r.ts[0].Portals) != 2 || r.ts[1].Addresses()[0] != "10.0.0.2:3260" {
 		t.Fatalf("SendTargets: %+v %v", r.ts, r.err)
@@ -620,15 +619,15 @@ func TestSendTargetsContinuation(t *testing.T) {
 }
 
 func TestConcurrentLogoutsShareOne(t *testing.T) {
-	s, f := fakeSession(t, testConfig(), fakeLogin{})
+	s, f := fakeSession(t, testConfig(), faketarget.Login{})
 	c := s.Conns()[0]
 	results := make(chan LogoutResult, 3)
 	for i := 0; i < 3; i++ {
 		go func() { results <- c.Logout(context.Background(), LogoutOptions{Timeout: wait}) }()
 	}
-	x := f.expect(pdu.OpLogoutRequest)
-	f.answerLogout(x, pdu.LogoutSuccess)
-	f.expectClosed()
+	x := f.Expect(pdu.OpLogoutRequest)
+	f.AnswerLogout(x, pdu.LogoutSuccess)
+	f.ExpectClosed()
 	for i := 0; i < 3; i++ {
 		if r := <-results; !r.OK() || r.CID != 0 {
 			t.Errorf("result %d: %+v", i, r)
@@ -638,43 +637,43 @@ func TestConcurrentLogoutsShareOne(t *testing.T) {
 
 func TestLogoutRefusedAndTimeout(t *testing.T) {
 	t.Run("cleanup failed", func(t *testing.T) {
-		s, f := fakeSession(t, testConfig(), fakeLogin{})
+		s, f := fakeSession(t, testConfig(), faketarget.Login{})
 		ch := make(chan LogoutResult, 1)
 		go func() {
 			ch <- s.Conns()[0].Logout(context.Background(), LogoutOptions{Reason: pdu.LogoutCloseSession, Timeout: wait})
 		}()
-		x := f.expect(pdu.OpLogoutRequest)
-		f.mustSend(&pdu.LogoutResponse{Response: pdu.LogoutCleanupFailed, ITT: x.p.(*pdu.LogoutRequest).ITT, Time2Wait: 3, Time2Retain: 9, SeqNums: f.seq(true)}, nil)
+		x := f.Expect(pdu.OpLogoutRequest)
+		f.MustSend(&pdu.LogoutResponse{Response: pdu.LogoutCleanupFailed, ITT: x.PDU.(*pdu.LogoutRequest).ITT, Time2Wait: 3, Time2Retain: 9, SeqNums: f.Seq(true)}, nil)
 		r := <-ch
 		var le *LogoutResponseError
 		if r.OK() || !r.Responded || r.Response != 3 || r.Time2Wait != 3 || r.Time2Retain != 9 || !errors.As(r.Err, &le) {
 			t.Fatalf("result %+v", r)
 		}
-		f.expectClosed()
+		f.ExpectClosed()
 		if s.LoggedOut() {
 			t.Error("LoggedOut after a refused logout")
 		}
 	})
 	t.Run("no answer", func(t *testing.T) {
-		s, f := fakeSession(t, testConfig(), fakeLogin{})
+		s, f := fakeSession(t, testConfig(), faketarget.Login{})
 		r := s.Conns()[0].Logout(context.Background(), LogoutOptions{Reason: pdu.LogoutCloseConnection, Timeout: 50 * time.Millisecond})
 		if !errors.Is(r.Err, ErrLogoutTimeout) || r.Responded {
 			t.Fatalf("result %+v", r)
 		}
-		f.expect(pdu.OpLogoutRequest)
-		f.expectClosed()
+		f.Expect(pdu.OpLogoutRequest)
+		f.ExpectClosed()
 	})
 	t.Run("rejected immediate, then in order", func(t *testing.T) {
-		s, f := fakeSession(t, testConfig(), fakeLogin{})
+		s, f := fakeSession(t, testConfig(), faketarget.Login{})
 		ch := make(chan LogoutResult, 1)
 		go func() { ch <- s.Conns()[0].Logout(context.Background(), LogoutOptions{Timeout: wait}) }()
-		x := f.expect(pdu.OpLogoutRequest)
-		f.mustSend(&pdu.Reject{Reason: pdu.RejectImmediateCommand, ITT: 0xffffffff, SeqNums: f.seq(true)}, x.h[:])
-		x = f.expect(pdu.OpLogoutRequest)
-		if x.h.Immediate() {
+		x := f.Expect(pdu.OpLogoutRequest)
+		f.MustSend(&pdu.Reject{Reason: pdu.RejectImmediateCommand, ITT: 0xffffffff, SeqNums: f.Seq(true)}, x.BHS[:])
+		x = f.Expect(pdu.OpLogoutRequest)
+		if x.BHS.Immediate() {
 			t.Error("second Logout Request still immediate")
 		}
-		f.answerLogout(x, pdu.LogoutSuccess)
+		f.AnswerLogout(x, pdu.LogoutSuccess)
 		if r := <-ch; !r.OK() {
 			t.Fatalf("result %+v", r)
 		}
@@ -684,21 +683,21 @@ func TestLogoutRefusedAndTimeout(t *testing.T) {
 // Commands running when a logout starts may finish within DrainTimeout; a
 // command issued after it starts is refused at once.
 func TestLogoutDrains(t *testing.T) {
-	s, f := fakeSession(t, testConfig(), fakeLogin{})
+	s, f := fakeSession(t, testConfig(), faketarget.Login{})
 	ctx := context.Background()
 	ch := goExecute(ctx, s, readCmd(512))
-	x := f.expect(pdu.OpSCSICommand)
+	x := f.Expect(pdu.OpSCSICommand)
 	lch := make(chan LogoutResult, 1)
 	go func() { lch <- s.Conns()[0].Logout(ctx, LogoutOptions{DrainTimeout: wait, Timeout: wait}) }()
-	f.expectNothing() // draining: no Logout Request yet
+	f.ExpectNothing() // draining: no Logout Request yet
 	if _, err := s.Execute(ctx, readCmd(512)); !errors.Is(err, ErrNotSent) {
 		t.Errorf("Execute during the logout: %v, want ErrNotSent", err)
 	}
-	f.readData(x, make([]byte, 512))
+	f.ReadData(x, make([]byte, 512))
 	if r := waitExec(t, ch); r.err != nil {
 		t.Fatalf("drained command: %v", r.err)
 	}
-	f.answerLogout(f.expect(pdu.OpLogoutRequest), pdu.LogoutSuccess)
+	f.AnswerLogout(f.Expect(pdu.OpLogoutRequest), pdu.LogoutSuccess)
 	if r := <-lch; !r.OK() || r.Failed != 0 {
 		t.Fatalf("logout %+v", r)
 	}
@@ -712,19 +711,19 @@ func TestLogoutFailsRunningCommands(t *testing.T) {
 	p := DefaultParams()
 	p.InitialR2T, p.ImmediateData = true, false
 	cfg.Params = &p
-	s, f := fakeSession(t, cfg, fakeLogin{})
+	s, f := fakeSession(t, cfg, faketarget.Login{})
 	ctx := context.Background()
 	ch := goExecute(ctx, s, writeCmd(pattern(4096, 0)))
-	x := f.expect(pdu.OpSCSICommand)
+	x := f.Expect(pdu.OpSCSICommand)
 	lch := make(chan LogoutResult, 1)
 	go func() { lch <- s.Conns()[0].Logout(ctx, LogoutOptions{Timeout: wait}) }()
-	lr := f.expect(pdu.OpLogoutRequest)
-	f.send(&pdu.R2T{ITT: x.p.(*pdu.SCSICommand).ITT, TTT: 1, SeqNums: f.seq(false), DesiredDataTransferLength: 4096}, nil)
+	lr := f.Expect(pdu.OpLogoutRequest)
+	f.Send(&pdu.R2T{ITT: x.PDU.(*pdu.SCSICommand).ITT, TTT: 1, SeqNums: f.Seq(false), DesiredDataTransferLength: 4096}, nil)
 	if e := waitExec(t, ch); !errors.Is(e.err, ErrLoggedOut) {
 		t.Fatalf("write after an R2T that followed the logout: %v, want ErrLoggedOut", e.err)
 	}
-	f.expectNothing() // no Data-Out after the Logout Request
-	f.answerLogout(lr, pdu.LogoutSuccess)
+	f.ExpectNothing() // no Data-Out after the Logout Request
+	f.AnswerLogout(lr, pdu.LogoutSuccess)
 	if r := <-lch; !r.OK() {
 		t.Fatalf("logout after the late R2T: %+v", r)
 	}
@@ -734,41 +733,40 @@ func TestLogoutFailsRunningCommands(t *testing.T) {
 // its own keys; a target changing the TSIH is refused.
 func TestAddConnection(t *testing.T) {
 	cfg := testConfig()
-	s, srv := fakeSessionServer(t, cfg, fakeLogin{tsih: 0x77})
+	s, srv := fakeSessionServer(t, cfg, faketarget.Login{TSIH: 0x77})
 	c, err := s.AddConnection(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
-	f2 := srv.next()
+	f2 := srv.Next()
 	if c.CID() != 1 || len(s.Conns()) != 2 {
 		t.Fatalf("CID %d, %d connections", c.CID(), len(s.Conns()))
 	}
-	f2.mu.Lock()
-	for _, r := range f2.loginReqs {
+	for _, r := range f2.LoginRequests() {
 		if r.TSIH != 0x77 || r.CID != 1 || r.ISID != s.ISID() {
 			t.Errorf("added connection's Login Request %+v", r)
 		}
 	}
-	for _, kv := range f2.loginKeys {
+	keys := f2.LoginKeys()
+	for _, kv := range keys {
 		if leadingOnly[kv.Key] {
 			t.Errorf("added connection sent LO key %s", kv.Key)
 		}
 	}
-	if _, ok := pdu.Lookup(f2.loginKeys, "TargetName"); !ok {
+	if _, ok := pdu.Lookup(keys, "TargetName"); !ok {
 		t.Error("added connection sent no TargetName")
 	}
-	f2.mu.Unlock()
 
 	// Commands go over both connections.
-	f1 := srv.fakes[0]
+	f1 := srv.Targets()[0]
 	for i := 0; i < 4; i++ {
 		ch := goExecute(context.Background(), s, readCmd(512))
-		var x rxPDU
+		var x faketarget.PDU
 		select {
-		case x = <-f1.in:
-			f1.readData(x, make([]byte, 512))
-		case x = <-f2.in:
-			f2.readData(x, make([]byte, 512))
+		case x = <-f1.In():
+			f1.ReadData(x, make([]byte, 512))
+		case x = <-f2.In():
+			f2.ReadData(x, make([]byte, 512))
 		case <-time.After(wait):
 			t.Fatal("no command")
 		}
@@ -782,11 +780,11 @@ func TestAddConnection(t *testing.T) {
 	go func() {
 		lch <- c.Logout(context.Background(), LogoutOptions{Reason: pdu.LogoutCloseConnection, Timeout: wait})
 	}()
-	x := f2.expect(pdu.OpLogoutRequest)
-	if lr := x.p.(*pdu.LogoutRequest); lr.ReasonCode != pdu.LogoutCloseConnection || lr.CID != 1 {
+	x := f2.Expect(pdu.OpLogoutRequest)
+	if lr := x.PDU.(*pdu.LogoutRequest); lr.ReasonCode != pdu.LogoutCloseConnection || lr.CID != 1 {
 		t.Errorf("Logout Request %+v", lr)
 	}
-	f2.answerLogout(x, pdu.LogoutSuccess)
+	f2.AnswerLogout(x, pdu.LogoutSuccess)
 	if r := <-lch; !r.OK() {
 		t.Fatalf("%+v", r)
 	}
@@ -799,7 +797,7 @@ func TestAddConnection(t *testing.T) {
 	if _, err := s.AddConnection(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	srv.next()
+	srv.Next()
 	s.mu.Lock()
 	held := len(s.all)
 	s.mu.Unlock()
@@ -807,30 +805,30 @@ func TestAddConnection(t *testing.T) {
 		t.Errorf("session holds %d connections, want 2", held)
 	}
 
-	srv.login.addedTSIH = 0x78
+	srv.SetLogin(faketarget.Login{TSIH: 0x77, AddedTSIH: 0x78})
 	_, err = s.AddConnection(context.Background())
-	asProtocolError(t, err, pdu.OpLoginResponse, "TSIH")
+	faketarget.AsProtocolError(t, err, pdu.OpLoginResponse, "TSIH")
 }
 
 // A session logout (reason 0) that the target refuses gives the session's
 // other connections back their commands.
 func TestSessionLogoutRefusedResumesOthers(t *testing.T) {
-	s, srv := fakeSessionServer(t, testConfig(), fakeLogin{})
+	s, srv := fakeSessionServer(t, testConfig(), faketarget.Login{})
 	c2, err := s.AddConnection(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
-	f2 := srv.next()
-	c1, f1 := s.Conns()[0], srv.fakes[0]
+	f2 := srv.Next()
+	c1, f1 := s.Conns()[0], srv.Targets()[0]
 	lch := make(chan LogoutResult, 1)
 	go func() {
 		lch <- c1.Logout(context.Background(), LogoutOptions{Reason: pdu.LogoutCloseSession, Timeout: wait})
 	}()
-	x := f1.expect(pdu.OpLogoutRequest)
+	x := f1.Expect(pdu.OpLogoutRequest)
 	if c2.Active() {
 		t.Error("other connection takes commands during a session logout")
 	}
-	f1.answerLogout(x, pdu.LogoutCleanupFailed)
+	f1.AnswerLogout(x, pdu.LogoutCleanupFailed)
 	if r := <-lch; r.OK() {
 		t.Fatal("refused logout reported OK")
 	}
@@ -838,7 +836,7 @@ func TestSessionLogoutRefusedResumesOthers(t *testing.T) {
 		t.Fatal("other connection not given back its commands")
 	}
 	ch := goExecute(context.Background(), s, readCmd(512))
-	f2.readData(f2.expect(pdu.OpSCSICommand), make([]byte, 512))
+	f2.ReadData(f2.Expect(pdu.OpSCSICommand), make([]byte, 512))
 	if r := waitExec(t, ch); r.err != nil {
 		t.Fatal(r.err)
 	}
@@ -847,21 +845,21 @@ func TestSessionLogoutRefusedResumesOthers(t *testing.T) {
 func TestLoginHostile(t *testing.T) {
 	cfg := testConfig()
 	t.Run("non-login PDU during login", func(t *testing.T) {
-		err := fakeLoginErr(t, cfg, func(f *fakeTarget) error {
-			if _, _, err := f.readLogin(); err != nil {
+		err := fakeLoginErr(t, cfg, func(f *faketarget.Target) error {
+			if _, _, err := f.ReadLogin(); err != nil {
 				return err
 			}
-			return f.w.WritePDU(&pdu.NOPIn{ITT: 0xffffffff, TTT: 0xffffffff}, nil)
+			return f.Send(&pdu.NOPIn{ITT: 0xffffffff, TTT: 0xffffffff}, nil)
 		})
-		asProtocolError(t, err, pdu.OpNOPIn, "Opcode")
+		faketarget.AsProtocolError(t, err, pdu.OpNOPIn, "Opcode")
 	})
 	t.Run("login reject", func(t *testing.T) {
-		err := fakeLoginErr(t, cfg, func(f *fakeTarget) error {
-			req, _, err := f.readLogin()
+		err := fakeLoginErr(t, cfg, func(f *faketarget.Target) error {
+			req, _, err := f.ReadLogin()
 			if err != nil {
 				return err
 			}
-			return f.w.WritePDU(&pdu.LoginResponse{CSG: req.CSG, ISID: req.ISID, ITT: req.ITT, StatusClass: 2, StatusDetail: 3}, nil)
+			return f.Send(&pdu.LoginResponse{CSG: req.CSG, ISID: req.ISID, ITT: req.ITT, StatusClass: 2, StatusDetail: 3}, nil)
 		})
 		var le *LoginError
 		if !errors.As(err, &le) || le.Status != pdu.LoginTargetNotFound {
@@ -869,22 +867,22 @@ func TestLoginHostile(t *testing.T) {
 		}
 	})
 	t.Run("wrong ITT", func(t *testing.T) {
-		err := fakeLoginErr(t, cfg, func(f *fakeTarget) error {
-			req, _, err := f.readLogin()
+		err := fakeLoginErr(t, cfg, func(f *faketarget.Target) error {
+			req, _, err := f.ReadLogin()
 			if err != nil {
 				return err
 			}
-			return f.w.WritePDU(&pdu.LoginResponse{Transit: true, CSG: req.CSG, NSG: 1, ISID: req.ISID, ITT: req.ITT + 1}, []byte("AuthMethod=None\x00"))
+			return f.Send(&pdu.LoginResponse{Transit: true, CSG: req.CSG, NSG: 1, ISID: req.ISID, ITT: req.ITT + 1}, []byte("AuthMethod=None\x00"))
 		})
-		asProtocolError(t, err, pdu.OpLoginResponse, "InitiatorTaskTag")
+		faketarget.AsProtocolError(t, err, pdu.OpLoginResponse, "InitiatorTaskTag")
 	})
 	t.Run("last key without NUL", func(t *testing.T) {
-		err := fakeLoginErr(t, cfg, func(f *fakeTarget) error {
-			req, _, err := f.readLogin()
+		err := fakeLoginErr(t, cfg, func(f *faketarget.Target) error {
+			req, _, err := f.ReadLogin()
 			if err != nil {
 				return err
 			}
-			return f.w.WritePDU(&pdu.LoginResponse{Transit: true, CSG: req.CSG, NSG: 1, ISID: req.ISID, ITT: req.ITT}, []byte("AuthMethod=None"))
+			return f.Send(&pdu.LoginResponse{Transit: true, CSG: req.CSG, NSG: 1, ISID: req.ISID, ITT: req.ITT}, []byte("AuthMethod=None"))
 		})
 		var ne *NegotiationError
 		if !errors.As(err, &ne) {
@@ -892,12 +890,12 @@ func TestLoginHostile(t *testing.T) {
 		}
 	})
 	t.Run("redirect to a malformed address", func(t *testing.T) {
-		err := fakeLoginErr(t, cfg, func(f *fakeTarget) error {
-			req, _, err := f.readLogin()
+		err := fakeLoginErr(t, cfg, func(f *faketarget.Target) error {
+			req, _, err := f.ReadLogin()
 			if err != nil {
 				return err
 			}
-			return f.w.WritePDU(&pdu.LoginResponse{CSG: req.CSG, ISID: req.ISID, ITT: req.ITT, StatusClass: 1, StatusDetail: 1}, []byte("TargetAddress=,1\x00"))
+			return f.Send(&pdu.LoginResponse{CSG: req.CSG, ISID: req.ISID, ITT: req.ITT, StatusClass: 1, StatusDetail: 1}, []byte("TargetAddress=,1\x00"))
 		})
 		var ne *NegotiationError
 		if !errors.As(err, &ne) || ne.Key != "TargetAddress" {
@@ -905,13 +903,13 @@ func TestLoginHostile(t *testing.T) {
 		}
 	})
 	t.Run("target stays in the security stage", func(t *testing.T) {
-		err := fakeLoginErr(t, cfg, func(f *fakeTarget) error {
+		err := fakeLoginErr(t, cfg, func(f *faketarget.Target) error {
 			for {
-				req, _, err := f.readLogin()
+				req, _, err := f.ReadLogin()
 				if err != nil {
 					return nil
 				}
-				if err := f.w.WritePDU(&pdu.LoginResponse{CSG: req.CSG, ISID: req.ISID, ITT: req.ITT}, []byte("AuthMethod=None\x00")); err != nil {
+				if err := f.Send(&pdu.LoginResponse{CSG: req.CSG, ISID: req.ISID, ITT: req.ITT}, []byte("AuthMethod=None\x00")); err != nil {
 					return nil
 				}
 			}
@@ -924,9 +922,9 @@ func TestLoginHostile(t *testing.T) {
 	t.Run("login timeout", func(t *testing.T) {
 		c := cfg
 		c.LoginTimeout = 50 * time.Millisecond
-		err := fakeLoginErr(t, c, func(f *fakeTarget) error {
-			f.readLogin()
-			f.readLogin() // blocks until the initiator gives up
+		err := fakeLoginErr(t, c, func(f *faketarget.Target) error {
+			f.ReadLogin()
+			f.ReadLogin() // blocks until the initiator gives up
 			return nil
 		})
 		if !errors.Is(err, context.DeadlineExceeded) {
@@ -939,31 +937,31 @@ func TestLoginRedirect(t *testing.T) {
 	var dialed []string
 	cfg := testConfig()
 	first := true
-	srv := newFakeServer(t, fakeLogin{})
+	srv := faketarget.NewServer(t, fakeTiming, faketarget.Login{})
 	cfg.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
 		dialed = append(dialed, addr)
 		if first {
 			first = false
 			ini, tgt := net.Pipe()
-			f := newFakeTarget(t, tgt)
+			f := faketarget.New(t, tgt, fakeTiming)
 			go func() {
-				req, _, err := f.readLogin()
+				req, _, err := f.ReadLogin()
 				if err == nil {
-					f.w.WritePDU(&pdu.LoginResponse{CSG: req.CSG, ISID: req.ISID, ITT: req.ITT, StatusClass: 1, StatusDetail: 1},
+					f.Send(&pdu.LoginResponse{CSG: req.CSG, ISID: req.ISID, ITT: req.ITT, StatusClass: 1, StatusDetail: 1},
 						[]byte("TargetAddress=[fe80::2]:3262,3\x00"))
 				}
-				f.close()
+				f.Close()
 			}()
 			return ini, nil
 		}
-		return srv.dial(ctx, network, addr)
+		return srv.Dial(ctx, network, addr)
 	}
 	s, err := Login(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	srv.next()
+	srv.Next()
 	if len(dialed) != 2 || dialed[1] != "[fe80::2]:3262" || s.Portal() != "[fe80::2]:3262" {
 		t.Errorf("dialed %v, portal %s", dialed, s.Portal())
 	}
@@ -975,17 +973,15 @@ func TestLoginRedirect(t *testing.T) {
 func TestCancelDuringStalledDataIn(t *testing.T) {
 	cfg := testConfig()
 	cfg.NOPTimeout = 100 * time.Millisecond
-	s, f := fakeSession(t, cfg, fakeLogin{})
+	s, f := fakeSession(t, cfg, faketarget.Login{})
 	ctx, cancel := context.WithCancel(context.Background())
 	cmd := readCmd(8192)
 	ch := goExecute(ctx, s, cmd)
-	c := f.expect(pdu.OpSCSICommand).p.(*pdu.SCSICommand)
+	c := f.Expect(pdu.OpSCSICommand).PDU.(*pdu.SCSICommand)
 	var h pdu.BHS
-	(&pdu.DataIn{ITT: c.ITT, TTT: 0xffffffff, SeqNums: f.seq(false)}).MarshalBHS(&h)
+	(&pdu.DataIn{ITT: c.ITT, TTT: 0xffffffff, SeqNums: f.Seq(false)}).MarshalBHS(&h)
 	h.SetLengths(0, 8192)
-	f.wmu.Lock()
-	_, err := f.nc.Write(append(h[:], make([]byte, 4096)...)) // half the data, then nothing
-	f.wmu.Unlock()
+	err := f.SendRaw(append(h[:], make([]byte, 4096)...)) // half the data, then nothing
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -999,7 +995,7 @@ func TestCancelDuringStalledDataIn(t *testing.T) {
 	if d := time.Since(start); d > 2*time.Second {
 		t.Errorf("Execute took %v to return", d)
 	}
-	f.expectClosed()
+	f.ExpectClosed()
 	if err := s.all[0].Err(); !errors.Is(err, ErrDeadPeer) {
 		t.Errorf("Conn.Err %v", err)
 	}
@@ -1007,13 +1003,13 @@ func TestCancelDuringStalledDataIn(t *testing.T) {
 
 // A context already done sends nothing.
 func TestExecuteDoneContext(t *testing.T) {
-	s, f := fakeSession(t, testConfig(), fakeLogin{})
+	s, f := fakeSession(t, testConfig(), faketarget.Login{})
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	if _, err := s.Execute(ctx, readCmd(512)); !errors.Is(err, context.Canceled) {
 		t.Fatalf("Execute: %v", err)
 	}
-	f.expectNothing()
+	f.ExpectNothing()
 }
 
 // A target that redirects more than MaxRedirects times fails the login with a
@@ -1022,12 +1018,12 @@ func TestLoginTooManyRedirects(t *testing.T) {
 	cfg := testConfig()
 	cfg.MaxRedirects = 2
 	dials := 0
-	err := fakeLoginErrN(t, cfg, &dials, func(f *fakeTarget) error {
-		req, _, err := f.readLogin()
+	err := fakeLoginErrN(t, cfg, &dials, func(f *faketarget.Target) error {
+		req, _, err := f.ReadLogin()
 		if err != nil {
 			return err
 		}
-		return f.w.WritePDU(&pdu.LoginResponse{CSG: req.CSG, ISID: req.ISID, ITT: req.ITT, StatusClass: 1, StatusDetail: 1},
+		return f.Send(&pdu.LoginResponse{CSG: req.CSG, ISID: req.ISID, ITT: req.ITT, StatusClass: 1, StatusDetail: 1},
 			[]byte("TargetAddress=10.9.9.9:3260,1\x00"))
 	})
 	var le *LoginError
@@ -1037,29 +1033,4 @@ func TestLoginTooManyRedirects(t *testing.T) {
 	if dials != 3 {
 		t.Errorf("%d dials, want 3", dials)
 	}
-}
-
-// fakeLoginErrN is fakeLoginErr for a login that dials several times, each
-// connection running script.
-func fakeLoginErrN(t testing.TB, cfg Config, dials *int, script func(f *fakeTarget) error) error {
-	t.Helper()
-	var fakes []*fakeTarget
-	done := make(chan error, 16)
-	cfg.Dial = pipeDialer(func(nc net.Conn) {
-		*dials++
-		f := newFakeTarget(t, nc)
-		fakes = append(fakes, f)
-		go func() { done <- script(f) }()
-	})
-	ctx, cancel := context.WithTimeout(context.Background(), wait)
-	defer cancel()
-	s, err := Login(ctx, cfg)
-	if s != nil {
-		s.Close()
-	}
-	for _, f := range fakes {
-		f.close()
-		<-done
-	}
-	return err
 }

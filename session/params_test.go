@@ -5,6 +5,7 @@ import (
 	"reflect"
 	"testing"
 
+	"github.com/goiscsi/iscsi/internal/faketarget"
 	"github.com/goiscsi/iscsi/pdu"
 )
 
@@ -260,10 +261,10 @@ func TestNegotiationTargetOffers(t *testing.T) {
 // gets our answer in the next Login Request, and a target answering CRC32C
 // to our None fails the login with the key named.
 func TestLoginNegotiationOverTheWire(t *testing.T) {
-	s, _ := fakeSession(t, testConfig(), fakeLogin{
-		answers: map[string]string{"MaxBurstLength": "131072", "ImmediateData": "No"},
-		offers:  kvs("X-com.example.Vendor", "1"),
-		tsih:    0x42, targetMRDSL: 16384,
+	s, _ := fakeSession(t, testConfig(), faketarget.Login{
+		Answers: map[string]string{"MaxBurstLength": "131072", "ImmediateData": "No"},
+		Offers:  kvs("X-com.example.Vendor", "1"),
+		TSIH:    0x42, TargetMRDSL: 16384,
 	})
 	p := s.Params()
 	if p.MaxBurstLength != 131072 || p.ImmediateData || p.TargetMaxRecvDataSegmentLength != 16384 || p.TargetPortalGroupTag != 1 {
@@ -277,8 +278,8 @@ func TestLoginNegotiationOverTheWire(t *testing.T) {
 	}
 
 	cfg := testConfig()
-	err := fakeLoginErr(t, cfg, func(f *fakeTarget) error {
-		return f.serveLogin(fakeLogin{answers: map[string]string{"HeaderDigest": "CRC32C"}})
+	err := fakeLoginErr(t, cfg, func(f *faketarget.Target) error {
+		return f.ServeLogin(faketarget.Login{Answers: map[string]string{"HeaderDigest": "CRC32C"}})
 	})
 	var ne *NegotiationError
 	if !errors.As(err, &ne) || ne.Key != "HeaderDigest" {
