@@ -43,6 +43,7 @@ func TestUpdateWindow(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			s := newWindowSession(tt.exp, tt.maxSN)
 			w := s.window
+			s.windowWaited = true // as takeCmdSN does for a command that waits
 			s.updateWindow(tt.uExp, tt.uMax)
 			if s.expCmdSN != tt.wantExp || s.maxCmdSN != tt.wantMax {
 				t.Errorf("ExpCmdSN %#x MaxCmdSN %#x, want %#x %#x", s.expCmdSN, s.maxCmdSN, tt.wantExp, tt.wantMax)
@@ -51,6 +52,34 @@ func TestUpdateWindow(t *testing.T) {
 				t.Errorf("waiters woken: %v, want %v", windowClosedNow(w), tt.wantWake)
 			}
 		})
+	}
+}
+
+// TestUpdateWindowNoWaiter: while nobody waits for room, a MaxCmdSN that
+// moves replaces no channel; a command that then finds the window full
+// waits on one that the next move closes.
+func TestUpdateWindowNoWaiter(t *testing.T) {
+	s := newWindowSession(10, 11)
+	w := s.window
+	s.updateWindow(11, 12)
+	if s.window != w || windowClosedNow(w) {
+		t.Fatal("the window channel was replaced with nobody waiting")
+	}
+	for range 3 { // CmdSN 10, 11, 12
+		if _, _, ok := s.takeCmdSN(); !ok {
+			t.Fatal("no room in an open window")
+		}
+	}
+	_, wait, ok := s.takeCmdSN()
+	if ok || wait == nil {
+		t.Fatal("room in a full window")
+	}
+	s.updateWindow(12, 13)
+	if !windowClosedNow(wait) {
+		t.Fatal("the waiter was not woken when MaxCmdSN moved")
+	}
+	if _, _, ok := s.takeCmdSN(); !ok {
+		t.Fatal("no room once MaxCmdSN moved")
 	}
 }
 

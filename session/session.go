@@ -29,9 +29,12 @@ type Session struct {
 	expCmdSN uint32
 	maxCmdSN uint32
 	// window is closed and replaced whenever MaxCmdSN moves or the session
-	// ends, waking commands that wait for room.
-	window chan struct{}
-	conns  []*Conn
+	// ends, waking commands that wait for room; only once one has been
+	// handed to a waiter (windowWaited), so that a MaxCmdSN moving with
+	// every response costs no channel while the window is open.
+	window       chan struct{}
+	windowWaited bool
+	conns        []*Conn
 	// all are every connection ever started, for Close to wait for.
 	all       []*Conn
 	nextCID   uint16
@@ -232,9 +235,9 @@ func (s *Session) updateWindow(exp, maxSN uint32) {
 		s.maxCmdSN = maxSN
 		moved = true
 	}
-	if moved {
+	if moved && s.windowWaited {
 		close(s.window)
-		s.window = make(chan struct{})
+		s.window, s.windowWaited = make(chan struct{}), false
 	}
 	s.mu.Unlock()
 }
@@ -257,6 +260,7 @@ func (s *Session) takeCmdSN() (uint32, <-chan struct{}, bool) {
 		s.cmdSN++
 		return sn, nil, true
 	}
+	s.windowWaited = true
 	return 0, s.window, false
 }
 
