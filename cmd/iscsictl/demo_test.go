@@ -192,39 +192,9 @@ func TestDemoPcap(t *testing.T) {
 		t.Errorf("decode:\n%s", txt.stdout)
 	}
 
-	peers.Require(t, "tshark")
-	bad, err := peers.TsharkMalformed(file, port)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if bad != 0 {
-		t.Errorf("tshark finds %d malformed packets in %s", bad, file)
-	}
-	rows, err := peers.TsharkFields(file, port, "tcp.stream", "iscsi.opcode")
-	if err != nil {
-		t.Fatal(err)
-	}
 	// Every connection of the sessions carries a Logout Request and its
 	// Response.
-	req, resp := map[string]int{}, map[string]int{}
-	for _, r := range rows {
-		for _, op := range strings.Split(r[1], ",") {
-			switch op {
-			case "0x06":
-				req[r[0]]++
-			case "0x26":
-				resp[r[0]]++
-			}
-		}
-	}
-	if len(req) != 6 || len(resp) != 6 {
-		t.Errorf("tshark: Logout Requests on %d connections and Responses on %d, want 6 each (%v, %v)", len(req), len(resp), req, resp)
-	}
-	for s, n := range req {
-		if n != 1 || resp[s] != 1 {
-			t.Errorf("tcp.stream %s: %d Logout Requests, %d Responses", s, n, resp[s])
-		}
-	}
+	checkTsharkLogouts(t, file, port, 6)
 }
 
 // TestDemoInterrupt: an interrupt during a logout that waits for answers

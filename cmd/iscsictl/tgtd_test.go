@@ -143,6 +143,14 @@ func checkCapture(t *testing.T, file string, port, n int) {
 	if c := strings.Count(r.stdout, "Logout Response"); c != n {
 		t.Errorf("decode shows %d Logout Responses, want %d:\n%s", c, n, r.stdout)
 	}
+	checkTsharkLogouts(t, file, port, n)
+}
+
+// checkTsharkLogouts checks with tshark that the capture has no malformed
+// packet and n TCP streams each carrying one Logout Request and one
+// Logout Response.
+func checkTsharkLogouts(t *testing.T, file string, port, n int) {
+	t.Helper()
 	peers.Require(t, "tshark")
 	bad, err := peers.TsharkMalformed(file, port)
 	if err != nil {
@@ -168,6 +176,11 @@ func checkCapture(t *testing.T, file string, port, n int) {
 	}
 	if len(req) != n || len(resp) != n {
 		t.Errorf("tshark: Logout Requests %v and Responses %v by TCP stream, want one each on %d streams", req, resp, n)
+	}
+	for stream, k := range req {
+		if k != 1 || resp[stream] != 1 {
+			t.Errorf("tcp.stream %s: %d Logout Requests, %d Responses", stream, k, resp[stream])
+		}
 	}
 }
 
