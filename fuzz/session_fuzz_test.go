@@ -548,8 +548,12 @@ type pipeTarget struct {
 	run func(f *fuzzConn) // the target's side of one connection
 	// switchFFP is fuzzConn.switchFFP.
 	switchFFP bool
-	mu        sync.Mutex
-	conns     []*fuzzConn
+	// tcp connects over loopback TCP rather than net.Pipe: a TCP
+	// connection is where a command reads its own response
+	// (session/reader.go).
+	tcp   bool
+	mu    sync.Mutex
+	conns []*fuzzConn
 }
 
 func (p *pipeTarget) dial(ctx context.Context, network, addr string) (net.Conn, error) {
@@ -570,6 +574,12 @@ func (p *pipeTarget) dial(ctx context.Context, network, addr string) (net.Conn, 
 		}
 	}
 	ini, tgt := net.Pipe()
+	if p.tcp {
+		var err error
+		if ini, tgt, err = tcpPair(); err != nil {
+			return nil, err
+		}
+	}
 	f := newFuzzConn(tgt, p.sc, p.switchFFP)
 	p.conns = append(p.conns, f)
 	go func() {
@@ -577,6 +587,36 @@ func (p *pipeTarget) dial(ctx context.Context, network, addr string) (net.Conn, 
 		p.run(f)
 	}()
 	return ini, nil
+}
+
+// tcpPair returns both ends of a new loopback TCP connection.
+func tcpPair() (ini, tgt net.Conn, err error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, nil, err
+	}
+	defer ln.Close()
+	type accepted struct {
+		c   net.Conn
+		err error
+	}
+	acc := make(chan accepted, 1)
+	go func() {
+		c, err := ln.Accept()
+		acc <- accepted{c, err}
+	}()
+	ini, err = net.DialTimeout("tcp", ln.Addr().String(), fuzzBudget)
+	if err != nil {
+		ln.Close()
+		<-acc
+		return nil, nil, err
+	}
+	a := <-acc
+	if a.err != nil {
+		ini.Close()
+		return nil, nil, a.err
+	}
+	return ini, a.c, nil
 }
 
 func (p *pipeTarget) close() {
@@ -727,21 +767,37 @@ func FuzzSession(f *testing.F) {
 		if len(in) == 0 {
 			return
 		}
-		fuzzSession(t, in)
+		fuzzSession(t, in, false)
+	})
+}
+
+// FuzzSessionTCP is FuzzSession over loopback TCP, where a command that
+// finds nobody reading its connection reads its own response
+// (session/reader.go) and reads and writes are raw system calls
+// (internal/sockio).
+func FuzzSessionTCP(f *testing.F) {
+	for _, s := range sessionSeeds() {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, in []byte) {
+		if len(in) == 0 {
+			return
+		}
+		fuzzSession(t, in, true)
 	})
 }
 
 // fuzzMRDSL are the target's MaxRecvDataSegmentLength choices.
 var fuzzMRDSL = [4]int{512, 4096, 8192, 65536}
 
-func fuzzSession(t *testing.T, in []byte) {
+func fuzzSession(t *testing.T, in []byte, tcp bool) {
 	flags := in[0]
 	hd, dd := flags&1 != 0, flags&2 != 0
 	r2t := flags&4 != 0
 	mrdsl := fuzzMRDSL[flags>>3&3]
 	sc := &script{b: in[1:]}
 	loginErr := make(chan error, 1)
-	pt := &pipeTarget{t: t, sc: sc, switchFFP: true, run: func(f *fuzzConn) {
+	pt := &pipeTarget{t: t, sc: sc, switchFFP: true, tcp: tcp, run: func(f *fuzzConn) {
 		err := goodLogin(f, hd, dd, r2t, mrdsl)
 		loginErr <- err
 		if err != nil {
@@ -1070,14 +1126,16 @@ func sessionSeeds() [][]byte {
 	return seeds
 }
 
-// TestSessionFuzzSeeds runs every seed of the two session fuzz targets and
-// checks that none leaves a goroutine behind.
+// TestSessionFuzzSeeds runs every seed of the session fuzz targets, the
+// session's over net.Pipe and over TCP, and checks that none leaves a
+// goroutine behind.
 func TestSessionFuzzSeeds(t *testing.T) {
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 	for i, s := range loginSeeds() {
 		t.Run(fmt.Sprintf("login%02d", i), func(t *testing.T) { fuzzLogin(t, s) })
 	}
 	for i, s := range sessionSeeds() {
-		t.Run(fmt.Sprintf("session%02d", i), func(t *testing.T) { fuzzSession(t, s) })
+		t.Run(fmt.Sprintf("session%02d", i), func(t *testing.T) { fuzzSession(t, s, false) })
+		t.Run(fmt.Sprintf("session%02d/tcp", i), func(t *testing.T) { fuzzSession(t, s, true) })
 	}
 }
