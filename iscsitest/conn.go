@@ -277,30 +277,8 @@ func (c *Conn) windowLocked() (uint32, uint32) {
 // every PDU that carries status (RFC 7143 §4.2.2.2), which includes Reject
 // and Asynchronous Message but not R2T, a NOP-In ping or a Data-In without S.
 func (c *Conn) fillLocked(p pdu.PDU) {
-	var sn *pdu.SeqNums
-	status := true
-	switch v := p.(type) {
-	case *pdu.NOPIn:
-		sn, status = &v.SeqNums, v.ITT != 0xffffffff
-	case *pdu.SCSIResponse:
-		sn = &v.SeqNums
-	case *pdu.TaskMgmtResponse:
-		sn = &v.SeqNums
-	case *pdu.LoginResponse:
-		sn = &v.SeqNums
-	case *pdu.TextResponse:
-		sn = &v.SeqNums
-	case *pdu.DataIn:
-		sn, status = &v.SeqNums, v.HasStatus
-	case *pdu.LogoutResponse:
-		sn = &v.SeqNums
-	case *pdu.R2T:
-		sn, status = &v.SeqNums, false
-	case *pdu.AsyncMessage:
-		sn = &v.SeqNums
-	case *pdu.Reject:
-		sn = &v.SeqNums
-	default:
+	sn, status := pdu.TargetSeq(p)
+	if sn == nil {
 		return
 	}
 	sn.StatSN = c.statSN

@@ -126,33 +126,10 @@ func (i *ini) recv() (pdu.PDU, []byte) {
 // checkSeq checks that StatSN goes up by one per status-bearing PDU and that
 // the window never shrinks below what was sent.
 func (i *ini) checkSeq(p pdu.PDU) error {
-	var sn *pdu.SeqNums
-	status := true
-	switch v := p.(type) {
-	case *pdu.NOPIn:
-		sn, status = &v.SeqNums, v.ITT != 0xffffffff
-	case *pdu.SCSIResponse:
-		sn = &v.SeqNums
-	case *pdu.TaskMgmtResponse:
-		sn = &v.SeqNums
-	case *pdu.LoginResponse:
-		sn = &v.SeqNums
-		if v.StatusClass != 0 {
-			return nil
-		}
-	case *pdu.TextResponse:
-		sn = &v.SeqNums
-	case *pdu.DataIn:
-		sn, status = &v.SeqNums, v.HasStatus
-	case *pdu.LogoutResponse:
-		sn = &v.SeqNums
-	case *pdu.R2T:
-		sn, status = &v.SeqNums, false
-	case *pdu.AsyncMessage:
-		sn = &v.SeqNums
-	case *pdu.Reject:
-		sn = &v.SeqNums
+	if lr, ok := p.(*pdu.LoginResponse); ok && lr.StatusClass != 0 {
+		return nil
 	}
+	sn, status := pdu.TargetSeq(p)
 	if sn == nil {
 		return nil
 	}

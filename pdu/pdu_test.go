@@ -386,3 +386,33 @@ func TestTextProtocolLevelKey(t *testing.T) {
 		t.Fatal("a key beginning with a small letter other than iSCSIProtocolLevel was accepted")
 	}
 }
+
+// TestTargetSeq: which PDUs carry sequence numbers, and which of them carry
+// status (advance StatSN).
+func TestTargetSeq(t *testing.T) {
+	tests := []struct {
+		p              pdu.PDU
+		hasSeq, status bool
+	}{
+		{&pdu.NOPIn{ITT: 1}, true, true},
+		{&pdu.NOPIn{ITT: 0xffffffff}, true, false},
+		{&pdu.SCSIResponse{}, true, true},
+		{&pdu.TaskMgmtResponse{}, true, true},
+		{&pdu.LoginResponse{}, true, true},
+		{&pdu.TextResponse{}, true, true},
+		{&pdu.DataIn{HasStatus: true}, true, true},
+		{&pdu.DataIn{}, true, false},
+		{&pdu.LogoutResponse{}, true, true},
+		{&pdu.R2T{}, true, false},
+		{&pdu.AsyncMessage{}, true, true},
+		{&pdu.Reject{}, true, true},
+		{&pdu.SCSICommand{}, false, false},
+		{&pdu.NOPOut{}, false, false},
+	}
+	for _, tt := range tests {
+		sn, status := pdu.TargetSeq(tt.p)
+		if (sn != nil) != tt.hasSeq || status != tt.status {
+			t.Errorf("%s: sequence numbers %v, status %v; want %v, %v", tt.p.Opcode(), sn != nil, status, tt.hasSeq, tt.status)
+		}
+	}
+}

@@ -15,6 +15,36 @@ func (s *SeqNums) put(h *BHS) {
 	put32(h[32:], s.MaxCmdSN)
 }
 
+// TargetSeq returns the sequence numbers of a target PDU, nil for any other,
+// and whether the PDU carries status, so that StatSN advances past it (RFC
+// 7143 §4.2.2.2): every target PDU does but an R2T, a NOP-In ping (ITT
+// 0xffffffff) and a Data-In without the S bit.
+func TargetSeq(p PDU) (sn *SeqNums, status bool) {
+	switch v := p.(type) {
+	case *NOPIn:
+		return &v.SeqNums, v.ITT != 0xffffffff
+	case *SCSIResponse:
+		return &v.SeqNums, true
+	case *TaskMgmtResponse:
+		return &v.SeqNums, true
+	case *LoginResponse:
+		return &v.SeqNums, true
+	case *TextResponse:
+		return &v.SeqNums, true
+	case *DataIn:
+		return &v.SeqNums, v.HasStatus
+	case *LogoutResponse:
+		return &v.SeqNums, true
+	case *R2T:
+		return &v.SeqNums, false
+	case *AsyncMessage:
+		return &v.SeqNums, true
+	case *Reject:
+		return &v.SeqNums, true
+	}
+	return nil, false
+}
+
 func getSeq(h *BHS) SeqNums {
 	return SeqNums{StatSN: u32(h[24:]), ExpCmdSN: u32(h[28:]), MaxCmdSN: u32(h[32:])}
 }
