@@ -33,17 +33,22 @@ func Read(r io.Reader, opts Options) ([]Record, error) {
 	return decodeAll(NewDecoder(opts), r)
 }
 
-// decodeAll decodes a pcap or pcapng capture with d.
-func decodeAll(d *Decoder, r io.Reader) ([]Record, error) {
+// captureSource is a pcap or pcapng reader.
+type captureSource interface {
+	gopacket.PacketDataSource
+	gopacket.ZeroCopyPacketDataSource
+	LinkType() layers.LinkType
+}
+
+// openCapture reads the file header of a pcap or pcapng capture, telling
+// them apart by their magic number.
+func openCapture(r io.Reader) (captureSource, error) {
 	br := bufio.NewReaderSize(r, 256<<10)
 	magic, err := br.Peek(4)
 	if err != nil {
 		return nil, fmt.Errorf("capture: reading the file header: %w", err)
 	}
-	var src interface {
-		gopacket.ZeroCopyPacketDataSource
-		LinkType() layers.LinkType
-	}
+	var src captureSource
 	if bytes.Equal(magic, []byte{0x0a, 0x0d, 0x0d, 0x0a}) {
 		src, err = pcapgo.NewNgReader(br, pcapgo.DefaultNgReaderOptions)
 	} else {
@@ -51,6 +56,15 @@ func decodeAll(d *Decoder, r io.Reader) ([]Record, error) {
 	}
 	if err != nil {
 		return nil, fmt.Errorf("capture: %w", err)
+	}
+	return src, nil
+}
+
+// decodeAll decodes a pcap or pcapng capture with d.
+func decodeAll(d *Decoder, r io.Reader) ([]Record, error) {
+	src, err := openCapture(r)
+	if err != nil {
+		return nil, err
 	}
 	p := newPacketParser()
 	var rs []Record

@@ -1,8 +1,6 @@
 package capture
 
 import (
-	"bufio"
-	"bytes"
 	"fmt"
 	"net"
 	"os"
@@ -14,7 +12,6 @@ import (
 
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
-	"github.com/gopacket/gopacket/pcapgo"
 
 	"github.com/goiscsi/iscsi/pdu"
 )
@@ -155,17 +152,7 @@ func synPorts(t *testing.T, path string) []uint16 {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	br := bufio.NewReader(f)
-	magic, _ := br.Peek(4)
-	var src interface {
-		gopacket.PacketDataSource
-		LinkType() layers.LinkType
-	}
-	if bytes.Equal(magic, []byte{0x0a, 0x0d, 0x0d, 0x0a}) {
-		src, err = pcapgo.NewNgReader(br, pcapgo.DefaultNgReaderOptions)
-	} else {
-		src, err = pcapgo.NewReader(br)
-	}
+	src, err := openCapture(f)
 	if err != nil {
 		t.Fatal(err)
 	}
