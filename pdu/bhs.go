@@ -16,6 +16,11 @@ const MaxDataSegmentLength = 1<<24 - 1
 // TotalAHSLength is an 8-bit count of 4-byte words.
 const MaxAHSLength = 255 * 4
 
+// ReservedTag is the tag value 0xffffffff that RFC 7143 §11.1 reserves: an
+// ITT or TTT that names no task (a NOP-In ping, an unsolicited Data-Out, an
+// asynchronous message).
+const ReservedTag uint32 = 0xffffffff
+
 // BHS is the raw 48-byte Basic Header Segment. Its accessors read the fields
 // every opcode shares; the per-opcode types read the rest.
 type BHS [BHSLen]byte
@@ -39,6 +44,11 @@ func (h *BHS) DataSegmentLength() int {
 
 // ITT returns the Initiator Task Tag in bytes 16-19.
 func (h *BHS) ITT() uint32 { return binary.BigEndian.Uint32(h[16:20]) }
+
+// CmdSN returns bytes 24-27, the CmdSN of an initiator's command PDU (SCSI
+// Command, Task Management, Text, Logout, NOP-Out). Other opcodes keep other
+// fields there.
+func (h *BHS) CmdSN() uint32 { return binary.BigEndian.Uint32(h[24:28]) }
 
 // SetLengths stores TotalAHSLength (in bytes, a multiple of 4) and
 // DataSegmentLength.

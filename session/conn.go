@@ -1,10 +1,12 @@
 package session
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -44,6 +46,9 @@ type Conn struct {
 	wspare   *pdu.Writer // the batch being written, swapped with w
 	flushing bool
 	wdone    *sync.Cond // on wmu, broadcast when a flusher stops
+	// wseq counts the batches written, for the keepalive's watch of a
+	// write that does not end (writeWatch).
+	wseq uint64
 
 	mu    sync.Mutex
 	tasks map[uint32]*task
@@ -55,7 +60,8 @@ type Conn struct {
 	// to zero, for a logout draining the connection.
 	scsiCount int
 	idle      chan struct{}
-	// failedSCSI counts the SCSI commands failed when the connection ended.
+	// failedSCSI counts the SCSI commands sent and still running that
+	// were failed when the connection ended.
 	failedSCSI int
 
 	expStatSN atomic.Uint32
@@ -218,6 +224,26 @@ func (c *Conn) send(p pdu.PDU, data []byte) error {
 	return c.sendLocked(p, data)
 }
 
+// watchWrite bounds a write of a request op whose caller waits with ctx:
+// if ctx ends before the returned stop is called (the target stopped
+// reading and the write does not end), the connection is failed, which
+// ends the write.
+func (c *Conn) watchWrite(ctx context.Context, op pdu.Opcode) (stop func()) {
+	if ctx.Done() == nil {
+		return func() {}
+	}
+	var done atomic.Bool
+	unwatch := context.AfterFunc(ctx, func() {
+		if !done.Load() {
+			c.fail(fmt.Errorf("iscsi: %s not written before its context ended (the target does not read): %w: %w", op, ErrConnReset, ctx.Err()))
+		}
+	})
+	return func() {
+		done.Store(true)
+		unwatch()
+	}
+}
+
 func (c *Conn) sendLocked(p pdu.PDU, data []byte) error {
 	if err := c.w.Append(p, nil, data); err != nil {
 		return err
@@ -258,6 +284,7 @@ func (c *Conn) flushLocked(wait bool) error {
 		}
 		batch := c.w
 		c.w, c.wspare = c.wspare, batch
+		c.wseq++
 		c.wmu.Unlock()
 		err = batch.Flush()
 		c.wmu.Lock()
@@ -299,6 +326,9 @@ func (c *Conn) readErr(err error) error {
 	default:
 	}
 	switch {
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		// Only a command that gave up sets a deadline inside a PDU.
+		return fmt.Errorf("iscsi: the target stalled in the middle of a PDU for %v after its command gave up: %w: %w", readCancelGrace, ErrConnReset, err)
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, syscall.ECONNRESET), errors.Is(err, net.ErrClosed):
 		// Both stay matchable: errors.Is(err, syscall.ECONNRESET) tells a
 		// reset from a close.
@@ -338,9 +368,13 @@ func (c *Conn) dispatch(h *pdu.BHS) error {
 		if err != nil {
 			return err
 		}
-		if t := c.lookup(r.ITT); t != nil {
+		t, err := c.answering(pdu.OpSCSIResponse, r.ITT, taskSCSI)
+		switch {
+		case err != nil:
+			return err
+		case t != nil:
 			t.scsiResponse(&r, data)
-		} else {
+		default:
 			c.log.Debug("SCSI Response for an unknown task", zap.Uint32("itt", r.ITT))
 		}
 	case pdu.OpR2T:
@@ -360,14 +394,18 @@ func (c *Conn) dispatch(h *pdu.BHS) error {
 		if err != nil {
 			return err
 		}
-		if n.ITT != 0xffffffff {
+		if n.ITT != pdu.ReservedTag {
 			c.updateStatSN(n.StatSN)
-			if t := c.lookup(n.ITT); t != nil && t.kind == taskNOP {
+			t, err := c.answering(pdu.OpNOPIn, n.ITT, taskNOP)
+			if err != nil {
+				return err
+			}
+			if t != nil {
 				c.remove(n.ITT)
 				t.complete(nil, nil)
 			}
 		}
-		if n.TTT != 0xffffffff {
+		if n.TTT != pdu.ReservedTag {
 			ping := nopPing{ttt: n.TTT, lun: n.LUN, data: append([]byte(nil), data...)}
 			select {
 			case c.nopReplies <- ping:
@@ -382,7 +420,11 @@ func (c *Conn) dispatch(h *pdu.BHS) error {
 		}
 		s.updateWindow(r.ExpCmdSN, r.MaxCmdSN)
 		c.updateStatSN(r.StatSN)
-		if t := c.lookup(r.ITT); t != nil && t.kind == taskTMF {
+		t, err := c.answering(pdu.OpTaskMgmtResponse, r.ITT, taskTMF)
+		if err != nil {
+			return err
+		}
+		if t != nil {
 			c.remove(r.ITT)
 			t.complete(nil, func() { t.tmfResp = r.Response })
 		}
@@ -393,8 +435,11 @@ func (c *Conn) dispatch(h *pdu.BHS) error {
 		}
 		s.updateWindow(r.ExpCmdSN, r.MaxCmdSN)
 		c.updateStatSN(r.StatSN)
-		t := c.lookup(r.ITT)
-		if t == nil || t.kind != taskLogout {
+		t, err := c.answering(pdu.OpLogoutResponse, r.ITT, taskLogout)
+		if err != nil {
+			return err
+		}
+		if t == nil {
 			return &pdu.ProtocolError{Op: pdu.OpLogoutResponse, Field: "InitiatorTaskTag", Value: uint64(r.ITT), Reason: "no Logout Request with this tag"}
 		}
 		c.remove(r.ITT)
@@ -425,7 +470,11 @@ func (c *Conn) dispatch(h *pdu.BHS) error {
 		if err != nil {
 			return err
 		}
-		if t := c.lookup(r.ITT); t != nil && t.kind == taskText {
+		t, err := c.answering(pdu.OpTextResponse, r.ITT, taskText)
+		if err != nil {
+			return err
+		}
+		if t != nil {
 			c.remove(r.ITT)
 			resp, seg := r, append([]byte(nil), data...)
 			t.complete(nil, func() { t.textResp, t.text = resp, seg })
@@ -459,14 +508,59 @@ func (c *Conn) dispatch(h *pdu.BHS) error {
 		var rh pdu.BHS
 		copy(rh[:], data)
 		c.log.Debug("target rejected a PDU", zap.String("op", rh.Opcode().String()), zap.String("reason", pdu.RejectReasonString(rj.Reason)))
-		if t := c.lookup(rh.ITT()); t != nil && rh.ITT() != 0xffffffff {
-			c.remove(rh.ITT())
+		if t := c.rejected(&rh); t != nil {
+			c.remove(t.itt)
 			t.complete(&RejectError{Reason: rj.Reason, Op: rh.Opcode()}, nil)
 		}
 	default:
 		return &pdu.ProtocolError{Op: h.Opcode(), Field: "Opcode", Value: uint64(h.Opcode()), Reason: "not allowed in full feature phase"}
 	}
 	return nil
+}
+
+// answering returns the task a target PDU of opcode op carrying tag itt
+// answers: nil for a tag no task has (the answer to a task given up may come
+// late), and a protocol error for a task of another kind than want. A PDU
+// of the wrong kind never completes a task: a SCSI Response carrying a
+// Logout Request's tag does not make the logout a success.
+func (c *Conn) answering(op pdu.Opcode, itt uint32, want taskKind) (*task, error) {
+	t := c.lookup(itt)
+	if t == nil || t.kind == want {
+		return t, nil
+	}
+	return nil, &pdu.ProtocolError{Op: op, Field: "InitiatorTaskTag", Value: uint64(itt),
+		Reason: fmt.Sprintf("is the tag of a %s, which a %s does not answer", requests[t.kind], op)}
+}
+
+// rejected returns the task whose request the header a Reject carries is:
+// the same opcode, tag and (for a command) CmdSN. A Reject naming a request
+// that is not ours, or no longer waits, is ignored: failing whatever task
+// holds that tag now would fail a command the target executed.
+func (c *Conn) rejected(rh *pdu.BHS) *task {
+	itt := rh.ITT()
+	if itt == pdu.ReservedTag {
+		return nil
+	}
+	t := c.lookup(itt)
+	if t == nil {
+		return nil
+	}
+	op := rh.Opcode()
+	if t.kind == taskSCSI && op == pdu.OpSCSIDataOut {
+		// A Data-Out carries no CmdSN; its tag and kind name the write.
+		if t.writeLen > 0 {
+			return t
+		}
+		return nil
+	}
+	t.mu.Lock()
+	sent, sn := t.sent, t.cmdSN
+	t.mu.Unlock()
+	if op != requests[t.kind] || !sent || rh.CmdSN() != sn {
+		c.log.Debug("Reject names no request of ours", zap.Stringer("op", op), zap.Uint32("itt", itt), zap.Uint32("cmdsn", rh.CmdSN()))
+		return nil
+	}
+	return t
 }
 
 // updateStatSN advances ExpStatSN past statSN; a StatSN going backwards is
@@ -493,7 +587,6 @@ func (c *Conn) fail(err error) {
 	c.state = connClosed
 	tasks := c.tasks
 	c.tasks = make(map[uint32]*task)
-	c.failedSCSI += c.scsiCount
 	c.scsiCount = 0
 	if c.idle != nil {
 		close(c.idle)
@@ -505,8 +598,19 @@ func (c *Conn) fail(err error) {
 		close(c.closing)
 		c.nc.Close()
 	})
+	// Counted exactly: a command the target completed (its status may be
+	// in, its goroutine not yet back for it) is not failed here, nor one
+	// that never went out.
+	failed := 0
 	for _, t := range tasks {
-		t.complete(err, nil)
+		if t.complete(err, nil) && t.kind == taskSCSI && t.wasSent() {
+			failed++
+		}
+	}
+	if failed > 0 {
+		c.mu.Lock()
+		c.failedSCSI += failed
+		c.mu.Unlock()
 	}
 	c.s.connEnded(c)
 }
@@ -528,16 +632,22 @@ func (c *Conn) Close() error {
 }
 
 // keepalive answers target pings and sends a NOP-Out when the connection has
-// been idle for NOPInterval, failing it if no NOP-In comes in NOPTimeout.
+// been idle for NOPInterval, failing it if no NOP-In comes in NOPTimeout. It
+// also watches the writes: one that has not ended for NOPTimeout means the
+// target stopped reading (a zero window; it may still send, pings
+// included), and fails the connection, which ends the write. It never
+// writes itself (post), so that such a write cannot hold it.
 func (c *Conn) keepalive() {
 	defer c.goroutineDone()
 	interval := c.s.cfg.nopInterval()
-	var tick <-chan time.Time
+	stall := c.s.cfg.nopTimeout()
+	period := stall / 2
 	if interval > 0 {
-		t := time.NewTicker(interval / 2)
-		defer t.Stop()
-		tick = t.C
+		period = min(period, interval/2)
 	}
+	ticker := time.NewTicker(period)
+	defer ticker.Stop()
+	var watch writeWatch
 	var pending *task
 	var pendingSince time.Time
 	for {
@@ -545,12 +655,20 @@ func (c *Conn) keepalive() {
 		case <-c.closing:
 			return
 		case p := <-c.nopReplies:
-			out := &pdu.NOPOut{Immediate: true, LUN: p.lun, ITT: 0xffffffff, TTT: p.ttt,
+			out := &pdu.NOPOut{Immediate: true, LUN: p.lun, ITT: pdu.ReservedTag, TTT: p.ttt,
 				CmdSN: c.s.currentCmdSN(), ExpStatSN: c.expStatSN.Load()}
-			if err := c.send(out, p.data); err != nil {
+			if err := c.post(out, p.data); err != nil {
 				return
 			}
-		case now := <-tick:
+		case now := <-ticker.C:
+			if watch.stalled(c, now, stall) {
+				c.log.Debug("a write took no data for NOPTimeout: the target stopped reading")
+				c.fail(ErrWriteStalled)
+				return
+			}
+			if interval <= 0 {
+				continue
+			}
 			if pending != nil {
 				select {
 				case <-pending.done:
@@ -559,7 +677,7 @@ func (c *Conn) keepalive() {
 					// Any PDU since the NOP-Out shows the target alive;
 					// the deadline runs from the last sign of life.
 					since := max(pendingSince.UnixNano(), c.lastRecv.Load())
-					if time.Duration(now.UnixNano()-since) > c.s.cfg.nopTimeout() {
+					if time.Duration(now.UnixNano()-since) > stall {
 						c.log.Debug("NOP-Out unanswered: target is dead")
 						c.fail(ErrDeadPeer)
 						return
@@ -574,11 +692,58 @@ func (c *Conn) keepalive() {
 			if err := c.register(t, false); err != nil {
 				continue
 			}
-			out := &pdu.NOPOut{Immediate: true, ITT: t.itt, TTT: 0xffffffff, CmdSN: c.s.currentCmdSN(), ExpStatSN: c.expStatSN.Load()}
-			if err := c.send(out, nil); err != nil {
+			out := &pdu.NOPOut{Immediate: true, ITT: t.itt, TTT: pdu.ReservedTag, CmdSN: c.s.currentCmdSN(), ExpStatSN: c.expStatSN.Load()}
+			t.setRequest(out.CmdSN)
+			if err := c.post(out, nil); err != nil {
 				return
 			}
 			pending, pendingSince = t, now
 		}
 	}
+}
+
+// writeWatch is the keepalive's view of the connection's writes: the same
+// batch still being written at ticks stall apart means no write ended in
+// that time.
+type writeWatch struct {
+	seq   uint64
+	since time.Time
+}
+
+// stalled reports a write in progress, the same one, since stall before now.
+func (w *writeWatch) stalled(c *Conn, now time.Time, stall time.Duration) bool {
+	c.wmu.Lock()
+	flushing, seq := c.flushing, c.wseq
+	c.wmu.Unlock()
+	if !flushing || seq != w.seq {
+		w.seq, w.since = seq, now
+		return false
+	}
+	return now.Sub(w.since) >= stall
+}
+
+// post queues a PDU of the keepalive's and returns without waiting for a
+// write: a write in progress takes it with its next batch; with none, a
+// goroutine of the connection writes it.
+func (c *Conn) post(p pdu.PDU, data []byte) error {
+	c.wmu.Lock()
+	err := c.w.Append(p, nil, data)
+	busy := c.flushing
+	c.wmu.Unlock()
+	if err != nil || busy {
+		return err
+	}
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		c.wmu.Lock()
+		err := c.flushLocked(false)
+		c.wmu.Unlock()
+		if err != nil {
+			c.fail(c.writeErr(err))
+			return
+		}
+		c.ensureReader()
+	}()
+	return nil
 }

@@ -121,8 +121,11 @@ func (c *Conn) sendText(ctx context.Context, t *task, ttt uint32, data []byte) e
 		sn, wait, ok := s.takeCmdSN()
 		if ok {
 			req := &pdu.TextRequest{Final: true, ITT: t.itt, TTT: ttt, CmdSN: sn, ExpStatSN: c.expStatSN.Load()}
+			t.setRequest(sn)
+			stop := c.watchWrite(ctx, req.Opcode())
 			err := c.sendLocked(req, data)
 			c.wmu.Unlock()
+			stop()
 			return err
 		}
 		c.wmu.Unlock()

@@ -26,6 +26,14 @@ var (
 	ErrDeadPeer = errors.New("iscsi: target did not answer NOP-Out before the deadline")
 	// ErrConnReset reports a connection the target closed or reset.
 	ErrConnReset = errors.New("iscsi: connection closed by the target")
+	// ErrOutcomeUnknown fails a command that was sent (in whole or in part)
+	// and did not complete: the target may or may not have executed it. A
+	// write that fails with it may have changed the medium.
+	ErrOutcomeUnknown = errors.New("iscsi: command did not complete, its outcome on the target is unknown")
+	// ErrWriteStalled ends a connection whose target took none of a write
+	// for NOPTimeout: it stopped reading (a zero TCP window), so nothing
+	// sent on the connection can complete.
+	ErrWriteStalled = fmt.Errorf("iscsi: the target stopped reading (no data taken before the deadline): %w", ErrConnReset)
 	// ErrShortSecret refuses a CHAP secret shorter than 12 bytes (RFC 7143 §12.1.3).
 	ErrShortSecret = errors.New("iscsi: CHAP secret shorter than 12 bytes")
 )
@@ -50,6 +58,23 @@ func (e *NegotiationError) Error() string {
 	}
 	return fmt.Sprintf("iscsi: login: %s: %s", e.Key, e.Reason)
 }
+
+// ShortTransferError is a write whose target reported GOOD status without
+// having taken all the data: less than the whole (less any residual it
+// reported) was asked for with R2T or sent unsolicited. The write is not
+// done; it matches ErrOutcomeUnknown, since the part sent may have been
+// written.
+type ShortTransferError struct {
+	Done int // bytes sent
+	Want int // bytes the target had to take
+}
+
+func (e *ShortTransferError) Error() string {
+	return fmt.Sprintf("iscsi: target reported GOOD status after taking %d of the %d bytes of the write; the write is not done", e.Done, e.Want)
+}
+
+// Unwrap makes a short write match ErrOutcomeUnknown.
+func (e *ShortTransferError) Unwrap() error { return ErrOutcomeUnknown }
 
 // RejectError is a PDU the target rejected.
 type RejectError struct {

@@ -115,97 +115,16 @@ func (c *Conn) Logout(ctx context.Context, opts LogoutOptions) LogoutResult {
 func (c *Conn) logout(ctx context.Context, opts LogoutOptions) LogoutResult {
 	res := LogoutResult{CID: c.cid, Reason: opts.Reason}
 	s := c.s
-	// Connections this logout stops; given back their commands if it fails.
-	// It drains those too, and those whose own logout stopped them.
-	var stopped, others []*Conn
-	if opts.Reason == pdu.LogoutCloseSession || opts.DrainSession {
-		for _, o := range s.Conns() {
-			if o == c {
-				continue
-			}
-			others = append(others, o)
-			if o.stopCommands() {
-				stopped = append(stopped, o)
-			}
-		}
-	}
-	if opts.DrainTimeout > 0 {
-		dctx, cancel := context.WithTimeout(ctx, opts.DrainTimeout)
-		c.waitIdle(dctx)
-		for _, o := range others {
-			o.waitIdle(dctx)
-		}
-		cancel()
-	}
+	stopped := c.drainForLogout(ctx, opts)
 	timeout := opts.Timeout
 	if timeout <= 0 {
 		timeout = DefaultLogoutTimeout
 	}
-	timer := time.NewTimer(timeout)
-	defer timer.Stop()
-
-	immediate := true
-	for attempt := 0; ; attempt++ {
-		t := s.newTask(taskLogout)
-		t.logoutReason = opts.Reason
-		if err := c.register(t, true); err != nil {
-			res.Err = err
-			break
-		}
-		req := &pdu.LogoutRequest{Immediate: immediate, ReasonCode: opts.Reason, ITT: t.itt, CID: c.cid}
-		c.wmu.Lock()
-		if immediate {
-			req.CmdSN = s.currentCmdSN()
-		} else {
-			sn, _, ok := s.takeCmdSN()
-			if !ok {
-				c.wmu.Unlock()
-				c.remove(t.itt)
-				res.Err = errors.New("iscsi: logout: CmdSN window closed")
-				break
-			}
-			req.CmdSN = sn
-		}
-		req.ExpStatSN = c.expStatSN.Load()
-		c.logoutSent.Store(true)
-		err := c.sendLocked(req, nil)
-		c.wmu.Unlock()
-		if err != nil {
-			res.Err = err
-			break
-		}
-		// On a timeout or a cancel the task stays registered until the
-		// connection is failed below: a response already on its way then
-		// meets its request, rather than looking like a Logout Response
-		// for a tag never sent (a protocol error that would end the
-		// connection's commands with the wrong cause).
-		select {
-		case <-t.done:
-		case <-timer.C:
-			res.Err = ErrLogoutTimeout
-		case <-ctx.Done():
-			res.Err = ctx.Err()
-		}
-		if res.Err != nil {
-			break
-		}
-		var rj *RejectError
-		if errors.As(t.err, &rj) && rj.Reason == pdu.RejectImmediateCommand && immediate && attempt == 0 {
-			// The target will not take an immediate logout: send it in order.
-			immediate = false
-			continue
-		}
-		if t.err != nil {
-			res.Err = t.err
-			break
-		}
-		r := t.logoutResp
-		res.Responded, res.Response, res.Time2Wait, res.Time2Retain = true, r.Response, r.Time2Wait, r.Time2Retain
-		if r.Response != pdu.LogoutSuccess {
-			res.Err = &LogoutResponseError{Response: r.Response, Time2Wait: r.Time2Wait, Time2Retain: r.Time2Retain}
-		}
-		break
-	}
+	// One deadline bounds the whole exchange: the write of the request
+	// (a target that stopped reading holds it) and the wait for the answer.
+	lctx, cancel := context.WithTimeout(ctx, timeout)
+	res.Err = c.exchangeLogout(lctx, ctx, opts.Reason, &res)
+	cancel()
 
 	if res.OK() {
 		if opts.Reason == pdu.LogoutCloseSession {
@@ -248,6 +167,118 @@ func (c *Conn) logout(ctx context.Context, opts LogoutOptions) LogoutResult {
 		s.setLogoutResult(res)
 	}
 	return res
+}
+
+// drainForLogout stops new commands (on the session's other connections too
+// for reason 0 or DrainSession) and lets running ones finish until
+// DrainTimeout. It returns the connections it stopped, to be given their
+// commands back if the logout fails.
+func (c *Conn) drainForLogout(ctx context.Context, opts LogoutOptions) (stopped []*Conn) {
+	var others []*Conn
+	if opts.Reason == pdu.LogoutCloseSession || opts.DrainSession {
+		for _, o := range c.s.Conns() {
+			if o == c {
+				continue
+			}
+			others = append(others, o)
+			if o.stopCommands() {
+				stopped = append(stopped, o)
+			}
+		}
+	}
+	if opts.DrainTimeout > 0 {
+		dctx, cancel := context.WithTimeout(ctx, opts.DrainTimeout)
+		c.waitIdle(dctx)
+		for _, o := range others {
+			o.waitIdle(dctx)
+		}
+		cancel()
+	}
+	return stopped
+}
+
+// exchangeLogout sends the Logout Request and waits for its response until
+// ctx (the caller's parent with the logout's deadline) ends; a request the
+// target rejects as immediate goes once more in order. It fills res from
+// the response and returns why the exchange failed, nil on success.
+func (c *Conn) exchangeLogout(ctx, parent context.Context, reason uint8, res *LogoutResult) error {
+	for immediate := true; ; immediate = false {
+		t, err := c.sendLogout(ctx, parent, reason, immediate)
+		if err != nil {
+			return err
+		}
+		// On a timeout or a cancel the task stays registered until the
+		// connection is failed: a response already on its way then meets
+		// its request, rather than looking like a Logout Response for a
+		// tag never sent (a protocol error that would end the
+		// connection's commands with the wrong cause).
+		select {
+		case <-t.done:
+		case <-ctx.Done():
+			return logoutStopped(parent)
+		}
+		var rj *RejectError
+		if errors.As(t.err, &rj) && rj.Reason == pdu.RejectImmediateCommand && immediate {
+			// The target will not take an immediate logout: send it in order.
+			continue
+		}
+		if t.err != nil {
+			return t.err
+		}
+		r := t.logoutResp
+		res.Responded, res.Response, res.Time2Wait, res.Time2Retain = true, r.Response, r.Time2Wait, r.Time2Retain
+		if r.Response != pdu.LogoutSuccess {
+			return &LogoutResponseError{Response: r.Response, Time2Wait: r.Time2Wait, Time2Retain: r.Time2Retain}
+		}
+		return nil
+	}
+}
+
+// logoutStopped is why a logout's wait ended early: the caller's context
+// (canceled), else the logout's own deadline.
+func logoutStopped(parent context.Context) error {
+	if err := parent.Err(); err != nil {
+		return err
+	}
+	return ErrLogoutTimeout
+}
+
+// sendLogout registers a logout task and sends its request. A write that
+// does not end (the target stopped reading) does not outlast ctx: the
+// connection is failed, which ends it, and the error says so.
+func (c *Conn) sendLogout(ctx, parent context.Context, reason uint8, immediate bool) (*task, error) {
+	s := c.s
+	t := s.newTask(taskLogout)
+	t.logoutReason = reason
+	if err := c.register(t, true); err != nil {
+		return nil, err
+	}
+	req := &pdu.LogoutRequest{Immediate: immediate, ReasonCode: reason, ITT: t.itt, CID: c.cid}
+	c.wmu.Lock()
+	if immediate {
+		req.CmdSN = s.currentCmdSN()
+	} else {
+		sn, _, ok := s.takeCmdSN()
+		if !ok {
+			c.wmu.Unlock()
+			c.remove(t.itt)
+			return nil, errors.New("iscsi: logout: CmdSN window closed")
+		}
+		req.CmdSN = sn
+	}
+	t.setRequest(req.CmdSN)
+	req.ExpStatSN = c.expStatSN.Load()
+	c.logoutSent.Store(true)
+	stop := context.AfterFunc(ctx, func() {
+		c.fail(fmt.Errorf("iscsi: the Logout Request could not be written (the target does not read): %w", logoutStopped(parent)))
+	})
+	err := c.sendLocked(req, nil)
+	c.wmu.Unlock()
+	stop()
+	if err != nil {
+		return nil, err
+	}
+	return t, nil
 }
 
 // What beginLogout found.

@@ -1,7 +1,6 @@
 package session
 
 import (
-	"context"
 	"errors"
 	"os"
 	"time"
@@ -26,11 +25,18 @@ import (
 //
 // A command reading for itself stops when its context ends: between PDUs a
 // read deadline interrupts its wait (pdu.Reader.Next leaves the stream in
-// step when it does); inside a PDU it reads the PDU to its end first.
+// step when it does); inside a PDU it reads the PDU to its end first, for
+// at most readCancelGrace: a target that dribbles the rest slower than that
+// loses the connection (the stream cannot be resumed in the middle of a
+// PDU), and the command ends saying its outcome is unknown.
 
 // readIdle is how long the role may stay free with nothing waiting before
 // the reader goroutine takes it again.
 const readIdle = 5 * time.Millisecond
+
+// readCancelGrace is how long a PDU being read when its reader's command
+// gave up may take to finish, before the connection is failed.
+const readCancelGrace = time.Second
 
 // takeRole gives the reader role to the caller if nobody holds it and the
 // connection is up; cmd is the command whose goroutine takes it, nil for the
@@ -58,6 +64,11 @@ func (c *Conn) takeRole(cmd *task) bool {
 func (c *Conn) releaseRole(cmd *task) {
 	c.rmu.Lock()
 	c.reading, c.rcmd, c.rcancel = false, nil, false
+	if c.rinterrupted {
+		// A deadline set to interrupt the holder must not outlive it.
+		c.rinterrupted = false
+		c.nc.SetReadDeadline(time.Time{})
+	}
 	if cmd != nil {
 		c.rwg.Done()
 	}
@@ -182,13 +193,13 @@ func (c *Conn) readPDUs(t *task) bool {
 				return true
 			default:
 			}
-			if !c.atBoundary(true) {
+			if !c.atBoundary() {
 				c.releaseRole(t)
 				return true
 			}
 		}
 		h, err := c.r.Next()
-		if t != nil && c.atBoundary(false) && err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+		if t != nil && c.pastBoundary(err) {
 			// Our context ended while we waited between PDUs.
 			c.releaseRole(t)
 			return true
@@ -212,58 +223,65 @@ func (c *Conn) readPDUs(t *task) bool {
 	}
 }
 
-// atBoundary marks the command reader as waiting for the next PDU's header
-// (on) or past it (off). Going on, it reports false when the command's
-// context has ended: the command stops reading. Going off, it clears a
-// deadline that interrupted the wait and reports whether there was one.
-func (c *Conn) atBoundary(on bool) bool {
+// atBoundary marks the command reader as waiting for the next PDU's header.
+// It reports false when the command's context has ended: the command stops
+// reading.
+func (c *Conn) atBoundary() bool {
 	c.rmu.Lock()
 	defer c.rmu.Unlock()
-	if on {
-		if c.rcancel {
-			return false
-		}
-		c.rboundary = true
-		return true
+	if c.rcancel {
+		return false
 	}
+	c.rboundary = true
+	return true
+}
+
+// pastBoundary marks the command reader as past a header read that ended
+// with err. It reports true when a deadline set to interrupt the wait ended
+// it; a header that came in despite the interrupt is read to its end within
+// readCancelGrace.
+func (c *Conn) pastBoundary(err error) bool {
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
 	c.rboundary = false
 	if !c.rinterrupted {
 		return false
 	}
-	c.rinterrupted = false
-	c.nc.SetReadDeadline(time.Time{})
-	return true
+	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+		c.rinterrupted = false
+		c.nc.SetReadDeadline(time.Time{})
+		return true
+	}
+	c.nc.SetReadDeadline(time.Now().Add(readCancelGrace))
+	return false
 }
 
 // interruptReader stops command t reading, its context having ended: at
-// once if it waits between PDUs, else at the end of the PDU it reads.
+// once if it waits between PDUs, else at the end of the PDU it reads, which
+// must come within readCancelGrace.
 func (c *Conn) interruptReader(t *task) {
 	c.rmu.Lock()
 	defer c.rmu.Unlock()
-	if c.rcmd != t || !c.reading {
+	if c.rcmd != t || !c.reading || c.rinterrupted {
 		return
 	}
 	c.rcancel = true
-	if c.rboundary && !c.rinterrupted {
-		c.rinterrupted = true
+	c.rinterrupted = true
+	if c.rboundary {
 		c.nc.SetReadDeadline(time.Unix(1, 0))
+	} else {
+		c.nc.SetReadDeadline(time.Now().Add(readCancelGrace))
 	}
 }
 
 // readOwn reads PDUs for command t until its response is in, if nobody else
-// is reading; otherwise the reader that is will hand the response over.
-func (c *Conn) readOwn(ctx context.Context, t *task) {
+// is reading; otherwise the reader that is will hand the response over. The
+// command's context interrupts it through cancel (scsi.go).
+func (c *Conn) readOwn(t *task) {
 	if !c.direct || !c.takeRole(t) {
 		return
 	}
-	var stop func() bool
-	if ctx.Done() != nil {
-		stop = context.AfterFunc(ctx, func() { c.interruptReader(t) })
-	}
 	c.readPDUs(t)
-	if stop != nil {
-		stop()
-	}
 }
 
 // readLoop is the connection's reader goroutine: it reads whenever no

@@ -63,14 +63,12 @@ func (c *Conn) execute(ctx context.Context, cmd *Command) (*Result, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrNotSent, err)
 	}
-	s := c.s
-	p := c.params
-	t := s.newTask(taskSCSI)
+	t := c.s.newTask(taskSCSI)
 	t.lun = pdu.MakeLUN(cmd.LUN)
 	t.readBuf = cmd.Read
 	t.writeLen = len(cmd.Write)
 	if t.writeLen > 0 {
-		t.r2ts = make(chan pdu.R2T, p.MaxOutstandingR2T)
+		t.r2ts = make(chan pdu.R2T, c.params.MaxOutstandingR2T)
 	}
 	if err := c.register(t, false); err != nil {
 		switch {
@@ -89,7 +87,45 @@ func (c *Conn) execute(ctx context.Context, cmd *Command) (*Result, error) {
 			c.abandon(t, sent)
 		}
 	}()
+	if ctx.Done() != nil {
+		// One watch of the context for the whole command: it interrupts
+		// the command's own read (reader.go) and a write it is stuck in.
+		stop := context.AfterFunc(ctx, func() { c.cancel(t) })
+		defer stop()
+	}
+	sent, err := c.sendCommand(ctx, t, cmd)
+	if err != nil {
+		return nil, err
+	}
 
+	if t.writeLen == 0 {
+		// Read the response here if nobody else reads (reader.go).
+		c.readOwn(t)
+	} else {
+		// R2Ts are answered by this goroutine: another one reads.
+		c.ensureReader()
+	}
+	for {
+		select {
+		case <-t.done:
+			finished = true
+			c.settle(t)
+			return t.result(cmd)
+		case r := <-t.r2ts:
+			if ctx.Err() == nil {
+				c.answerR2T(t, cmd.Write, &r)
+			}
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w (command abandoned): %w", ErrOutcomeUnknown, ctx.Err())
+		}
+	}
+}
+
+// sendCommand sends t's SCSI Command with its immediate and unsolicited
+// data, waiting for room in the CmdSN window. sent reports that the command
+// (or part of it) may have reached the target.
+func (c *Conn) sendCommand(ctx context.Context, t *task, cmd *Command) (sent bool, err error) {
+	s, p := c.s, &c.params
 	attr := cmd.Attr
 	if attr == 0 {
 		attr = pdu.AttrSimple
@@ -117,18 +153,16 @@ func (c *Conn) execute(ctx context.Context, cmd *Command) (*Result, error) {
 		if c.logoutSent.Load() {
 			// Nothing may follow a Logout Request on the connection.
 			c.wmu.Unlock()
-			return nil, errLoggingOut
+			return false, errLoggingOut
 		}
 		sn, wait, ok := s.takeCmdSN()
 		if ok {
-			t.mu.Lock()
-			t.cmdSN, t.sent = sn, true
-			t.mu.Unlock()
+			t.setRequest(sn)
 			req.CmdSN = sn
 			req.ExpStatSN = c.expStatSN.Load()
 			err := c.w.Append(req, nil, immediate)
 			if err == nil && unsolicited > len(immediate) {
-				err = c.appendDataOut(t, cmd.Write, len(immediate), unsolicited-len(immediate), 0xffffffff)
+				err = c.appendDataOut(t, cmd.Write, len(immediate), unsolicited-len(immediate), pdu.ReservedTag)
 			}
 			if err != nil {
 				// The CmdSN is taken but will never be sent: the target
@@ -136,62 +170,80 @@ func (c *Conn) execute(ctx context.Context, cmd *Command) (*Result, error) {
 				c.w.Discard()
 				c.wmu.Unlock()
 				c.fail(fmt.Errorf("iscsi: building a SCSI Command: %w", err))
-				return nil, err
+				return false, err
 			}
-			sent = true
+			t.markSent(0, unsolicited)
 			c.commands.Add(1)
-			err = c.flushLocked(t.writeLen > 0)
+			err = c.flushFor(t, t.writeLen > 0)
 			c.wmu.Unlock()
 			if err != nil {
 				c.fail(c.writeErr(err))
-				return nil, fmt.Errorf("iscsi: command did not complete, its outcome on the target is unknown: %w", c.Err())
+				return true, fmt.Errorf("%w: %w", ErrOutcomeUnknown, c.Err())
 			}
-			break
+			return true, nil
 		}
 		c.wmu.Unlock()
 		select {
 		case <-wait:
 		case <-ctx.Done():
-			return nil, fmt.Errorf("%w, CmdSN window closed: %w", ErrNotSent, ctx.Err())
+			return false, fmt.Errorf("%w, CmdSN window closed: %w", ErrNotSent, ctx.Err())
 		case <-c.closing:
-			return nil, fmt.Errorf("%w: %w", ErrNotSent, c.Err())
+			return false, fmt.Errorf("%w: %w", ErrNotSent, c.Err())
 		}
 	}
+}
 
-	if t.writeLen == 0 {
-		// Read the response here if nobody else reads (reader.go).
-		c.readOwn(ctx, t)
+// answerR2T sends the Data-Out an R2T asks for.
+func (c *Conn) answerR2T(t *task, data []byte, r *pdu.R2T) {
+	c.wmu.Lock()
+	if c.logoutSent.Load() {
+		// The logout ends the task; no Data-Out after the request.
+		c.wmu.Unlock()
+		return
+	}
+	off, n := int(r.BufferOffset), int(r.DesiredDataTransferLength)
+	err := c.appendDataOut(t, data, off, n, r.TTT)
+	if err == nil {
+		t.markSent(off, n)
+		err = c.flushFor(t, true)
 	} else {
-		// R2Ts are answered by this goroutine: another one reads.
-		c.ensureReader()
+		c.w.Discard()
 	}
-	for {
-		select {
-		case <-t.done:
-			finished = true
-			c.settle(t)
-			return t.result(cmd)
-		case r := <-t.r2ts:
-			c.wmu.Lock()
-			if c.logoutSent.Load() {
-				// The logout ends the task; no Data-Out after the request.
-				c.wmu.Unlock()
-				continue
-			}
-			err := c.appendDataOut(t, cmd.Write, int(r.BufferOffset), int(r.DesiredDataTransferLength), r.TTT)
-			if err == nil {
-				err = c.flushLocked(true)
-			} else {
-				c.w.Discard()
-			}
-			c.wmu.Unlock()
-			if err != nil {
-				c.fail(c.writeErr(err))
-			}
-		case <-ctx.Done():
-			return nil, fmt.Errorf("iscsi: command abandoned, its outcome on the target is unknown: %w", ctx.Err())
+	c.wmu.Unlock()
+	if err != nil {
+		c.fail(c.writeErr(err))
+	}
+}
+
+// flushFor is flushLocked for task t's goroutine: while it writes, or
+// waits for a write holding its PDUs, the task's cancel can end the
+// connection (cancel).
+func (c *Conn) flushFor(t *task, wait bool) error {
+	t.flushing.Store(true)
+	err := c.flushLocked(wait)
+	t.flushing.Store(false)
+	return err
+}
+
+// writeCancelGrace is how long a write that holds a command whose caller
+// gave up may go on before the connection is failed to end it: a PDU half
+// written cannot be taken back, and the caller's memory is in it.
+const writeCancelGrace = 250 * time.Millisecond
+
+// cancel runs when command t's context ends: it stops the command reading
+// for itself, and if the command's goroutine is in a write (the target
+// stopped reading, say), it fails the connection unless the write ends
+// within writeCancelGrace.
+func (c *Conn) cancel(t *task) {
+	c.interruptReader(t)
+	if !t.flushing.Load() {
+		return
+	}
+	time.AfterFunc(writeCancelGrace, func() {
+		if t.flushing.Load() {
+			c.fail(fmt.Errorf("iscsi: command abandoned while its PDUs were being written (the target does not read): %w", ErrConnReset))
 		}
-	}
+	})
 }
 
 // appendDataOut queues Data-Out PDUs for data[off:off+n], each at most the
@@ -214,13 +266,13 @@ func (c *Conn) appendDataOut(t *task, data []byte, off, n int, ttt uint32) error
 // settle makes sure the reader no longer touches a finished task's buffer:
 // once it returns, no Data-In is copied into it. If the reader is copying a
 // Data-In into the buffer right now, settle waits for that one PDU; a target
-// that stalls in the middle of one for NOPTimeout loses the connection, which
-// ends the copy.
+// that stalls in the middle of it for readCancelGrace loses the connection,
+// which ends the copy.
 func (c *Conn) settle(t *task) {
 	c.remove(t.itt)
 	if !t.mu.TryLock() {
-		stalled := time.AfterFunc(c.s.cfg.nopTimeout(), func() {
-			c.fail(fmt.Errorf("iscsi: target stalled in the middle of a Data-In for %v: %w", c.s.cfg.nopTimeout(), ErrDeadPeer))
+		stalled := time.AfterFunc(readCancelGrace, func() {
+			c.fail(fmt.Errorf("iscsi: target stalled in the middle of a Data-In for %v: %w", readCancelGrace, ErrDeadPeer))
 		})
 		t.mu.Lock()
 		stalled.Stop()
@@ -243,7 +295,10 @@ func (c *Conn) abandon(t *task, sent bool) {
 	}
 	req := &pdu.TaskMgmtRequest{Immediate: true, Function: pdu.TMFAbortTask, LUN: t.lun, ITT: tmf.itt,
 		RefTaskTag: t.itt, CmdSN: c.s.currentCmdSN(), ExpStatSN: c.expStatSN.Load(), RefCmdSN: t.cmdSN}
-	if err := c.send(req, nil); err != nil {
+	tmf.setRequest(req.CmdSN)
+	// Queued, not waited for: the caller has given up already, and a
+	// target that stopped reading must not hold it here.
+	if err := c.post(req, nil); err != nil {
 		c.remove(tmf.itt)
 		c.log.Debug("abort task not sent", zap.Error(err))
 	}
@@ -251,10 +306,14 @@ func (c *Conn) abandon(t *task, sent bool) {
 
 func (t *task) result(cmd *Command) (*Result, error) {
 	if t.err != nil {
-		if errors.Is(t.err, ErrClosed) || errors.Is(t.err, ErrConnReset) || errors.Is(t.err, ErrLoggedOut) || errors.Is(t.err, ErrDeadPeer) {
-			return nil, fmt.Errorf("iscsi: command did not complete, its outcome on the target is unknown: %w", t.err)
+		var rj *RejectError
+		if errors.As(t.err, &rj) && rj.Op == pdu.OpSCSICommand || errors.Is(t.err, ErrNotSent) {
+			// The target refused the command itself: it did not run it.
+			return nil, t.err
 		}
-		return nil, t.err
+		// Whatever ended the connection (a reset, a logout, a protocol
+		// error in another PDU), a command sent is in an unknown state.
+		return nil, fmt.Errorf("%w: %w", ErrOutcomeUnknown, t.err)
 	}
 	n := max(len(cmd.Read), len(cmd.Write))
 	switch {
@@ -271,15 +330,24 @@ func (t *task) result(cmd *Command) (*Result, error) {
 	if t.response != pdu.RespCommandCompleted || t.status != pdu.StatusGood {
 		return res, &SCSIError{Response: t.response, Status: t.status, Sense: t.sense}
 	}
+	// GOOD is believed for a write only for the data that went out: what
+	// the target did not take, less the residual it owned up to, makes the
+	// write a failure whatever its status says. (A read says in N how much
+	// came in; Session.Read fails a short one.)
+	if want := len(cmd.Write) - int(t.residual); t.writeLen > 0 && t.wrote < len(cmd.Write) && (!t.under || t.wrote < want) {
+		return nil, &ShortTransferError{Done: t.wrote, Want: max(0, want)}
+	}
 	return res, nil
 }
 
 // dataIn copies a Data-In's payload straight into its task's buffer.
 func (c *Conn) dataIn(d *pdu.DataIn, n int) error {
-	t := c.lookup(d.ITT)
-	if t == nil || t.kind != taskSCSI {
-		c.log.Debug("Data-In for an unknown task", zap.Uint32("itt", d.ITT))
-		return nil
+	t, err := c.answering(pdu.OpSCSIDataIn, d.ITT, taskSCSI)
+	if err != nil || t == nil {
+		if t == nil && err == nil {
+			c.log.Debug("Data-In for an unknown task", zap.Uint32("itt", d.ITT))
+		}
+		return err
 	}
 	t.mu.Lock()
 	if t.dead {
@@ -320,17 +388,23 @@ func (c *Conn) dataIn(d *pdu.DataIn, n int) error {
 
 // r2t hands an R2T to the task that must answer it with Data-Out.
 func (c *Conn) r2t(r *pdu.R2T) error {
-	t := c.lookup(r.ITT)
-	if t == nil || t.kind != taskSCSI {
-		c.log.Debug("R2T for an unknown task", zap.Uint32("itt", r.ITT))
-		return nil
+	t, err := c.answering(pdu.OpR2T, r.ITT, taskSCSI)
+	if err != nil || t == nil {
+		if t == nil && err == nil {
+			c.log.Debug("R2T for an unknown task", zap.Uint32("itt", r.ITT))
+		}
+		return err
 	}
 	if c.logoutSent.Load() {
 		// The target may have sent it before it read our Logout Request:
 		// no Data-Out may follow the request, so the write fails here and
 		// the logout goes on.
 		c.remove(t.itt)
-		t.complete(fmt.Errorf("iscsi: R2T after the Logout Request, no data sent: %w", ErrLoggedOut), nil)
+		if t.complete(fmt.Errorf("iscsi: R2T after the Logout Request, no data sent: %w", ErrLoggedOut), nil) {
+			c.mu.Lock()
+			c.failedSCSI++
+			c.mu.Unlock()
+		}
 		return nil
 	}
 	off, n := uint64(r.BufferOffset), uint64(r.DesiredDataTransferLength)
@@ -392,9 +466,13 @@ func (s *Session) TaskManagement(ctx context.Context, function uint8, lun int, r
 	req := &pdu.TaskMgmtRequest{Immediate: true, Function: function, LUN: pdu.MakeLUN(lun), ITT: t.itt,
 		RefTaskTag: refTask, CmdSN: sn, ExpStatSN: c.expStatSN.Load(), RefCmdSN: refCmdSN, ExpDataSN: 0}
 	if function != pdu.TMFAbortTask {
-		req.RefTaskTag, req.RefCmdSN = 0xffffffff, 0
+		req.RefTaskTag, req.RefCmdSN = pdu.ReservedTag, 0
 	}
-	if err := c.send(req, nil); err != nil {
+	t.setRequest(sn)
+	stop := c.watchWrite(ctx, req.Opcode())
+	err := c.send(req, nil)
+	stop()
+	if err != nil {
 		c.remove(t.itt)
 		return 0, err
 	}

@@ -2,6 +2,7 @@ package session
 
 import (
 	"sync"
+	"sync/atomic"
 
 	"github.com/goiscsi/iscsi/pdu"
 )
@@ -16,6 +17,27 @@ const (
 	taskText
 )
 
+// answers is the opcode of the target PDU that ends a task of each kind; a
+// PDU of any other kind carrying the task's tag is a protocol error (a SCSI
+// Response is no answer to a Logout Request).
+var answers = [...]pdu.Opcode{
+	taskSCSI:   pdu.OpSCSIResponse, // or a Data-In with status
+	taskNOP:    pdu.OpNOPIn,
+	taskTMF:    pdu.OpTaskMgmtResponse,
+	taskLogout: pdu.OpLogoutResponse,
+	taskText:   pdu.OpTextResponse,
+}
+
+// requests is the opcode of the request each kind of task sends, for
+// matching the header a Reject carries.
+var requests = [...]pdu.Opcode{
+	taskSCSI:   pdu.OpSCSICommand,
+	taskNOP:    pdu.OpNOPOut,
+	taskTMF:    pdu.OpTaskMgmtRequest,
+	taskLogout: pdu.OpLogoutRequest,
+	taskText:   pdu.OpTextRequest,
+}
+
 // task is one exchange waiting for the target: a SCSI command, a NOP-Out,
 // a task management request, a logout or a text request.
 type task struct {
@@ -29,13 +51,24 @@ type task struct {
 	// readBuf, so that a caller giving up can wait for the copy to end.
 	mu   sync.Mutex
 	dead bool
-	// cmdSN is the command's CmdSN once sent is set, for ABORT TASK.
+	// cmdSN is the request's CmdSN once sent is set, for ABORT TASK and
+	// for matching a Reject to its request.
 	cmdSN    uint32
 	sent     bool
 	lun      pdu.LUN
 	readBuf  []byte
 	writeLen int
 	received int
+	// wrote is how much of the write went out from its start without a
+	// gap (immediate, unsolicited and solicited data); spans holds the
+	// ranges sent past a gap, for a target that asks out of order. Only
+	// the command's own goroutine touches them.
+	wrote int
+	spans [][2]int
+	// flushing is set while the command's goroutine writes (or waits for
+	// a write of) PDUs that point into the caller's memory or hold the
+	// goroutine; cancel fails the connection if the caller gives up then.
+	flushing atomic.Bool
 	dataSN   uint32
 	r2ts     chan pdu.R2T
 	status   uint8
@@ -53,15 +86,19 @@ type task struct {
 }
 
 // complete ends the task once: set records its result, err its failure.
-// Whatever set writes is visible to the waiter after done is closed.
-func (t *task) complete(err error, set func()) {
+// Whatever set writes is visible to the waiter after done is closed. It
+// reports whether this call ended the task.
+func (t *task) complete(err error, set func()) bool {
+	ended := false
 	t.once.Do(func() {
 		if set != nil {
 			set()
 		}
 		t.err = err
 		close(t.done)
+		ended = true
 	})
+	return ended
 }
 
 // scsiResponse completes a command from a SCSI Response.
@@ -78,4 +115,42 @@ func (t *task) scsiResponse(r *pdu.SCSIResponse, data []byte) {
 		t.response, t.status, t.sense = r.Response, r.Status, sense
 		t.residual, t.under, t.over = r.ResidualCount, r.Underflow, r.Overflow
 	})
+}
+
+// markSent records data[off:off+n] of a write as sent.
+func (t *task) markSent(off, n int) {
+	if n <= 0 {
+		return
+	}
+	if off > t.wrote {
+		t.spans = append(t.spans, [2]int{off, off + n})
+		return
+	}
+	t.wrote = max(t.wrote, off+n)
+	// Ranges sent earlier past a gap join once the gap is filled.
+	for merged := true; merged; {
+		merged = false
+		for i, sp := range t.spans {
+			if sp[0] <= t.wrote {
+				t.wrote = max(t.wrote, sp[1])
+				t.spans = append(t.spans[:i], t.spans[i+1:]...)
+				merged = true
+				break
+			}
+		}
+	}
+}
+
+// wasSent reports whether the task's request went out.
+func (t *task) wasSent() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.sent
+}
+
+// setRequest records the CmdSN a task's request went out with.
+func (t *task) setRequest(cmdSN uint32) {
+	t.mu.Lock()
+	t.cmdSN, t.sent = cmdSN, true
+	t.mu.Unlock()
 }
