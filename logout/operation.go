@@ -388,7 +388,7 @@ func (op *Operation) Cancel() { op.cancel() }
 // Join returns op for one more caller, whose options are opts: op itself
 // if op ends (by its own deadlines) no later than opts would have, else an
 // Operation that follows op and completes when op does or at the caller's
-// bound (Options.bound: ConnBound, times the connections of a session for
+// bound (opts.ConnBound(), times the connections of a session of op for
 // PerSession), whichever comes first. At the bound its result is op's
 // progress so far: sessions whose logout ended as they ended, connections
 // still logging out ConnTimeout with ErrStillLoggingOut, and the outcome
