@@ -43,6 +43,13 @@ type Config struct {
 	// the session is logged out through the logout engine and leaves the
 	// table.
 	OnAsync func(s *session.Session, ev session.AsyncEvent)
+	// MaxAsyncLogoutWait clamps the time a target gives to log out (async
+	// event 1, Parameter3 seconds, up to 18 hours); 0 means
+	// session.MaxAsyncLogoutWait (60 s). Commands running get half of the
+	// clamped time to finish, then the Logout Request goes out and waits
+	// for its response at most Logout.Timeout (15 s when 0): see
+	// logout.AsyncOptions.
+	MaxAsyncLogoutWait time.Duration
 }
 
 // LoginOptions are per-login settings.
@@ -204,8 +211,17 @@ func (in *Initiator) LogoutFromTarget(target string) (*logout.Operation, error) 
 // once with the operation. A malformed name returns an error wrapping
 // ErrInvalidArg and starts nothing; with no session the operation is
 // complete with logout.SessionNotFound. A call while a logout of the same
-// target runs returns that operation. Sessions that logged out (or that
-// Force closed) leave the table when the operation completes.
+// target runs shares that operation (logout.Operation.Join): it gets that
+// operation itself, or, if opts bound the wait more tightly (Timeout,
+// DrainTimeout), one that follows it and completes at the caller's bound
+// with the sessions still logging out reported as not logged out (never
+// success for them). Sessions that logged out (or that Force closed) leave
+// the table when the operation completes.
+//
+// A session whose logout the target asked for (async event 1) is logged out
+// by an operation of its own; a call meanwhile takes that session in its
+// operation too, and waits for its logout at most opts' bound
+// (logout.Options.ConnBound), reporting it ConnTimeout if it has not ended.
 func (in *Initiator) LogoutFromTargetWith(target string, opts logout.Options) (*logout.Operation, error) {
 	key, err := NormalizeName(target)
 	if err != nil {
@@ -218,7 +234,18 @@ func (in *Initiator) LogoutFromTargetWith(target string, opts logout.Options) (*
 		case <-op.Done():
 			// Finished: its table entry is about to go; start afresh.
 		default:
-			return op, nil
+			if opts.Logger == nil {
+				opts.Logger = in.log
+			}
+			v := op.Join(opts)
+			if v != op {
+				in.wg.Add(1)
+				go func() {
+					defer in.wg.Done()
+					<-v.Done() // at the latest when op ends: Close cancels op
+				}()
+			}
+			return v, nil
 		}
 	}
 	return in.startLocked(key, in.liveLocked(key), opts), nil
@@ -291,11 +318,9 @@ func (in *Initiator) onAsync(c *session.Conn, ev session.AsyncEvent) bool {
 	if err != nil {
 		return false
 	}
-	opts := in.cfg.Logout
 	// The target wants the logout within Parameter3 seconds: commands
-	// running get half of it to finish.
-	opts.DrainTimeout = time.Duration(ev.Parameter3) * time.Second / 2
-	opts.Strategy = logout.PerSession
+	// running get half of it, clamped, to finish.
+	opts := logout.AsyncOptions(in.cfg.Logout, ev.Parameter3, in.cfg.MaxAsyncLogoutWait)
 	in.mu.Lock()
 	defer in.mu.Unlock()
 	if in.closed {

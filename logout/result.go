@@ -22,7 +22,9 @@ const (
 	ConnClosedWithSession
 	// ConnRefused: the target answered with response 1, 2 or 3.
 	ConnRefused
-	// ConnTimeout: no Logout Response came before the deadline.
+	// ConnTimeout: no Logout Response came before the deadline, or (Err
+	// wrapping ErrStillLoggingOut) a logout of the connection that someone
+	// else runs had not ended by the caller's deadline.
 	ConnTimeout
 	// ConnReset: the target closed or reset the connection without answering.
 	ConnReset
@@ -149,7 +151,8 @@ func classify(lr session.LogoutResult) ConnResult {
 		cr.State, cr.Err = ConnLoggedOut, nil
 	case lr.Responded:
 		cr.State = ConnRefused
-	case errors.Is(lr.Err, session.ErrLogoutTimeout):
+	case errors.Is(lr.Err, session.ErrLogoutTimeout), errors.Is(lr.Err, ErrStillLoggingOut),
+		errors.Is(lr.Err, context.DeadlineExceeded):
 		cr.State = ConnTimeout
 	case errors.Is(lr.Err, context.Canceled):
 		cr.State = ConnCanceled

@@ -35,7 +35,7 @@ func (c *Conn) async(a *pdu.AsyncMessage, data []byte) error {
 		if s.cfg.OnAsync != nil && s.cfg.OnAsync(c, ev) {
 			return nil
 		}
-		s.logoutOnRequest(c, time.Duration(a.Parameter3)*time.Second)
+		s.logoutOnRequest(c, a.Parameter3)
 		return nil
 	case pdu.AsyncConnectionDrop:
 		if s.cfg.OnAsync != nil {
@@ -63,13 +63,45 @@ func (c *Conn) async(a *pdu.AsyncMessage, data []byte) error {
 	return nil
 }
 
-// logoutOnRequest logs c out, as the target asked, within deadline (0: now).
-// Commands running may finish for up to half the deadline.
-func (s *Session) logoutOnRequest(c *Conn, deadline time.Duration) {
+// MaxAsyncLogoutWait is the most the initiator takes, of the time a target
+// gives it to log out (async event 1, Parameter3 seconds, up to 65535 s,
+// about 18 hours), before it sends the Logout Request. RFC 7143 §11.9.1
+// asks for a logout "as early as possible but no later than Parameter3
+// seconds", so answering sooner is always allowed; what the wait buys is
+// time for the commands already running to finish. Half of it, 30 s, is
+// Linux's default SCSI command timeout: a command the target would complete
+// gets as long as the SCSI layer above would give it anyway, and a target
+// that asks for 65535 s and never completes a command cannot keep the
+// session (and a user's logout of it) draining for 9 hours.
+const MaxAsyncLogoutWait = 60 * time.Second
+
+// AsyncLogoutDeadlines is the one policy for answering a target's logout
+// request (async event 1): the window the target gave, Parameter3 seconds
+// (0: now), is clamped to max (MaxAsyncLogoutWait when max <= 0); commands
+// already running get half the clamped window to finish (drain), then the
+// Logout Request goes out and its response is waited for at most
+// responseTimeout (DefaultLogoutTimeout when <= 0, as open-iscsi's
+// logout_timeout). The whole logout thus ends within drain + response plus
+// a moment to close the connection, whatever Parameter3 says.
+func AsyncLogoutDeadlines(parameter3 uint16, max, responseTimeout time.Duration) (drain, response time.Duration) {
+	if max <= 0 {
+		max = MaxAsyncLogoutWait
+	}
+	if responseTimeout <= 0 {
+		responseTimeout = DefaultLogoutTimeout
+	}
+	window := min(time.Duration(parameter3)*time.Second, max)
+	return window / 2, responseTimeout
+}
+
+// logoutOnRequest logs c out, as the target asked, within parameter3
+// seconds (0: now), clamped by AsyncLogoutDeadlines.
+func (s *Session) logoutOnRequest(c *Conn, parameter3 uint16) {
 	reason := uint8(pdu.LogoutCloseConnection)
 	if len(s.Conns()) <= 1 {
 		reason = pdu.LogoutCloseSession
 	}
+	drain, response := AsyncLogoutDeadlines(parameter3, 0, 0)
 	s.mu.Lock()
 	if s.closed {
 		// Close is waiting for the session's goroutines: start no more.
@@ -80,7 +112,9 @@ func (s *Session) logoutOnRequest(c *Conn, deadline time.Duration) {
 	s.mu.Unlock()
 	go func() {
 		defer s.wg.Done()
-		res := c.Logout(context.Background(), LogoutOptions{Reason: reason, DrainTimeout: deadline / 2})
+		// No context: DrainTimeout and Timeout bound the exchange, and
+		// Close ends it early by closing the connection.
+		res := c.Logout(context.Background(), LogoutOptions{Reason: reason, DrainTimeout: drain, Timeout: response})
 		s.log.Debug("logged out at the target's request", zap.Uint16("cid", c.cid), zap.Bool("ok", res.OK()), zap.Error(res.Err))
 	}()
 }
