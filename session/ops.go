@@ -3,7 +3,9 @@ package session
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"math/bits"
 	"strings"
 )
 
@@ -58,12 +60,37 @@ type Capacity struct {
 	BlockSize uint32 // bytes per block
 }
 
-// Bytes returns the capacity in bytes.
+// Bytes returns the capacity in bytes. For a Capacity that ReadCapacity
+// returned it does not overflow.
 func (c Capacity) Bytes() uint64 { return c.Blocks * uint64(c.BlockSize) }
 
-// ReadCapacity returns lun's size with READ CAPACITY(16).
+// MaxBlockSize is the largest logical block length ReadCapacity accepts,
+// 16 MiB. SBC leaves the length open, but real logical units use 512 to a
+// few KiB (512, 520, 4096, 4160); a length near 4 GiB is a broken or
+// hostile target, and one block must fit in a command's buffer.
+const MaxBlockSize = 16 << 20
+
+// readCapacity16Len is the length of READ CAPACITY(16) parameter data
+// (SBC-4 §5.20.2); ReadCapacity asks for all of it.
+const readCapacity16Len = 32
+
+// readCapacityUsed is how much of the parameter data ReadCapacity uses:
+// RETURNED LOGICAL BLOCK ADDRESS (8 bytes) and LOGICAL BLOCK LENGTH (4).
+// A target that returns at least that much is accepted; the rest (protection
+// and provisioning fields) is not read.
+const readCapacityUsed = 12
+
+// ErrBadCapacity is wrapped by the error of a READ CAPACITY answer that
+// cannot describe a logical unit: too short, a block length of 0 or over
+// MaxBlockSize, a last LBA of 2^64-1 (the block count would wrap to 0), or a
+// size in bytes over 2^64-1. The error's text names the field and its value.
+var ErrBadCapacity = errors.New("iscsi: target returned invalid READ CAPACITY data")
+
+// ReadCapacity returns lun's size with READ CAPACITY(16). It checks what
+// the target returned (see ErrBadCapacity), so a caller may divide by the
+// block size and compute the size in bytes without overflow.
 func (s *Session) ReadCapacity(ctx context.Context, lun int) (Capacity, error) {
-	buf := make([]byte, 32)
+	buf := make([]byte, readCapacity16Len)
 	cdb := make([]byte, 16)
 	cdb[0], cdb[1] = 0x9e, 0x10
 	binary.BigEndian.PutUint32(cdb[10:], uint32(len(buf)))
@@ -71,10 +98,29 @@ func (s *Session) ReadCapacity(ctx context.Context, lun int) (Capacity, error) {
 	if err != nil {
 		return Capacity{}, err
 	}
-	if res.N < 12 {
-		return Capacity{}, fmt.Errorf("iscsi: READ CAPACITY(16) returned %d bytes, want 12", res.N)
+	return parseCapacity16(buf[:res.N])
+}
+
+// parseCapacity16 decodes and checks READ CAPACITY(16) parameter data.
+func parseCapacity16(b []byte) (Capacity, error) {
+	if len(b) < readCapacityUsed {
+		return Capacity{}, fmt.Errorf("%w: %d bytes of parameter data, want at least %d (of %d)",
+			ErrBadCapacity, len(b), readCapacityUsed, readCapacity16Len)
 	}
-	return Capacity{Blocks: binary.BigEndian.Uint64(buf) + 1, BlockSize: binary.BigEndian.Uint32(buf[8:])}, nil
+	last := binary.BigEndian.Uint64(b)
+	bs := binary.BigEndian.Uint32(b[8:])
+	switch {
+	case bs == 0 || bs > MaxBlockSize:
+		return Capacity{}, fmt.Errorf("%w: block size %d (want 1 to %d bytes)", ErrBadCapacity, bs, MaxBlockSize)
+	case last == ^uint64(0):
+		return Capacity{}, fmt.Errorf("%w: last LBA 0x%x: the block count does not fit in 64 bits", ErrBadCapacity, last)
+	}
+	c := Capacity{Blocks: last + 1, BlockSize: bs}
+	if hi, _ := bits.Mul64(c.Blocks, uint64(bs)); hi != 0 {
+		return Capacity{}, fmt.Errorf("%w: %d blocks of %d bytes: the size in bytes does not fit in 64 bits",
+			ErrBadCapacity, c.Blocks, bs)
+	}
+	return c, nil
 }
 
 // ReportLUNs returns the LUN numbers the target reports.

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -110,9 +111,9 @@ func newLogger(level, format string, w io.Writer) (*zap.Logger, error) {
 	switch format {
 	case "console":
 		ec.EncodeLevel = zapcore.CapitalLevelEncoder
-		enc = zapcore.NewConsoleEncoder(ec)
+		enc = safeEncoder{Encoder: zapcore.NewConsoleEncoder(ec)}
 	case "json":
-		enc = zapcore.NewJSONEncoder(ec)
+		enc = safeEncoder{Encoder: zapcore.NewJSONEncoder(ec), json: true}
 	default:
 		return nil, invalidArgf("--log-format %q: want console or json", format)
 	}
@@ -165,18 +166,28 @@ func (a *app) exit(err error) int {
 		// The result is printed already.
 		return code
 	}
-	fmt.Fprintf(a.stderr, "iscsictl %s: %s\n", a.name, msg)
+	// The message may quote a target: its name, a redirect address, text
+	// of its answers.
+	fmt.Fprintf(a.stderr, "iscsictl %s: %s\n", a.name, safe(msg))
 	if a.json {
 		a.printJSON(map[string]any{"command": a.name, "error": msg, "exitCode": code})
 	}
 	return code
 }
 
-// printJSON writes v as indented JSON on stdout.
+// printJSON writes v as indented JSON on stdout. encoding/json escapes C0
+// controls in strings (as \u00XX) and replaces invalid UTF-8; safeOutput
+// escapes what it leaves raw (DEL, C1 controls, bidi overrides), so that
+// target text in the JSON cannot act on a terminal either.
 func (a *app) printJSON(v any) {
-	enc := json.NewEncoder(a.stdout)
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
 	enc.SetIndent("", "  ")
-	enc.Encode(v)
+	if err := enc.Encode(v); err != nil {
+		fmt.Fprintf(a.stderr, "iscsictl %s: encoding the JSON output: %v\n", a.name, err)
+		return
+	}
+	a.stdout.Write(safeOutput(buf.Bytes(), "\n", true))
 }
 
 // printf writes text output; nothing in --json mode.

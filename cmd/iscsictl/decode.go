@@ -98,8 +98,9 @@ func runDecode(ctx context.Context, a *app, args []string) error {
 		if r.Err != nil {
 			detail += " [" + trimPrefixes(r.Err.Error()) + "]"
 		}
+		// The detail quotes the capture's text keys: the targets' text.
 		fmt.Fprintf(tw, "%d\t%.6f\t%s\t%s\t%s\t0x%08x\t%s\n", r.Frame, r.Time.Sub(t0).Seconds(), r.Src, r.Dst,
-			r.Header.Opcode(), r.Header.ITT(), detail)
+			r.Header.Opcode(), r.Header.ITT(), safe(detail))
 	}
 	tw.Flush()
 	a.printf("%d PDUs\n", len(rs))

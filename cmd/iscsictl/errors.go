@@ -21,7 +21,7 @@ import (
 // command line itself was wrong.
 const (
 	exitOK         = 0
-	exitError      = 1
+	exitError      = 1 // any other failure, a target's invalid answer included
 	exitNotFound   = 2 // logout: no session to the target (VDS_E_ISCSI_SESSION_NOT_FOUND)
 	exitFailed     = 3 // logout: no session logged out (VDS_E_ISCSI_LOGOUT_FAILED)
 	exitIncomplete = 4 // logout: some sessions did not log out (VDS_E_ISCSI_LOGOUT_INCOMPLETE)
@@ -33,11 +33,11 @@ var exitCodes = []struct {
 	meaning string
 }{
 	{exitOK, "success (for a logout: every session logged out, S_OK)"},
-	{exitError, "any other error: connection refused, login refused, SCSI error, data mismatch"},
+	{exitError, "any other error: connection refused, login refused, SCSI error, data mismatch, invalid answer from the target"},
 	{exitNotFound, "logout: no session to the target (VDS_E_ISCSI_SESSION_NOT_FOUND 0x8004270A)"},
 	{exitFailed, "logout: no session logged out (VDS_E_ISCSI_LOGOUT_FAILED 0x80042709)"},
 	{exitIncomplete, "logout: some sessions logged out, some did not (VDS_E_ISCSI_LOGOUT_INCOMPLETE 0x80042710)"},
-	{exitInvalidArg, "invalid argument: unknown flag or command, malformed iSCSI name, out-of-range LBA (E_INVALIDARG)"},
+	{exitInvalidArg, "invalid argument: unknown flag or command, malformed iSCSI name given, out-of-range LBA (E_INVALIDARG)"},
 }
 
 // outcomeExit maps a logout outcome to the exit status.
@@ -149,6 +149,13 @@ func describe(err error) (int, string) {
 		return exitError, "the target closed the connection" + where() + atPortal(step)
 	case errors.Is(err, session.ErrDeadPeer):
 		return exitError, "the target stopped answering (no NOP-In)" + where() + atPortal(step)
+	case errors.Is(err, session.ErrBadCapacity):
+		// "target returned invalid READ CAPACITY data: block size 0 ..."
+		inner := err
+		if step != nil {
+			inner = step.err
+		}
+		return exitError, trimPrefixes(inner.Error()) + where()
 	case errors.As(err, &se):
 		return exitError, "SCSI command failed" + where() + ": " + trimPrefixes(se.Error())
 	case errors.As(err, &rj):

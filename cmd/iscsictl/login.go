@@ -39,10 +39,11 @@ func runDiscover(ctx context.Context, a *app, args []string) error {
 	if len(ts) == 0 {
 		a.printf("portal %s offers no target\n", tf.portal)
 	}
+	// Names and addresses are the target's text, printed escaped.
 	for _, t := range ts {
-		a.printf("%s\n", t.Name)
+		a.printf("%s\n", safe(t.Name))
 		for _, p := range t.Portals {
-			a.printf("    %s\n", p)
+			a.printf("    %s\n", safe(p))
 		}
 	}
 	return nil
@@ -145,11 +146,12 @@ func runLogin(ctx context.Context, a *app, args []string) error {
 		conns += len(infos[i].Connections)
 	}
 	if !a.json {
-		a.printf("Logged in to %s at %s: %d session(s), %d connection(s)\n\n", tf.target, tf.portal, len(live), conns)
+		a.printf("Logged in to %s at %s: %d session(s), %d connection(s)\n\n", safe(tf.target), safe(tf.portal), len(live), conns)
 		tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "SESSION\tTSIH\tISID\tPORTAL\tCIDS")
 		for i, s := range infos {
-			fmt.Fprintf(tw, "%d\t0x%04x\t%s\t%s\t%v\n", i+1, s.TSIH, s.ISID, s.Portal, s.Connections)
+			// A redirected session's portal is the target's text.
+			fmt.Fprintf(tw, "%d\t0x%04x\t%s\t%s\t%v\n", i+1, s.TSIH, s.ISID, safe(s.Portal), s.Connections)
 		}
 		tw.Flush()
 		if len(infos) > 0 {
@@ -157,7 +159,8 @@ func runLogin(ctx context.Context, a *app, args []string) error {
 			tw = tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
 			for _, k := range paramOrder {
 				if v, ok := infos[0].Params[k]; ok {
-					fmt.Fprintf(tw, "  %s\t%v\n", k, v)
+					// TargetAlias is the target's text.
+					fmt.Fprintf(tw, "  %s\t%s\n", k, safe(fmt.Sprint(v)))
 				}
 			}
 			tw.Flush()

@@ -68,7 +68,7 @@ func runLogout(ctx context.Context, a *app, args []string) error {
 			return err
 		}
 		conns = *n * *m
-		a.printf("Logged in to %s at %s: %d session(s) x %d connection(s)\n", tf.target, tf.portal, *n, *m)
+		a.printf("Logged in to %s at %s: %d session(s) x %d connection(s)\n", safe(tf.target), safe(tf.portal), *n, *m)
 		if lf.enabled {
 			if load, err = startIOLoad(ctx, a, ss, lf); err != nil {
 				c.quietLogout(ctx)
@@ -153,7 +153,7 @@ func (r *ioLoadResult) print(a *app) {
 	}
 	sort.Strings(msgs)
 	for _, m := range msgs {
-		a.printf("  %4d x %s\n", r.Errors[m], m)
+		a.printf("  %4d x %s\n", r.Errors[m], safe(m))
 	}
 }
 

@@ -14,6 +14,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 )
 
@@ -39,6 +40,14 @@ var commands = []command{
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer func() {
+		// A panic is a bug; Go would exit with status 2, which here means
+		// "no session to the target". Say so and exit 1 instead.
+		if v := recover(); v != nil {
+			fmt.Fprintf(os.Stderr, "iscsictl: internal error (a bug, please report it): %s\n%s", safe(fmt.Sprint(v)), debug.Stack())
+			os.Exit(exitError)
+		}
+	}()
 	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)

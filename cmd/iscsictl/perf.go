@@ -91,7 +91,7 @@ func runPerf(ctx context.Context, a *app, args []string) error {
 			return invalidArgf("--bs %d is larger than LUN %d", *bsFlag, l)
 		}
 		a.printf("perf: %s %s, bs %d, qd %d, %d connection(s), %s on LUN %d of %s (%s)\n",
-			*pattern, *rw, *bsFlag, *qd, *conns, *dur, l, tf.target, humanBytes(c.Bytes()))
+			*pattern, *rw, *bsFlag, *qd, *conns, *dur, l, safe(tf.target), humanBytes(c.Bytes()))
 		return measure(ctx, s, l, blk, per, span, *dur, *qd, *rw == "write", *pattern == "random", &res)
 	})
 	if err != nil {
@@ -108,7 +108,7 @@ func runPerf(ctx context.Context, a *app, args []string) error {
 		a.printf("CPU: %.2f µs per I/O (user %.2f s, sys %.2f s)\n", res.CPUUsPerIO, res.CPUUserSec, res.CPUSysSec)
 	}
 	if res.Errors > 0 {
-		a.printf("%d I/Os failed; the first: %s\n", res.Errors, res.FirstError)
+		a.printf("%d I/Os failed; the first: %s\n", res.Errors, safe(res.FirstError))
 	}
 	return nil
 }

@@ -72,7 +72,7 @@ func toLogoutJSON(r *logout.Result, strategy logout.Strategy) logoutJSON {
 // printLogout writes the logout result as a table: one line per connection,
 // grouped by session, then the outcome with its HRESULT.
 func printLogout(w io.Writer, r *logout.Result, strategy logout.Strategy) {
-	fmt.Fprintf(w, "\nLogout from %s (strategy %s)\n", r.Target, strategy)
+	fmt.Fprintf(w, "\nLogout from %s (strategy %s)\n", safe(r.Target), strategy)
 	if len(r.Sessions) > 0 {
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "SESSION\tTSIH\tISID\tCID\tREASON\tRESULT\tTIME\tDETAIL")
@@ -86,8 +86,9 @@ func printLogout(w io.Writer, r *logout.Result, strategy logout.Strategy) {
 			}
 			fmt.Fprintf(tw, "%d\t0x%04x\t%012x\t\t\t%s\t\t\n", i+1, s.TSIH, s.ISID[:], state)
 			for _, c := range s.Conns {
+				// The detail may quote the target's text in an error.
 				fmt.Fprintf(tw, "\t\t\t%d\t%s\t%s\t%s\t%s\n", c.CID, reasonName(c.Reason), c.State,
-					roundDuration(c.Duration), connDetail(&c))
+					roundDuration(c.Duration), safe(connDetail(&c)))
 			}
 		}
 		tw.Flush()

@@ -104,7 +104,9 @@ func runInquiry(ctx context.Context, a *app, args []string) error {
 	tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "LUN\tTYPE\tVENDOR\tPRODUCT\tREVISION")
 	for _, q := range out {
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\n", q.LUN, q.Type, q.Vendor, q.Product, q.Revision)
+		// The strings are the target's; a tab in them would break the
+		// columns too.
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\n", q.LUN, q.Type, safe(q.Vendor), safe(q.Product), safe(q.Revision))
 	}
 	return tw.Flush()
 }
@@ -200,7 +202,7 @@ func (f *ioFlags) prepare(ctx context.Context, s *session.Session, blocks int) (
 	switch {
 	case blocks <= 0:
 		return 0, 0, invalidArgf("--blocks must be at least 1")
-	case blocks*bs > maxTransfer:
+	case blocks > maxTransfer/bs: // blocks*bs could overflow
 		return 0, 0, invalidArgf("%d blocks of %d bytes is more than the %d MiB one command moves", blocks, bs, maxTransfer>>20)
 	case f.lba >= c.Blocks || uint64(blocks) > c.Blocks-f.lba:
 		return 0, 0, invalidArgf("blocks %d to %d are past the end of LUN %d (%d blocks)", f.lba, f.lba+uint64(blocks)-1, lun, c.Blocks)

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -206,6 +207,13 @@ func (a *app) dial(ctx context.Context, tf *targetFlags, want targetWant) (*conn
 		case 0:
 			return nil, fmt.Errorf("portal %s offers no target", tf.portal)
 		case 1:
+			// The name is the target's, not the user's: a malformed one is
+			// the target's fault (status 1), not an invalid argument.
+			if _, err := initiator.NormalizeName(ts[0].Name); err != nil {
+				why := strings.TrimPrefix(err.Error(), initiator.ErrInvalidArg.Error()+": iSCSI name "+strconv.Quote(ts[0].Name)+": ")
+				return nil, &exitErr{code: exitError, msg: fmt.Sprintf("the target at portal %s offered an invalid name %q: %s",
+					tf.portal, ts[0].Name, why)}
+			}
 			tf.target = ts[0].Name
 			a.log.Info("using the portal's only target", zap.String("target", tf.target))
 		default:
