@@ -99,7 +99,9 @@ func AsyncOptions(base Options, parameter3 uint16, maxWait time.Duration) Option
 // ErrStillLoggingOut is the error of a connection whose logout had not
 // ended when the caller's wait did: the logout someone else runs (or the
 // operation a call joined) goes on, and its outcome is not known yet.
-var ErrStillLoggingOut = errors.New("iscsi: logout still running at the caller's deadline; its outcome is not known")
+// It is session.ErrLogoutRunning, which a session's own Conn.Logout returns
+// in the same case.
+var ErrStillLoggingOut = session.ErrLogoutRunning
 
 // Session is what the engine needs of a session. Adapt makes one of a
 // *session.Session; tests use fakes.

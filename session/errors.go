@@ -22,6 +22,11 @@ var (
 	ErrLoggedOut = errors.New("iscsi: logged out before the command completed; its outcome on the target is unknown")
 	// ErrLogoutTimeout reports a Logout Request that got no answer in time.
 	ErrLogoutTimeout = errors.New("iscsi: no logout response before the deadline")
+	// ErrLogoutRunning is the error of a Logout that met a logout of the
+	// same connection begun elsewhere (the target's request, another
+	// caller) and whose own deadline came first: that logout goes on, and
+	// its outcome is not known yet.
+	ErrLogoutRunning = errors.New("iscsi: logout still running at the caller's deadline; its outcome is not known")
 	// ErrDeadPeer reports a connection whose target stopped answering NOP-Outs.
 	ErrDeadPeer = errors.New("iscsi: target did not answer NOP-Out before the deadline")
 	// ErrConnReset reports a connection the target closed or reset.

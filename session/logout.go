@@ -88,9 +88,19 @@ func (c *Conn) Logout(ctx context.Context, opts LogoutOptions) LogoutResult {
 	start := time.Now()
 	switch c.beginLogout() {
 	case logoutJoin:
+		// The caller's own bounds hold however long the logout it meets
+		// takes: its drain and response deadlines, and its context.
+		timeout := opts.Timeout
+		if timeout <= 0 {
+			timeout = DefaultLogoutTimeout
+		}
+		bound := time.NewTimer(opts.DrainTimeout + timeout)
+		defer bound.Stop()
 		select {
 		case <-c.logoutDone:
 			return c.logoutRes
+		case <-bound.C:
+			return LogoutResult{CID: c.cid, Reason: opts.Reason, Err: ErrLogoutRunning, Duration: time.Since(start)}
 		case <-ctx.Done():
 			return LogoutResult{CID: c.cid, Reason: opts.Reason, Err: ctx.Err(), Duration: time.Since(start)}
 		}
