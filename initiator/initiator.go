@@ -70,20 +70,22 @@ type Initiator struct {
 	wg       sync.WaitGroup
 }
 
-// New returns an Initiator; the name must be a valid iSCSI name.
+// New returns an Initiator; the name must be a valid iSCSI name. The
+// initiator goes by the name's normal form (NormalizeName).
 func New(cfg Config) (*Initiator, error) {
-	if _, err := NormalizeName(cfg.Name); err != nil {
+	name, err := NormalizeName(cfg.Name)
+	if err != nil {
 		return nil, fmt.Errorf("initiator name: %w", err)
 	}
 	log := cfg.Logger
 	if log == nil {
 		log = zap.NewNop()
 	}
-	return &Initiator{cfg: cfg, name: cfg.Name, log: log,
+	return &Initiator{cfg: cfg, name: name, log: log,
 		sessions: map[string][]*session.Session{}, ops: map[string]*logout.Operation{}}, nil
 }
 
-// Name returns the initiator's iSCSI name.
+// Name returns the initiator's iSCSI name, in its normal form.
 func (in *Initiator) Name() string { return in.name }
 
 func (in *Initiator) sessionConfig(portal, target string, o LoginOptions) session.Config {
@@ -100,7 +102,8 @@ func (in *Initiator) sessionConfig(portal, target string, o LoginOptions) sessio
 }
 
 // Login opens a session to target at portal (host:port) with
-// o.Connections connections and adds it to the table.
+// o.Connections connections and adds it to the table. The target's name
+// goes on the wire in its normal form (NormalizeName).
 func (in *Initiator) Login(ctx context.Context, portal, target string, o LoginOptions) (*session.Session, error) {
 	key, err := NormalizeName(target)
 	if err != nil {
@@ -115,7 +118,7 @@ func (in *Initiator) Login(ctx context.Context, portal, target string, o LoginOp
 	if closed {
 		return nil, errors.New("iscsi: initiator closed")
 	}
-	s, err := session.Login(ctx, in.sessionConfig(portal, target, o))
+	s, err := session.Login(ctx, in.sessionConfig(portal, key, o))
 	if err != nil {
 		return nil, err
 	}
