@@ -120,7 +120,7 @@ func (in *Initiator) Login(ctx context.Context, portal, target string, o LoginOp
 	}
 	s, err := session.Login(ctx, in.sessionConfig(portal, key, o))
 	if err != nil {
-		return nil, err
+		return nil, invalidArg(err)
 	}
 	for i := 1; i < o.Connections; i++ {
 		if _, err := s.AddConnection(ctx); err != nil {
@@ -144,7 +144,17 @@ func (in *Initiator) Discover(ctx context.Context, portal string, chap *session.
 	if portal == "" {
 		return nil, fmt.Errorf("%w: empty portal", ErrInvalidArg)
 	}
-	return session.Discover(ctx, in.sessionConfig(portal, "", LoginOptions{CHAP: chap}))
+	targets, err := session.Discover(ctx, in.sessionConfig(portal, "", LoginOptions{CHAP: chap}))
+	return targets, invalidArg(err)
+}
+
+// invalidArg makes a session's refusal of its configuration (parameters
+// it does not implement) an ErrInvalidArg too.
+func invalidArg(err error) error {
+	if errors.Is(err, session.ErrInvalidConfig) {
+		return fmt.Errorf("%w: %w", ErrInvalidArg, err)
+	}
+	return err
 }
 
 // Sessions returns the sessions to target that still have a connection up.

@@ -9,6 +9,7 @@ import (
 
 	"github.com/goiscsi/iscsi/iscsitest"
 	"github.com/goiscsi/iscsi/logout"
+	"github.com/goiscsi/iscsi/session"
 )
 
 func TestNormalizeNameRejects(t *testing.T) {
@@ -169,5 +170,34 @@ func TestLoginSendsNormalForm(t *testing.T) {
 	}
 	if n := liveAtTarget(tg); n != 0 {
 		t.Fatalf("target still has %d live sessions", n)
+	}
+}
+
+// TestLoginRefusesUnimplementedParams: an ErrorRecoveryLevel the session
+// package does not implement is an invalid argument (E_INVALIDARG), refused
+// before anything is dialed (the portal here has no listener).
+func TestLoginRefusesUnimplementedParams(t *testing.T) {
+	in, err := New(Config{Name: "iqn.2026-11.org.goiscsi:initiator", NOPInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { in.Close() })
+	p := session.DefaultParams()
+	p.ErrorRecoveryLevel = 2
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err = in.Login(ctx, "127.0.0.1:1", memTarget, LoginOptions{Connections: 1, Params: &p})
+	if !errors.Is(err, ErrInvalidArg) || !errors.Is(err, session.ErrInvalidConfig) ||
+		!strings.Contains(err.Error(), "ErrorRecoveryLevel 2 is not implemented") {
+		t.Fatalf("Login with ErrorRecoveryLevel 2: %v; want ErrInvalidArg and session.ErrInvalidConfig", err)
+	}
+	// Discovery offers the Config's parameters.
+	in2, err := New(Config{Name: "iqn.2026-11.org.goiscsi:initiator", NOPInterval: -1, Params: &p})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { in2.Close() })
+	if _, err := in2.Discover(ctx, "127.0.0.1:1", nil); !errors.Is(err, ErrInvalidArg) || !errors.Is(err, session.ErrInvalidConfig) {
+		t.Fatalf("Discover with ErrorRecoveryLevel 2: %v; want ErrInvalidArg and session.ErrInvalidConfig", err)
 	}
 }
