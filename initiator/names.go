@@ -41,7 +41,7 @@ func NormalizeName(name string) (string, error) {
 	case name == "":
 		return bad("empty")
 	case len(name) > maxInputLen:
-		return bad(fmt.Sprintf("longer than %d bytes", maxNameLen))
+		return bad(fmt.Sprintf("%d bytes, too long to prepare into a name of at most %d", len(name), maxNameLen))
 	case !utf8.ValidString(name):
 		return bad("not valid UTF-8")
 	}

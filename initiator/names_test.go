@@ -124,6 +124,8 @@ func TestNormalizeNameStringprepRefuses(t *testing.T) {
 		{"§8 A.1: added in Unicode 5.0", base + "disk\u0242", "unassigned in Unicode 3.2"},
 		{"§8 A.1: never assigned", base + "disk\u0378", "unassigned in Unicode 3.2"},
 		{"§7 bidi: right-to-left letter among left-to-right ones", base + "disk\u05d0", "right-to-left"},
+		{"input too long to prepare", base + strings.Repeat("\uff41", 300), "too long to prepare"},
+		{"prepared form longer than 223 bytes", base + strings.Repeat("\uff41", 200), "longer than 223 bytes"},
 	} {
 		got, err := NormalizeName(c.in)
 		if !errors.Is(err, ErrInvalidArg) || !strings.Contains(err.Error(), c.why) {
