@@ -1,11 +1,12 @@
 module github.com/goiscsi/iscsi
 
-go 1.26
+go 1.26.0
 
 require (
 	github.com/gopacket/gopacket v1.7.7
 	go.uber.org/goleak v1.3.0
 	go.uber.org/zap v1.28.0
+	golang.org/x/text v0.44.0
 )
 
 require (

@@ -77,20 +77,22 @@ type Initiator struct {
 	wg       sync.WaitGroup
 }
 
-// New returns an Initiator; the name must be a valid iSCSI name.
+// New returns an Initiator; the name must be a valid iSCSI name. The
+// initiator goes by the name's normal form (NormalizeName).
 func New(cfg Config) (*Initiator, error) {
-	if _, err := NormalizeName(cfg.Name); err != nil {
+	name, err := NormalizeName(cfg.Name)
+	if err != nil {
 		return nil, fmt.Errorf("initiator name: %w", err)
 	}
 	log := cfg.Logger
 	if log == nil {
 		log = zap.NewNop()
 	}
-	return &Initiator{cfg: cfg, name: cfg.Name, log: log,
+	return &Initiator{cfg: cfg, name: name, log: log,
 		sessions: map[string][]*session.Session{}, ops: map[string]*logout.Operation{}}, nil
 }
 
-// Name returns the initiator's iSCSI name.
+// Name returns the initiator's iSCSI name, in its normal form.
 func (in *Initiator) Name() string { return in.name }
 
 func (in *Initiator) sessionConfig(portal, target string, o LoginOptions) session.Config {
@@ -107,7 +109,8 @@ func (in *Initiator) sessionConfig(portal, target string, o LoginOptions) sessio
 }
 
 // Login opens a session to target at portal (host:port) with
-// o.Connections connections and adds it to the table.
+// o.Connections connections and adds it to the table. The target's name
+// goes on the wire in its normal form (NormalizeName).
 func (in *Initiator) Login(ctx context.Context, portal, target string, o LoginOptions) (*session.Session, error) {
 	key, err := NormalizeName(target)
 	if err != nil {
@@ -122,9 +125,9 @@ func (in *Initiator) Login(ctx context.Context, portal, target string, o LoginOp
 	if closed {
 		return nil, errors.New("iscsi: initiator closed")
 	}
-	s, err := session.Login(ctx, in.sessionConfig(portal, target, o))
+	s, err := session.Login(ctx, in.sessionConfig(portal, key, o))
 	if err != nil {
-		return nil, err
+		return nil, invalidArg(err)
 	}
 	for i := 1; i < o.Connections; i++ {
 		if _, err := s.AddConnection(ctx); err != nil {
@@ -148,7 +151,17 @@ func (in *Initiator) Discover(ctx context.Context, portal string, chap *session.
 	if portal == "" {
 		return nil, fmt.Errorf("%w: empty portal", ErrInvalidArg)
 	}
-	return session.Discover(ctx, in.sessionConfig(portal, "", LoginOptions{CHAP: chap}))
+	targets, err := session.Discover(ctx, in.sessionConfig(portal, "", LoginOptions{CHAP: chap}))
+	return targets, invalidArg(err)
+}
+
+// invalidArg makes a session's refusal of its configuration (parameters
+// it does not implement) an ErrInvalidArg too.
+func invalidArg(err error) error {
+	if errors.Is(err, session.ErrInvalidConfig) {
+		return fmt.Errorf("%w: %w", ErrInvalidArg, err)
+	}
+	return err
 }
 
 // Sessions returns the sessions to target that still have a connection up.

@@ -24,7 +24,8 @@ type Config struct {
 	CHAP *CHAP
 	// Params are the values to offer; nil means DefaultParams().
 	Params *Params
-	// LoginTimeout bounds each connection's login; default 15 s.
+	// LoginTimeout bounds each connection's login as a whole: the dial and
+	// every PDU of it, redirects and retries included; default 15 s.
 	LoginTimeout time.Duration
 	// NOPInterval is how long a connection may be idle before a NOP-Out
 	// checks the target is alive; 0 means 10 s, negative turns it off.

@@ -21,11 +21,24 @@ const maxLoginText = 64 << 10
 
 // connect dials the session's portal and logs one connection in, following
 // redirects. leading is true for the first connection of a session.
+//
+// One Config.LoginTimeout bounds the whole login: its deadline is set once,
+// here, and every hop (each redirect and the CHAP retry) dials, writes and
+// reads against it, so targets redirecting to each other, or one that
+// answers slowly or a byte at a time, cannot stretch the login past it.
 func (s *Session) connect(ctx context.Context, cid uint16, leading bool) (*Conn, error) {
+	if leading {
+		if err := s.cfg.params().check(); err != nil {
+			return nil, err
+		}
+	}
 	maxRedirects := s.cfg.MaxRedirects
 	if maxRedirects == 0 {
 		maxRedirects = 4
 	}
+	timeout := s.cfg.loginTimeout()
+	lctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
 	addr := s.portal
 	retried := false
 	for redirects := 0; ; {
@@ -33,7 +46,10 @@ func (s *Session) connect(ctx context.Context, cid uint16, leading bool) (*Conn,
 		s.mu.Lock()
 		at.avoidAlg = s.chapAvoid
 		s.mu.Unlock()
-		c, err := s.loginAt(ctx, addr, cid, leading, at)
+		c, err := s.loginAt(lctx, addr, cid, leading, at)
+		if err != nil && !isLoginFailure(err) {
+			return nil, loginEnded(ctx, lctx, addr, timeout, redirects, err)
+		}
 		var rd *redirectError
 		if errors.As(err, &rd) && redirects < maxRedirects {
 			s.log.Debug("login redirected", zap.String("to", rd.addr), zap.Stringer("status", rd.status))
@@ -80,9 +96,38 @@ type redirectError struct {
 
 func (e *redirectError) Error() string { return "iscsi: login redirected to " + e.addr }
 
+// loginEnded is the error of a login that failed on something other than
+// the target's word (a *LoginError, *NegotiationError or redirect): when
+// its context had ended, that is the cause, and the error says so. ctx is
+// the caller's context, lctx the login's (ctx bounded by LoginTimeout).
+func loginEnded(ctx, lctx context.Context, addr string, timeout time.Duration, redirects int, err error) error {
+	cerr := lctx.Err()
+	if cerr == nil && errors.Is(err, os.ErrDeadlineExceeded) {
+		// The connection's deadline is lctx's: it may fire a moment
+		// before lctx reports it.
+		cerr = context.DeadlineExceeded
+	}
+	hops := ""
+	switch {
+	case redirects == 1:
+		hops = " over 1 redirect"
+	case redirects > 1:
+		hops = fmt.Sprintf(" over %d redirects", redirects)
+	}
+	switch {
+	case cerr == nil:
+		return err
+	case errors.Is(cerr, context.DeadlineExceeded) && ctx.Err() == nil:
+		return fmt.Errorf("iscsi: login to %s timed out: LoginTimeout %v elapsed%s: %w (%w)", addr, timeout, hops, cerr, err)
+	case errors.Is(cerr, context.DeadlineExceeded):
+		return fmt.Errorf("iscsi: login to %s timed out: the caller's deadline passed%s: %w (%w)", addr, hops, cerr, err)
+	}
+	return fmt.Errorf("iscsi: login to %s: %w (%w)", addr, cerr, err)
+}
+
+// loginAt dials addr and logs one connection in, within ctx, whose
+// deadline bounds the dial and every read and write of the login.
 func (s *Session) loginAt(ctx context.Context, addr string, cid uint16, leading bool, at *loginAttempt) (*Conn, error) {
-	ctx, cancel := context.WithTimeout(ctx, s.cfg.loginTimeout())
-	defer cancel()
 	nc, err := s.cfg.dial(ctx, addr)
 	if err != nil {
 		return nil, fmt.Errorf("iscsi: connect to %s: %w", addr, err)
@@ -112,17 +157,6 @@ func (s *Session) loginAt(ctx context.Context, addr string, cid uint16, leading 
 	stop()
 	if err != nil {
 		nc.Close()
-		if !isLoginFailure(err) {
-			cerr := ctx.Err()
-			if cerr == nil && errors.Is(err, os.ErrDeadlineExceeded) {
-				// The connection's deadline is ctx's: it may fire a moment
-				// before ctx reports it.
-				cerr = context.DeadlineExceeded
-			}
-			if cerr != nil {
-				return nil, fmt.Errorf("iscsi: login to %s: %w (%v)", addr, cerr, err)
-			}
-		}
 		return nil, err
 	}
 	nc.SetDeadline(time.Time{})
@@ -352,11 +386,13 @@ func (l *loginState) exchange(csg, nsg uint8, transit bool, keys []pdu.KV) (*pdu
 		if resp.CSG != csg {
 			return nil, nil, &pdu.ProtocolError{Op: pdu.OpLoginResponse, Field: "CSG", Value: uint64(resp.CSG), Reason: fmt.Sprintf("expected stage %d", csg)}
 		}
-		if resp.Transit && transit && resp.NSG > nsg {
-			return nil, nil, &pdu.ProtocolError{Op: pdu.OpLoginResponse, Field: "NSG", Value: uint64(resp.NSG), Reason: "target skipped a stage we did not ask to skip"}
-		}
 		if resp.Transit && !transit {
 			return nil, nil, &pdu.ProtocolError{Op: pdu.OpLoginResponse, Field: "T", Value: 1, Reason: "target transited while we did not ask"}
+		}
+		if resp.Transit {
+			if err := checkTransit(csg, nsg, resp.NSG); err != nil {
+				return nil, nil, err
+			}
 		}
 		if len(text)+len(seg) > maxLoginText {
 			return nil, nil, &NegotiationError{Reason: "login text over 64 KiB"}
@@ -372,6 +408,28 @@ func (l *loginState) exchange(csg, nsg uint8, transit bool, keys []pdu.KV) (*pdu
 		// More text follows: ask for it with an empty request.
 		data = nil
 	}
+}
+
+// checkTransit checks the next stage of a Login Response with T=1 to our
+// request with T=1 from stage csg to stage asked (RFC 7143 §11.12.3,
+// §11.13.3): a transit goes forward, to a stage that exists, and no further
+// than we asked. Staying in or going back to the security stage (NSG 0 from
+// CSG 0, say) would have us negotiate operational keys the target never
+// let us reach; NSG 2 is reserved.
+func checkTransit(csg, asked, nsg uint8) error {
+	bad := func(why string) error {
+		return &pdu.ProtocolError{Op: pdu.OpLoginResponse, Field: "NSG", Value: uint64(nsg),
+			Reason: fmt.Sprintf("%s (T=1 from stage %d; we asked for stage %d)", why, csg, asked)}
+	}
+	switch {
+	case nsg == 2:
+		return bad("transit to the reserved stage 2")
+	case nsg <= csg:
+		return bad("transit that does not go forward")
+	case nsg > asked:
+		return bad("target skipped a stage we did not ask to skip")
+	}
+	return nil
 }
 
 func (l *loginState) read() (*pdu.LoginResponse, []byte, error) {

@@ -1,6 +1,7 @@
 package session
 
 import (
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -28,7 +29,9 @@ type Params struct {
 	MaxOutstandingR2T              int
 	DataPDUInOrder                 bool
 	DataSequenceInOrder            bool
-	ErrorRecoveryLevel             int
+	// ErrorRecoveryLevel may be offered up to what the package implements,
+	// 0: Login refuses a higher one with ErrInvalidConfig.
+	ErrorRecoveryLevel int
 	// TargetPortalGroupTag and TargetAlias are what the target declared.
 	TargetPortalGroupTag int
 	TargetAlias          string
@@ -57,6 +60,28 @@ func DefaultParams() Params {
 		DataSequenceInOrder:            true,
 		ErrorRecoveryLevel:             0,
 	}
+}
+
+// maxErrorRecoveryLevel is the highest ErrorRecoveryLevel this package
+// implements: it recovers nothing (no SNACK, no task or connection
+// recovery), so it offers no more than 0. A change that implements a
+// recovery class raises it.
+const maxErrorRecoveryLevel = 0
+
+// ErrInvalidConfig is wrapped by the errors about a Config the package
+// cannot log in with, such as a parameter it does not implement.
+var ErrInvalidConfig = errors.New("iscsi: invalid configuration")
+
+// check refuses offers the initiator could not honour: an offer is a
+// promise to the target.
+func (p Params) check() error {
+	if p.ErrorRecoveryLevel < 0 || p.ErrorRecoveryLevel > 2 {
+		return fmt.Errorf("%w: ErrorRecoveryLevel %d is outside 0-2 (RFC 7143 §13.20)", ErrInvalidConfig, p.ErrorRecoveryLevel)
+	}
+	if p.ErrorRecoveryLevel > maxErrorRecoveryLevel {
+		return fmt.Errorf("%w: ErrorRecoveryLevel %d is not implemented: the highest is %d", ErrInvalidConfig, p.ErrorRecoveryLevel, maxErrorRecoveryLevel)
+	}
+	return nil
 }
 
 // rfcDefaults are the values that hold for keys the target never answers.
