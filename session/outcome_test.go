@@ -1,0 +1,147 @@
+package session
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+
+	"github.com/goiscsi/iscsi/internal/faketarget"
+	"github.com/goiscsi/iscsi/pdu"
+)
+
+// A write already partly sent (its immediate data went out) that fails
+// because an unrelated PDU ended the connection says its outcome is unknown,
+// and still names the PDU that was wrong.
+func TestOutcomeUnknownAfterFatalPDU(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		send func(f *faketarget.Target)
+	}{
+		{"unsolicited Logout Response", func(f *faketarget.Target) {
+			f.Send(&pdu.LogoutResponse{ITT: 0x7777, SeqNums: f.Seq(true)}, nil)
+		}},
+		{"unknown opcode", func(f *faketarget.Target) {
+			b := f.Wire(&pdu.NOPIn{ITT: pdu.ReservedTag, TTT: pdu.ReservedTag, SeqNums: f.Seq(false)}, nil)
+			b[0] = 0x1c // no target opcode
+			f.SendRaw(b)
+		}},
+		{"NOP-In announcing 16 MiB", func(f *faketarget.Target) {
+			b := f.Wire(&pdu.NOPIn{ITT: pdu.ReservedTag, TTT: pdu.ReservedTag, SeqNums: f.Seq(false)}, nil)
+			b[5], b[6], b[7] = 0xff, 0xff, 0xff
+			f.SendRaw(b)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := testConfig()
+			p := DefaultParams()
+			p.InitialR2T, p.ImmediateData = true, true
+			cfg.Params = &p
+			s, f := fakeSession(t, cfg, faketarget.Login{})
+			ch := goExecute(context.Background(), s, writeCmd(pattern(16384, 3)))
+			x := f.Expect(pdu.OpSCSICommand)
+			if len(x.Data) == 0 {
+				t.Fatalf("the write carried no immediate data: the test needs it partly sent")
+			}
+			tc.send(f)
+			r := waitExec(t, ch)
+			var pe *pdu.ProtocolError
+			if !errors.Is(r.err, ErrOutcomeUnknown) || !errors.As(r.err, &pe) {
+				t.Fatalf("write: %v (%T), want ErrOutcomeUnknown wrapping the *pdu.ProtocolError", r.err, r.err)
+			}
+		})
+	}
+}
+
+// A target that says GOOD to a write it did not take in full (InitialR2T:
+// no R2T at all, or one for half the data) does not get a write reported
+// done; one that owns up to the residual does.
+func TestWriteShortOfData(t *testing.T) {
+	const n = 8192
+	for _, tc := range []struct {
+		name  string
+		r2ts  []uint32 // lengths asked for, from offset 0 on
+		resid uint32   // underflow residual the status reports
+		ok    bool
+	}{
+		{"GOOD with no R2T", nil, 0, false},
+		{"GOOD after half", []uint32{n / 2}, 0, false},
+		{"GOOD after half, residual half", []uint32{n / 2}, n / 2, true},
+		{"GOOD after all in two", []uint32{n / 2, n / 2}, 0, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := testConfig()
+			p := DefaultParams()
+			p.InitialR2T, p.ImmediateData = true, false
+			cfg.Params = &p
+			s, f := fakeSession(t, cfg, faketarget.Login{})
+			ch := goExecute(context.Background(), s, writeCmd(pattern(n, 1)))
+			x := f.Expect(pdu.OpSCSICommand)
+			itt := x.PDU.(*pdu.SCSICommand).ITT
+			off := uint32(0)
+			for i, l := range tc.r2ts {
+				f.MustSend(&pdu.R2T{ITT: itt, TTT: uint32(10 + i), R2TSN: uint32(i), BufferOffset: off, DesiredDataTransferLength: l, SeqNums: f.Seq(false)}, nil)
+				for got := uint32(0); got < l; {
+					d := f.Expect(pdu.OpSCSIDataOut)
+					got += uint32(len(d.Data))
+				}
+				off += l
+			}
+			f.MustSend(&pdu.SCSIResponse{ITT: itt, SeqNums: f.Seq(true), Underflow: tc.resid > 0, ResidualCount: tc.resid}, nil)
+			r := waitExec(t, ch)
+			if tc.ok {
+				if r.err != nil {
+					t.Fatalf("write: %v, want success", r.err)
+				}
+				return
+			}
+			var se *ShortTransferError
+			if !errors.As(r.err, &se) || !errors.Is(r.err, ErrOutcomeUnknown) || se.Done != int(off) || se.Want != n {
+				t.Fatalf("write: %v, want a ShortTransferError of %d/%d bytes matching ErrOutcomeUnknown", r.err, off, n)
+			}
+		})
+	}
+}
+
+// FailedCommands is exact under load: of many reads in flight, those the
+// target completed with a Data-In carrying status are not counted failed
+// when the logout ends the rest, however soon after their status it comes.
+func TestLogoutFailedCountExact(t *testing.T) {
+	for round := range 20 {
+		t.Run(fmt.Sprint(round), func(t *testing.T) {
+			const inFlight, completed = 16, 9
+			s, f := fakeSession(t, testConfig(), faketarget.Login{Window: 64})
+			ctx := context.Background()
+			chs := make([]<-chan execResult, inFlight)
+			cmds := make([]faketarget.PDU, inFlight)
+			for i := range chs {
+				chs[i] = goExecute(ctx, s, readCmd(512))
+				cmds[i] = f.Expect(pdu.OpSCSICommand)
+			}
+			for _, x := range cmds[:completed] {
+				f.ReadData(x, make([]byte, 512))
+			}
+			lch := make(chan LogoutResult, 1)
+			go func() { lch <- s.Conns()[0].Logout(ctx, LogoutOptions{Reason: pdu.LogoutCloseSession, Timeout: wait}) }()
+			f.AnswerLogout(f.Expect(pdu.OpLogoutRequest), pdu.LogoutSuccess)
+			f.Close()
+			lr := <-lch
+			ok, failed := 0, 0
+			for _, ch := range chs {
+				r := waitExec(t, ch)
+				switch {
+				case r.err == nil:
+					ok++
+				case errors.Is(r.err, ErrOutcomeUnknown):
+					failed++
+				default:
+					t.Fatalf("read: %v, want success or outcome unknown", r.err)
+				}
+			}
+			if !lr.OK() || ok != completed || failed != inFlight-completed || lr.Failed != failed {
+				t.Fatalf("logout %+v: %d reads done, %d failed, logout counted %d failed; want %d, %d, %d",
+					lr, ok, failed, lr.Failed, completed, inFlight-completed, inFlight-completed)
+			}
+		})
+	}
+}
