@@ -11,6 +11,10 @@ import (
 // Continue PDUs.
 const maxSendTargets = 1 << 20
 
+// maxEmptyText bounds the Text Responses in a row that say more follows but
+// carry no text.
+const maxEmptyText = 8
+
 // DiscoveredTarget is one target a SendTargets answer named, with its portals
 // ("host:port,tpgt" as the target wrote them).
 type DiscoveredTarget struct {
@@ -55,6 +59,7 @@ func (s *Session) SendTargets(ctx context.Context, what string) ([]DiscoveredTar
 	data := pdu.AppendText(nil, kv("SendTargets", what))
 	ttt := uint32(0xffffffff)
 	var text []byte
+	empty := 0
 	// Every request of one text exchange carries the same tag (RFC 7143
 	// §11.10.4).
 	itt := s.newTask(taskText).itt
@@ -83,6 +88,21 @@ func (s *Session) SendTargets(ctx context.Context, what string) ([]DiscoveredTar
 		text = append(text, t.text...)
 		if t.textResp.Final {
 			break
+		}
+		// A target that says more follows must name the exchange
+		// (RFC 7143 §11.11.4) and send some of it: answers that carry
+		// nothing would keep the exchange going until ctx ends.
+		if t.textResp.TTT == pdu.ReservedTag {
+			return nil, &pdu.ProtocolError{Op: pdu.OpTextResponse, Field: "TargetTransferTag", Value: uint64(pdu.ReservedTag),
+				Reason: "a Text Response with F=0 must carry a tag for the next request"}
+		}
+		if len(t.text) == 0 {
+			if empty++; empty > maxEmptyText {
+				return nil, &pdu.ProtocolError{Op: pdu.OpTextResponse, Field: "DataSegmentLength", Value: 0,
+					Reason: fmt.Sprintf("%d Text Responses in a row with F=0 and no text", empty)}
+			}
+		} else {
+			empty = 0
 		}
 		// More follows: ask with an empty request carrying the target's TTT.
 		ttt, data = t.textResp.TTT, nil

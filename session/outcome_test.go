@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/goiscsi/iscsi/internal/faketarget"
 	"github.com/goiscsi/iscsi/pdu"
@@ -141,6 +142,56 @@ func TestLogoutFailedCountExact(t *testing.T) {
 			if !lr.OK() || ok != completed || failed != inFlight-completed || lr.Failed != failed {
 				t.Fatalf("logout %+v: %d reads done, %d failed, logout counted %d failed; want %d, %d, %d",
 					lr, ok, failed, lr.Failed, completed, inFlight-completed, inFlight-completed)
+			}
+		})
+	}
+}
+
+// A SendTargets answer that says more follows without a tag for it, or
+// keeps saying so with no text, ends the exchange with a protocol error
+// after a bounded number of requests, rather than going on until the
+// context ends.
+func TestSendTargetsEndlessContinuation(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		ttt  uint32
+		max  int // Text Requests the initiator may send
+	}{
+		{"no tag", pdu.ReservedTag, 1},
+		{"empty answers", 0x42, maxEmptyText + 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := testConfig()
+			cfg.TargetName = ""
+			s, f := fakeSession(t, cfg, faketarget.Login{})
+			ch := make(chan error, 1)
+			go func() {
+				_, err := s.SendTargets(context.Background(), "All")
+				ch <- err
+			}()
+			sent := 0
+			for {
+				select {
+				case err := <-ch:
+					var pe *pdu.ProtocolError
+					if !errors.As(err, &pe) || pe.Op != pdu.OpTextResponse {
+						t.Fatalf("SendTargets: %v, want a protocol error on the Text Response", err)
+					}
+					if sent != tc.max {
+						t.Fatalf("%d Text Requests sent, want %d", sent, tc.max)
+					}
+					return
+				case x := <-f.In():
+					if x.PDU.Opcode() != pdu.OpTextRequest {
+						continue
+					}
+					if sent++; sent > tc.max {
+						t.Fatalf("Text Request %d: the exchange goes on", sent)
+					}
+					f.MustSend(&pdu.TextResponse{ITT: x.PDU.(*pdu.TextRequest).ITT, TTT: tc.ttt, SeqNums: f.Seq(true)}, nil)
+				case <-time.After(wait):
+					t.Fatalf("SendTargets did not end after %d requests", sent)
+				}
 			}
 		})
 	}
