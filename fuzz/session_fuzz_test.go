@@ -523,7 +523,7 @@ func typedErr(err error) bool {
 	for _, e := range []error{context.DeadlineExceeded, context.Canceled, os.ErrDeadlineExceeded,
 		io.EOF, io.ErrUnexpectedEOF, io.ErrClosedPipe, net.ErrClosed,
 		session.ErrClosed, session.ErrConnReset, session.ErrLoggedOut, session.ErrNotSent, session.ErrLogoutTimeout,
-		session.ErrDeadPeer, session.ErrTargetDropped} {
+		session.ErrDeadPeer, session.ErrTargetDropped, session.ErrOutcomeUnknown, session.ErrLogoutRunning} {
 		if errors.Is(err, e) {
 			return true
 		}
