@@ -250,8 +250,15 @@ func TestBlockZeroWindowTCP(t *testing.T) {
 		t.Run(b.name+" behind a blocked write", func(t *testing.T) {
 			s, _ := session(t)
 			bg := goExecute(context.Background(), s, writeCmd(make([]byte, size)))
-			// The big write takes the connection's writer; wait until the
-			// buffers are full: a second write does not go through at once.
+			// Wait for the big write to have gone to the socket (it holds
+			// the writer from then on: 8 MiB do not fit in the buffers).
+			// No signal says so; the command counter does, polled.
+			c := s.Conns()[0]
+			for deadline := time.Now().Add(wait); c.commands.Load() == 0; time.Sleep(time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatalf("the write was not sent in %v", wait)
+				}
+			}
 			ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 			defer cancel()
 			type res struct {
