@@ -293,7 +293,7 @@ func requests() []request {
 			run: func(ctx context.Context, s *Session) outcome {
 				res, err := s.Logout(ctx, LogoutOptions{Timeout: opTimeout})
 				if err == nil && !res.OK() {
-					err = fmt.Errorf("Logout returned no error for %+v", res)
+					err = fmt.Errorf("iscsi test: Logout returned a result that is not OK without an error: %+v", res)
 				}
 				return outcome{ok: res.OK(), err: err, what: fmt.Sprintf("LogoutResult %+v", res)}
 			},
