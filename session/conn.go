@@ -529,7 +529,7 @@ func (c *Conn) answering(op pdu.Opcode, itt uint32, want taskKind) (*task, error
 		return t, nil
 	}
 	return nil, &pdu.ProtocolError{Op: op, Field: "InitiatorTaskTag", Value: uint64(itt),
-		Reason: fmt.Sprintf("is the tag of a %s, which a %s does not answer", requests[t.kind], op)}
+		Reason: fmt.Sprintf("is the tag of a %s, which a %s does not answer", requestOp[t.kind], op)}
 }
 
 // rejected returns the task whose request the header a Reject carries is:
@@ -556,7 +556,7 @@ func (c *Conn) rejected(rh *pdu.BHS) *task {
 	t.mu.Lock()
 	sent, sn := t.sent, t.cmdSN
 	t.mu.Unlock()
-	if op != requests[t.kind] || !sent || rh.CmdSN() != sn {
+	if op != requestOp[t.kind] || !sent || rh.CmdSN() != sn {
 		c.log.Debug("Reject names no request of ours", zap.Stringer("op", op), zap.Uint32("itt", itt), zap.Uint32("cmdsn", rh.CmdSN()))
 		return nil
 	}

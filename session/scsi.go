@@ -349,6 +349,11 @@ func (c *Conn) dataIn(d *pdu.DataIn, n int) error {
 		}
 		return err
 	}
+	if t.writeLen > 0 {
+		// Data-In answers a read (RFC 7143 §11.7): a write's status
+		// comes in a SCSI Response, and no data comes back for it.
+		return &pdu.ProtocolError{Op: pdu.OpSCSIDataIn, Field: "InitiatorTaskTag", Value: uint64(d.ITT), Reason: "Data-In for a write command"}
+	}
 	t.mu.Lock()
 	if t.dead {
 		t.mu.Unlock()

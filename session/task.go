@@ -17,20 +17,9 @@ const (
 	taskText
 )
 
-// answers is the opcode of the target PDU that ends a task of each kind; a
-// PDU of any other kind carrying the task's tag is a protocol error (a SCSI
-// Response is no answer to a Logout Request).
-var answers = [...]pdu.Opcode{
-	taskSCSI:   pdu.OpSCSIResponse, // or a Data-In with status
-	taskNOP:    pdu.OpNOPIn,
-	taskTMF:    pdu.OpTaskMgmtResponse,
-	taskLogout: pdu.OpLogoutResponse,
-	taskText:   pdu.OpTextResponse,
-}
-
-// requests is the opcode of the request each kind of task sends, for
+// requestOp is the opcode of the request each kind of task sends, for
 // matching the header a Reject carries.
-var requests = [...]pdu.Opcode{
+var requestOp = [...]pdu.Opcode{
 	taskSCSI:   pdu.OpSCSICommand,
 	taskNOP:    pdu.OpNOPOut,
 	taskTMF:    pdu.OpTaskMgmtRequest,
