@@ -277,7 +277,7 @@ func (f *fuzzConn) settle(h *pdu.BHS) {
 	}
 	f.mu.Lock()
 	f.settled[h.ITT()] = true
-	if h.Opcode() == pdu.OpLogoutResponse && h[2] == pdu.LogoutSuccess {
+	if h.Opcode() == pdu.OpLogoutResponse && pdu.LogoutResponseCode(h[2]) == pdu.LogoutSuccess {
 		f.loggedOut = true
 	}
 	f.mu.Unlock()
@@ -347,18 +347,18 @@ func (f *fuzzConn) reply(h pdu.BHS) error {
 			return f.send(&pdu.R2T{ITT: itt, TTT: uint32(fl), R2TSN: uint32(sc.u8()), BufferOffset: uint32(sc.u16()),
 				DesiredDataTransferLength: uint32(sc.u16()), SeqNums: f.fuzzSeq(fl&0x40 != 0, false)}, nil)
 		default:
-			return f.send(&pdu.Reject{Reason: sc.u8(), ITT: 0xffffffff, SeqNums: f.fuzzSeq(fl&0x40 != 0, true)}, h[:])
+			return f.send(&pdu.Reject{Reason: pdu.RejectReason(sc.u8()), ITT: 0xffffffff, SeqNums: f.fuzzSeq(fl&0x40 != 0, true)}, h[:])
 		}
 	case pdu.OpLogoutRequest:
 		if fl&3 == 3 {
-			return f.send(&pdu.Reject{Reason: sc.u8(), ITT: 0xffffffff, SeqNums: f.fuzzSeq(fl&0x40 != 0, true)}, h[:])
+			return f.send(&pdu.Reject{Reason: pdu.RejectReason(sc.u8()), ITT: 0xffffffff, SeqNums: f.fuzzSeq(fl&0x40 != 0, true)}, h[:])
 		}
-		return f.send(&pdu.LogoutResponse{Response: fl >> 2 & 7, ITT: itt, Time2Wait: uint16(sc.u8()), Time2Retain: uint16(sc.u8()),
+		return f.send(&pdu.LogoutResponse{Response: pdu.LogoutResponseCode(fl >> 2 & 7), ITT: itt, Time2Wait: uint16(sc.u8()), Time2Retain: uint16(sc.u8()),
 			SeqNums: f.fuzzSeq(fl&0x40 != 0, true)}, nil)
 	case pdu.OpNOPOut:
 		return f.send(&pdu.NOPIn{ITT: itt, TTT: binary.BigEndian.Uint32(h[20:]), SeqNums: f.fuzzSeq(fl&0x40 != 0, itt != 0xffffffff)}, sc.data())
 	case pdu.OpTaskMgmtRequest:
-		return f.send(&pdu.TaskMgmtResponse{Response: fl & 7, ITT: itt, SeqNums: f.fuzzSeq(fl&0x40 != 0, true)}, nil)
+		return f.send(&pdu.TaskMgmtResponse{Response: pdu.TMResponse(fl & 7), ITT: itt, SeqNums: f.fuzzSeq(fl&0x40 != 0, true)}, nil)
 	}
 	return nil
 }
@@ -402,7 +402,7 @@ func (f *fuzzConn) step() bool {
 		}
 		err = f.sendHeader(&h, data)
 	case opAsync:
-		a := &pdu.AsyncMessage{ITT: 0xffffffff, AsyncEvent: sc.u8() % 6, AsyncVCode: sc.u8(),
+		a := &pdu.AsyncMessage{ITT: 0xffffffff, AsyncEvent: pdu.AsyncEvent(sc.u8() % 6), AsyncVCode: sc.u8(),
 			Parameter1: uint16(sc.u8()), Parameter2: uint16(sc.u8()), Parameter3: uint16(sc.u8() % 4),
 			SeqNums: f.fuzzSeq(op&0x08 != 0, true)}
 		err = f.send(a, sc.data())
@@ -1121,7 +1121,7 @@ func sessionSeeds() [][]byte {
 	add(0, (&scriptBuilder{}).op(opRaw, 48).raw(hdr(&pdu.SCSIResponse{ITT: 1}, 255, 0)...))
 	add(0, (&scriptBuilder{}).op(opRaw, 48).raw(append([]byte{0x3e}, make([]byte, 47)...)...))
 	add(0, (&scriptBuilder{}).op(opReply, 0x40|1|4, 0, 0).raw(0, 0, 0, 9, 0, 0, 0, 5, 0, 0, 0, 1).u16(0).u16(0))
-	add(0, (&scriptBuilder{}).op(opReply, 3, pdu.RejectInvalidPDUField))
+	add(0, (&scriptBuilder{}).op(opReply, 3, byte(pdu.RejectInvalidPDUField)))
 	add(0x20, (&scriptBuilder{}).op(opNOPIn|0x08).u16(4).raw(1, 2, 3, 4))
 	return seeds
 }

@@ -475,7 +475,7 @@ func (c logoutCase) run(t *testing.T, l *peers.LIO) {
 			t.Fatalf("session %d: %d connections in the result, want %d", sr.TSIH, len(sr.Conns), c.nconn)
 		}
 		for j, cr := range sr.Conns {
-			want, reason := logout.ConnLoggedOut, uint8(pdu.LogoutCloseSession)
+			want, reason := logout.ConnLoggedOut, pdu.LogoutCloseSession
 			switch {
 			case c.strategy == logout.PerConnection && c.nconn > 1:
 				reason = pdu.LogoutCloseConnection

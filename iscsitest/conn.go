@@ -371,14 +371,14 @@ func (c *Conn) writeLoop() {
 }
 
 // reject sends a Reject carrying the header of the rejected PDU.
-func (c *Conn) reject(reason uint8, h *pdu.BHS) {
+func (c *Conn) reject(reason pdu.RejectReason, h *pdu.BHS) {
 	hdr := *h
-	c.enqueue(&pdu.Reject{Reason: reason, ITT: 0xffffffff}, nil, hdr[:], false)
+	c.enqueue(&pdu.Reject{Reason: reason, ITT: pdu.ReservedTag}, nil, hdr[:], false)
 }
 
 // protocolError rejects a PDU and drops the connection, as a target does at
 // ERL 0 for an error it cannot recover from.
-func (c *Conn) protocolError(h *pdu.BHS, reason uint8, why string) {
+func (c *Conn) protocolError(h *pdu.BHS, reason pdu.RejectReason, why string) {
 	c.t.log.Debug("protocol error, dropping connection", zap.Uint16("cid", c.cid),
 		zap.Stringer("opcode", h.Opcode()), zap.String("why", why))
 	c.t.count(func(s *Stats) { s.ProtocolErrors++ })
@@ -412,7 +412,7 @@ func (c *Conn) pinger() {
 				return
 			}
 			if send {
-				c.enqueue(&pdu.NOPIn{ITT: 0xffffffff, TTT: ttt}, nil, nil, false)
+				c.enqueue(&pdu.NOPIn{ITT: pdu.ReservedTag, TTT: ttt}, nil, nil, false)
 			}
 		}
 	}

@@ -129,7 +129,7 @@ func (s *session) dataOut(c *Conn, in *inPDU, v *pdu.DataOut) {
 	}
 	n := uint32(len(in.data))
 	var at uint32
-	if v.TTT == 0xffffffff {
+	if v.TTT == pdu.ReservedTag {
 		switch {
 		case !tk.unsol:
 			c.protocolError(&in.h, pdu.RejectProtocolError, "unsolicited Data-Out not expected")
@@ -257,7 +257,7 @@ func (s *session) respond(c *Conn, itt uint32, read, write bool, edtl uint32, re
 	for off := 0; off < int(size); {
 		n := min(int(size)-off, c.maxSend, burst-off%burst)
 		end := off+n == int(size)
-		d := &pdu.DataIn{ITT: itt, TTT: 0xffffffff, DataSN: dataSN, BufferOffset: uint32(off),
+		d := &pdu.DataIn{ITT: itt, TTT: pdu.ReservedTag, DataSN: dataSN, BufferOffset: uint32(off),
 			Final: end || (off+n)%burst == 0}
 		var release *lunView
 		if end && inData {

@@ -185,7 +185,7 @@ func TestTaskManagement(t *testing.T) {
 	other := dial(t, tg)
 	other.isid[5] = 2
 	other.login(loginOpts{})
-	tmf := func(fn uint8, lun int, ref, refCmdSN uint32) uint8 {
+	tmf := func(fn pdu.TMFunction, lun int, ref, refCmdSN uint32) pdu.TMResponse {
 		t.Helper()
 		itt := i.nextITT()
 		p := i.sendExpect(&pdu.TaskMgmtRequest{Immediate: true, Function: fn, LUN: pdu.MakeLUN(lun), ITT: itt,
@@ -208,22 +208,22 @@ func TestTaskManagement(t *testing.T) {
 		t.Fatal("no R2T")
 	}
 	if r := tmf(pdu.TMFAbortTask, 0, itt, *i.cmdSN-1); r != pdu.TMFComplete {
-		t.Fatalf("ABORT TASK: %s", pdu.TMFResponseString(r))
+		t.Fatalf("ABORT TASK: %s", r.String())
 	}
 	i.send(&pdu.DataOut{Final: true, ITT: itt, TTT: r2t.TTT}, make([]byte, 4096))
 	i.nop(nil)
 	if r := tmf(pdu.TMFAbortTask, 0, 0x999, *i.cmdSN-1); r != pdu.TMFNoSuchTask {
-		t.Fatalf("ABORT TASK of nothing: %s", pdu.TMFResponseString(r))
+		t.Fatalf("ABORT TASK of nothing: %s", r.String())
 	}
 
 	// Abort a command that never came: its CmdSN counts as received.
 	if r := tmf(pdu.TMFAbortTask, 0, 0x777, *i.cmdSN); r != pdu.TMFNoSuchTask {
-		t.Fatalf("ABORT TASK of the current CmdSN: %s", pdu.TMFResponseString(r))
+		t.Fatalf("ABORT TASK of the current CmdSN: %s", r.String())
 	}
 	lost := *i.cmdSN
 	*i.cmdSN++
 	if r := tmf(pdu.TMFAbortTask, 0, 0x778, lost); r != pdu.TMFComplete {
-		t.Fatalf("ABORT TASK of a lost command: %s", pdu.TMFResponseString(r))
+		t.Fatalf("ABORT TASK of a lost command: %s", r.String())
 	}
 	i.send(&pdu.NOPOut{ITT: 0x55, TTT: 0xffffffff, CmdSN: *i.cmdSN}, nil)
 	*i.cmdSN++
@@ -233,10 +233,10 @@ func TestTaskManagement(t *testing.T) {
 
 	// LUN RESET: a unit attention for the other session.
 	if r := tmf(pdu.TMFLogicalUnitReset, 0, 0, 0); r != pdu.TMFComplete {
-		t.Fatalf("LUN RESET: %s", pdu.TMFResponseString(r))
+		t.Fatalf("LUN RESET: %s", r.String())
 	}
 	if r := tmf(pdu.TMFLogicalUnitReset, 3, 0, 0); r != pdu.TMFNoSuchLUN {
-		t.Fatalf("LUN RESET of LUN 3: %s", pdu.TMFResponseString(r))
+		t.Fatalf("LUN RESET of LUN 3: %s", r.String())
 	}
 	tur := []byte{opTestUnitReady, 0, 0, 0, 0, 0}
 	if r := other.cmd(0, tur, nil, 0); r.status != pdu.StatusCheckCondition {
@@ -251,10 +251,10 @@ func TestTaskManagement(t *testing.T) {
 		t.Fatalf("TUR of the resetting session: %+v", r)
 	}
 	if r := tmf(pdu.TMFTaskReassign, 0, 1, 0); r != pdu.TMFReassignUnsupported {
-		t.Fatalf("TASK REASSIGN: %s", pdu.TMFResponseString(r))
+		t.Fatalf("TASK REASSIGN: %s", r.String())
 	}
 	if r := tmf(42, 0, 0, 0); r != pdu.TMFNotSupported {
-		t.Fatalf("function 42: %s", pdu.TMFResponseString(r))
+		t.Fatalf("function 42: %s", r.String())
 	}
 }
 

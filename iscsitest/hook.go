@@ -48,10 +48,10 @@ type Action struct {
 	delay  time.Duration
 	p      pdu.PDU
 	data   []byte
-	code   uint8
+	code   pdu.LogoutResponseCode
 	t2w    uint16
 	t2r    uint16
-	reason uint8
+	reason pdu.RejectReason
 	// after is actClose or actReset to end the connection once the action's
 	// PDU is written.
 	after actionKind
@@ -83,14 +83,14 @@ func Respond(p pdu.PDU, data []byte) Action { return Action{kind: actRespond, p:
 // (connection or session closed, FIN); with any other code nothing else
 // happens and the connection stays in full feature phase. Other PDUs are
 // handled normally.
-func LogoutResponse(code uint8, time2Wait, time2Retain uint16) Action {
+func LogoutResponse(code pdu.LogoutResponseCode, time2Wait, time2Retain uint16) Action {
 	return Action{kind: actLogout, code: code, t2w: time2Wait, t2r: time2Retain}
 }
 
 // RejectWith answers the PDU with a Reject of the given reason carrying its
 // header, instead of handling it. A non-immediate command still takes its
 // CmdSN, so the window moves on.
-func RejectWith(reason uint8) Action { return Action{kind: actReject, reason: reason} }
+func RejectWith(reason pdu.RejectReason) Action { return Action{kind: actReject, reason: reason} }
 
 // ThenClose returns a copy of a that closes the connection (FIN) after what a
 // sends.
@@ -203,7 +203,7 @@ func ConnCID(cid uint16) Match { return func(ev *Event) bool { return ev.CID == 
 func OpcodeIs(op pdu.Opcode) Match { return func(ev *Event) bool { return ev.Header.Opcode() == op } }
 
 // LogoutReason matches Logout Requests with reason code r.
-func LogoutReason(r uint8) Match {
+func LogoutReason(r pdu.LogoutReason) Match {
 	return func(ev *Event) bool {
 		lr, ok := ev.PDU.(*pdu.LogoutRequest)
 		return ok && lr.ReasonCode == r
@@ -238,7 +238,7 @@ func OnLogout(m Match, a Action) Hook { return When(And(OpcodeIs(pdu.OpLogoutReq
 // FailLogout answers the Logout Requests m matches with response code (1
 // CID not found, 2 recovery not supported, 3 cleanup failed) and the given
 // Time2Wait and Time2Retain; the connection stays open.
-func FailLogout(m Match, code uint8, time2Wait, time2Retain uint16) Hook {
+func FailLogout(m Match, code pdu.LogoutResponseCode, time2Wait, time2Retain uint16) Hook {
 	return OnLogout(m, LogoutResponse(code, time2Wait, time2Retain))
 }
 
@@ -255,7 +255,7 @@ func CloseOnLogout(m Match) Hook { return OnLogout(m, Close) }
 
 // RejectLogout answers the Logout Requests m matches with a Reject of the
 // given reason carrying the request's header.
-func RejectLogout(m Match, reason uint8) Hook { return OnLogout(m, RejectWith(reason)) }
+func RejectLogout(m Match, reason pdu.RejectReason) Hook { return OnLogout(m, RejectWith(reason)) }
 
 // DelayLogout handles the Logout Requests m matches normally after d.
 func DelayLogout(m Match, d time.Duration) Hook { return OnLogout(m, Delay(d)) }

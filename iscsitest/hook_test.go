@@ -38,7 +38,7 @@ func goodLogout(t *testing.T, tg *Target, good *ini) {
 }
 
 func TestFailLogout(t *testing.T) {
-	for _, code := range []uint8{pdu.LogoutCIDNotFound, pdu.LogoutRecoveryUnsupported, pdu.LogoutCleanupFailed} {
+	for _, code := range []pdu.LogoutResponseCode{pdu.LogoutCIDNotFound, pdu.LogoutRecoveryUnsupported, pdu.LogoutCleanupFailed} {
 		tg, bad, good := twoSessions(t, FailLogout(SessionISID(faultyISID), code, 7, 9))
 		lr := bad.logoutResp(pdu.LogoutCloseSession, 0)
 		if lr.Response != code || lr.Time2Wait != 7 || lr.Time2Retain != 9 {

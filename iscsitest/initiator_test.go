@@ -345,7 +345,7 @@ func (i *ini) nop(data []byte) []byte {
 }
 
 // logout sends a Logout Request and returns the first PDU answering it.
-func (i *ini) logout(reason uint8, cid uint16) pdu.PDU {
+func (i *ini) logout(reason pdu.LogoutReason, cid uint16) pdu.PDU {
 	i.t.Helper()
 	i.send(&pdu.LogoutRequest{Immediate: true, ReasonCode: reason, ITT: i.nextITT(), CID: cid, CmdSN: *i.cmdSN,
 		ExpStatSN: i.expStatSN}, nil)
@@ -354,7 +354,7 @@ func (i *ini) logout(reason uint8, cid uint16) pdu.PDU {
 }
 
 // logoutResp sends a Logout Request and expects a Logout Response.
-func (i *ini) logoutResp(reason uint8, cid uint16) *pdu.LogoutResponse {
+func (i *ini) logoutResp(reason pdu.LogoutReason, cid uint16) *pdu.LogoutResponse {
 	i.t.Helper()
 	p := i.logout(reason, cid)
 	lr, ok := p.(*pdu.LogoutResponse)

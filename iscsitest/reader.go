@@ -87,7 +87,7 @@ func (c *Conn) readFailed(err error) {
 	var pe *pdu.ProtocolError
 	if errors.As(re.err, &pe) {
 		c.t.count(func(s *Stats) { s.Received[re.hdr.Opcode()]++ })
-		reason := uint8(pdu.RejectProtocolError)
+		reason := pdu.RejectProtocolError
 		if pe.Field == "Opcode" && !re.hdr.Opcode().Valid() {
 			reason = pdu.RejectCommandNotSupported
 		}

@@ -98,7 +98,7 @@ func (s *session) window() (uint32, uint32) {
 
 func (s *session) newTTT() uint32 {
 	s.nextTTT++
-	if s.nextTTT == 0xffffffff {
+	if s.nextTTT == pdu.ReservedTag {
 		s.nextTTT = 0
 	}
 	return s.nextTTT
@@ -192,7 +192,7 @@ func (s *session) holdDataOut(c *Conn, in *inPDU, v *pdu.DataOut) bool {
 		if q.c != c || q.in.h.Opcode() != pdu.OpSCSICommand || be32(q.in.h[16:]) != v.ITT {
 			continue
 		}
-		if v.TTT != 0xffffffff || q.dataLen+len(in.data) > s.params.FirstBurstLength {
+		if v.TTT != pdu.ReservedTag || q.dataLen+len(in.data) > s.params.FirstBurstLength {
 			c.protocolError(&in.h, pdu.RejectProtocolError, "Data-Out beyond the first burst of a queued command")
 			return true
 		}
@@ -243,24 +243,24 @@ func (s *session) handle(c *Conn, in *inPDU, p pdu.PDU) {
 }
 
 func (s *session) nopOut(c *Conn, in *inPDU, v *pdu.NOPOut) {
-	if v.ITT == 0xffffffff {
+	if v.ITT == pdu.ReservedTag {
 		// An answer to a NOP-In ping, or a ping that wants no answer; either
 		// must be immediate (RFC 7143 §11.18).
 		if !v.Immediate {
 			c.reject(pdu.RejectProtocolError, &in.h)
 			return
 		}
-		if v.TTT != 0xffffffff && !c.nopAnswered(v.TTT) {
+		if v.TTT != pdu.ReservedTag && !c.nopAnswered(v.TTT) {
 			c.reject(pdu.RejectInvalidPDUField, &in.h)
 		}
 		return
 	}
-	if v.TTT != 0xffffffff {
+	if v.TTT != pdu.ReservedTag {
 		c.reject(pdu.RejectInvalidPDUField, &in.h)
 		return
 	}
 	data := slices.Clone(in.data[:min(len(in.data), c.maxSend)])
-	c.enqueue(&pdu.NOPIn{LUN: v.LUN, ITT: v.ITT, TTT: 0xffffffff}, nil, data, false)
+	c.enqueue(&pdu.NOPIn{LUN: v.LUN, ITT: v.ITT, TTT: pdu.ReservedTag}, nil, data, false)
 }
 
 // logout handles a Logout Request; a, when set, is a hook's chosen answer.

@@ -13,9 +13,9 @@ type Stats struct {
 	// LoginFailures counts logins the target ended with a non-zero status.
 	LoginFailures int
 	// Logouts counts Logout Requests answered with success, by reason code.
-	Logouts map[uint8]int
+	Logouts map[pdu.LogoutReason]int
 	// LogoutRequests counts every Logout Request handled, by reason code.
-	LogoutRequests map[uint8]int
+	LogoutRequests map[pdu.LogoutReason]int
 	// Received and Sent count PDUs by opcode.
 	Received map[pdu.Opcode]int
 	Sent     map[pdu.Opcode]int
@@ -31,8 +31,8 @@ type Stats struct {
 
 func newStats() Stats {
 	return Stats{
-		Logouts:        map[uint8]int{},
-		LogoutRequests: map[uint8]int{},
+		Logouts:        map[pdu.LogoutReason]int{},
+		LogoutRequests: map[pdu.LogoutReason]int{},
 		Received:       map[pdu.Opcode]int{},
 		Sent:           map[pdu.Opcode]int{},
 	}

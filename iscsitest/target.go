@@ -457,7 +457,7 @@ func (t *Target) SendAsync(tsih, cid uint16, msg pdu.AsyncMessage, data []byte) 
 	if c == nil {
 		return fmt.Errorf("iscsitest: no connection %d in session %#x", cid, tsih)
 	}
-	msg.ITT = 0xffffffff
+	msg.ITT = pdu.ReservedTag
 	return c.Send(&msg, data)
 }
 

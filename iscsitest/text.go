@@ -19,7 +19,7 @@ type textState struct {
 
 func (s *session) text(c *Conn, in *inPDU, v *pdu.TextRequest) {
 	st := s.texts[v.ITT]
-	if v.TTT != 0xffffffff {
+	if v.TTT != pdu.ReservedTag {
 		if st == nil || st.ttt != v.TTT || len(st.resp) == 0 || len(in.data) > 0 {
 			c.reject(pdu.RejectInvalidPDUField, &in.h)
 			return
@@ -42,7 +42,7 @@ func (s *session) text(c *Conn, in *inPDU, v *pdu.TextRequest) {
 	}
 	st.req = append(st.req, in.data...)
 	if v.Continue {
-		c.enqueue(&pdu.TextResponse{LUN: v.LUN, ITT: v.ITT, TTT: 0xffffffff}, nil, nil, false)
+		c.enqueue(&pdu.TextResponse{LUN: v.LUN, ITT: v.ITT, TTT: pdu.ReservedTag}, nil, nil, false)
 		return
 	}
 	kvs, err := pdu.ParseText(st.req, pdu.TextLimits{})
@@ -93,7 +93,7 @@ func (s *session) textChunk(c *Conn, v *pdu.TextRequest, st *textState) {
 	n := min(len(st.resp), c.maxSend)
 	chunk := st.resp[:n]
 	st.resp = st.resp[n:]
-	resp := &pdu.TextResponse{LUN: v.LUN, ITT: v.ITT, TTT: 0xffffffff, Final: true}
+	resp := &pdu.TextResponse{LUN: v.LUN, ITT: v.ITT, TTT: pdu.ReservedTag, Final: true}
 	if len(st.resp) > 0 {
 		st.ttt = s.newTTT()
 		resp.Final, resp.Continue, resp.TTT = false, true, st.ttt

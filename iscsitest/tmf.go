@@ -67,7 +67,7 @@ func (s *session) taskMgmt(c *Conn, in *inPDU, v *pdu.TaskMgmtRequest) {
 }
 
 // abortTask carries out ABORT TASK (RFC 7143 §11.5.1).
-func (s *session) abortTask(v *pdu.TaskMgmtRequest) uint8 {
+func (s *session) abortTask(v *pdu.TaskMgmtRequest) pdu.TMResponse {
 	if tk := s.tasks[v.RefTaskTag]; tk != nil {
 		s.endTask(tk)
 		return pdu.TMFComplete

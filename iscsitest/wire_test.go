@@ -96,7 +96,7 @@ func TestMalformedPDUs(t *testing.T) {
 		name   string
 		h      func(h *pdu.BHS)
 		data   []byte
-		reason uint8
+		reason pdu.RejectReason
 	}{
 		{"undefined opcode", func(h *pdu.BHS) { h[0] = 0x1f }, nil, pdu.RejectCommandNotSupported},
 		{"target opcode", func(h *pdu.BHS) { (&pdu.NOPIn{ITT: 1}).MarshalBHS(h) }, nil, pdu.RejectProtocolError},

@@ -176,7 +176,7 @@ func Start(target string, sessions []Session, opts Options) *Operation {
 		op.total += len(conns[i])
 		op.maxConns = max(op.maxConns, len(conns[i]))
 		sr := SessionResult{TSIH: s.TSIH(), ISID: s.ISID(), Conns: make([]ConnResult, len(conns[i]))}
-		reason := uint8(pdu.LogoutCloseSession)
+		reason := pdu.LogoutCloseSession
 		if opts.Strategy == PerConnection && len(conns[i]) > 1 {
 			reason = pdu.LogoutCloseConnection
 		}
@@ -217,7 +217,7 @@ func (op *Operation) run(ctx context.Context, sessions []Session, conns [][]Conn
 			op.mu.Unlock()
 			for _, c := range sr.Conns {
 				opts.Logger.Debug("connection logout", zap.String("target", op.target), zap.Uint16("tsih", sr.TSIH),
-					zap.Uint16("cid", c.CID), zap.Uint8("reason", c.Reason), zap.Stringer("state", c.State),
+					zap.Uint16("cid", c.CID), zap.Stringer("reason", c.Reason), zap.Stringer("state", c.State),
 					zap.String("detail", c.Detail()), zap.Duration("took", c.Duration))
 			}
 		}()
@@ -263,7 +263,7 @@ func (op *Operation) logoutSession(ctx context.Context, i int, cs []Conn, opts O
 	sr := &op.res.Sessions[i] // written under op.mu, by this goroutine only
 	lo := session.LogoutOptions{DrainTimeout: opts.DrainTimeout, Timeout: opts.Timeout}
 	bound := opts.ConnBound()
-	one := func(j int, reason uint8, drainSession bool) {
+	one := func(j int, reason pdu.LogoutReason, drainSession bool) {
 		o := lo
 		o.Reason, o.DrainSession = reason, drainSession
 		// A logout already running on the connection (the target's request,

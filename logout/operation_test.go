@@ -174,11 +174,11 @@ func TestPerConnectionReasons(t *testing.T) {
 	single := newSession(1, ok)
 	multi := newSession(2, ok, ok, ok)
 	wait(t, Start("iqn.2026-11.org.example:t", sessions(single, multi), Options{}))
-	if got := single.conns[0].reason.Load(); got != pdu.LogoutCloseSession {
+	if got := single.conns[0].reason.Load(); pdu.LogoutReason(got) != pdu.LogoutCloseSession {
 		t.Errorf("single-connection session: reason %d, want 0", got)
 	}
 	for _, c := range multi.conns {
-		if got := c.reason.Load(); got != pdu.LogoutCloseConnection {
+		if got := c.reason.Load(); pdu.LogoutReason(got) != pdu.LogoutCloseConnection {
 			t.Errorf("MC/S connection %d: reason %d, want 1", c.cid, got)
 		}
 	}
@@ -223,7 +223,7 @@ func TestPerSessionStrategy(t *testing.T) {
 	if r.Outcome != Success {
 		t.Fatalf("outcome %v", r.Outcome)
 	}
-	if got := s.conns[0].reason.Load(); got != pdu.LogoutCloseSession {
+	if got := pdu.LogoutReason(s.conns[0].reason.Load()); got != pdu.LogoutCloseSession {
 		t.Fatalf("first connection: reason %d, want 0", got)
 	}
 	for i, c := range r.Sessions[0].Conns[1:] {

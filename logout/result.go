@@ -68,12 +68,12 @@ func (s ConnState) ok() bool { return s == ConnLoggedOut || s == ConnClosedWithS
 // ConnResult is what happened on one connection.
 type ConnResult struct {
 	CID    uint16
-	Reason uint8 // reason code sent: 0 close session, 1 close connection
+	Reason pdu.LogoutReason // reason code sent: 0 close session, 1 close connection
 	State  ConnState
 	// Responded is true when a Logout Response arrived; Response,
 	// Time2Wait and Time2Retain are then what it said.
 	Responded   bool
-	Response    uint8
+	Response    pdu.LogoutResponseCode
 	Time2Wait   uint16
 	Time2Retain uint16
 	// Err says why the connection did not log out; nil when it did.
@@ -93,7 +93,7 @@ func (r *ConnResult) Detail() string {
 		return "closed by the target with its session"
 	case ConnRefused:
 		return fmt.Sprintf("refused: %s (response %d, Time2Wait %d s, Time2Retain %d s)",
-			pdu.LogoutResponseString(r.Response), r.Response, r.Time2Wait, r.Time2Retain)
+			r.Response.String(), r.Response, r.Time2Wait, r.Time2Retain)
 	}
 	if r.Err != nil {
 		return r.State.String() + ": " + r.Err.Error()

@@ -91,22 +91,25 @@ func (p *SCSICommand) UnmarshalBHS(h *BHS) error {
 	return nil
 }
 
+// TMFunction is a Task Management function code (§11.5.1).
+type TMFunction uint8
+
 // Task management functions (§11.5.1).
 const (
-	TMFAbortTask        = 1
-	TMFAbortTaskSet     = 2
-	TMFClearACA         = 3
-	TMFClearTaskSet     = 4
-	TMFLogicalUnitReset = 5
-	TMFTargetWarmReset  = 6
-	TMFTargetColdReset  = 7
-	TMFTaskReassign     = 8
+	TMFAbortTask        TMFunction = 1
+	TMFAbortTaskSet     TMFunction = 2
+	TMFClearACA         TMFunction = 3
+	TMFClearTaskSet     TMFunction = 4
+	TMFLogicalUnitReset TMFunction = 5
+	TMFTargetWarmReset  TMFunction = 6
+	TMFTargetColdReset  TMFunction = 7
+	TMFTaskReassign     TMFunction = 8
 )
 
 // TaskMgmtRequest is a Task Management Function Request (§11.5).
 type TaskMgmtRequest struct {
 	Immediate  bool
-	Function   uint8
+	Function   TMFunction
 	LUN        LUN
 	ITT        uint32
 	RefTaskTag uint32
@@ -123,7 +126,7 @@ func (*TaskMgmtRequest) Opcode() Opcode { return OpTaskMgmtRequest }
 func (p *TaskMgmtRequest) MarshalBHS(h *BHS) {
 	*h = BHS{}
 	h[0] = byte(OpTaskMgmtRequest) | imm(p.Immediate)
-	h[1] = 0x80 | p.Function&0x7f
+	h[1] = 0x80 | byte(p.Function)&0x7f
 	be.PutUint64(h[8:], uint64(p.LUN))
 	put32(h[16:], p.ITT)
 	put32(h[20:], p.RefTaskTag)
@@ -138,7 +141,7 @@ func (p *TaskMgmtRequest) UnmarshalBHS(h *BHS) error {
 	if h.Opcode() != OpTaskMgmtRequest {
 		return errOpcode(OpTaskMgmtRequest, h)
 	}
-	*p = TaskMgmtRequest{Immediate: h.Immediate(), Function: h[1] & 0x7f, LUN: LUN(be.Uint64(h[8:])),
+	*p = TaskMgmtRequest{Immediate: h.Immediate(), Function: TMFunction(h[1] & 0x7f), LUN: LUN(be.Uint64(h[8:])),
 		ITT: u32(h[16:]), RefTaskTag: u32(h[20:]), CmdSN: u32(h[24:]), ExpStatSN: u32(h[28:]),
 		RefCmdSN: u32(h[32:]), ExpDataSN: u32(h[36:])}
 	return nil
@@ -275,17 +278,20 @@ func (p *DataOut) UnmarshalBHS(h *BHS) error {
 	return nil
 }
 
+// LogoutReason is a Logout Request's reason code (§11.14.1).
+type LogoutReason uint8
+
 // Logout reason codes (§11.14.1).
 const (
-	LogoutCloseSession      = 0
-	LogoutCloseConnection   = 1
-	LogoutRemoveForRecovery = 2
+	LogoutCloseSession      LogoutReason = 0
+	LogoutCloseConnection   LogoutReason = 1
+	LogoutRemoveForRecovery LogoutReason = 2
 )
 
 // LogoutRequest is a Logout Request (§11.14).
 type LogoutRequest struct {
 	Immediate  bool
-	ReasonCode uint8
+	ReasonCode LogoutReason
 	ITT        uint32
 	CID        uint16 // the connection to close; not meaningful for reason 0
 	CmdSN      uint32
@@ -299,7 +305,7 @@ func (*LogoutRequest) Opcode() Opcode { return OpLogoutRequest }
 func (p *LogoutRequest) MarshalBHS(h *BHS) {
 	*h = BHS{}
 	h[0] = byte(OpLogoutRequest) | imm(p.Immediate)
-	h[1] = 0x80 | p.ReasonCode&0x7f
+	h[1] = 0x80 | byte(p.ReasonCode)&0x7f
 	put32(h[16:], p.ITT)
 	put16(h[20:], p.CID)
 	put32(h[24:], p.CmdSN)
@@ -311,7 +317,7 @@ func (p *LogoutRequest) UnmarshalBHS(h *BHS) error {
 	if h.Opcode() != OpLogoutRequest {
 		return errOpcode(OpLogoutRequest, h)
 	}
-	*p = LogoutRequest{Immediate: h.Immediate(), ReasonCode: h[1] & 0x7f, ITT: u32(h[16:]), CID: u16(h[20:]),
+	*p = LogoutRequest{Immediate: h.Immediate(), ReasonCode: LogoutReason(h[1] & 0x7f), ITT: u32(h[16:]), CID: u16(h[20:]),
 		CmdSN: u32(h[24:]), ExpStatSN: u32(h[28:])}
 	return nil
 }

@@ -70,7 +70,7 @@ func (s LoginStatus) String() string {
 	return fmt.Sprintf("unknown login status (0x%04x)", uint16(s))
 }
 
-var rejectNames = map[uint8]string{
+var rejectNames = map[RejectReason]string{
 	RejectDataDigestError:     "data digest error",
 	RejectSNACKReject:         "SNACK reject",
 	RejectProtocolError:       "protocol error",
@@ -84,12 +84,26 @@ var rejectNames = map[uint8]string{
 	RejectWaitingForLogout:    "waiting for logout",
 }
 
-// RejectReasonString names a Reject reason code.
-func RejectReasonString(r uint8) string {
+// String names the reason with its code, e.g. "protocol error (0x04)".
+func (r RejectReason) String() string {
 	if n, ok := rejectNames[r]; ok {
-		return fmt.Sprintf("%s (0x%02x)", n, r)
+		return fmt.Sprintf("%s (0x%02x)", n, uint8(r))
 	}
-	return fmt.Sprintf("reason 0x%02x", r)
+	return fmt.Sprintf("reason 0x%02x", uint8(r))
+}
+
+var logoutReasonNames = [...]string{
+	LogoutCloseSession:      "close the session",
+	LogoutCloseConnection:   "close the connection",
+	LogoutRemoveForRecovery: "remove the connection for recovery",
+}
+
+// String names the reason, e.g. "close the session".
+func (r LogoutReason) String() string {
+	if int(r) < len(logoutReasonNames) {
+		return logoutReasonNames[r]
+	}
+	return fmt.Sprintf("reason %d", uint8(r))
 }
 
 var logoutRespNames = [...]string{
@@ -99,12 +113,12 @@ var logoutRespNames = [...]string{
 	LogoutCleanupFailed:       "cleanup failed",
 }
 
-// LogoutResponseString names a Logout Response code.
-func LogoutResponseString(r uint8) string {
+// String names the response, e.g. "cleanup failed".
+func (r LogoutResponseCode) String() string {
 	if int(r) < len(logoutRespNames) {
 		return logoutRespNames[r]
 	}
-	return fmt.Sprintf("response %d", r)
+	return fmt.Sprintf("response %d", uint8(r))
 }
 
 var asyncNames = [...]string{
@@ -116,18 +130,37 @@ var asyncNames = [...]string{
 	AsyncTaskTermination:    "all active tasks terminated",
 }
 
-// AsyncEventString names an AsyncEvent code.
-func AsyncEventString(e uint8) string {
+// String names the event, e.g. "target requests logout".
+func (e AsyncEvent) String() string {
 	if int(e) < len(asyncNames) {
 		return asyncNames[e]
 	}
 	if e == AsyncVendorSpecific {
 		return "vendor-specific event"
 	}
-	return fmt.Sprintf("event %d", e)
+	return fmt.Sprintf("event %d", uint8(e))
 }
 
-var tmfRespNames = map[uint8]string{
+var tmFunctionNames = [...]string{
+	TMFAbortTask:        "ABORT TASK",
+	TMFAbortTaskSet:     "ABORT TASK SET",
+	TMFClearACA:         "CLEAR ACA",
+	TMFClearTaskSet:     "CLEAR TASK SET",
+	TMFLogicalUnitReset: "LOGICAL UNIT RESET",
+	TMFTargetWarmReset:  "TARGET WARM RESET",
+	TMFTargetColdReset:  "TARGET COLD RESET",
+	TMFTaskReassign:     "TASK REASSIGN",
+}
+
+// String names the function, e.g. "ABORT TASK".
+func (f TMFunction) String() string {
+	if int(f) < len(tmFunctionNames) && tmFunctionNames[f] != "" {
+		return tmFunctionNames[f]
+	}
+	return fmt.Sprintf("function %d", uint8(f))
+}
+
+var tmfRespNames = map[TMResponse]string{
 	TMFComplete:            "function complete",
 	TMFNoSuchTask:          "task does not exist",
 	TMFNoSuchLUN:           "LUN does not exist",
@@ -138,10 +171,10 @@ var tmfRespNames = map[uint8]string{
 	TMFRejected:            "function rejected",
 }
 
-// TMFResponseString names a Task Management Function Response code.
-func TMFResponseString(r uint8) string {
+// String names the response, e.g. "function complete".
+func (r TMResponse) String() string {
 	if n, ok := tmfRespNames[r]; ok {
 		return n
 	}
-	return fmt.Sprintf("response %d", r)
+	return fmt.Sprintf("response %d", uint8(r))
 }

@@ -22,7 +22,7 @@ func (s *SeqNums) put(h *BHS) {
 func TargetSeq(p PDU) (sn *SeqNums, status bool) {
 	switch v := p.(type) {
 	case *NOPIn:
-		return &v.SeqNums, v.ITT != 0xffffffff
+		return &v.SeqNums, v.ITT != ReservedTag
 	case *SCSIResponse:
 		return &v.SeqNums, true
 	case *TaskMgmtResponse:
@@ -150,21 +150,24 @@ func (p *SCSIResponse) UnmarshalBHS(h *BHS) error {
 	return nil
 }
 
+// TMResponse is a Task Management Function Response code (§11.6.1).
+type TMResponse uint8
+
 // Task management responses (§11.6.1).
 const (
-	TMFComplete            = 0
-	TMFNoSuchTask          = 1
-	TMFNoSuchLUN           = 2
-	TMFTaskStillAllegiant  = 3
-	TMFReassignUnsupported = 4
-	TMFNotSupported        = 5
-	TMFAuthorizationFailed = 6
-	TMFRejected            = 255
+	TMFComplete            TMResponse = 0
+	TMFNoSuchTask          TMResponse = 1
+	TMFNoSuchLUN           TMResponse = 2
+	TMFTaskStillAllegiant  TMResponse = 3
+	TMFReassignUnsupported TMResponse = 4
+	TMFNotSupported        TMResponse = 5
+	TMFAuthorizationFailed TMResponse = 6
+	TMFRejected            TMResponse = 255
 )
 
 // TaskMgmtResponse is a Task Management Function Response (§11.6).
 type TaskMgmtResponse struct {
-	Response uint8
+	Response TMResponse
 	ITT      uint32
 	SeqNums
 }
@@ -177,7 +180,7 @@ func (p *TaskMgmtResponse) MarshalBHS(h *BHS) {
 	*h = BHS{}
 	h[0] = byte(OpTaskMgmtResponse)
 	h[1] = 0x80
-	h[2] = p.Response
+	h[2] = byte(p.Response)
 	put32(h[16:], p.ITT)
 	p.SeqNums.put(h)
 }
@@ -187,7 +190,7 @@ func (p *TaskMgmtResponse) UnmarshalBHS(h *BHS) error {
 	if h.Opcode() != OpTaskMgmtResponse {
 		return errOpcode(OpTaskMgmtResponse, h)
 	}
-	*p = TaskMgmtResponse{Response: h[2], ITT: u32(h[16:]), SeqNums: getSeq(h)}
+	*p = TaskMgmtResponse{Response: TMResponse(h[2]), ITT: u32(h[16:]), SeqNums: getSeq(h)}
 	return nil
 }
 
@@ -340,17 +343,20 @@ func (p *DataIn) UnmarshalBHS(h *BHS) error {
 	return nil
 }
 
+// LogoutResponseCode is a Logout Response's response code (§11.15.1).
+type LogoutResponseCode uint8
+
 // Logout response codes (§11.15.1).
 const (
-	LogoutSuccess             = 0
-	LogoutCIDNotFound         = 1
-	LogoutRecoveryUnsupported = 2
-	LogoutCleanupFailed       = 3
+	LogoutSuccess             LogoutResponseCode = 0
+	LogoutCIDNotFound         LogoutResponseCode = 1
+	LogoutRecoveryUnsupported LogoutResponseCode = 2
+	LogoutCleanupFailed       LogoutResponseCode = 3
 )
 
 // LogoutResponse is a Logout Response (§11.15).
 type LogoutResponse struct {
-	Response uint8
+	Response LogoutResponseCode
 	ITT      uint32
 	SeqNums
 	Time2Wait   uint16
@@ -365,7 +371,7 @@ func (p *LogoutResponse) MarshalBHS(h *BHS) {
 	*h = BHS{}
 	h[0] = byte(OpLogoutResponse)
 	h[1] = 0x80
-	h[2] = p.Response
+	h[2] = byte(p.Response)
 	put32(h[16:], p.ITT)
 	p.SeqNums.put(h)
 	put16(h[40:], p.Time2Wait)
@@ -377,7 +383,7 @@ func (p *LogoutResponse) UnmarshalBHS(h *BHS) error {
 	if h.Opcode() != OpLogoutResponse {
 		return errOpcode(OpLogoutResponse, h)
 	}
-	*p = LogoutResponse{Response: h[2], ITT: u32(h[16:]), SeqNums: getSeq(h), Time2Wait: u16(h[40:]), Time2Retain: u16(h[42:])}
+	*p = LogoutResponse{Response: LogoutResponseCode(h[2]), ITT: u32(h[16:]), SeqNums: getSeq(h), Time2Wait: u16(h[40:]), Time2Retain: u16(h[42:])}
 	return nil
 }
 
@@ -417,21 +423,24 @@ func (p *R2T) UnmarshalBHS(h *BHS) error {
 	}
 	*p = R2T{LUN: LUN(be.Uint64(h[8:])), ITT: u32(h[16:]), TTT: u32(h[20:]), SeqNums: getSeq(h),
 		R2TSN: u32(h[36:]), BufferOffset: u32(h[40:]), DesiredDataTransferLength: u32(h[44:])}
-	if p.TTT == 0xffffffff {
+	if p.TTT == ReservedTag {
 		return &ProtocolError{Op: OpR2T, Field: "TargetTransferTag", Value: uint64(p.TTT), Reason: "reserved value"}
 	}
 	return nil
 }
 
+// AsyncEvent is an Asynchronous Message's AsyncEvent code (§11.9.1).
+type AsyncEvent uint8
+
 // Asynchronous events (§11.9.1).
 const (
-	AsyncSCSIEvent          = 0
-	AsyncLogoutRequest      = 1
-	AsyncConnectionDrop     = 2
-	AsyncSessionDrop        = 3
-	AsyncNegotiationRequest = 4
-	AsyncTaskTermination    = 5
-	AsyncVendorSpecific     = 255
+	AsyncSCSIEvent          AsyncEvent = 0
+	AsyncLogoutRequest      AsyncEvent = 1
+	AsyncConnectionDrop     AsyncEvent = 2
+	AsyncSessionDrop        AsyncEvent = 3
+	AsyncNegotiationRequest AsyncEvent = 4
+	AsyncTaskTermination    AsyncEvent = 5
+	AsyncVendorSpecific     AsyncEvent = 255
 )
 
 // AsyncMessage is an Asynchronous Message (§11.9). Its data segment holds
@@ -440,7 +449,7 @@ type AsyncMessage struct {
 	LUN LUN
 	ITT uint32 // always 0xffffffff
 	SeqNums
-	AsyncEvent uint8
+	AsyncEvent AsyncEvent
 	AsyncVCode uint8
 	Parameter1 uint16
 	Parameter2 uint16
@@ -458,7 +467,7 @@ func (p *AsyncMessage) MarshalBHS(h *BHS) {
 	be.PutUint64(h[8:], uint64(p.LUN))
 	put32(h[16:], p.ITT)
 	p.SeqNums.put(h)
-	h[36], h[37] = p.AsyncEvent, p.AsyncVCode
+	h[36], h[37] = byte(p.AsyncEvent), p.AsyncVCode
 	put16(h[38:], p.Parameter1)
 	put16(h[40:], p.Parameter2)
 	put16(h[42:], p.Parameter3)
@@ -469,30 +478,33 @@ func (p *AsyncMessage) UnmarshalBHS(h *BHS) error {
 	if h.Opcode() != OpAsyncMessage {
 		return errOpcode(OpAsyncMessage, h)
 	}
-	*p = AsyncMessage{LUN: LUN(be.Uint64(h[8:])), ITT: u32(h[16:]), SeqNums: getSeq(h), AsyncEvent: h[36],
+	*p = AsyncMessage{LUN: LUN(be.Uint64(h[8:])), ITT: u32(h[16:]), SeqNums: getSeq(h), AsyncEvent: AsyncEvent(h[36]),
 		AsyncVCode: h[37], Parameter1: u16(h[38:]), Parameter2: u16(h[40:]), Parameter3: u16(h[42:])}
 	return nil
 }
 
+// RejectReason is a Reject's reason code (§11.17.1).
+type RejectReason uint8
+
 // Reject reasons (§11.17.1).
 const (
-	RejectDataDigestError     = 0x02
-	RejectSNACKReject         = 0x03
-	RejectProtocolError       = 0x04
-	RejectCommandNotSupported = 0x05
-	RejectImmediateCommand    = 0x06
-	RejectTaskInProgress      = 0x07
-	RejectInvalidDataACK      = 0x08
-	RejectInvalidPDUField     = 0x09
-	RejectLongOpReject        = 0x0a
-	RejectDeprecated          = 0x0b
-	RejectWaitingForLogout    = 0x0c
+	RejectDataDigestError     RejectReason = 0x02
+	RejectSNACKReject         RejectReason = 0x03
+	RejectProtocolError       RejectReason = 0x04
+	RejectCommandNotSupported RejectReason = 0x05
+	RejectImmediateCommand    RejectReason = 0x06
+	RejectTaskInProgress      RejectReason = 0x07
+	RejectInvalidDataACK      RejectReason = 0x08
+	RejectInvalidPDUField     RejectReason = 0x09
+	RejectLongOpReject        RejectReason = 0x0a
+	RejectDeprecated          RejectReason = 0x0b
+	RejectWaitingForLogout    RejectReason = 0x0c
 )
 
 // Reject is a Reject (§11.17). Its data segment holds the header of the
 // rejected PDU.
 type Reject struct {
-	Reason uint8
+	Reason RejectReason
 	ITT    uint32 // always 0xffffffff
 	SeqNums
 	DataSN uint32 // DataSN or R2TSN
@@ -506,7 +518,7 @@ func (p *Reject) MarshalBHS(h *BHS) {
 	*h = BHS{}
 	h[0] = byte(OpReject)
 	h[1] = 0x80
-	h[2] = p.Reason
+	h[2] = byte(p.Reason)
 	put32(h[16:], p.ITT)
 	p.SeqNums.put(h)
 	put32(h[36:], p.DataSN)
@@ -517,6 +529,6 @@ func (p *Reject) UnmarshalBHS(h *BHS) error {
 	if h.Opcode() != OpReject {
 		return errOpcode(OpReject, h)
 	}
-	*p = Reject{Reason: h[2], ITT: u32(h[16:]), SeqNums: getSeq(h), DataSN: u32(h[36:])}
+	*p = Reject{Reason: RejectReason(h[2]), ITT: u32(h[16:]), SeqNums: getSeq(h), DataSN: u32(h[36:])}
 	return nil
 }

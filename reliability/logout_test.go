@@ -47,7 +47,7 @@ func failed(t *testing.T, e *memEnv, r logout.Result, want logout.ConnState) {
 	}
 }
 
-func testRefused(t *testing.T, code uint8) {
+func testRefused(t *testing.T, code pdu.LogoutResponseCode) {
 	e, r, c := logoutOne(t, iscsitest.FailLogout(nil, code, 2, 20), logout.Options{})
 	failed(t, e, r, logout.ConnRefused)
 	var lre *session.LogoutResponseError

@@ -23,7 +23,7 @@ func (c *Conn) async(a *pdu.AsyncMessage, data []byte) error {
 		n := min(int(data[0])<<8|int(data[1]), len(data)-2)
 		ev.SenseData = append([]byte(nil), data[2:2+n]...)
 	}
-	c.log.Debug("async message", zap.String("event", pdu.AsyncEventString(a.AsyncEvent)),
+	c.log.Debug("async message", zap.String("event", a.AsyncEvent.String()),
 		zap.Uint16("p1", a.Parameter1), zap.Uint16("p2", a.Parameter2), zap.Uint16("p3", a.Parameter3))
 	switch a.AsyncEvent {
 	case pdu.AsyncLogoutRequest:
@@ -97,7 +97,7 @@ func AsyncLogoutDeadlines(parameter3 uint16, max, responseTimeout time.Duration)
 // logoutOnRequest logs c out, as the target asked, within parameter3
 // seconds (0: now), clamped by AsyncLogoutDeadlines.
 func (s *Session) logoutOnRequest(c *Conn, parameter3 uint16) {
-	reason := uint8(pdu.LogoutCloseConnection)
+	reason := pdu.LogoutCloseConnection
 	if len(s.Conns()) <= 1 {
 		reason = pdu.LogoutCloseSession
 	}

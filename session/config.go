@@ -5,6 +5,7 @@ import (
 	"net"
 	"time"
 
+	"github.com/goiscsi/iscsi/pdu"
 	"go.uber.org/zap"
 )
 
@@ -101,7 +102,7 @@ func (c *Config) dial(ctx context.Context, addr string) (net.Conn, error) {
 
 // AsyncEvent is an Asynchronous Message from the target (RFC 7143 §11.9).
 type AsyncEvent struct {
-	Event      uint8 // pdu.AsyncLogoutRequest, pdu.AsyncConnectionDrop, ...
+	Event      pdu.AsyncEvent // pdu.AsyncLogoutRequest, pdu.AsyncConnectionDrop, ...
 	VCode      uint8
 	Parameter1 uint16
 	Parameter2 uint16

@@ -507,7 +507,7 @@ func (c *Conn) dispatch(h *pdu.BHS) error {
 		}
 		var rh pdu.BHS
 		copy(rh[:], data)
-		c.log.Debug("target rejected a PDU", zap.String("op", rh.Opcode().String()), zap.String("reason", pdu.RejectReasonString(rj.Reason)))
+		c.log.Debug("target rejected a PDU", zap.String("op", rh.Opcode().String()), zap.String("reason", rj.Reason.String()))
 		if t := c.rejected(&rh); t != nil {
 			c.remove(t.itt)
 			t.complete(&RejectError{Reason: rj.Reason, Op: rh.Opcode()}, nil)

@@ -57,7 +57,7 @@ func (s *Session) SendTargets(ctx context.Context, what string) ([]DiscoveredTar
 		return nil, err
 	}
 	data := pdu.AppendText(nil, kv("SendTargets", what))
-	ttt := uint32(0xffffffff)
+	ttt := pdu.ReservedTag
 	var text []byte
 	empty := 0
 	// Every request of one text exchange carries the same tag (RFC 7143

@@ -83,12 +83,12 @@ func (e *ShortTransferError) Unwrap() error { return ErrOutcomeUnknown }
 
 // RejectError is a PDU the target rejected.
 type RejectError struct {
-	Reason uint8
+	Reason pdu.RejectReason
 	Op     pdu.Opcode // opcode of the rejected PDU
 }
 
 func (e *RejectError) Error() string {
-	return fmt.Sprintf("iscsi: target rejected %s: %s", e.Op, pdu.RejectReasonString(e.Reason))
+	return fmt.Sprintf("iscsi: target rejected %s: %s", e.Op, e.Reason.String())
 }
 
 // SCSIError is a command that ended with a SCSI status other than GOOD, or an

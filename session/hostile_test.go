@@ -491,7 +491,7 @@ func TestAsyncConnectionDrop(t *testing.T) {
 	}
 	for _, tt := range []struct {
 		name  string
-		event uint8
+		event pdu.AsyncEvent
 		cid   uint16
 		drops bool
 	}{

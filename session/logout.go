@@ -21,7 +21,7 @@ const logoutGrace = 250 * time.Millisecond
 // LogoutOptions control one connection's logout.
 type LogoutOptions struct {
 	// Reason is pdu.LogoutCloseSession or pdu.LogoutCloseConnection.
-	Reason uint8
+	Reason pdu.LogoutReason
 	// DrainTimeout is how long commands already running may go on before
 	// the Logout Request is sent; 0 sends it at once and fails them.
 	DrainTimeout time.Duration
@@ -41,11 +41,11 @@ type LogoutOptions struct {
 // LogoutResult is what one connection's logout exchange came to.
 type LogoutResult struct {
 	CID    uint16
-	Reason uint8
+	Reason pdu.LogoutReason
 	// Responded reports that a Logout Response arrived; Response,
 	// Time2Wait and Time2Retain are then valid.
 	Responded   bool
-	Response    uint8
+	Response    pdu.LogoutResponseCode
 	Time2Wait   uint16
 	Time2Retain uint16
 	// Err is why the exchange failed: ErrLogoutTimeout, ErrConnReset (the
@@ -64,14 +64,14 @@ func (r *LogoutResult) OK() bool {
 
 // LogoutResponseError is a Logout Response other than success.
 type LogoutResponseError struct {
-	Response    uint8
+	Response    pdu.LogoutResponseCode
 	Time2Wait   uint16
 	Time2Retain uint16
 }
 
 func (e *LogoutResponseError) Error() string {
 	return fmt.Sprintf("iscsi: logout refused: %s (response %d, Time2Wait %d s, Time2Retain %d s)",
-		pdu.LogoutResponseString(e.Response), e.Response, e.Time2Wait, e.Time2Retain)
+		e.Response.String(), e.Response, e.Time2Wait, e.Time2Retain)
 }
 
 // Logout runs the Logout Request/Response exchange on the connection: it
@@ -115,8 +115,8 @@ func (c *Conn) Logout(ctx context.Context, opts LogoutOptions) LogoutResult {
 	}
 	res := c.logout(ctx, opts)
 	res.Duration = time.Since(start)
-	c.log.Debug("logout", zap.Uint8("reason", opts.Reason), zap.Bool("responded", res.Responded),
-		zap.Uint8("response", res.Response), zap.Error(res.Err), zap.Duration("took", res.Duration))
+	c.log.Debug("logout", zap.Stringer("reason", opts.Reason), zap.Bool("responded", res.Responded),
+		zap.Stringer("response", res.Response), zap.Error(res.Err), zap.Duration("took", res.Duration))
 	c.logoutRes = res
 	close(c.logoutDone)
 	return res
@@ -211,7 +211,7 @@ func (c *Conn) drainForLogout(ctx context.Context, opts LogoutOptions) (stopped 
 // ctx (the caller's parent with the logout's deadline) ends; a request the
 // target rejects as immediate goes once more in order. It fills res from
 // the response and returns why the exchange failed, nil on success.
-func (c *Conn) exchangeLogout(ctx, parent context.Context, reason uint8, res *LogoutResult) error {
+func (c *Conn) exchangeLogout(ctx, parent context.Context, reason pdu.LogoutReason, res *LogoutResult) error {
 	for immediate := true; ; immediate = false {
 		t, err := c.sendLogout(ctx, parent, reason, immediate)
 		if err != nil {
@@ -256,7 +256,7 @@ func logoutStopped(parent context.Context) error {
 // sendLogout registers a logout task and sends its request. A write that
 // does not end (the target stopped reading) does not outlast ctx: the
 // connection is failed, which ends it, and the error says so.
-func (c *Conn) sendLogout(ctx, parent context.Context, reason uint8, immediate bool) (*task, error) {
+func (c *Conn) sendLogout(ctx, parent context.Context, reason pdu.LogoutReason, immediate bool) (*task, error) {
 	s := c.s
 	t := s.newTask(taskLogout)
 	t.logoutReason = reason

@@ -437,7 +437,7 @@ func (c *Conn) r2t(r *pdu.R2T) error {
 // request then goes on the connection running that task with its CmdSN as
 // RefCmdSN, as RFC 7143 §11.5 asks; for a tag no running command has, the
 // target answers as for a task it does not know.
-func (s *Session) TaskManagement(ctx context.Context, function uint8, lun int, refTask uint32) (uint8, error) {
+func (s *Session) TaskManagement(ctx context.Context, function pdu.TMFunction, lun int, refTask uint32) (pdu.TMResponse, error) {
 	var c *Conn
 	var refCmdSN uint32
 	found := false

@@ -214,7 +214,7 @@ func (s *Session) connEnded(c *Conn) {
 
 func (s *Session) newTask(kind taskKind) *task {
 	itt := s.itt.Add(1)
-	if itt == 0xffffffff {
+	if itt == pdu.ReservedTag {
 		itt = s.itt.Add(1)
 	}
 	return &task{itt: itt, kind: kind, done: make(chan struct{})}

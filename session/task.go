@@ -67,8 +67,8 @@ type task struct {
 	under    bool
 	over     bool
 
-	tmfResp      uint8
-	logoutReason uint8
+	tmfResp      pdu.TMResponse
+	logoutReason pdu.LogoutReason
 	logoutResp   pdu.LogoutResponse
 	textResp     pdu.TextResponse
 	text         []byte

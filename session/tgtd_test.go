@@ -300,7 +300,7 @@ func TestTgtd(t *testing.T) {
 		if err != nil {
 			t.Fatalf("ABORT TASK: %v", err)
 		}
-		t.Logf("tgtd answers ABORT TASK for a finished tag with %s (%d)", pdu.TMFResponseString(resp), resp)
+		t.Logf("tgtd answers ABORT TASK for a finished tag with %s (%d)", resp.String(), resp)
 		if resp != pdu.TMFComplete && resp != pdu.TMFNoSuchTask {
 			t.Errorf("ABORT TASK response %d", resp)
 		}

@@ -154,15 +154,15 @@ func summarize(r *capture.Record) string {
 		return fmt.Sprintf("reason %d (%s) CID %d CmdSN %d%s", p.ReasonCode, reasonName(p.ReasonCode), p.CID, p.CmdSN, mark(p.Immediate, " immediate"))
 	case *pdu.LogoutResponse:
 		return fmt.Sprintf("response %d (%s) Time2Wait %d Time2Retain %d StatSN %d", p.Response,
-			pdu.LogoutResponseString(p.Response), p.Time2Wait, p.Time2Retain, p.StatSN)
+			p.Response.String(), p.Time2Wait, p.Time2Retain, p.StatSN)
 	case *pdu.TaskMgmtRequest:
 		return fmt.Sprintf("function %d RefTaskTag 0x%08x", p.Function, p.RefTaskTag)
 	case *pdu.TaskMgmtResponse:
-		return "response " + pdu.TMFResponseString(p.Response)
+		return "response " + p.Response.String()
 	case *pdu.AsyncMessage:
-		return fmt.Sprintf("event %s, parameters %d %d %d", pdu.AsyncEventString(p.AsyncEvent), p.Parameter1, p.Parameter2, p.Parameter3)
+		return fmt.Sprintf("event %s, parameters %d %d %d", p.AsyncEvent.String(), p.Parameter1, p.Parameter2, p.Parameter3)
 	case *pdu.Reject:
-		s := "reason " + pdu.RejectReasonString(p.Reason)
+		s := "reason " + p.Reason.String()
 		if len(r.Data) >= pdu.BHSLen {
 			var h pdu.BHS
 			copy(h[:], r.Data)

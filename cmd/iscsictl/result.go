@@ -34,16 +34,16 @@ type sessionJSON struct {
 }
 
 type connJSON struct {
-	CID            uint16  `json:"cid"`
-	Reason         uint8   `json:"reason"`
-	State          string  `json:"state"`
-	Responded      bool    `json:"responded"`
-	Response       *uint8  `json:"response,omitempty"`
-	Time2Wait      *uint16 `json:"time2wait,omitempty"`
-	Time2Retain    *uint16 `json:"time2retain,omitempty"`
-	Error          string  `json:"error,omitempty"`
-	FailedCommands int     `json:"failedCommands"`
-	DurationMs     float64 `json:"durationMs"`
+	CID            uint16                  `json:"cid"`
+	Reason         pdu.LogoutReason        `json:"reason"`
+	State          string                  `json:"state"`
+	Responded      bool                    `json:"responded"`
+	Response       *pdu.LogoutResponseCode `json:"response,omitempty"`
+	Time2Wait      *uint16                 `json:"time2wait,omitempty"`
+	Time2Retain    *uint16                 `json:"time2retain,omitempty"`
+	Error          string                  `json:"error,omitempty"`
+	FailedCommands int                     `json:"failedCommands"`
+	DurationMs     float64                 `json:"durationMs"`
 }
 
 func toLogoutJSON(r *logout.Result, strategy logout.Strategy) logoutJSON {
@@ -107,7 +107,7 @@ func connDetail(c *logout.ConnResult) string {
 		}
 	case logout.ConnRefused:
 		parts = append(parts, fmt.Sprintf("%s (response %d, Time2Wait %d s, Time2Retain %d s)",
-			pdu.LogoutResponseString(c.Response), c.Response, c.Time2Wait, c.Time2Retain))
+			c.Response.String(), c.Response, c.Time2Wait, c.Time2Retain))
 	case logout.ConnReset:
 		// The cause is in the message only: ErrConnReset wraps it with %v.
 		if c.Err != nil && strings.Contains(c.Err.Error(), "reset by peer") {
@@ -128,7 +128,7 @@ func connDetail(c *logout.ConnResult) string {
 	return strings.Join(parts, "; ")
 }
 
-func reasonName(r uint8) string {
+func reasonName(r pdu.LogoutReason) string {
 	switch r {
 	case pdu.LogoutCloseSession:
 		return "close session"
@@ -137,7 +137,7 @@ func reasonName(r uint8) string {
 	case pdu.LogoutRemoveForRecovery:
 		return "remove for recovery"
 	}
-	return fmt.Sprintf("reason %d", r)
+	return fmt.Sprintf("reason %d", uint8(r))
 }
 
 func roundDuration(d time.Duration) time.Duration {

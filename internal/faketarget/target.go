@@ -291,14 +291,14 @@ func (f *Target) Good(cmd PDU) {
 func (f *Target) ReadData(cmd PDU, data []byte) {
 	f.t.Helper()
 	c := cmd.PDU.(*pdu.SCSICommand)
-	f.MustSend(&pdu.DataIn{Final: true, HasStatus: true, ITT: c.ITT, TTT: 0xffffffff, SeqNums: f.Seq(true)}, data)
+	f.MustSend(&pdu.DataIn{Final: true, HasStatus: true, ITT: c.ITT, TTT: pdu.ReservedTag, SeqNums: f.Seq(true)}, data)
 }
 
 // Ping sends a NOP-In that asks for an answer and waits for it: once it
 // comes, the initiator's reader has handled everything sent before.
 func (f *Target) Ping() {
 	f.t.Helper()
-	f.MustSend(&pdu.NOPIn{ITT: 0xffffffff, TTT: 0x5157, LUN: 0, SeqNums: f.Seq(false)}, nil)
+	f.MustSend(&pdu.NOPIn{ITT: pdu.ReservedTag, TTT: 0x5157, LUN: 0, SeqNums: f.Seq(false)}, nil)
 	for {
 		x := f.Expect(pdu.OpNOPOut)
 		if x.PDU.(*pdu.NOPOut).TTT == 0x5157 {
@@ -308,7 +308,7 @@ func (f *Target) Ping() {
 }
 
 // AnswerLogout answers a Logout Request with response code resp.
-func (f *Target) AnswerLogout(x PDU, resp uint8) {
+func (f *Target) AnswerLogout(x PDU, resp pdu.LogoutResponseCode) {
 	f.t.Helper()
 	r := x.PDU.(*pdu.LogoutRequest)
 	f.MustSend(&pdu.LogoutResponse{Response: resp, ITT: r.ITT, SeqNums: f.Seq(true)}, nil)
