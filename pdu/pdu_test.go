@@ -414,5 +414,17 @@ func TestTargetSeq(t *testing.T) {
 		if (sn != nil) != tt.hasSeq || status != tt.status {
 			t.Errorf("%s: sequence numbers %v, status %v; want %v, %v", tt.p.Opcode(), sn != nil, status, tt.hasSeq, tt.status)
 		}
+		// The raw header says the same, and reads the same numbers.
+		var h pdu.BHS
+		tt.p.MarshalBHS(&h)
+		want := pdu.SeqNums{StatSN: 0x11, ExpCmdSN: 0x22, MaxCmdSN: 0x33}
+		if tt.hasSeq {
+			*sn = want
+			tt.p.MarshalBHS(&h)
+		}
+		raw, rawStatus, ok := h.TargetSeq()
+		if ok != tt.hasSeq || rawStatus != tt.status || (ok && raw != want) {
+			t.Errorf("%s: BHS.TargetSeq %+v, status %v, ok %v; want %+v, %v, %v", tt.p.Opcode(), raw, rawStatus, ok, want, tt.status, tt.hasSeq)
+		}
 	}
 }

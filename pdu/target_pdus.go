@@ -45,6 +45,25 @@ func TargetSeq(p PDU) (sn *SeqNums, status bool) {
 	return nil, false
 }
 
+// TargetSeq is TargetSeq for a raw header, without decoding it (nothing is
+// allocated): the sequence numbers of bytes 24-35, whether the PDU carries
+// status (StatSN is valid and advances), and ok false for an opcode no
+// target sends.
+func (h *BHS) TargetSeq() (sn SeqNums, status, ok bool) {
+	switch h.Opcode() {
+	case OpNOPIn:
+		status = h.ITT() != ReservedTag
+	case OpSCSIDataIn:
+		status = h[1]&0x01 != 0
+	case OpR2T:
+	case OpSCSIResponse, OpTaskMgmtResponse, OpLoginResponse, OpTextResponse, OpLogoutResponse, OpAsyncMessage, OpReject:
+		status = true
+	default:
+		return SeqNums{}, false, false
+	}
+	return getSeq(h), status, true
+}
+
 func getSeq(h *BHS) SeqNums {
 	return SeqNums{StatSN: u32(h[24:]), ExpCmdSN: u32(h[28:]), MaxCmdSN: u32(h[32:])}
 }

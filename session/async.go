@@ -13,9 +13,9 @@ import (
 // would drop (async events 2 and 3).
 var ErrTargetDropped = fmt.Errorf("iscsi: target dropped the connection (async event): %w", ErrConnReset)
 
-// async handles an Asynchronous Message (RFC 7143 §11.9.1) on the reader
+// asyncEvent handles an Asynchronous Message (RFC 7143 §11.9.1) on the reader
 // goroutine.
-func (c *Conn) async(a *pdu.AsyncMessage, data []byte) error {
+func (c *Conn) asyncEvent(a *pdu.AsyncMessage, data []byte) error {
 	s := c.s
 	ev := AsyncEvent{Event: a.AsyncEvent, VCode: a.AsyncVCode, Parameter1: a.Parameter1,
 		Parameter2: a.Parameter2, Parameter3: a.Parameter3, LUN: uint64(a.LUN)}
@@ -28,7 +28,7 @@ func (c *Conn) async(a *pdu.AsyncMessage, data []byte) error {
 	switch a.AsyncEvent {
 	case pdu.AsyncLogoutRequest:
 		// One logout per connection, however often the target asks.
-		if c.logoutSent.Load() || !c.asyncLogout.CompareAndSwap(false, true) {
+		if c.state() >= connLogoutSent || !c.logoutAsked.CompareAndSwap(false, true) {
 			return nil
 		}
 		c.stopCommands()
@@ -103,7 +103,7 @@ func (s *Session) logoutOnRequest(c *Conn, parameter3 uint16) {
 	}
 	drain, response := AsyncLogoutDeadlines(parameter3, 0, 0)
 	s.mu.Lock()
-	if s.closed {
+	if s.state == sessionClosed {
 		// Close is waiting for the session's goroutines: start no more.
 		s.mu.Unlock()
 		return
@@ -121,4 +121,4 @@ func (s *Session) logoutOnRequest(c *Conn, parameter3 uint16) {
 
 // LogoutRequested reports whether the target asked this connection to log
 // out (async event 1).
-func (c *Conn) LogoutRequested() bool { return c.asyncLogout.Load() }
+func (c *Conn) LogoutRequested() bool { return c.logoutAsked.Load() }

@@ -134,8 +134,11 @@ func (c *Conn) sendText(ctx context.Context, t *task, ttt uint32, data []byte) e
 	s := c.s
 	for {
 		c.wmu.Lock()
-		if c.logoutSent.Load() {
+		if st := c.state(); st >= connLogoutSent {
 			c.wmu.Unlock()
+			if st == connClosed {
+				return fmt.Errorf("%w: the connection has ended: %w", ErrNotSent, c.Err())
+			}
 			return errLoggingOut
 		}
 		sn, wait, ok := s.takeCmdSN()

@@ -305,7 +305,7 @@ func (c *Conn) sendLogout(ctx, parent context.Context, reason pdu.LogoutReason, 
 	}
 	t.setRequest(req.CmdSN)
 	req.ExpStatSN = c.expStatSN.Load()
-	c.logoutSent.Store(true)
+	c.moveToLocking(connLogoutSent)
 	stop := context.AfterFunc(ctx, func() {
 		c.fail(fmt.Errorf("iscsi: the Logout Request could not be written (the target does not read): %w", logoutStopped(parent)))
 	})
@@ -330,13 +330,12 @@ func (c *Conn) beginLogout() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	switch {
-	case c.loggingOut:
+	case c.ownLogout:
 		return logoutJoin
-	case c.state == connClosed:
+	case !c.moveTo(connLoggingOut):
 		return logoutGone
 	}
-	c.loggingOut = true
-	c.state = connLoggingOut
+	c.ownLogout = true
 	return logoutFirst
 }
 
@@ -345,19 +344,15 @@ func (c *Conn) beginLogout() int {
 func (c *Conn) stopCommands() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.state == connActive {
-		c.state = connLoggingOut
-		return true
-	}
-	return false
+	return c.state() == connUp && c.moveTo(connStopped)
 }
 
 // resumeCommands undoes stopCommands after a session logout that failed,
-// unless the connection has a logout of its own or the target asked for one.
+// unless the target asked for a logout of the connection.
 func (c *Conn) resumeCommands() {
 	c.mu.Lock()
-	if c.state == connLoggingOut && !c.loggingOut && !c.asyncLogout.Load() {
-		c.state = connActive
+	if c.state() == connStopped && !c.logoutAsked.Load() {
+		c.moveTo(connUp)
 	}
 	c.mu.Unlock()
 }
@@ -366,7 +361,7 @@ func (c *Conn) resumeCommands() {
 func (c *Conn) waitIdle(ctx context.Context) {
 	for {
 		c.mu.Lock()
-		if c.scsiCount == 0 || c.state == connClosed {
+		if c.scsiCount == 0 || c.state().ended() {
 			c.mu.Unlock()
 			return
 		}
@@ -388,8 +383,8 @@ func (c *Conn) waitIdle(ctx context.Context) {
 // markLoggedOut records that the session ended with a successful logout.
 func (s *Session) markLoggedOut(res LogoutResult) {
 	s.mu.Lock()
-	if !s.loggedOut {
-		s.loggedOut, s.logoutRes = true, res
+	if s.state != sessionLoggedOut && s.moveTo(sessionLoggedOut) {
+		s.logoutRes = res
 	}
 	s.mu.Unlock()
 }
@@ -397,7 +392,9 @@ func (s *Session) markLoggedOut(res LogoutResult) {
 // setLogoutResult is markLoggedOut with the logout's final result.
 func (s *Session) setLogoutResult(res LogoutResult) {
 	s.mu.Lock()
-	s.loggedOut, s.logoutRes = true, res
+	if s.moveTo(sessionLoggedOut) {
+		s.logoutRes = res
+	}
 	s.mu.Unlock()
 }
 
@@ -405,7 +402,7 @@ func (s *Session) setLogoutResult(res LogoutResult) {
 func (s *Session) LoggedOut() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.loggedOut
+	return s.state == sessionLoggedOut
 }
 
 // Logout logs the whole session out (reason 0 on one connection) and closes
@@ -419,7 +416,7 @@ func (s *Session) Logout(ctx context.Context, opts LogoutOptions) (LogoutResult,
 		c := s.logoutConn()
 		if c == nil {
 			s.mu.Lock()
-			res, ok := s.logoutRes, s.loggedOut
+			res, ok := s.logoutRes, s.state == sessionLoggedOut
 			s.mu.Unlock()
 			if ok {
 				return res, nil
@@ -444,7 +441,7 @@ func (s *Session) logoutConn() *Conn {
 	conns := s.Conns()
 	for _, c := range conns {
 		c.mu.Lock()
-		running := c.loggingOut && c.state != connClosed
+		running := c.ownLogout && !c.state().ended()
 		c.mu.Unlock()
 		if running {
 			return c

@@ -84,7 +84,7 @@ func (c *Conn) releaseRole(cmd *task) {
 // the connection, so that the next command reads for itself. It reports
 // whether it did.
 func (c *Conn) leaveIfIdle() bool {
-	if !c.direct || c.logoutSent.Load() {
+	if !c.direct || c.state() >= connLogoutSent {
 		return false
 	}
 	c.rmu.Lock()

@@ -150,9 +150,12 @@ func (c *Conn) sendCommand(ctx context.Context, t *task, cmd *Command) (sent boo
 	}
 	for {
 		c.wmu.Lock()
-		if c.logoutSent.Load() {
+		if st := c.state(); st >= connLogoutSent {
 			// Nothing may follow a Logout Request on the connection.
 			c.wmu.Unlock()
+			if st == connClosed {
+				return false, fmt.Errorf("%w: the connection has ended: %w", ErrNotSent, c.Err())
+			}
 			return false, errLoggingOut
 		}
 		sn, wait, ok := s.takeCmdSN()
@@ -196,7 +199,7 @@ func (c *Conn) sendCommand(ctx context.Context, t *task, cmd *Command) (sent boo
 // answerR2T sends the Data-Out an R2T asks for.
 func (c *Conn) answerR2T(t *task, data []byte, r *pdu.R2T) {
 	c.wmu.Lock()
-	if c.logoutSent.Load() {
+	if c.state() >= connLogoutSent {
 		// The logout ends the task; no Data-Out after the request.
 		c.wmu.Unlock()
 		return
@@ -338,93 +341,6 @@ func (t *task) result(cmd *Command) (*Result, error) {
 		return nil, &ShortTransferError{Done: t.wrote, Want: max(0, want)}
 	}
 	return res, nil
-}
-
-// dataIn copies a Data-In's payload straight into its task's buffer.
-func (c *Conn) dataIn(d *pdu.DataIn, n int) error {
-	t, err := c.answering(pdu.OpSCSIDataIn, d.ITT, taskSCSI)
-	if err != nil || t == nil {
-		if t == nil && err == nil {
-			c.log.Debug("Data-In for an unknown task", zap.Uint32("itt", d.ITT))
-		}
-		return err
-	}
-	if t.writeLen > 0 {
-		// Data-In answers a read (RFC 7143 §11.7): a write's status
-		// comes in a SCSI Response, and no data comes back for it.
-		return &pdu.ProtocolError{Op: pdu.OpSCSIDataIn, Field: "InitiatorTaskTag", Value: uint64(d.ITT), Reason: "Data-In for a write command"}
-	}
-	t.mu.Lock()
-	if t.dead {
-		t.mu.Unlock()
-		return nil
-	}
-	// Every Data-In of a command counts, with data or not (RFC 7143 §11.7.5).
-	if d.DataSN != t.dataSN {
-		t.mu.Unlock()
-		return &pdu.ProtocolError{Op: pdu.OpSCSIDataIn, Field: "DataSN", Value: uint64(d.DataSN), Reason: fmt.Sprintf("expected %d", t.dataSN)}
-	}
-	t.dataSN++
-	if n > 0 {
-		off := int(d.BufferOffset)
-		switch {
-		case off != t.received:
-			t.mu.Unlock()
-			return &pdu.ProtocolError{Op: pdu.OpSCSIDataIn, Field: "BufferOffset", Value: uint64(off), Reason: fmt.Sprintf("expected %d (DataPDUInOrder)", t.received)}
-		case off+n > len(t.readBuf):
-			t.mu.Unlock()
-			return &pdu.ProtocolError{Op: pdu.OpSCSIDataIn, Field: "DataSegmentLength", Value: uint64(n), Reason: fmt.Sprintf("data past the expected length %d", len(t.readBuf))}
-		}
-		if err := c.r.ReadData(t.readBuf[off : off+n]); err != nil {
-			t.mu.Unlock()
-			return err
-		}
-		t.received += n
-	}
-	t.mu.Unlock()
-	if d.HasStatus {
-		t.complete(nil, func() {
-			t.response, t.status = pdu.RespCommandCompleted, d.Status
-			t.residual, t.under, t.over = d.ResidualCount, d.Underflow, d.Overflow
-		})
-	}
-	return nil
-}
-
-// r2t hands an R2T to the task that must answer it with Data-Out.
-func (c *Conn) r2t(r *pdu.R2T) error {
-	t, err := c.answering(pdu.OpR2T, r.ITT, taskSCSI)
-	if err != nil || t == nil {
-		if t == nil && err == nil {
-			c.log.Debug("R2T for an unknown task", zap.Uint32("itt", r.ITT))
-		}
-		return err
-	}
-	if c.logoutSent.Load() {
-		// The target may have sent it before it read our Logout Request:
-		// no Data-Out may follow the request, so the write fails here and
-		// the logout goes on.
-		c.remove(t.itt)
-		t.complete(fmt.Errorf("iscsi: R2T after the Logout Request, no data sent: %w", ErrLoggedOut), nil)
-		return nil
-	}
-	off, n := uint64(r.BufferOffset), uint64(r.DesiredDataTransferLength)
-	switch {
-	case t.writeLen == 0:
-		return &pdu.ProtocolError{Op: pdu.OpR2T, Field: "InitiatorTaskTag", Value: uint64(r.ITT), Reason: "R2T for a command that writes nothing"}
-	case off >= uint64(t.writeLen):
-		return &pdu.ProtocolError{Op: pdu.OpR2T, Field: "BufferOffset", Value: off, Reason: fmt.Sprintf("outside the %d bytes of the write", t.writeLen)}
-	case n == 0 || off+n > uint64(t.writeLen):
-		return &pdu.ProtocolError{Op: pdu.OpR2T, Field: "DesiredDataTransferLength", Value: n, Reason: fmt.Sprintf("range at offset %d outside the %d bytes of the write", off, t.writeLen)}
-	case n > uint64(c.params.MaxBurstLength):
-		return &pdu.ProtocolError{Op: pdu.OpR2T, Field: "DesiredDataTransferLength", Value: n, Reason: fmt.Sprintf("exceeds MaxBurstLength %d", c.params.MaxBurstLength)}
-	}
-	select {
-	case t.r2ts <- *r:
-		return nil
-	default:
-		return &pdu.ProtocolError{Op: pdu.OpR2T, Field: "R2TSN", Value: uint64(r.R2TSN), Reason: "more R2Ts outstanding than MaxOutstandingR2T"}
-	}
 }
 
 // TaskManagement sends a task management function (pdu.TMFAbortTask,

@@ -38,9 +38,8 @@ type Session struct {
 	// all are every connection ever started, for Close to wait for.
 	all       []*Conn
 	nextCID   uint16
-	loggedOut bool
-	logoutRes LogoutResult // the logout that ended the session
-	closed    bool
+	state     sessionState  // state.go
+	logoutRes LogoutResult  // the logout that ended the session
 	ended     chan struct{} // closed when the last connection has ended
 	// challenges are the CHAP challenges this session sent, on any
 	// connection, so that a target reflecting one is refused.
@@ -100,7 +99,7 @@ func RandomISID() [6]byte {
 // AddConnection logs a new connection in to the session (MC/S) and returns it.
 func (s *Session) AddConnection(ctx context.Context) (*Conn, error) {
 	s.mu.Lock()
-	if s.closed || s.loggedOut {
+	if s.state == sessionClosed || s.state == sessionLoggedOut {
 		s.mu.Unlock()
 		return nil, ErrClosed
 	}
@@ -116,7 +115,7 @@ func (s *Session) AddConnection(ctx context.Context) (*Conn, error) {
 		return nil, err
 	}
 	s.mu.Lock()
-	if s.closed || s.loggedOut {
+	if s.state == sessionClosed || s.state == sessionLoggedOut {
 		s.mu.Unlock()
 		c.Close()
 		return nil, ErrClosed
@@ -173,7 +172,7 @@ func (s *Session) Ended() <-chan struct{} { return s.ended }
 // Config.OnAsync, which runs on a connection's reader.
 func (s *Session) Close() error {
 	s.mu.Lock()
-	s.closed = true
+	s.moveTo(sessionClosed)
 	conns := append([]*Conn(nil), s.all...)
 	s.mu.Unlock()
 	for _, c := range conns {
@@ -198,12 +197,15 @@ func (s *Session) connEnded(c *Conn) {
 		select {
 		case <-s.ended:
 		default:
-			if c.logoutOK.Load() && !s.loggedOut {
+			switch {
+			case c.state() == connLoggedOut && s.state != sessionLoggedOut:
 				// The last connection logged out (reason 1 on each, say):
 				// the session is gone at the target too. Say so before
 				// Ended does.
-				s.loggedOut = true
+				s.moveTo(sessionLoggedOut)
 				s.logoutRes = LogoutResult{CID: c.cid, Reason: pdu.LogoutCloseConnection, Responded: true}
+			case s.state == sessionUp:
+				s.moveTo(sessionLost)
 			}
 			close(s.ended)
 			close(s.window)
@@ -269,7 +271,7 @@ func (s *Session) pickConn() (*Conn, error) {
 	s.mu.Lock()
 	conns := s.conns
 	n := len(conns)
-	loggedOut := s.loggedOut
+	loggedOut := s.state == sessionLoggedOut
 	s.mu.Unlock()
 	if n == 0 {
 		if loggedOut {

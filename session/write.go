@@ -1,0 +1,133 @@
+package session
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+
+	"github.com/goiscsi/iscsi/internal/sockio"
+	"github.com/goiscsi/iscsi/pdu"
+)
+
+// The write side of a connection: PDUs are queued under wmu and go out in
+// group commits (flushLocked); a write that does not end is bounded by its
+// caller's context (watchWrite, Conn.cancel) or the keepalive's watch.
+
+// send writes one PDU under the write lock.
+func (c *Conn) send(p pdu.PDU, data []byte) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	return c.sendLocked(p, data)
+}
+
+// watchWrite bounds a write of a request op whose caller waits with ctx:
+// if ctx ends before the returned stop is called (the target stopped
+// reading and the write does not end), the connection is failed, which
+// ends the write.
+func (c *Conn) watchWrite(ctx context.Context, op pdu.Opcode) (stop func()) {
+	if ctx.Done() == nil {
+		return func() {}
+	}
+	var done atomic.Bool
+	unwatch := context.AfterFunc(ctx, func() {
+		if !done.Load() {
+			c.fail(fmt.Errorf("iscsi: %s not written before its context ended (the target does not read): %w: %w", op, ErrConnReset, ctx.Err()))
+		}
+	})
+	return func() {
+		done.Store(true)
+		unwatch()
+	}
+}
+
+func (c *Conn) sendLocked(p pdu.PDU, data []byte) error {
+	if err := c.w.Append(p, nil, data); err != nil {
+		return err
+	}
+	if err := c.flushLocked(len(data) > 0); err != nil {
+		c.fail(c.writeErr(err))
+		return c.Err()
+	}
+	c.ensureReader()
+	return nil
+}
+
+// flushLocked writes the queued PDUs; the caller holds wmu, which is
+// released during the write. When another goroutine is writing, it writes
+// the caller's PDUs after its own and flushLocked returns at once, unless
+// wait is set because the PDUs point into the caller's memory: then it
+// returns once they are written (or dropped by a write that failed, which
+// fails the connection). Commands ready together thus go out in one
+// vectored write, and none parks on wmu for a write in progress.
+func (c *Conn) flushLocked(wait bool) error {
+	if c.flushing {
+		if !wait {
+			return nil
+		}
+		for c.flushing {
+			c.wdone.Wait()
+		}
+		if c.w.Buffered() == 0 {
+			return nil
+		}
+	}
+	c.flushing = true
+	var err error
+	for c.w.Buffered() > 0 {
+		if c.wspare == nil {
+			c.wspare = pdu.NewWriter(sockio.WriterOf(c.nc))
+			c.wspare.SetDigests(c.params.HeaderDigest, c.params.DataDigest)
+		}
+		batch := c.w
+		c.w, c.wspare = c.wspare, batch
+		c.wseq++
+		c.wmu.Unlock()
+		err = batch.Flush()
+		c.wmu.Lock()
+		if err != nil {
+			c.w.Discard()
+			break
+		}
+	}
+	c.flushing = false
+	c.wdone.Broadcast()
+	return err
+}
+
+// writeErr names a failed write: the connection is gone, and the commands on
+// it end as after a reset (their outcome unknown), not with the bare
+// socket error.
+func (c *Conn) writeErr(err error) error {
+	select {
+	case <-c.closing:
+		return ErrClosed
+	default:
+	}
+	return fmt.Errorf("iscsi: write on connection %d: %w: %w", c.cid, ErrConnReset, err)
+}
+
+// post queues a PDU of the keepalive's and returns without waiting for a
+// write: a write in progress takes it with its next batch; with none, a
+// goroutine of the connection writes it.
+func (c *Conn) post(p pdu.PDU, data []byte) error {
+	c.wmu.Lock()
+	err := c.w.Append(p, nil, data)
+	busy := c.flushing
+	c.wmu.Unlock()
+	if err != nil || busy {
+		return err
+	}
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		c.wmu.Lock()
+		err := c.flushLocked(false)
+		c.wmu.Unlock()
+		if err != nil {
+			c.fail(c.writeErr(err))
+			return
+		}
+		c.ensureReader()
+	}()
+	return nil
+}
