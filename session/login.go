@@ -186,124 +186,158 @@ type loginState struct {
 	// connection, the session's TSIH on one added to it.
 	tsih     uint16
 	seenTSIH uint16
+	// declared are the keys the target declared in the security stage.
+	declared []pdu.KV
 }
 
+// run logs the connection in, stage by stage (the shape of crypto/tls's
+// clientHandshakeState.handshake): the security stage with CHAP or
+// without, the operational stage, then the connection in full feature
+// phase.
 func (l *loginState) run() (*Conn, error) {
-	s, cfg := l.s, &l.s.cfg
+	s := l.s
 	l.itt = s.itt.Add(1)
 	if !l.leading {
 		l.tsih = s.tsih
 	}
-	discovery := cfg.TargetName == ""
-	// Declarations a target makes in the security stage
-	// (TargetPortalGroupTag, TargetAlias) are applied with the operational keys.
-	var declared []pdu.KV
-	declare := func(kvs []pdu.KV) {
-		for _, p := range kvs {
-			if p.Key == "TargetPortalGroupTag" || p.Key == "TargetAlias" {
-				declared = append(declared, p)
-			}
-		}
+	keys := l.openingKeys()
+	var err error
+	if s.cfg.CHAP != nil {
+		err = l.securityCHAP(keys)
+	} else {
+		err = l.securityNone(keys)
 	}
+	if err != nil {
+		return nil, err
+	}
+	params, err := l.operational()
+	if err != nil {
+		return nil, err
+	}
+	return l.fullFeature(params), nil
+}
+
+// openingKeys are the keys of the first Login Request: our name, the
+// session type on the leading connection only (RFC 7143 §13.21, LO), and
+// the target's name, which opens every connection's login.
+func (l *loginState) openingKeys() []pdu.KV {
+	cfg := &l.s.cfg
 	keys := []pdu.KV{kv("InitiatorName", cfg.InitiatorName)}
 	if cfg.InitiatorAlias != "" {
 		keys = append(keys, kv("InitiatorAlias", cfg.InitiatorAlias))
 	}
-	// SessionType may be sent on the leading connection only (RFC 7143
-	// §13.21, LO); TargetName opens every connection's login.
 	switch {
-	case discovery:
+	case cfg.TargetName == "":
 		keys = append(keys, kv("SessionType", "Discovery"))
 	case l.leading:
 		keys = append(keys, kv("SessionType", "Normal"), kv("TargetName", cfg.TargetName))
 	default:
 		keys = append(keys, kv("TargetName", cfg.TargetName))
 	}
+	return keys
+}
 
-	// Security stage.
-	if cfg.CHAP != nil {
-		keys = append(keys, kv("AuthMethod", "CHAP"))
-		resp, kvs, err := l.exchange(pdu.StageSecurity, pdu.StageOperational, false, keys)
-		if err != nil {
-			return nil, err
+// declare keeps what a target declares in the security stage
+// (TargetPortalGroupTag, TargetAlias), to apply with the operational keys.
+func (l *loginState) declare(kvs []pdu.KV) {
+	for _, p := range kvs {
+		if p.Key == "TargetPortalGroupTag" || p.Key == "TargetAlias" {
+			l.declared = append(l.declared, p)
 		}
-		declare(kvs)
-		if v, _ := pdu.Lookup(kvs, "AuthMethod"); v != "CHAP" {
-			return nil, &NegotiationError{Key: "AuthMethod", Reason: fmt.Sprintf("target answered %q to our CHAP", v)}
-		}
-		if resp.Transit {
-			return nil, &NegotiationError{Key: "AuthMethod", Reason: "target left the security stage before CHAP"}
-		}
-		st := &chapState{cfg: cfg.CHAP, sent: &s.challenges, avoid: l.at.avoidAlg}
-		_, kvs, err = l.exchange(pdu.StageSecurity, pdu.StageOperational, false, []pdu.KV{kv("CHAP_A", st.offer())})
-		if err != nil {
-			return nil, err
-		}
-		a, _ := pdu.Lookup(kvs, "CHAP_A")
-		i, okI := pdu.Lookup(kvs, "CHAP_I")
-		ch, okC := pdu.Lookup(kvs, "CHAP_C")
-		if !okI || !okC {
-			return nil, &NegotiationError{Key: "CHAP_C", Reason: "target sent no challenge"}
-		}
-		s.mu.Lock()
-		ans, err := st.answer(a, i, ch)
-		s.mu.Unlock()
-		l.at.chosenAlg = st.alg
-		if err != nil {
-			return nil, err
-		}
-		resp, kvs, err = l.exchange(pdu.StageSecurity, pdu.StageOperational, true, ans)
-		if err != nil {
-			return nil, err
-		}
-		if cfg.CHAP.TargetSecret != "" {
-			n, _ := pdu.Lookup(kvs, "CHAP_N")
-			r, ok := pdu.Lookup(kvs, "CHAP_R")
-			if err := st.verify(n, r, ok); err != nil {
-				return nil, err
-			}
-		}
-		if err := l.leaveSecurity(resp); err != nil {
-			return nil, err
-		}
-		keys = nil
-	} else {
-		keys = append(keys, kv("AuthMethod", "None"))
-		resp, kvs, err := l.exchange(pdu.StageSecurity, pdu.StageOperational, true, keys)
-		if err != nil {
-			return nil, err
-		}
-		declare(kvs)
-		if v, ok := pdu.Lookup(kvs, "AuthMethod"); ok && v != "None" {
-			return nil, &NegotiationError{Key: "AuthMethod", Reason: fmt.Sprintf("target requires %q; configure CHAP", v)}
-		}
-		if err := l.leaveSecurity(resp); err != nil {
-			return nil, err
-		}
-		keys = nil
 	}
+}
 
-	// Operational stage.
-	neg := newNegotiator(cfg.params(), discovery, l.leading)
-	keys = neg.keys()
-	for _, p := range declared {
+// securityNone is the security stage without authentication.
+func (l *loginState) securityNone(keys []pdu.KV) error {
+	keys = append(keys, kv("AuthMethod", "None"))
+	resp, kvs, err := l.exchange(pdu.StageSecurity, pdu.StageOperational, true, keys)
+	if err != nil {
+		return err
+	}
+	l.declare(kvs)
+	if v, ok := pdu.Lookup(kvs, "AuthMethod"); ok && v != "None" {
+		return &NegotiationError{Key: "AuthMethod", Reason: fmt.Sprintf("target requires %q; configure CHAP", v)}
+	}
+	return l.leaveSecurity(resp)
+}
+
+// securityCHAP is the security stage with CHAP (RFC 7143 §12.1.3): the
+// method, the algorithm and challenge, our answer, and with mutual CHAP
+// the target's.
+func (l *loginState) securityCHAP(keys []pdu.KV) error {
+	s, cfg := l.s, &l.s.cfg
+	keys = append(keys, kv("AuthMethod", "CHAP"))
+	resp, kvs, err := l.exchange(pdu.StageSecurity, pdu.StageOperational, false, keys)
+	if err != nil {
+		return err
+	}
+	l.declare(kvs)
+	if v, _ := pdu.Lookup(kvs, "AuthMethod"); v != "CHAP" {
+		return &NegotiationError{Key: "AuthMethod", Reason: fmt.Sprintf("target answered %q to our CHAP", v)}
+	}
+	if resp.Transit {
+		return &NegotiationError{Key: "AuthMethod", Reason: "target left the security stage before CHAP"}
+	}
+	st := &chapState{cfg: cfg.CHAP, sent: &s.challenges, avoid: l.at.avoidAlg}
+	_, kvs, err = l.exchange(pdu.StageSecurity, pdu.StageOperational, false, []pdu.KV{kv("CHAP_A", st.offer())})
+	if err != nil {
+		return err
+	}
+	a, _ := pdu.Lookup(kvs, "CHAP_A")
+	i, okI := pdu.Lookup(kvs, "CHAP_I")
+	ch, okC := pdu.Lookup(kvs, "CHAP_C")
+	if !okI || !okC {
+		return &NegotiationError{Key: "CHAP_C", Reason: "target sent no challenge"}
+	}
+	s.mu.Lock()
+	ans, err := st.answer(a, i, ch)
+	s.mu.Unlock()
+	l.at.chosenAlg = st.alg
+	if err != nil {
+		return err
+	}
+	resp, kvs, err = l.exchange(pdu.StageSecurity, pdu.StageOperational, true, ans)
+	if err != nil {
+		return err
+	}
+	if cfg.CHAP.TargetSecret != "" {
+		n, _ := pdu.Lookup(kvs, "CHAP_N")
+		r, ok := pdu.Lookup(kvs, "CHAP_R")
+		if err := st.verify(n, r, ok); err != nil {
+			return err
+		}
+	}
+	return l.leaveSecurity(resp)
+}
+
+// maxOperationalExchanges bounds the operational stage's exchanges.
+const maxOperationalExchanges = 16
+
+// operational is the operational stage: our keys, the target's answers and
+// offers, until it moves to full feature phase; it returns the parameters
+// in force.
+func (l *loginState) operational() (Params, error) {
+	s := l.s
+	neg := newNegotiator(s.cfg.params(), s.cfg.TargetName == "", l.leading)
+	keys := neg.keys()
+	for _, p := range l.declared {
 		if _, err := neg.apply(p.Key, p.Value); err != nil {
-			return nil, err
+			return Params{}, err
 		}
 	}
 	for step := 0; ; step++ {
-		if step == 16 {
-			return nil, &NegotiationError{Reason: "operational negotiation did not end after 16 exchanges"}
+		if step == maxOperationalExchanges {
+			return Params{}, &NegotiationError{Reason: fmt.Sprintf("operational negotiation did not end after %d exchanges", maxOperationalExchanges)}
 		}
 		resp, kvs, err := l.exchange(pdu.StageOperational, pdu.StageFullFeature, true, keys)
 		if err != nil {
-			return nil, err
+			return Params{}, err
 		}
 		keys = nil
 		for _, p := range kvs {
 			reply, err := neg.apply(p.Key, p.Value)
 			if err != nil {
-				return nil, err
+				return Params{}, err
 			}
 			if reply != nil {
 				keys = append(keys, *reply)
@@ -311,21 +345,24 @@ func (l *loginState) run() (*Conn, error) {
 		}
 		if resp.Transit && resp.NSG == pdu.StageFullFeature {
 			if len(keys) > 0 {
-				return nil, &NegotiationError{Reason: "target ended the login while offering keys we had to answer"}
+				return Params{}, &NegotiationError{Reason: "target ended the login while offering keys we had to answer"}
 			}
 			if l.leading {
 				if resp.TSIH == 0 {
-					return nil, &pdu.ProtocolError{Op: pdu.OpLoginResponse, Field: "TSIH", Value: 0, Reason: "final login response without a TSIH"}
+					return Params{}, &pdu.ProtocolError{Op: pdu.OpLoginResponse, Field: "TSIH", Value: 0, Reason: "final login response without a TSIH"}
 				}
 				s.tsih = resp.TSIH
 			}
-			break
+			return neg.finish()
 		}
 	}
-	params, err := neg.finish()
-	if err != nil {
-		return nil, err
-	}
+}
+
+// fullFeature makes the connection of a finished login: the session's
+// parameters (set here on the leading connection) with the connection's own
+// digests and segment lengths.
+func (l *loginState) fullFeature(params Params) *Conn {
+	s := l.s
 	if l.leading {
 		s.params = params
 	} else {
@@ -343,7 +380,7 @@ func (l *loginState) run() (*Conn, error) {
 	c := newConn(s, l.cid, l.nc, l.r, l.w, l.expStatSN, params)
 	s.log.Debug("connection logged in", zap.Uint16("cid", l.cid), zap.Uint16("tsih", s.tsih),
 		zap.Bool("headerDigest", params.HeaderDigest), zap.Bool("dataDigest", params.DataDigest))
-	return c, nil
+	return c
 }
 
 // leaveSecurity asks to go on to the operational stage until the target
