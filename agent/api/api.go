@@ -15,8 +15,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/goiscsi/iscsi/logout"
 	"github.com/goiscsi/iscsi/agent/nodes"
+	"github.com/goiscsi/iscsi/logout"
 	"github.com/goiscsi/iscsi/pdu"
 )
 
