@@ -18,6 +18,7 @@ import (
 	"github.com/goiscsi/iscsi/agent/nodes"
 	"github.com/goiscsi/iscsi/iscsitest"
 	"github.com/goiscsi/iscsi/logout"
+	"github.com/goiscsi/iscsi/pdu"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/goleak"
 )
@@ -381,5 +382,87 @@ func TestAgentTCPToken(t *testing.T) {
 	if s := c.do("POST", "/v1/sessions", api.LoginRequest{Portal: "127.0.0.1:1", Target: iscsitest.DefaultName,
 		Auth: &api.Auth{Secret: "inline-secret-123"}}, &e); s != 400 || strings.Contains(e.Error.Message, "inline-secret-123") {
 		t.Errorf("inline secret over TCP: %d %+v", s, e)
+	}
+}
+
+// TestShutdownHurry: a target that never answers the Logout Request holds
+// Shutdown until hurry is closed; then the logout is canceled, Shutdown
+// returns at once with AllLoggedOut false and the connection reported
+// canceled, and nothing is left running (goleak).
+func TestShutdownHurry(t *testing.T) {
+	seen := make(chan struct{}, 1)
+	tg := iscsitest.NewTarget(iscsitest.Config{LUNs: []int64{1 << 20}, Hook: func(ev *iscsitest.Event) iscsitest.Action {
+		if ev.Header.Opcode() != pdu.OpLogoutRequest {
+			return iscsitest.Continue
+		}
+		select {
+		case seen <- struct{}{}:
+		default:
+		}
+		return iscsitest.Drop
+	}})
+	defer tg.Close()
+	dir := t.TempDir()
+	a, err := New(Config{InitiatorName: initiatorName, StateDir: dir, ShutdownLogout: logout.Options{Timeout: time.Minute}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.login(context.Background(), api.LoginRequest{Portal: tg.Addr(), Target: iscsitest.DefaultName}, ""); err != nil {
+		a.Shutdown(nil)
+		t.Fatal(err)
+	}
+	hurry := make(chan struct{})
+	done := make(chan ShutdownResult, 1)
+	go func() { done <- a.Shutdown(hurry) }()
+	select {
+	case <-seen:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no Logout Request reached the target")
+	}
+	select {
+	case res := <-done:
+		t.Fatalf("Shutdown returned before the target answered or hurry: %+v", res)
+	default:
+	}
+	start := time.Now()
+	close(hurry)
+	var res ShutdownResult
+	select {
+	case res = <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Shutdown did not end once hurried")
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("Shutdown took %s after hurry", d)
+	}
+	if res.AllLoggedOut || len(res.Logouts) != 1 || res.Logouts[0].Outcome != "failed" ||
+		res.Logouts[0].Sessions[0].Conns[0].State != "canceled" {
+		t.Errorf("hurried Shutdown: %+v", res)
+	}
+}
+
+// TestServeMetrics: the metrics listener serves the exposition format with
+// the agent's series.
+func TestServeMetrics(t *testing.T) {
+	a, _ := startAgent(t, t.TempDir())
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.ServeMetrics(ln); err != nil {
+		t.Fatal(err)
+	}
+	c := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 10 * time.Second}
+	resp, err := c.Get("http://" + ln.Addr().String() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{`iscsictl_sessions{state="logged in"} 0`, `iscsictl_logins_total{result="failed"} 0`,
+		"iscsictl_reconnects_total 0", "iscsictl_login_duration_seconds_bucket", "go_goroutines"} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
 	}
 }
