@@ -27,6 +27,13 @@ func runServe(ctx context.Context, a *app, args []string) error {
 	tcpAddr := fs.String("listen-tcp", "", "also serve the API on TCP `ADDR`; needs --token-file")
 	tokenFile := fs.String("token-file", "", "bearer token `file` every request on --listen-tcp must present")
 	logoutTimeout := fs.Duration("logout-timeout", 15*time.Second, "at shutdown, wait this long for each Logout Response")
+	// A second SIGTERM or SIGINT cuts the logouts short; the first is the
+	// one that ends ctx (main's signal.NotifyContext keeps catching them,
+	// so neither kills the process). Registered first thing, so that this
+	// channel sees the first signal too.
+	sigc := make(chan os.Signal, 2)
+	signal.Notify(sigc, syscall.SIGTERM, os.Interrupt)
+	defer signal.Stop(sigc)
 	pos, err := a.parse(fs, args)
 	if err != nil {
 		return err
@@ -107,12 +114,6 @@ func runServe(ctx context.Context, a *app, args []string) error {
 	}
 	started = true
 
-	// A second SIGTERM or SIGINT cuts the logouts short; the first is the
-	// one that ended ctx (main's signal.NotifyContext keeps catching them,
-	// so neither kills the process).
-	sigc := make(chan os.Signal, 2)
-	signal.Notify(sigc, syscall.SIGTERM, os.Interrupt)
-	defer signal.Stop(sigc)
 	done := make(chan struct{})
 	fwd := make(chan struct{})
 	go func() {
