@@ -291,8 +291,8 @@ func TestAgentNodes(t *testing.T) {
 	if s := c.do("POST", "/v1/nodes", node, &nr); s != 201 || !nr.Created || nr.Node.Target != iscsitest.DefaultName {
 		t.Fatalf("POST node: %d %+v", s, nr)
 	}
-	other := nodes.Node{Portals: []string{"192.0.2.1"}, Startup: nodes.Manual}
-	if s := c.do("PUT", "/v1/nodes/iqn.2026-01.org.goiscsi.test:manual", other, &nr); s != 201 || nr.Node.Portals[0] != "192.0.2.1:3260" {
+	other := nodes.Node{Portals: []string{"127.0.0.2"}, Startup: nodes.Manual}
+	if s := c.do("PUT", "/v1/nodes/iqn.2026-01.org.goiscsi.test:manual", other, &nr); s != 201 || nr.Node.Portals[0] != "127.0.0.2:3260" {
 		t.Fatalf("PUT node: %d %+v", s, nr)
 	}
 	nr = api.NodeResponse{}

@@ -270,10 +270,10 @@ func TestAgentAbsent(t *testing.T) {
 	// Node records in a state directory, no agent.
 	state := filepath.Join(dir, "state")
 	env := runOpts{env: []string{envSocket + "=" + gone}}
-	iscsictlWith(t, env, "node", "add", "--state-dir", state, "--target", tgtdTarget, "--portal", "192.0.2.7", "--chap-secret-env", "S").want(t, exitOK)
+	iscsictlWith(t, env, "node", "add", "--state-dir", state, "--target", tgtdTarget, "--portal", "127.0.0.3", "--chap-secret-env", "S").want(t, exitOK)
 	iscsictlWith(t, env, "node", "add", "--state-dir", state, "--target", tgtdTarget, "--startup", "sometimes", "--portal", "h").want(t, exitInvalidArg)
 	v := iscsictlWith(t, env, "node", "list", "--state-dir", state, "--json").want(t, exitOK).json(t)
-	if path(t, v, "nodes", 0, "portals", 0) != "192.0.2.7:3260" || path(t, v, "nodes", 0, "auth", "secretEnv") != "S" ||
+	if path(t, v, "nodes", 0, "portals", 0) != "127.0.0.3:3260" || path(t, v, "nodes", 0, "auth", "secretEnv") != "S" ||
 		path(t, v, "nodes", 0, "startup") != "manual" {
 		t.Errorf("node list: %v", v)
 	}
