@@ -118,8 +118,12 @@ func runLogin(ctx context.Context, a *app, args []string) error {
 	n := fs.Int("sessions", 1, "how many sessions to open")
 	m := fs.Int("conns", 1, "connections per session (MC/S)")
 	hold := fs.Duration("hold", 0, "keep the sessions open this long before logging out")
+	af := a.agentFlags(fs)
 	if _, err := a.parse(fs, args); err != nil {
 		return err
+	}
+	if ac, err := af.client(ctx, a); ac != nil || err != nil {
+		return agentOr(err, func() error { return a.agentLogin(ctx, ac, fs, &tf, *n, *m, *hold) })
 	}
 	if *n < 1 || *m < 1 {
 		return invalidArgf("--sessions and --conns must be at least 1")

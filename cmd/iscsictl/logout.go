@@ -31,8 +31,12 @@ func runLogout(ctx context.Context, a *app, args []string) error {
 	lf.register(fs)
 	n := fs.Int("sessions", 1, "sessions to open before logging out; 0 opens none (the outcome is then \"session not found\")")
 	m := fs.Int("conns", 1, "connections per session (MC/S)")
+	af, tsih := a.agentFlags(fs), fs.String("session", "", "with the agent: log out of the session of this `TSIH` only")
 	if _, err := a.parse(fs, args); err != nil {
 		return err
+	}
+	if ac, err := af.clientFor(ctx, a, *tsih); ac != nil || err != nil {
+		return agentOr(err, func() error { return a.agentLogout(ctx, ac, fs, &tf, &lo, *tsih) })
 	}
 	if *n < 0 || *m < 1 {
 		return invalidArgf("--sessions must be 0 or more and --conns at least 1")

@@ -36,6 +36,9 @@ var commands = []command{
 	{"perf", "measure IOPS, MB/s, latency percentiles and CPU time per I/O", runPerf},
 	{"logout", "open sessions to a target (optionally with I/O running) and log out of all of them", runLogout},
 	{"decode", "print the iSCSI PDUs of a pcap or pcapng file", runDecode},
+	{"serve", "run the agent: it holds sessions, node records and metrics for the other commands", runServe},
+	{"sessions", "list the sessions the agent holds", runSessions},
+	{"node", "add, list, show or delete node records (the targets the agent logs in to at start)", runNode},
 }
 
 func main() {

@@ -1,0 +1,415 @@
+// Package api holds the JSON types of the agent's control API (version 1),
+// shared by the agent (package agent) and its client (cmd/iscsictl), and
+// documented in docs/API.md.
+//
+// The logout result (Logout) has exactly the shape `iscsictl logout --json`
+// prints under "logout", so that a script reads one schema whether the
+// logout ran in the command or in the agent; Logout.Result turns it back
+// into a logout.Result for the command's table.
+package api
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/goiscsi/iscsi/agent/nodes"
+	"github.com/goiscsi/iscsi/logout"
+	"github.com/goiscsi/iscsi/pdu"
+)
+
+// Version is the API version in every path (/v1/...) and in APIVersion
+// fields.
+const Version = 1
+
+// Prefix is the path prefix of this version.
+const Prefix = "/v1"
+
+// VersionInfo is the answer of GET /v1/version.
+type VersionInfo struct {
+	APIVersion    int    `json:"apiVersion"`
+	Module        string `json:"module"`
+	ModuleVersion string `json:"moduleVersion"`
+	Revision      string `json:"revision,omitempty"`
+	GoVersion     string `json:"goVersion"`
+	InitiatorName string `json:"initiatorName"`
+	StateDir      string `json:"stateDir"`
+	PID           int    `json:"pid"`
+	StartedAt     string `json:"startedAt"`
+}
+
+// Session is one session the agent holds, as GET /v1/sessions lists it.
+type Session struct {
+	Target string `json:"target"`
+	Portal string `json:"portal"`
+	TSIH   uint16 `json:"tsih"`
+	// ISID is 12 hex digits.
+	ISID string `json:"isid"`
+	// Connections are the CIDs of the connections up.
+	Connections []uint16 `json:"connections"`
+	// State is "logged in" (every connection takes commands), "logging
+	// out" (some connection no longer takes commands: a logout runs or the
+	// connection is ending) or "ended" (no connection left).
+	State string `json:"state"`
+	// Params are the negotiated parameters by their RFC 7143 keys.
+	Params   map[string]any `json:"params"`
+	Counters Counters       `json:"counters"`
+	// Node is the target of the node record the session was opened for
+	// (automatic start), else empty.
+	Node       string `json:"node,omitempty"`
+	LoggedInAt string `json:"loggedInAt"`
+}
+
+// Counters are what the agent can count of a session without touching its
+// I/O path: the kernel's TCP byte counts of its connections (Linux
+// TCP_INFO; absent elsewhere). Commands are not counted: the session does
+// not expose a count.
+type Counters struct {
+	// BytesSent are the bytes the target acknowledged (tcpi_bytes_acked).
+	BytesSent uint64 `json:"bytesSent"`
+	// BytesReceived are tcpi_bytes_received.
+	BytesReceived uint64 `json:"bytesReceived"`
+	// Measured is false where the platform gives no TCP byte counts.
+	Measured bool `json:"measured"`
+}
+
+// Sessions is the answer of GET /v1/sessions.
+type Sessions struct {
+	APIVersion int       `json:"apiVersion"`
+	Sessions   []Session `json:"sessions"`
+}
+
+// Auth is the CHAP configuration of a login request. A secret comes from
+// a file or an environment variable of the agent (SecretFile, SecretEnv),
+// or inline (Secret) on the Unix socket only; the agent never logs or
+// returns it.
+type Auth struct {
+	User             string `json:"user,omitempty"`
+	Secret           string `json:"secret,omitempty"`
+	SecretFile       string `json:"secretFile,omitempty"`
+	SecretEnv        string `json:"secretEnv,omitempty"`
+	TargetUser       string `json:"targetUser,omitempty"`
+	TargetSecret     string `json:"targetSecret,omitempty"`
+	TargetSecretFile string `json:"targetSecretFile,omitempty"`
+	TargetSecretEnv  string `json:"targetSecretEnv,omitempty"`
+	// Algorithms are CHAP_A values (5 MD5, 6 SHA-1, 7 SHA-256, 8
+	// SHA3-256) in order of preference; empty means all, strongest first.
+	Algorithms       []int `json:"algorithms,omitempty"`
+	AllowShortSecret bool  `json:"allowShortSecret,omitempty"`
+}
+
+// Inline reports whether a carries a secret itself.
+func (a *Auth) Inline() bool { return a != nil && (a.Secret != "" || a.TargetSecret != "") }
+
+// LoginRequest is the body of POST /v1/sessions.
+type LoginRequest struct {
+	Portal string `json:"portal"`
+	// Target may be empty when the portal offers exactly one target.
+	Target string `json:"target,omitempty"`
+	// Sessions to open (default 1), each with Connections (default 1).
+	Sessions       int   `json:"sessions,omitempty"`
+	Connections    int   `json:"connections,omitempty"`
+	HeaderDigest   bool  `json:"headerDigest,omitempty"`
+	DataDigest     bool  `json:"dataDigest,omitempty"`
+	LoginTimeoutMs int64 `json:"loginTimeoutMs,omitempty"`
+	Auth           *Auth `json:"auth,omitempty"`
+}
+
+// LoginResponse is the answer of POST /v1/sessions: the sessions opened
+// (201), which stay with the agent.
+type LoginResponse struct {
+	APIVersion int       `json:"apiVersion"`
+	Target     string    `json:"target"`
+	Portal     string    `json:"portal"`
+	Sessions   []Session `json:"sessions"`
+}
+
+// LogoutRequest is the body of POST /v1/targets/{name}/logout, and the
+// query of DELETE /v1/sessions/{tsih}.
+type LogoutRequest struct {
+	// Strategy is "per-connection" (default) or "per-session".
+	Strategy string `json:"strategy,omitempty"`
+	// DrainMs lets running commands finish for this long first.
+	DrainMs int64 `json:"drainMs,omitempty"`
+	// TimeoutMs bounds the wait for each Logout Response; default 15000.
+	TimeoutMs int64 `json:"timeoutMs,omitempty"`
+	// Force closes locally the sessions that did not log out.
+	Force bool `json:"force,omitempty"`
+}
+
+// Options returns the logout options of r; errors wrap ErrInvalid.
+func (r LogoutRequest) Options() (logout.Options, error) {
+	var o logout.Options
+	switch r.Strategy {
+	case "", "per-connection", "connection":
+		o.Strategy = logout.PerConnection
+	case "per-session", "session":
+		o.Strategy = logout.PerSession
+	default:
+		return o, fmt.Errorf("%w: strategy %q: want per-connection or per-session", ErrInvalid, r.Strategy)
+	}
+	if r.TimeoutMs < 0 || r.DrainMs < 0 {
+		return o, fmt.Errorf("%w: timeoutMs and drainMs must not be negative", ErrInvalid)
+	}
+	o.Timeout = time.Duration(r.TimeoutMs) * time.Millisecond
+	if o.Timeout == 0 {
+		o.Timeout = 15 * time.Second
+	}
+	o.DrainTimeout = time.Duration(r.DrainMs) * time.Millisecond
+	o.Force = r.Force
+	return o, nil
+}
+
+// ErrInvalid marks a request the agent refuses as malformed (400).
+var ErrInvalid = errors.New("invalid request")
+
+// LogoutResponse is the answer of the logout endpoints. The HTTP status
+// follows the outcome: 200 success, 404 session not found, 502 failed or
+// incomplete; Error is then set too, with the outcome's HRESULT.
+type LogoutResponse struct {
+	APIVersion int    `json:"apiVersion"`
+	Logout     Logout `json:"logout"`
+	Error      *Error `json:"error,omitempty"`
+}
+
+// Logout is a logout result, in the shape `iscsictl logout --json` prints
+// under "logout".
+type Logout struct {
+	Target     string          `json:"target"`
+	Outcome    string          `json:"outcome"`
+	HRESULT    string          `json:"hresult"`
+	ExitCode   int             `json:"exitCode"`
+	Strategy   string          `json:"strategy"`
+	Sessions   []LogoutSession `json:"sessions"`
+	LoggedOut  int             `json:"loggedOut"`
+	DurationMs float64         `json:"durationMs"`
+}
+
+// LogoutSession is one session of a Logout.
+type LogoutSession struct {
+	TSIH      uint16       `json:"tsih"`
+	ISID      string       `json:"isid"`
+	LoggedOut bool         `json:"loggedOut"`
+	Forced    bool         `json:"forced"`
+	Conns     []LogoutConn `json:"connections"`
+}
+
+// LogoutConn is one connection of a LogoutSession.
+type LogoutConn struct {
+	CID            uint16                  `json:"cid"`
+	Reason         pdu.LogoutReason        `json:"reason"`
+	State          string                  `json:"state"`
+	Responded      bool                    `json:"responded"`
+	Response       *pdu.LogoutResponseCode `json:"response,omitempty"`
+	Time2Wait      *uint16                 `json:"time2wait,omitempty"`
+	Time2Retain    *uint16                 `json:"time2retain,omitempty"`
+	Error          string                  `json:"error,omitempty"`
+	FailedCommands int                     `json:"failedCommands"`
+	DurationMs     float64                 `json:"durationMs"`
+}
+
+// ExitCode is the iscsictl exit status of a logout outcome: 0 success, 2
+// session not found, 3 failed, 4 incomplete.
+func ExitCode(o logout.Outcome) int {
+	switch o {
+	case logout.Success:
+		return 0
+	case logout.SessionNotFound:
+		return 2
+	case logout.Incomplete:
+		return 4
+	}
+	return 3
+}
+
+// HRESULT formats a VDS HRESULT as the API and the CLI print it.
+func HRESULT(h uint32) string { return fmt.Sprintf("0x%08X", h) }
+
+// ms returns d in milliseconds with a fraction.
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// TrimPrefixes removes the package prefixes ("iscsi: ") of errors, which
+// mean nothing to a reader of the API.
+func TrimPrefixes(s string) string {
+	for _, p := range []string{"iscsi: ", "capture: "} {
+		s = strings.ReplaceAll(s, p, "")
+	}
+	return s
+}
+
+// NewLogout encodes a logout result.
+func NewLogout(r *logout.Result, strategy logout.Strategy) Logout {
+	out := Logout{Target: r.Target, Outcome: r.Outcome.String(), HRESULT: HRESULT(r.HRESULT()),
+		ExitCode: ExitCode(r.Outcome), Strategy: strategy.String(), Sessions: []LogoutSession{},
+		LoggedOut: r.LoggedOut(), DurationMs: ms(r.Duration)}
+	for _, s := range r.Sessions {
+		sj := LogoutSession{TSIH: s.TSIH, ISID: fmt.Sprintf("%012x", s.ISID[:]), LoggedOut: s.LoggedOut, Forced: s.Forced, Conns: []LogoutConn{}}
+		for _, c := range s.Conns {
+			cj := LogoutConn{CID: c.CID, Reason: c.Reason, State: c.State.String(), Responded: c.Responded,
+				FailedCommands: c.FailedCommands, DurationMs: ms(c.Duration)}
+			if c.Responded {
+				resp, t2w, t2r := c.Response, c.Time2Wait, c.Time2Retain
+				cj.Response, cj.Time2Wait, cj.Time2Retain = &resp, &t2w, &t2r
+			}
+			if c.Err != nil {
+				cj.Error = TrimPrefixes(c.Err.Error())
+			}
+			sj.Conns = append(sj.Conns, cj)
+		}
+		out.Sessions = append(out.Sessions, sj)
+	}
+	return out
+}
+
+// Result decodes l back into a logout result and its strategy, the
+// connections' errors as text. It refuses what no logout.Result encodes
+// to: an unknown outcome, state or strategy, a malformed ISID.
+func (l *Logout) Result() (*logout.Result, logout.Strategy, error) {
+	var strategy logout.Strategy
+	switch l.Strategy {
+	case logout.PerConnection.String():
+		strategy = logout.PerConnection
+	case logout.PerSession.String():
+		strategy = logout.PerSession
+	default:
+		return nil, 0, fmt.Errorf("logout result: unknown strategy %q", l.Strategy)
+	}
+	r := &logout.Result{Target: l.Target, Duration: fromMs(l.DurationMs)}
+	outcome, ok := parseOutcome(l.Outcome)
+	if !ok {
+		return nil, 0, fmt.Errorf("logout result: unknown outcome %q", l.Outcome)
+	}
+	r.Outcome = outcome
+	for _, s := range l.Sessions {
+		sr := logout.SessionResult{TSIH: s.TSIH, LoggedOut: s.LoggedOut, Forced: s.Forced}
+		isid, err := ParseISID(s.ISID)
+		if err != nil {
+			return nil, 0, fmt.Errorf("logout result: %w", err)
+		}
+		sr.ISID = isid
+		for _, c := range s.Conns {
+			st, ok := parseConnState(c.State)
+			if !ok {
+				return nil, 0, fmt.Errorf("logout result: unknown connection state %q", c.State)
+			}
+			cr := logout.ConnResult{CID: c.CID, Reason: c.Reason, State: st, Responded: c.Responded,
+				FailedCommands: c.FailedCommands, Duration: fromMs(c.DurationMs)}
+			if c.Response != nil {
+				cr.Response = *c.Response
+			}
+			if c.Time2Wait != nil {
+				cr.Time2Wait = *c.Time2Wait
+			}
+			if c.Time2Retain != nil {
+				cr.Time2Retain = *c.Time2Retain
+			}
+			if c.Error != "" {
+				cr.Err = errors.New(c.Error)
+			}
+			sr.Conns = append(sr.Conns, cr)
+		}
+		r.Sessions = append(r.Sessions, sr)
+	}
+	return r, strategy, nil
+}
+
+func fromMs(v float64) time.Duration { return time.Duration(v*1000+0.5) * time.Microsecond }
+
+func parseOutcome(s string) (logout.Outcome, bool) {
+	for o := logout.Success; o <= logout.Incomplete; o++ {
+		if o.String() == s {
+			return o, true
+		}
+	}
+	return 0, false
+}
+
+func parseConnState(s string) (logout.ConnState, bool) {
+	for st := logout.ConnLoggedOut; st <= logout.ConnError; st++ {
+		if st.String() == s {
+			return st, true
+		}
+	}
+	return 0, false
+}
+
+// ParseISID parses 12 hex digits.
+func ParseISID(s string) ([6]byte, error) {
+	var id [6]byte
+	if len(s) != 12 {
+		return id, fmt.Errorf("ISID %q: want 12 hex digits", s)
+	}
+	for i := range id {
+		b, err := strconv.ParseUint(s[2*i:2*i+2], 16, 8)
+		if err != nil {
+			return id, fmt.Errorf("ISID %q: want 12 hex digits", s)
+		}
+		id[i] = byte(b)
+	}
+	return id, nil
+}
+
+// ParseTSIH parses a TSIH in decimal or with 0x in hex.
+func ParseTSIH(s string) (uint16, error) {
+	v, err := strconv.ParseUint(s, 0, 16)
+	if err != nil || v == 0 {
+		return 0, fmt.Errorf("%w: TSIH %q: want a number from 1 to 65535 (decimal, or hex with 0x)", ErrInvalid, s)
+	}
+	return uint16(v), nil
+}
+
+// Error is the body of every error answer, under "error".
+type Error struct {
+	// Message says what was wrong, for a person.
+	Message string `json:"message"`
+	// Kind is one of the Kind constants.
+	Kind string `json:"kind"`
+	// ExitCode is the iscsictl exit status for the error.
+	ExitCode int `json:"exitCode"`
+	// HRESULT is the VDS code where a logout is concerned.
+	HRESULT string `json:"hresult,omitempty"`
+	// LoginStatus is the target's login status (class<<8|detail) when a
+	// login was refused.
+	LoginStatus *uint16 `json:"loginStatus,omitempty"`
+	// NegotiationKey and NegotiationReason describe a login that failed on
+	// a key the target answered wrongly (a session.NegotiationError).
+	NegotiationKey    string `json:"negotiationKey,omitempty"`
+	NegotiationReason string `json:"negotiationReason,omitempty"`
+	// Step is what the agent was doing ("logging in", "discovering
+	// targets").
+	Step string `json:"step,omitempty"`
+}
+
+// Error kinds.
+const (
+	KindInvalid      = "invalid-argument"  // 400
+	KindNotFound     = "not-found"         // 404
+	KindConflict     = "conflict"          // 409
+	KindUnauthorized = "unauthorized"      // 401
+	KindLogin        = "login-failed"      // 502
+	KindShuttingDown = "shutting-down"     // 503
+	KindInternal     = "internal"          // 500
+	KindLogout       = "logout-incomplete" // 502, see LogoutResponse
+)
+
+// ErrorResponse wraps an Error.
+type ErrorResponse struct {
+	APIVersion int   `json:"apiVersion"`
+	Error      Error `json:"error"`
+}
+
+// Nodes is the answer of GET /v1/nodes.
+type Nodes struct {
+	APIVersion int          `json:"apiVersion"`
+	Nodes      []nodes.Node `json:"nodes"`
+}
+
+// NodeResponse is the answer of GET, PUT and POST on one node.
+type NodeResponse struct {
+	APIVersion int        `json:"apiVersion"`
+	Node       nodes.Node `json:"node"`
+	// Created is true when a POST or PUT made a new record.
+	Created bool `json:"created,omitempty"`
+}

@@ -1,0 +1,78 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"text/tabwriter"
+
+	"github.com/goiscsi/iscsi/agent/api"
+	"github.com/goiscsi/iscsi/initiator"
+)
+
+// runSessions lists the sessions the agent holds.
+func runSessions(ctx context.Context, a *app, args []string) error {
+	fs := a.flags("[--target NAME] [--params] [--socket PATH] [flags]")
+	af := &agentFlags{}
+	fs.StringVar(&af.socket, "socket", "", "the agent's Unix `socket` (default $"+envSocket+", else "+defaultSocket()+")")
+	target := fs.String("target", "", "only the sessions of this target `name`")
+	params := fs.Bool("params", false, "print every session's negotiated parameters")
+	pos, err := a.parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return invalidArgf("sessions takes no argument, got %q", pos[0])
+	}
+	if *target != "" {
+		n, err := initiator.NormalizeName(*target)
+		if err != nil {
+			return err
+		}
+		*target = n
+	}
+	c, err := af.mustClient(ctx, a)
+	if err != nil {
+		return err
+	}
+	var resp api.Sessions
+	if err := c.do(ctx, http.MethodGet, "/v1/sessions", nil, &resp); err != nil {
+		return cliError(err, nil, false)
+	}
+	list := []api.Session{}
+	for _, s := range resp.Sessions {
+		if *target == "" || s.Target == *target {
+			list = append(list, s)
+		}
+	}
+	if a.json {
+		a.printJSON(map[string]any{"command": "sessions", "apiVersion": resp.APIVersion, "agent": c.socket, "sessions": list})
+		return nil
+	}
+	if len(list) == 0 {
+		a.printf("The agent at %s holds no session\n", c.socket)
+		return nil
+	}
+	tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "TARGET\tPORTAL\tTSIH\tISID\tCIDS\tSTATE\tSENT\tRECEIVED\tNODE")
+	for _, s := range list {
+		sent, recv := "-", "-"
+		if s.Counters.Measured {
+			sent, recv = humanBytes(s.Counters.BytesSent), humanBytes(s.Counters.BytesReceived)
+		}
+		node := s.Node
+		if node == "" {
+			node = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t0x%04x\t%s\t%v\t%s\t%s\t%s\t%s\n", safe(s.Target), safe(s.Portal), s.TSIH, s.ISID,
+			s.Connections, s.State, sent, recv, safe(node))
+	}
+	tw.Flush()
+	if *params {
+		for _, s := range list {
+			a.printf("\n%s TSIH 0x%04x:", safe(s.Target), s.TSIH)
+			printParams(a, s.Params)
+		}
+	}
+	return nil
+}
