@@ -283,7 +283,7 @@ func (i *ini) tryLogin(o loginOpts) pdu.LoginStatus {
 		sent := op
 		op = nil
 		for _, kv := range got {
-			_, known := keyTable[kv.Key]
+			_, known := pdu.LookupKey(kv.Key)
 			if known && !slices.ContainsFunc(sent, func(s pdu.KV) bool { return s.Key == kv.Key }) &&
 				kv.Key != "MaxRecvDataSegmentLength" && kv.Key != "TargetPortalGroupTag" {
 				op = append(op, kv)

@@ -291,28 +291,28 @@ func (l *login) keys(kvs []pdu.KV) ([]pdu.KV, pdu.LoginStatus, string) {
 			return nil, pdu.LoginInitiatorError, "key " + k + " repeated"
 		}
 		l.negotiated[k] = true
-		d, known := keyTable[k]
+		d, known := pdu.LookupKey(k)
 		if !known {
 			out = append(out, pdu.KV{Key: k, Value: "NotUnderstood"})
 			continue
 		}
-		switch d.kind {
-		case kindDeclared:
+		switch d.Kind {
+		case pdu.KeyDeclared:
 			if l.nth > 0 && !(k == "TargetName" && l.discovery) {
 				return nil, pdu.LoginInitiatorError, k + " after the first request"
 			}
-		case kindAlias:
+		case pdu.KeyAlias:
 			l.alias = v
-		case kindTargetOnly, kindFFPOnly:
+		case pdu.KeyTargetOnly, pdu.KeyFFPOnly:
 			return nil, pdu.LoginInitiatorError, k + " may not be sent by an initiator in login"
-		case kindSecurity:
+		case pdu.KeySecurity:
 			if l.csg != pdu.StageSecurity {
 				return nil, pdu.LoginInitiatorError, k + " outside the security stage"
 			}
 			sec[k] = v
 		default:
 			switch {
-			case l.discovery && d.irrDisc, !l.leading && d.lo:
+			case l.discovery && d.NotDiscovery, !l.leading && d.LeadingOnly:
 				out = append(out, pdu.KV{Key: k, Value: "Irrelevant"})
 			default:
 				if a := l.negotiate(k, v, d); a != "" {

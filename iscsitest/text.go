@@ -80,7 +80,7 @@ func (s *session) textKey(c *Conn, kv pdu.KV, out []byte) []byte {
 		}
 		return pdu.AppendText(out, pdu.KV{Key: kv.Key, Value: "Reject"})
 	}
-	if keyKnown(kv.Key) {
+	if _, known := pdu.LookupKey(kv.Key); known {
 		// Login-only and leading-only keys cannot be renegotiated.
 		return pdu.AppendText(out, pdu.KV{Key: kv.Key, Value: "Reject"})
 	}

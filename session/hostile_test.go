@@ -749,7 +749,7 @@ func TestAddConnection(t *testing.T) {
 	}
 	keys := f2.LoginKeys()
 	for _, kv := range keys {
-		if leadingOnly[kv.Key] {
+		if k, _ := pdu.LookupKey(kv.Key); k.LeadingOnly {
 			t.Errorf("added connection sent LO key %s", kv.Key)
 		}
 	}

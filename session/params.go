@@ -125,14 +125,6 @@ func newNegotiator(offer Params, discovery, leading bool) *negotiator {
 	return n
 }
 
-// leadingOnly are the operational keys RFC 7143 §13 marks LO.
-var leadingOnly = map[string]bool{
-	"MaxConnections": true, "InitialR2T": true, "ImmediateData": true, "MaxBurstLength": true,
-	"FirstBurstLength": true, "DefaultTime2Wait": true, "DefaultTime2Retain": true,
-	"MaxOutstandingR2T": true, "DataPDUInOrder": true, "DataSequenceInOrder": true,
-	"ErrorRecoveryLevel": true, "SessionType": true,
-}
-
 // keys returns the keys the initiator offers in the operational stage.
 func (n *negotiator) keys() []kvPair {
 	o := n.offer
@@ -174,69 +166,62 @@ func (n *negotiator) keys() []kvPair {
 	return kvs
 }
 
-// numeric bounds of RFC 7143 §13.
-var bounds = map[string][2]int{
-	"MaxConnections":           {1, 65535},
-	"MaxRecvDataSegmentLength": {512, 1<<24 - 1},
-	"MaxBurstLength":           {512, 1<<24 - 1},
-	"FirstBurstLength":         {512, 1<<24 - 1},
-	"DefaultTime2Wait":         {0, 3600},
-	"DefaultTime2Retain":       {0, 3600},
-	"MaxOutstandingR2T":        {1, 65535},
-	"ErrorRecoveryLevel":       {0, 2},
-	"TargetPortalGroupTag":     {0, 65535},
+// intFields and boolFields are the Params fields of the numerical and
+// Boolean keys the initiator negotiates; how each is negotiated (minimum or
+// maximum, AND or OR), its range and default are pdu's RFC 7143 table.
+var intFields = map[string]func(*Params) *int{
+	"MaxConnections":     func(p *Params) *int { return &p.MaxConnections },
+	"MaxBurstLength":     func(p *Params) *int { return &p.MaxBurstLength },
+	"FirstBurstLength":   func(p *Params) *int { return &p.FirstBurstLength },
+	"MaxOutstandingR2T":  func(p *Params) *int { return &p.MaxOutstandingR2T },
+	"DefaultTime2Retain": func(p *Params) *int { return &p.DefaultTime2Retain },
+	"ErrorRecoveryLevel": func(p *Params) *int { return &p.ErrorRecoveryLevel },
+	"DefaultTime2Wait":   func(p *Params) *int { return &p.DefaultTime2Wait },
 }
 
-func (n *negotiator) number(key, v string) (int, error) {
-	x, err := parseNum(v)
-	b := bounds[key]
-	if err != nil || x < uint64(b[0]) || x > uint64(b[1]) {
-		return 0, &NegotiationError{Key: key, Reason: fmt.Sprintf("value %q outside %d-%d", v, b[0], b[1])}
-	}
-	return int(x), nil
+var boolFields = map[string]func(*Params) *bool{
+	"ImmediateData":       func(p *Params) *bool { return &p.ImmediateData },
+	"InitialR2T":          func(p *Params) *bool { return &p.InitialR2T },
+	"DataPDUInOrder":      func(p *Params) *bool { return &p.DataPDUInOrder },
+	"DataSequenceInOrder": func(p *Params) *bool { return &p.DataSequenceInOrder },
 }
 
-// intKey is a numerical key negotiated with a minimum or maximum function.
-type intKey struct {
-	max bool // a maximum function (DefaultTime2Wait); otherwise minimum
-	get func(*Params) *int
-}
-
-var intKeys = map[string]intKey{
-	"MaxConnections":     {get: func(p *Params) *int { return &p.MaxConnections }},
-	"MaxBurstLength":     {get: func(p *Params) *int { return &p.MaxBurstLength }},
-	"FirstBurstLength":   {get: func(p *Params) *int { return &p.FirstBurstLength }},
-	"MaxOutstandingR2T":  {get: func(p *Params) *int { return &p.MaxOutstandingR2T }},
-	"DefaultTime2Retain": {get: func(p *Params) *int { return &p.DefaultTime2Retain }},
-	"ErrorRecoveryLevel": {get: func(p *Params) *int { return &p.ErrorRecoveryLevel }},
-	"DefaultTime2Wait":   {max: true, get: func(p *Params) *int { return &p.DefaultTime2Wait }},
-}
-
-func (k intKey) combine(a, b int) int {
-	if k.max {
+// combineInt is a numerical key's result function.
+func combineInt(k pdu.Key, a, b int) int {
+	if k.Kind == pdu.KeyMax {
 		return max(a, b)
 	}
 	return min(a, b)
 }
 
-// boolKey is a Boolean key negotiated with AND or OR.
-type boolKey struct {
-	and bool // ImmediateData; the others are OR
-	get func(*Params) *bool
-}
-
-var boolKeys = map[string]boolKey{
-	"ImmediateData":       {and: true, get: func(p *Params) *bool { return &p.ImmediateData }},
-	"InitialR2T":          {get: func(p *Params) *bool { return &p.InitialR2T }},
-	"DataPDUInOrder":      {get: func(p *Params) *bool { return &p.DataPDUInOrder }},
-	"DataSequenceInOrder": {get: func(p *Params) *bool { return &p.DataSequenceInOrder }},
-}
-
-func (k boolKey) combine(a, b bool) bool {
-	if k.and {
+// combineBool is a Boolean key's result function.
+func combineBool(k pdu.Key, a, b bool) bool {
+	if k.Kind == pdu.KeyAnd {
 		return a && b
 	}
 	return a || b
+}
+
+// number parses a numerical value within the key's range.
+func number(key string, k pdu.Key, v string) (int, error) {
+	x, err := parseNum(v)
+	if err != nil || x < k.Min || x > k.Max {
+		return 0, &NegotiationError{Key: key, Reason: fmt.Sprintf("value %q outside %d-%d", v, k.Min, k.Max)}
+	}
+	return int(x), nil
+}
+
+// settle sets a key the target did not take up (it answered Irrelevant,
+// NotUnderstood or Reject, or stayed silent where RFC 7143 §6.2.2 lets it)
+// to what our offer and the RFC default make.
+func (n *negotiator) settle(r *Params, key string) {
+	k, _ := pdu.LookupKey(key)
+	d := rfcDefaults()
+	if f, ok := boolFields[key]; ok {
+		*f(r) = combineBool(k, *f(&n.offer), *f(&d))
+	} else if f, ok := intFields[key]; ok {
+		*f(r) = combineInt(k, *f(&n.offer), *f(&d))
+	}
 }
 
 // apply takes one key the target sent in the operational stage. It returns a
@@ -244,134 +229,163 @@ func (k boolKey) combine(a, b bool) bool {
 func (n *negotiator) apply(key, v string) (*kvPair, error) {
 	offered := n.pending[key]
 	delete(n.pending, key)
-	r := &n.result
-	o := &n.offer
-	switch key {
-	case "TargetPortalGroupTag", "TargetAlias", "TargetAddress",
-		"SessionType", "TargetName", "InitiatorName", "InitiatorAlias", "AuthMethod":
-		// Declarations (which a target may repeat), or echoes.
-	default:
-		if !n.leading && leadingOnly[key] {
-			// Session-wide keys are settled on the leading connection; a
-			// target offering one here gets no new value from us, and may
-			// answer our Irrelevant (tgtd answers Reject).
-			if offered || n.seen[key] || v == "NotUnderstood" || v == "Irrelevant" || v == "Reject" {
-				n.seen[key] = true
-				return nil, nil
-			}
-			n.seen[key] = true
-			return &kvPair{Key: key, Value: "Irrelevant"}, nil
-		}
-		if n.seen[key] {
-			return nil, &NegotiationError{Key: key, Reason: "target negotiated the key a second time"}
-		}
-		n.seen[key] = true
+	k, known := pdu.LookupKey(key)
+	if reply, done, err := n.once(key, k, v, offered); done {
+		return reply, err
 	}
 	if v == "NotUnderstood" || v == "Irrelevant" || v == "Reject" {
 		if !offered {
 			return nil, &NegotiationError{Key: key, Reason: "target answered " + v + " to a key we did not offer"}
 		}
-		// The target's side keeps the RFC default; our result is what our
-		// offer and that default make.
-		d := rfcDefaults()
-		if k, ok := boolKeys[key]; ok {
-			*k.get(r) = k.combine(*k.get(o), *k.get(&d))
-		} else if k, ok := intKeys[key]; ok {
-			*k.get(r) = k.combine(*k.get(o), *k.get(&d))
-		}
+		// The target's side keeps the RFC default.
+		n.settle(&n.result, key)
 		return nil, nil
 	}
-	var err error
 	var reply string
-	switch key {
-	case "HeaderDigest", "DataDigest":
-		mine := o.HeaderDigest
-		if key == "DataDigest" {
-			mine = o.DataDigest
-		}
-		var on bool
-		switch {
-		case offered && v == "CRC32C":
-			if !mine {
-				return nil, &NegotiationError{Key: key, Reason: "target chose CRC32C, which we did not offer"}
-			}
-			on = true
-		case offered && v == "None":
-		case offered:
-			return nil, &NegotiationError{Key: key, Reason: "target chose " + strconvQuote(v) + ", not in our list"}
-		default:
-			// The target offers a list: pick what we want from it.
-			want := "None"
-			if mine && listHas(v, "CRC32C") {
-				want, on = "CRC32C", true
-			}
-			if !listHas(v, want) {
-				return nil, &NegotiationError{Key: key, Reason: "no common digest in " + strconvQuote(v)}
-			}
-			reply = want
-		}
-		if key == "HeaderDigest" {
-			r.HeaderDigest = on
-		} else {
-			r.DataDigest = on
-		}
-	case "MaxRecvDataSegmentLength":
-		r.TargetMaxRecvDataSegmentLength, err = n.number(key, v)
-	case "MaxConnections", "MaxBurstLength", "FirstBurstLength", "MaxOutstandingR2T", "DefaultTime2Retain", "ErrorRecoveryLevel", "DefaultTime2Wait":
-		k := intKeys[key]
-		var x int
-		if x, err = n.number(key, v); err != nil {
-			break
-		}
-		mine := *k.get(o)
-		if offered && k.combine(x, mine) != x {
-			return nil, &NegotiationError{Key: key, Reason: fmt.Sprintf("target answered %d to our offer %d, against the %s function", x, mine, map[bool]string{false: "minimum", true: "maximum"}[k.max])}
-		}
-		x = k.combine(x, mine)
+	var err error
+	switch {
+	case !known:
 		if !offered {
-			reply = strconv.Itoa(x)
+			reply = "NotUnderstood"
 		}
-		*k.get(r) = x
-	case "InitialR2T", "DataPDUInOrder", "DataSequenceInOrder", "ImmediateData":
-		k := boolKeys[key]
-		var b bool
-		if b, err = pdu.ParseBool(v); err != nil {
-			return nil, &NegotiationError{Key: key, Reason: err.Error()}
-		}
-		mine := *k.get(o)
-		res := k.combine(b, mine)
-		if offered && res != b {
-			return nil, &NegotiationError{Key: key, Reason: fmt.Sprintf("target answered %s to our %s", pdu.FormatBool(b), pdu.FormatBool(mine))}
-		}
-		if !offered {
-			reply = pdu.FormatBool(res)
-		}
-		*k.get(r) = res
-	case "TargetPortalGroupTag":
-		r.TargetPortalGroupTag, err = n.number(key, v)
-	case "TargetAlias":
-		r.TargetAlias = v
-	case "TargetAddress":
-		// Only meaningful with a redirect; ignore it here.
-	case "IFMarker", "OFMarker":
-		// RFC 3720 keys that RFC 7143 dropped: we do not do markers.
+	case k.Kind == pdu.KeyDigest:
+		reply, err = n.digest(key, v, offered)
+	case k.Kind == pdu.KeyMRDSL:
+		n.result.TargetMaxRecvDataSegmentLength, err = number(key, k, v)
+	case intFields[key] != nil:
+		reply, err = n.numeric(key, k, v, offered)
+	case boolFields[key] != nil:
+		reply, err = n.boolean(key, k, v, offered)
+	case key == "TargetPortalGroupTag":
+		n.result.TargetPortalGroupTag, err = number(key, k, v)
+	case key == "TargetAlias":
+		n.result.TargetAlias = v
+	case k.Kind == pdu.KeyObsolete:
+		// RFC 3720's markers: we do not do them.
 		reply = "No"
-	case "OFMarkInt", "IFMarkInt":
-		reply = "Irrelevant"
-	case "SessionType", "TargetName", "InitiatorName", "InitiatorAlias", "AuthMethod":
-		// Declarations already made in the security stage, or echoes.
+		if key == "IFMarkInt" || key == "OFMarkInt" {
+			reply = "Irrelevant"
+		}
+	case k.Kind == pdu.KeyTargetOnly, k.Kind == pdu.KeyDeclared, k.Kind == pdu.KeyAlias, key == "AuthMethod":
+		// TargetAddress (meaningful with a redirect only), declarations
+		// already made in the security stage, echoes.
 	default:
+		// Keys the initiator has no use for (iSCSIProtocolLevel,
+		// TaskReporting, the CHAP keys and SendTargets here).
 		if !offered {
 			reply = "NotUnderstood"
 		}
 	}
-	if err != nil {
+	if err != nil || reply == "" {
 		return nil, err
 	}
-	if reply != "" {
-		return &kvPair{Key: key, Value: reply}, nil
+	return &kvPair{Key: key, Value: reply}, nil
+}
+
+// once applies the rule that a key is negotiated once per login (RFC 7143
+// §6.2), and that a connection added to a session leaves the session-wide
+// (LO) keys alone. done means apply has nothing more to do.
+func (n *negotiator) once(key string, k pdu.Key, v string, offered bool) (reply *kvPair, done bool, err error) {
+	if k.Kind == pdu.KeyTargetOnly || k.Kind == pdu.KeyDeclared || k.Kind == pdu.KeyAlias || key == "AuthMethod" {
+		// Declarations (which a target may repeat), or echoes.
+		return nil, false, nil
 	}
-	return nil, nil
+	if !n.leading && k.LeadingOnly && (intFields[key] != nil || boolFields[key] != nil) {
+		// Session-wide keys are settled on the leading connection; a
+		// target offering one here gets no new value from us, and may
+		// answer our Irrelevant (tgtd answers Reject).
+		if offered || n.seen[key] || v == "NotUnderstood" || v == "Irrelevant" || v == "Reject" {
+			n.seen[key] = true
+			return nil, true, nil
+		}
+		n.seen[key] = true
+		return &kvPair{Key: key, Value: "Irrelevant"}, true, nil
+	}
+	if n.seen[key] {
+		return nil, true, &NegotiationError{Key: key, Reason: "target negotiated the key a second time"}
+	}
+	n.seen[key] = true
+	return nil, false, nil
+}
+
+// digest takes HeaderDigest or DataDigest: the target's choice from our
+// list, or its own list, from which we choose.
+func (n *negotiator) digest(key, v string, offered bool) (reply string, err error) {
+	mine := n.offer.HeaderDigest
+	if key == "DataDigest" {
+		mine = n.offer.DataDigest
+	}
+	var on bool
+	switch {
+	case offered && v == "CRC32C":
+		if !mine {
+			return "", &NegotiationError{Key: key, Reason: "target chose CRC32C, which we did not offer"}
+		}
+		on = true
+	case offered && v == "None":
+	case offered:
+		return "", &NegotiationError{Key: key, Reason: "target chose " + strconvQuote(v) + ", not in our list"}
+	default:
+		// The target offers a list: pick what we want from it.
+		want := "None"
+		if mine && listHas(v, "CRC32C") {
+			want, on = "CRC32C", true
+		}
+		if !listHas(v, want) {
+			return "", &NegotiationError{Key: key, Reason: "no common digest in " + strconvQuote(v)}
+		}
+		reply = want
+	}
+	if key == "HeaderDigest" {
+		n.result.HeaderDigest = on
+	} else {
+		n.result.DataDigest = on
+	}
+	return reply, nil
+}
+
+// numeric takes a key negotiated with the minimum or maximum function: an
+// answer to our offer must respect it; an offer of the target's gets our
+// result as the reply.
+func (n *negotiator) numeric(key string, k pdu.Key, v string, offered bool) (reply string, err error) {
+	field := intFields[key]
+	x, err := number(key, k, v)
+	if err != nil {
+		return "", err
+	}
+	mine := *field(&n.offer)
+	if offered && combineInt(k, x, mine) != x {
+		fn := "minimum"
+		if k.Kind == pdu.KeyMax {
+			fn = "maximum"
+		}
+		return "", &NegotiationError{Key: key, Reason: fmt.Sprintf("target answered %d to our offer %d, against the %s function", x, mine, fn)}
+	}
+	x = combineInt(k, x, mine)
+	*field(&n.result) = x
+	if !offered {
+		reply = strconv.Itoa(x)
+	}
+	return reply, nil
+}
+
+// boolean takes a key negotiated with AND or OR, as numeric does.
+func (n *negotiator) boolean(key string, k pdu.Key, v string, offered bool) (reply string, err error) {
+	field := boolFields[key]
+	b, err := pdu.ParseBool(v)
+	if err != nil {
+		return "", &NegotiationError{Key: key, Reason: err.Error()}
+	}
+	mine := *field(&n.offer)
+	res := combineBool(k, b, mine)
+	if offered && res != b {
+		return "", &NegotiationError{Key: key, Reason: fmt.Sprintf("target answered %s to our %s", pdu.FormatBool(b), pdu.FormatBool(mine))}
+	}
+	*field(&n.result) = res
+	if !offered {
+		reply = pdu.FormatBool(res)
+	}
+	return reply, nil
 }
 
 // finish checks the negotiated values for consistency.
@@ -384,13 +398,8 @@ func (n *negotiator) finish() (Params, error) {
 	// lets it stay silent where our offer alone decides (a Boolean AND
 	// offered as No, an OR offered as Yes; LIO does so). The outcome is
 	// what our offer and the RFC default make, as for Irrelevant.
-	d := rfcDefaults()
 	for key := range n.pending {
-		if k, ok := boolKeys[key]; ok {
-			*k.get(&r) = k.combine(*k.get(&n.offer), *k.get(&d))
-		} else if k, ok := intKeys[key]; ok {
-			*k.get(&r) = k.combine(*k.get(&n.offer), *k.get(&d))
-		}
+		n.settle(&r, key)
 	}
 	if r.FirstBurstLength > r.MaxBurstLength {
 		r.FirstBurstLength = r.MaxBurstLength

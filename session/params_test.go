@@ -71,7 +71,7 @@ func TestNegotiationOffers(t *testing.T) {
 	got = map[string]string{}
 	for _, p := range n.keys() {
 		got[p.Key] = p.Value
-		if leadingOnly[p.Key] {
+		if k, _ := pdu.LookupKey(p.Key); k.LeadingOnly {
 			t.Errorf("non-leading connection offers LO key %s", p.Key)
 		}
 	}
