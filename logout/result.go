@@ -37,6 +37,10 @@ const (
 	ConnNotAttempted
 	// ConnError: anything else (a protocol error, a write that failed).
 	ConnError
+	// ConnClosed: no Logout Request went out on the connection: the
+	// ladder's last step closed it (TCP), as the deadline left no time for
+	// one or a refusal's Time2Wait did not fit in it.
+	ConnClosed
 )
 
 var connStateNames = [...]string{
@@ -49,6 +53,7 @@ var connStateNames = [...]string{
 	ConnCanceled:          "canceled",
 	ConnNotAttempted:      "not attempted",
 	ConnError:             "error",
+	ConnClosed:            "closed",
 }
 
 // String names the state.
@@ -65,7 +70,72 @@ func (s ConnState) MarshalText() ([]byte, error) { return []byte(s.String()), ni
 // ok reports a state in which the connection is gone from the target cleanly.
 func (s ConnState) ok() bool { return s == ConnLoggedOut || s == ConnClosedWithSession }
 
-// ConnResult is what happened on one connection.
+// StepKind is what a step of the ladder did on a connection.
+type StepKind uint8
+
+// Step kinds.
+const (
+	// StepLogout: a Logout Request went out (or the connection's logout
+	// already running was joined) and ended as the step's State says.
+	StepLogout StepKind = iota
+	// StepClose: the connection was closed (TCP) without a Logout
+	// Response: after its logout failed (RFC 7143 §8.1.3 sends it to
+	// cleanup like a transport failure), or in place of a Logout Request
+	// for which the deadline left no time.
+	StepClose
+)
+
+// String names the step kind.
+func (k StepKind) String() string {
+	if k == StepClose {
+		return "close"
+	}
+	return "logout"
+}
+
+// MarshalText encodes the kind as its String.
+func (k StepKind) MarshalText() ([]byte, error) { return []byte(k.String()), nil }
+
+// Step is one step the engine took on a connection.
+type Step struct {
+	Kind StepKind
+	// Reason is the Logout Request's reason code (StepLogout).
+	Reason pdu.LogoutReason
+	// State is how the step ended; for StepClose, ConnClosed.
+	State ConnState
+	// Responded, Response, Time2Wait and Time2Retain are the Logout
+	// Response's, when one came.
+	Responded   bool
+	Response    pdu.LogoutResponseCode
+	Time2Wait   uint16
+	Time2Retain uint16
+	Err         error
+	// Waited is how long the engine waited before the step for the
+	// Time2Wait of a refusal on another connection of the session.
+	Waited time.Duration
+	// At is when the step began, from the start of the operation;
+	// Duration how long it took (its drain included).
+	At       time.Duration
+	Duration time.Duration
+}
+
+// Detail describes the step in words.
+func (s *Step) Detail() string {
+	if s.Kind == StepClose {
+		if s.Err != nil {
+			return "closed (TCP): " + s.Err.Error()
+		}
+		return "closed (TCP)"
+	}
+	cr := ConnResult{Reason: s.Reason, State: s.State, Responded: s.Responded, Response: s.Response,
+		Time2Wait: s.Time2Wait, Time2Retain: s.Time2Retain, Err: s.Err}
+	return cr.Detail()
+}
+
+// ConnResult is what happened on one connection. Its fields other than
+// Steps are those of the connection's Logout Request (the last step, when
+// the ladder closed the connection after it), or of the close when no
+// request went out.
 type ConnResult struct {
 	CID    uint16
 	Reason pdu.LogoutReason // reason code sent: 0 close session, 1 close connection
@@ -80,7 +150,11 @@ type ConnResult struct {
 	Err error
 	// FailedCommands counts commands still running that were failed.
 	FailedCommands int
-	Duration       time.Duration
+	// Duration is the time of every step on the connection together.
+	Duration time.Duration
+	// Steps lists what the engine did on the connection, in order; empty
+	// for a connection closed with its session or not attempted.
+	Steps []Step
 }
 
 // Detail describes the result in words, e.g. "refused: cleanup failed
@@ -111,7 +185,12 @@ type SessionResult struct {
 	// Forced is true when the session did not log out and Force closed it
 	// locally.
 	Forced bool
-	Conns  []ConnResult
+	// InUse is what Options.InUse said of the session, nil when it is not
+	// in use (or there is no hook). A session in use was left as it was
+	// (its connections ConnNotAttempted with an error wrapping ErrInUse),
+	// unless Force.
+	InUse error
+	Conns []ConnResult
 }
 
 // Result is the outcome of logging out of one target.
@@ -119,7 +198,23 @@ type Result struct {
 	Target   string
 	Outcome  Outcome
 	Sessions []SessionResult
+	// Deadline is the operation's deadline (Options.OperationDeadline);
+	// Duration the time it took. The steps of each connection say how it
+	// was spent.
+	Deadline time.Duration
 	Duration time.Duration
+	// Requested is true when the target asked for the logout (async event
+	// 1, see AsyncOptions); Parameter3 is then the seconds it gave.
+	Requested  bool
+	Parameter3 uint16
+}
+
+// LoggedOutOrGone reports whether nothing is left to log out of: every
+// session logged out, or there was none to begin with (the outcome stays
+// SessionNotFound). It spares a caller that only wants the sessions gone
+// the special case every caller of iscsiadm makes of its exit status 21.
+func (r *Result) LoggedOutOrGone() bool {
+	return r.Outcome == Success || r.Outcome == SessionNotFound
 }
 
 // HRESULT returns the outcome's Windows VDS code.
