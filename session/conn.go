@@ -60,9 +60,6 @@ type Conn struct {
 	// to zero, for a logout draining the connection.
 	scsiCount int
 	idle      chan struct{}
-	// failedSCSI counts the SCSI commands sent and still running that
-	// were failed when the connection ended.
-	failedSCSI int
 
 	expStatSN atomic.Uint32
 	lastRecv  atomic.Int64 // unix nanoseconds of the last PDU received
@@ -598,19 +595,8 @@ func (c *Conn) fail(err error) {
 		close(c.closing)
 		c.nc.Close()
 	})
-	// Counted exactly: a command the target completed (its status may be
-	// in, its goroutine not yet back for it) is not failed here, nor one
-	// that never went out.
-	failed := 0
 	for _, t := range tasks {
-		if t.complete(err, nil) && t.kind == taskSCSI && t.wasSent() {
-			failed++
-		}
-	}
-	if failed > 0 {
-		c.mu.Lock()
-		c.failedSCSI += failed
-		c.mu.Unlock()
+		t.complete(err, nil)
 	}
 	c.s.connEnded(c)
 }

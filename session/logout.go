@@ -22,9 +22,17 @@ const logoutGrace = 250 * time.Millisecond
 type LogoutOptions struct {
 	// Reason is pdu.LogoutCloseSession or pdu.LogoutCloseConnection.
 	Reason pdu.LogoutReason
+	// InFlight is what happens to the SCSI commands still running when
+	// the logout begins: drained (the default), aborted at the target, or
+	// failed at once.
+	InFlight InFlightPolicy
 	// DrainTimeout is how long commands already running may go on before
-	// the Logout Request is sent; 0 sends it at once and fails them.
+	// the Logout Request is sent (policy InFlightDrain); 0 sends it at once
+	// and fails them.
 	DrainTimeout time.Duration
+	// AbortTimeout bounds the task management exchanges of policy
+	// InFlightAbort; 0 means Timeout.
+	AbortTimeout time.Duration
 	// Timeout bounds the wait for the Logout Response; 0 means
 	// DefaultLogoutTimeout.
 	Timeout time.Duration
@@ -52,9 +60,17 @@ type LogoutResult struct {
 	// target closed or reset the connection), a *RejectError, the
 	// context's error, or a response other than success.
 	Err error
-	// Failed is how many commands still running were failed.
-	Failed   int
-	Duration time.Duration
+	// The SCSI commands in flight when the logout began (on this
+	// connection; on every connection of the session for reason 0), by
+	// how they ended: Completed with a status from the target, Aborted as
+	// the target confirmed (policy InFlightAbort), Unknown failed by the
+	// logout with their outcome unknown. Failed is Unknown, kept for
+	// callers of its first name.
+	Completed int
+	Aborted   int
+	Unknown   int
+	Failed    int
+	Duration  time.Duration
 }
 
 // OK reports a logout that the target answered with success.
@@ -125,11 +141,11 @@ func (c *Conn) Logout(ctx context.Context, opts LogoutOptions) LogoutResult {
 func (c *Conn) logout(ctx context.Context, opts LogoutOptions) LogoutResult {
 	res := LogoutResult{CID: c.cid, Reason: opts.Reason}
 	s := c.s
-	stopped := c.drainForLogout(ctx, opts)
 	timeout := opts.Timeout
 	if timeout <= 0 {
 		timeout = DefaultLogoutTimeout
 	}
+	stopped, inFlight := c.settleInFlight(ctx, opts, timeout)
 	// One deadline bounds the whole exchange: the write of the request
 	// (a target that stopped reading holds it) and the wait for the answer.
 	lctx, cancel := context.WithTimeout(ctx, timeout)
@@ -167,10 +183,8 @@ func (c *Conn) logout(ctx context.Context, opts LogoutOptions) LogoutResult {
 			o.resumeCommands()
 		}
 	}
-	c.mu.Lock()
-	res.Failed = c.failedSCSI
-	c.mu.Unlock()
 	c.wg.Wait()
+	countInFlight(inFlight, &res)
 	if res.OK() && s.LoggedOut() {
 		// The reader marked the session logged out with what the response
 		// said; keep the whole result.
@@ -179,11 +193,12 @@ func (c *Conn) logout(ctx context.Context, opts LogoutOptions) LogoutResult {
 	return res
 }
 
-// drainForLogout stops new commands (on the session's other connections too
-// for reason 0 or DrainSession) and lets running ones finish until
-// DrainTimeout. It returns the connections it stopped, to be given their
-// commands back if the logout fails.
-func (c *Conn) drainForLogout(ctx context.Context, opts LogoutOptions) (stopped []*Conn) {
+// settleInFlight stops new commands (on the session's other connections
+// too for reason 0 or DrainSession) and deals with the commands in flight
+// as opts.InFlight says. It returns the connections it stopped, to be given
+// their commands back if the logout fails, and the commands in flight when
+// it began, for countInFlight.
+func (c *Conn) settleInFlight(ctx context.Context, opts LogoutOptions, timeout time.Duration) (stopped []*Conn, inFlight []*task) {
 	var others []*Conn
 	if opts.Reason == pdu.LogoutCloseSession || opts.DrainSession {
 		for _, o := range c.s.Conns() {
@@ -196,15 +211,27 @@ func (c *Conn) drainForLogout(ctx context.Context, opts LogoutOptions) (stopped 
 			}
 		}
 	}
-	if opts.DrainTimeout > 0 {
-		dctx, cancel := context.WithTimeout(ctx, opts.DrainTimeout)
-		c.waitIdle(dctx)
-		for _, o := range others {
-			o.waitIdle(dctx)
+	inFlight = c.inFlight(opts.Reason == pdu.LogoutCloseSession)
+	switch opts.InFlight {
+	case InFlightFail:
+		failInFlight(inFlight)
+	case InFlightAbort:
+		abortTimeout := opts.AbortTimeout
+		if abortTimeout <= 0 {
+			abortTimeout = timeout
 		}
-		cancel()
+		c.abortInFlight(ctx, inFlight, abortTimeout)
+	default:
+		if opts.DrainTimeout > 0 {
+			dctx, cancel := context.WithTimeout(ctx, opts.DrainTimeout)
+			c.waitIdle(dctx)
+			for _, o := range others {
+				o.waitIdle(dctx)
+			}
+			cancel()
+		}
 	}
-	return stopped
+	return stopped, inFlight
 }
 
 // exchangeLogout sends the Logout Request and waits for its response until

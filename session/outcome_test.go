@@ -196,3 +196,88 @@ func TestSendTargetsEndlessContinuation(t *testing.T) {
 		})
 	}
 }
+
+// The in-flight policies of a logout, counted exactly: drain lets what the
+// target completes complete, abort ends what the target confirms aborted
+// (ABORT TASK SET per LUN), fail ends everything at once; the rest fails
+// with its outcome unknown.
+func TestLogoutInFlightPolicies(t *testing.T) {
+	type want struct{ completed, aborted, unknown int }
+	for _, tc := range []struct {
+		name   string
+		policy InFlightPolicy
+		want   want
+	}{
+		{"drain", InFlightDrain, want{completed: 1, unknown: 3}},
+		{"abort", InFlightAbort, want{aborted: 3, unknown: 1}},
+		{"fail", InFlightFail, want{unknown: 4}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, f := fakeSession(t, testConfig(), faketarget.Login{})
+			ctx := context.Background()
+			// Three reads on LUN 1, one on LUN 2.
+			var chs []<-chan execResult
+			var cmds []faketarget.PDU
+			for i := range 4 {
+				cmd := readCmd(512)
+				if i == 3 {
+					cmd.LUN = 2
+				}
+				chs = append(chs, goExecute(ctx, s, cmd))
+				cmds = append(cmds, f.Expect(pdu.OpSCSICommand))
+			}
+			results := make([]execResult, len(chs))
+			lch := make(chan LogoutResult, 1)
+			go func() {
+				lch <- s.Conns()[0].Logout(ctx, LogoutOptions{Reason: pdu.LogoutCloseSession, InFlight: tc.policy,
+					DrainTimeout: 300 * time.Millisecond, Timeout: wait})
+			}()
+			switch tc.policy {
+			case InFlightDrain:
+				// One completes during the drain; the rest is still
+				// running when the request goes out.
+				f.ReadData(cmds[0], make([]byte, 512))
+			case InFlightAbort:
+				for range 2 {
+					x := f.Expect(pdu.OpTaskMgmtRequest)
+					r := x.PDU.(*pdu.TaskMgmtRequest)
+					if r.Function != pdu.TMFAbortTaskSet {
+						t.Fatalf("TMF %v, want ABORT TASK SET", r.Function)
+					}
+					resp := pdu.TMFComplete
+					if r.LUN == pdu.MakeLUN(2) {
+						resp = pdu.TMFRejected
+					}
+					f.MustSend(&pdu.TaskMgmtResponse{Response: resp, ITT: r.ITT, SeqNums: f.Seq(true)}, nil)
+				}
+			case InFlightFail:
+				// Every command has ended before the request is answered.
+				for i, ch := range chs {
+					results[i] = waitExec(t, ch)
+					if !errors.Is(results[i].err, ErrOutcomeUnknown) {
+						t.Fatalf("read under policy fail: %v, want outcome unknown", results[i].err)
+					}
+				}
+			}
+			f.AnswerLogout(f.Expect(pdu.OpLogoutRequest), pdu.LogoutSuccess)
+			f.Close()
+			lr := <-lch
+			got := want{lr.Completed, lr.Aborted, lr.Unknown}
+			if !lr.OK() || got != tc.want || lr.Failed != lr.Unknown {
+				t.Fatalf("logout %+v: counts %+v, want %+v", lr, got, tc.want)
+			}
+			aborted := 0
+			for i, ch := range chs {
+				if tc.policy != InFlightFail {
+					results[i] = waitExec(t, ch)
+				}
+				if errors.Is(results[i].err, ErrAborted) {
+					aborted++
+				}
+			}
+			if aborted != tc.want.aborted {
+				t.Errorf("%d reads ended with ErrAborted, want %d", aborted, tc.want.aborted)
+			}
+		})
+	}
+}

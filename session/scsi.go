@@ -405,11 +405,7 @@ func (c *Conn) r2t(r *pdu.R2T) error {
 		// no Data-Out may follow the request, so the write fails here and
 		// the logout goes on.
 		c.remove(t.itt)
-		if t.complete(fmt.Errorf("iscsi: R2T after the Logout Request, no data sent: %w", ErrLoggedOut), nil) {
-			c.mu.Lock()
-			c.failedSCSI++
-			c.mu.Unlock()
-		}
+		t.complete(fmt.Errorf("iscsi: R2T after the Logout Request, no data sent: %w", ErrLoggedOut), nil)
 		return nil
 	}
 	off, n := uint64(r.BufferOffset), uint64(r.DesiredDataTransferLength)
@@ -458,37 +454,8 @@ func (s *Session) TaskManagement(ctx context.Context, function pdu.TMFunction, l
 			return 0, err
 		}
 	}
-	t := s.newTask(taskTMF)
-	if err := c.register(t, false); err != nil {
-		return 0, err
-	}
-	sn := s.currentCmdSN()
-	if !found {
-		// RefCmdSN equal to the request's own CmdSN: the target must not
-		// take an unknown task as one still to come.
-		refCmdSN = sn
-	}
-	req := &pdu.TaskMgmtRequest{Immediate: true, Function: function, LUN: pdu.MakeLUN(lun), ITT: t.itt,
-		RefTaskTag: refTask, CmdSN: sn, ExpStatSN: c.expStatSN.Load(), RefCmdSN: refCmdSN, ExpDataSN: 0}
-	if function != pdu.TMFAbortTask {
-		req.RefTaskTag, req.RefCmdSN = pdu.ReservedTag, 0
-	}
-	t.setRequest(sn)
-	stop := c.watchWrite(ctx, req.Opcode())
-	err := c.send(req, nil)
-	stop()
-	if err != nil {
-		c.remove(t.itt)
-		return 0, err
-	}
-	select {
-	case <-t.done:
-		if t.err != nil {
-			return 0, t.err
-		}
-		return t.tmfResp, nil
-	case <-ctx.Done():
-		c.remove(t.itt)
-		return 0, ctx.Err()
-	}
+	req := &pdu.TaskMgmtRequest{Immediate: true, Function: function, LUN: pdu.MakeLUN(lun), RefTaskTag: refTask, RefCmdSN: refCmdSN}
+	// An unknown task gets RefCmdSN equal to the request's own CmdSN: the
+	// target must not take it as one still to come.
+	return c.taskManagement(ctx, req, false, !found)
 }

@@ -75,19 +75,15 @@ type task struct {
 }
 
 // complete ends the task once: set records its result, err its failure.
-// Whatever set writes is visible to the waiter after done is closed. It
-// reports whether this call ended the task.
-func (t *task) complete(err error, set func()) bool {
-	ended := false
+// Whatever set writes is visible to the waiter after done is closed.
+func (t *task) complete(err error, set func()) {
 	t.once.Do(func() {
 		if set != nil {
 			set()
 		}
 		t.err = err
 		close(t.done)
-		ended = true
 	})
-	return ended
 }
 
 // scsiResponse completes a command from a SCSI Response.

@@ -1,0 +1,180 @@
+package session
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/goiscsi/iscsi/pdu"
+	"go.uber.org/zap"
+)
+
+// InFlightPolicy says what a logout does with the SCSI commands still
+// running on the connections it stops, before its Logout Request goes out.
+type InFlightPolicy uint8
+
+// In-flight policies.
+const (
+	// InFlightDrain lets them finish for up to LogoutOptions.DrainTimeout;
+	// those still running then fail with their outcome unknown.
+	InFlightDrain InFlightPolicy = iota
+	// InFlightAbort asks the target to abort them (ABORT TASK SET on each
+	// LUN that has one, RFC 7143 §11.5.1) within AbortTimeout; those the
+	// target confirmed aborted fail with ErrAborted, the rest as with
+	// InFlightFail.
+	InFlightAbort
+	// InFlightFail fails them at once, their outcome unknown; the Logout
+	// Request goes out at once.
+	InFlightFail
+)
+
+var inFlightNames = [...]string{InFlightDrain: "drain", InFlightAbort: "abort", InFlightFail: "fail"}
+
+// String returns "drain", "abort" or "fail".
+func (p InFlightPolicy) String() string {
+	if int(p) < len(inFlightNames) {
+		return inFlightNames[p]
+	}
+	return fmt.Sprintf("policy %d", uint8(p))
+}
+
+// ErrAborted fails a command that a logout aborted at the target (policy
+// InFlightAbort): the target confirmed it ended the command without
+// completing it. It matches ErrOutcomeUnknown too, as the command's result
+// does: a write aborted part way may have changed part of the medium.
+var ErrAborted = errors.New("iscsi: command aborted at the target by the logout (ABORT TASK SET)")
+
+// errFailedByLogout fails the commands of policy InFlightFail.
+var errFailedByLogout = fmt.Errorf("iscsi: command failed at once by the logout (in-flight policy fail): %w", ErrLoggedOut)
+
+// inFlight returns the SCSI commands sent and still running on c, and on
+// the session's other connections too when sessionWide (reason 0: the
+// logout ends them all). A logout snapshots them once it has stopped new
+// commands, to count exactly how each one ended (countInFlight).
+func (c *Conn) inFlight(sessionWide bool) []*task {
+	conns := []*Conn{c}
+	if sessionWide {
+		conns = c.s.Conns()
+	}
+	var out []*task
+	for _, o := range conns {
+		o.mu.Lock()
+		for _, t := range o.tasks {
+			if t.kind != taskSCSI {
+				continue
+			}
+			select {
+			case <-t.done: // its status is in: not in flight
+			default:
+				out = append(out, t)
+			}
+		}
+		o.mu.Unlock()
+	}
+	return out
+}
+
+// countInFlight counts how the commands a logout found running ended, once
+// every one has (the logout's connection has been failed, or its commands
+// otherwise ended): with a status from the target, aborted as the target
+// confirmed, or failed with their outcome unknown. A command that had not
+// gone out when the logout began (it waited for the CmdSN window) is not
+// counted: it was never in flight.
+func countInFlight(tasks []*task, res *LogoutResult) {
+	for _, t := range tasks {
+		if !t.wasSent() {
+			continue
+		}
+		select {
+		case <-t.done:
+		default:
+			// Still running on a connection this logout did not end (a
+			// sibling's commands, reason 1): not this logout's to count.
+			continue
+		}
+		switch {
+		case t.err == nil:
+			res.Completed++
+		case errors.Is(t.err, ErrAborted):
+			res.Aborted++
+		default:
+			res.Unknown++
+		}
+	}
+	res.Failed = res.Unknown
+}
+
+// failInFlight ends tasks at once for policy InFlightFail.
+func failInFlight(tasks []*task) {
+	for _, t := range tasks {
+		t.complete(errFailedByLogout, nil)
+	}
+}
+
+// abortInFlight asks the target to abort tasks (ABORT TASK SET on each of
+// their LUNs) within timeout, and fails with ErrAborted those of each LUN
+// whose abort the target confirmed: after "function complete" it sends no
+// status for them (RFC 7143 §11.5.1).
+func (c *Conn) abortInFlight(ctx context.Context, tasks []*task, timeout time.Duration) {
+	luns := map[pdu.LUN]bool{}
+	for _, t := range tasks {
+		luns[t.lun] = true
+	}
+	if len(luns) == 0 {
+		return
+	}
+	actx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	for lun := range luns {
+		req := &pdu.TaskMgmtRequest{Immediate: true, Function: pdu.TMFAbortTaskSet, LUN: lun, RefTaskTag: pdu.ReservedTag}
+		resp, err := c.taskManagement(actx, req, true, false)
+		if err != nil || resp != pdu.TMFComplete {
+			c.log.Debug("ABORT TASK SET not done", zap.Uint64("lun", uint64(lun)), zap.Stringer("response", resp), zap.Error(err))
+			continue
+		}
+		for _, t := range tasks {
+			if t.lun == lun {
+				t.complete(ErrAborted, nil)
+			}
+		}
+	}
+}
+
+// taskManagement sends req (its ITT, CmdSN and ExpStatSN filled here, and
+// RefCmdSN with ownRef) on c and waits for the response until ctx ends;
+// whileLoggingOut lets it go on a connection whose logout has begun (and
+// not yet sent its request).
+func (c *Conn) taskManagement(ctx context.Context, req *pdu.TaskMgmtRequest, whileLoggingOut, ownRef bool) (pdu.TMResponse, error) {
+	t := c.s.newTask(taskTMF)
+	if err := c.register(t, whileLoggingOut); err != nil {
+		return 0, err
+	}
+	req.ITT = t.itt
+	req.CmdSN = c.s.currentCmdSN()
+	req.ExpStatSN = c.expStatSN.Load()
+	if ownRef {
+		req.RefCmdSN = req.CmdSN
+	}
+	if req.Function != pdu.TMFAbortTask {
+		req.RefTaskTag, req.RefCmdSN = pdu.ReservedTag, 0
+	}
+	t.setRequest(req.CmdSN)
+	stop := c.watchWrite(ctx, req.Opcode())
+	err := c.send(req, nil)
+	stop()
+	if err != nil {
+		c.remove(t.itt)
+		return 0, err
+	}
+	select {
+	case <-t.done:
+		if t.err != nil {
+			return 0, t.err
+		}
+		return t.tmfResp, nil
+	case <-ctx.Done():
+		c.remove(t.itt)
+		return 0, ctx.Err()
+	}
+}
