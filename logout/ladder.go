@@ -164,16 +164,30 @@ func (l *ladder) tryConn(j int, reason pdu.LogoutReason, drainSession bool, wait
 }
 
 // logout sends one Logout Request on connection j with what the deadline
-// leaves: the response wait is Timeout or less, the drain DrainTimeout or
-// less, never more than the larger of what the response wait leaves and
-// half of what is left.
+// leaves: the response wait is Timeout or less; the drain (DrainTimeout)
+// or the abort (AbortTimeout) before it no more than the larger of what the
+// response wait leaves and half of what is left.
 func (l *ladder) logout(j int, reason pdu.LogoutReason, drainSession bool, waited time.Duration) Step {
 	begin := time.Now()
 	left := l.left()
 	timeout := min(l.opts.timeout(), left)
-	drain := min(max(l.opts.DrainTimeout, 0), max(left-timeout, left/2))
-	timeout = min(timeout, left-drain)
-	o := session.LogoutOptions{Reason: reason, DrainTimeout: drain, Timeout: timeout, DrainSession: drainSession}
+	// What comes before the request (the drain, or the abort) gets what
+	// the response wait leaves, at least half of what is left.
+	before := max(left-timeout, left/2)
+	drain := min(max(l.opts.DrainTimeout, 0), before)
+	abort := l.opts.AbortTimeout
+	if abort <= 0 {
+		abort = timeout
+	}
+	abort = min(abort, before)
+	switch l.opts.InFlight {
+	case session.InFlightAbort:
+		timeout = min(timeout, left-abort)
+	case session.InFlightDrain:
+		timeout = min(timeout, left-drain)
+	}
+	o := session.LogoutOptions{Reason: reason, DrainTimeout: drain, Timeout: timeout, DrainSession: drainSession,
+		InFlight: l.opts.InFlight, AbortTimeout: abort}
 	// A logout already running on the connection (the target's request,
 	// another caller's) has its own deadlines: the caller's bound it.
 	bound := begin.Add(l.opts.ConnBound())
@@ -188,12 +202,13 @@ func (l *ladder) logout(j int, reason pdu.LogoutReason, drainSession bool, waite
 	}
 	cr := classify(lr)
 	st := Step{Kind: StepLogout, Reason: cr.Reason, State: cr.State, Responded: cr.Responded, Response: cr.Response,
-		Time2Wait: cr.Time2Wait, Time2Retain: cr.Time2Retain, Err: cr.Err, Waited: waited,
+		Time2Wait: cr.Time2Wait, Time2Retain: cr.Time2Retain, Err: cr.Err, Commands: cr.Commands, Waited: waited,
 		At: begin.Sub(l.start), Duration: time.Since(begin)}
 	r := &l.res[j]
-	steps, took, failed := r.Steps, r.Duration, r.FailedCommands
+	steps, took, cmds := r.Steps, r.Duration, r.Commands
 	*r = cr
-	r.Steps, r.Duration, r.FailedCommands = append(steps, st), took+st.Duration, failed+cr.FailedCommands
+	cmds.add(cr.Commands)
+	r.Steps, r.Duration, r.Commands, r.FailedCommands = append(steps, st), took+st.Duration, cmds, cmds.Unknown
 	return st
 }
 

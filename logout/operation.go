@@ -73,6 +73,15 @@ type Options struct {
 	// Timeout bounds the wait for each Logout Response; 0 means 15 s. The
 	// deadline bounds it too.
 	Timeout time.Duration
+	// InFlight is what each connection's logout does with the SCSI
+	// commands still running (session.InFlightDrain, the zero value: let
+	// them finish within DrainTimeout; InFlightAbort: ABORT TASK SET on
+	// their LUNs within AbortTimeout, then the logout; InFlightFail: fail
+	// them at once). Result.Commands counts how they ended.
+	InFlight session.InFlightPolicy
+	// AbortTimeout bounds the task management exchanges of InFlightAbort;
+	// 0 means Timeout. The deadline bounds it as it bounds the drain.
+	AbortTimeout time.Duration
 	// Deadline bounds the whole operation: every session's drain, Logout
 	// Requests, a wait for Time2Wait and the retry share it. 0 means
 	// DefaultDeadline, or less when DrainTimeout and Timeout bound every
@@ -112,7 +121,8 @@ func (o Options) timeout() time.Duration {
 
 // OperationDeadline is how long the operation may take before it ends,
 // whatever is still running: Deadline if set, else DefaultDeadline or, if
-// shorter, the drain plus a response timeout per step of the strategy (one
+// shorter, the drain (or the abort, by InFlight) plus a response timeout
+// per step of the strategy (one
 // for PerConnection; three for PerSession: reason 0, its retry, reason 1).
 // Closing the connections at the end may add half a second.
 func (o Options) OperationDeadline() time.Duration {
@@ -123,11 +133,27 @@ func (o Options) OperationDeadline() time.Duration {
 	if o.Strategy == PerSession {
 		steps = 3
 	}
-	return min(DefaultDeadline, max(o.DrainTimeout, 0)+steps*o.timeout())
+	return min(DefaultDeadline, o.before()+steps*o.timeout())
+}
+
+// before is how long a step may take before its Logout Request goes out,
+// by the in-flight policy: the drain, the abort, or nothing.
+func (o Options) before() time.Duration {
+	switch o.InFlight {
+	case session.InFlightAbort:
+		if o.AbortTimeout > 0 {
+			return o.AbortTimeout
+		}
+		return o.timeout()
+	case session.InFlightFail:
+		return 0
+	}
+	return max(o.DrainTimeout, 0)
 }
 
 // ConnBound is the longest the engine waits for one step on a connection:
-// DrainTimeout, then Timeout (15 s when 0) for the response, within the
+// DrainTimeout (or the abort's bound, by InFlight), then Timeout (15 s when
+// 0) for the response, within the
 // operation's deadline, plus half a second to close the connection. A
 // logout the engine runs itself ends sooner by its own deadlines; the bound
 // matters when the connection's logout was already running (the target
@@ -135,7 +161,7 @@ func (o Options) OperationDeadline() time.Duration {
 // caller's: at the bound the connection is reported ConnTimeout with
 // ErrStillLoggingOut, and left to that logout.
 func (o Options) ConnBound() time.Duration {
-	return min(max(o.DrainTimeout, 0)+o.timeout(), o.OperationDeadline()) + connSlack
+	return min(o.before()+o.timeout(), o.OperationDeadline()) + connSlack
 }
 
 // bound is the longest an operation of these options takes.
@@ -364,6 +390,7 @@ func (op *Operation) run(ctx context.Context, sessions []Session, conns [][]Conn
 		op.res.Outcome = Canceled
 	}
 	op.res.Duration = time.Since(start)
+	op.res.count()
 	res := op.res.clone()
 	op.mu.Unlock()
 	opts.Logger.Info("logout from target", zap.String("target", op.target), zap.Stringer("outcome", res.Outcome),
@@ -584,5 +611,6 @@ func (op *Operation) snapshot(state ConnState, err error) Result {
 	}
 	op.mu.Unlock()
 	res.Outcome = aggregate(len(res.Sessions), res.LoggedOut())
+	res.count()
 	return res
 }

@@ -70,6 +70,30 @@ func (s ConnState) MarshalText() ([]byte, error) { return []byte(s.String()), ni
 // ok reports a state in which the connection is gone from the target cleanly.
 func (s ConnState) ok() bool { return s == ConnLoggedOut || s == ConnClosedWithSession }
 
+// Commands counts the SCSI commands that were in flight when a logout
+// began, by how they ended; each command is counted once, by the logout
+// step that ended it.
+type Commands struct {
+	// Completed ended with a status from the target while the logout
+	// drained or aborted.
+	Completed int
+	// Aborted ended without a status after the target confirmed ABORT TASK
+	// SET (Options.InFlight session.InFlightAbort).
+	Aborted int
+	// Unknown were failed by the logout: whether the target executed them
+	// is not known.
+	Unknown int
+}
+
+// Total is how many commands were counted.
+func (c Commands) Total() int { return c.Completed + c.Aborted + c.Unknown }
+
+func (c *Commands) add(o Commands) {
+	c.Completed += o.Completed
+	c.Aborted += o.Aborted
+	c.Unknown += o.Unknown
+}
+
 // StepKind is what a step of the ladder did on a connection.
 type StepKind uint8
 
@@ -110,6 +134,9 @@ type Step struct {
 	Time2Wait   uint16
 	Time2Retain uint16
 	Err         error
+	// Commands counts the commands in flight when the step began, by how
+	// they ended.
+	Commands Commands
 	// Waited is how long the engine waited before the step for the
 	// Time2Wait of a refusal on another connection of the session.
 	Waited time.Duration
@@ -148,7 +175,11 @@ type ConnResult struct {
 	Time2Retain uint16
 	// Err says why the connection did not log out; nil when it did.
 	Err error
-	// FailedCommands counts commands still running that were failed.
+	// Commands counts the SCSI commands in flight when the connection's
+	// logout steps began, by how they ended (for reason 0, those of every
+	// connection of the session). FailedCommands is Commands.Unknown, kept
+	// for callers of its first name.
+	Commands       Commands
 	FailedCommands int
 	// Duration is the time of every step on the connection together.
 	Duration time.Duration
@@ -190,7 +221,9 @@ type SessionResult struct {
 	// (its connections ConnNotAttempted with an error wrapping ErrInUse),
 	// unless Force.
 	InUse error
-	Conns []ConnResult
+	// Commands adds up the connections' Commands.
+	Commands Commands
+	Conns    []ConnResult
 }
 
 // Result is the outcome of logging out of one target.
@@ -207,6 +240,22 @@ type Result struct {
 	// 1, see AsyncOptions); Parameter3 is then the seconds it gave.
 	Requested  bool
 	Parameter3 uint16
+	// Commands adds up the sessions' Commands.
+	Commands Commands
+}
+
+// count fills the sessions' and the result's Commands from the
+// connections'.
+func (r *Result) count() {
+	r.Commands = Commands{}
+	for i := range r.Sessions {
+		sr := &r.Sessions[i]
+		sr.Commands = Commands{}
+		for _, c := range sr.Conns {
+			sr.Commands.add(c.Commands)
+		}
+		r.Commands.add(sr.Commands)
+	}
 }
 
 // LoggedOutOrGone reports whether nothing is left to log out of: every
@@ -238,8 +287,8 @@ func (r *Result) LoggedOut() int {
 // classify turns a connection's logout exchange into a ConnResult.
 func classify(lr session.LogoutResult) ConnResult {
 	cr := ConnResult{CID: lr.CID, Reason: lr.Reason, Responded: lr.Responded, Response: lr.Response,
-		Time2Wait: lr.Time2Wait, Time2Retain: lr.Time2Retain, Err: lr.Err, FailedCommands: lr.Failed,
-		Duration: lr.Duration}
+		Time2Wait: lr.Time2Wait, Time2Retain: lr.Time2Retain, Err: lr.Err, FailedCommands: lr.Unknown,
+		Commands: Commands{Completed: lr.Completed, Aborted: lr.Aborted, Unknown: lr.Unknown}, Duration: lr.Duration}
 	var rj *session.RejectError
 	switch {
 	case lr.OK():
