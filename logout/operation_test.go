@@ -21,6 +21,7 @@ type fakeConn struct {
 	cid     uint16
 	res     session.LogoutResult
 	gate    chan struct{} // nil: answer at once
+	silent  bool          // never answers: times out at the Timeout it is given
 	entered *sync.WaitGroup
 	reason  atomic.Int32
 	calls   atomic.Int32
@@ -42,6 +43,17 @@ func (c *fakeConn) Logout(ctx context.Context, o session.LogoutOptions) session.
 	}
 	r := c.res
 	r.CID, r.Reason = c.cid, o.Reason
+	if c.silent {
+		// A target that never answers: the session's own deadline ends it.
+		t := time.NewTimer(o.Timeout)
+		defer t.Stop()
+		select {
+		case <-t.C:
+			return session.LogoutResult{CID: c.cid, Reason: o.Reason, Err: session.ErrLogoutTimeout, Duration: o.Timeout}
+		case <-ctx.Done():
+			return session.LogoutResult{CID: c.cid, Reason: o.Reason, Err: ctx.Err()}
+		}
+	}
 	if c.gate != nil {
 		select {
 		case <-c.gate:
