@@ -157,7 +157,7 @@ func TestJoinedCallBoundedByItsTimeout(t *testing.T) {
 	if c := r.Sessions[0].Conns[0]; c.State != logout.ConnTimeout || !errors.Is(c.Err, logout.ErrStillLoggingOut) {
 		t.Fatalf("connection reported %v (%v), want timeout with ErrStillLoggingOut", c.State, c.Err)
 	}
-	if done, _ := op1.Status(); done {
+	if hr, _ := op1.Status(); hr != logout.HResultOperationPending {
 		t.Fatal("the running operation ended with the joined call")
 	}
 	select {

@@ -183,7 +183,9 @@ func TestFaultCancelHalfway(t *testing.T) {
 		time.Sleep(time.Millisecond) // Status has no signal: it is polled, as a progress line polls it
 	}
 	start := time.Now()
-	op.Cancel()
+	if err := op.Cancel(); err != nil {
+		t.Fatalf("Cancel of a running logout: %v", err)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	r, err := op.Wait(ctx)
@@ -193,11 +195,16 @@ func TestFaultCancelHalfway(t *testing.T) {
 	if took := time.Since(start); took > 2*time.Second {
 		t.Fatalf("Cancel took %v", took)
 	}
-	if r.Outcome != logout.Incomplete {
-		t.Fatalf("outcome %v", r.Outcome)
+	// Issue 15: a cancel that succeeded is the outcome (VDS_E_OPERATION_CANCELED);
+	// the sessions still say which had logged out.
+	if r.Outcome != logout.Canceled || r.HRESULT() != 0x8004240D || r.LoggedOut() != 2 {
+		t.Fatalf("outcome %v 0x%08x, %d logged out; want canceled 0x8004240D, 2", r.Outcome, r.HRESULT(), r.LoggedOut())
 	}
 	for _, s := range r.Sessions {
 		silent := s.ISID == isid(0) || s.ISID == isid(1)
+		if s.LoggedOut == silent {
+			t.Fatalf("session %x: logged out %v", s.ISID, s.LoggedOut)
+		}
 		if st := s.Conns[0].State; silent != (st == logout.ConnCanceled) {
 			t.Fatalf("session %x: %s", s.ISID, s.Conns[0].Detail())
 		}

@@ -50,6 +50,12 @@ type Config struct {
 	// for its response at most Logout.Timeout (15 s when 0): see
 	// logout.AsyncOptions.
 	MaxAsyncLogoutWait time.Duration
+	// OnTargetLogout, if set, gets the result of each logout a target asked
+	// for (async event 1), with the same detail as a caller's logout
+	// (Result.Requested is true, Result.Parameter3 what the target gave),
+	// once the session has left the table. It runs on the logout's
+	// goroutine.
+	OnTargetLogout func(*logout.Result)
 }
 
 // LoginOptions are per-login settings.
@@ -346,18 +352,108 @@ func (in *Initiator) onAsync(c *session.Conn, ev session.AsyncEvent) bool {
 	if !found {
 		return false
 	}
+	opts.OnComplete = in.cfg.OnTargetLogout
 	in.startSingle(key, s, opts)
 	return true
 }
 
-// startSingle logs one session out through the engine, tracked by wg.
-func (in *Initiator) startSingle(key string, s *session.Session, opts logout.Options) {
+// LogoutSession logs out of the one session to target whose TSIH is tsih,
+// with opts, and returns at once with the operation: the same Operation and
+// Result as LogoutFromTargetWith, with one session. No such session in the
+// table: the operation is complete with logout.SessionNotFound. A malformed
+// name returns an error wrapping ErrInvalidArg.
+func (in *Initiator) LogoutSession(target string, tsih uint16, opts logout.Options) (*logout.Operation, error) {
+	key, s, err := in.findSession(target, tsih)
+	if err != nil {
+		return nil, err
+	}
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if s == nil {
+		return logout.Start(key, nil, opts), nil
+	}
+	return in.startSingle(key, s, opts), nil
+}
+
+// LogoutConnection logs out of one connection, the one with CID cid of the
+// session to target whose TSIH is tsih: reason 1 (close the connection),
+// or reason 0 if it is the session's last. The result has that session with
+// that connection (logout.StartConnection); the session stays in the table
+// while it has a connection up. No such session or connection: the
+// operation is complete with logout.SessionNotFound.
+func (in *Initiator) LogoutConnection(target string, tsih, cid uint16, opts logout.Options) (*logout.Operation, error) {
+	key, s, err := in.findSession(target, tsih)
+	if err != nil {
+		return nil, err
+	}
 	if opts.Logger == nil {
 		opts.Logger = in.log
 	}
+	if s == nil {
+		return logout.Start(key, nil, opts), nil
+	}
+	user := opts.OnComplete
 	opts.OnComplete = func(r *logout.Result) {
 		in.mu.Lock()
-		defer in.mu.Unlock()
+		in.liveLocked(key) // drops the session if that was its last connection
+		in.mu.Unlock()
+		if user != nil {
+			user(r)
+		}
+	}
+	op := logout.StartConnection(key, connOnly{logout.Adapt(s), cid}, cid, opts)
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	in.wg.Add(1)
+	go func() {
+		defer in.wg.Done()
+		<-op.Done()
+	}()
+	return op, nil
+}
+
+// connOnly is a session whose Close (Force) closes one connection only.
+type connOnly struct {
+	logout.Session
+	cid uint16
+}
+
+func (c connOnly) Close() error {
+	for _, x := range c.Conns() {
+		if x.CID() == c.cid {
+			return x.Close()
+		}
+	}
+	return nil
+}
+
+// findSession returns the normalized name of target and its session with
+// TSIH tsih that has a connection up, nil if there is none.
+func (in *Initiator) findSession(target string, tsih uint16) (string, *session.Session, error) {
+	key, err := NormalizeName(target)
+	if err != nil {
+		return "", nil, err
+	}
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	for _, s := range in.liveLocked(key) {
+		if s.TSIH() == tsih {
+			return key, s, nil
+		}
+	}
+	return key, nil, nil
+}
+
+// startSingle logs one session out through the engine, tracked by wg; the
+// session leaves the table when it logged out (or Force closed it). Called
+// with in.mu held.
+func (in *Initiator) startSingle(key string, s *session.Session, opts logout.Options) *logout.Operation {
+	if opts.Logger == nil {
+		opts.Logger = in.log
+	}
+	user := opts.OnComplete
+	opts.OnComplete = func(r *logout.Result) {
+		in.mu.Lock()
 		var keep []*session.Session
 		for _, x := range in.sessions[key] {
 			if x != s || !(r.Sessions[0].LoggedOut || r.Sessions[0].Forced) {
@@ -369,6 +465,10 @@ func (in *Initiator) startSingle(key string, s *session.Session, opts logout.Opt
 		} else {
 			in.sessions[key] = keep
 		}
+		in.mu.Unlock()
+		if user != nil {
+			user(r)
+		}
 	}
 	op := logout.Start(key, []logout.Session{logout.Adapt(s)}, opts)
 	in.wg.Add(1)
@@ -376,6 +476,7 @@ func (in *Initiator) startSingle(key string, s *session.Session, opts logout.Opt
 		defer in.wg.Done()
 		<-op.Done()
 	}()
+	return op
 }
 
 // Close closes every session locally, without logging out (use

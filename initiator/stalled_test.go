@@ -46,7 +46,7 @@ func TestLogoutTargetStoppedReading(t *testing.T) {
 				t.Fatal(err)
 			}
 			if tc.cancel {
-				time.AfterFunc(200*time.Millisecond, op.Cancel)
+				time.AfterFunc(200*time.Millisecond, func() { op.Cancel() })
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()

@@ -128,7 +128,7 @@ func TestJoinEndsAtCallersBound(t *testing.T) {
 	if completed == nil || completed.Outcome != Incomplete {
 		t.Fatalf("the caller's OnComplete saw %+v, want the incomplete result", completed)
 	}
-	if done, _ := op.Status(); done {
+	if hr, _ := op.Status(); hr != HResultOperationPending {
 		t.Fatal("the shared operation ended with the caller's wait")
 	}
 	close(gate)
@@ -138,8 +138,8 @@ func TestJoinEndsAtCallersBound(t *testing.T) {
 	if r := wait(t, v); r.Outcome != Incomplete {
 		t.Fatalf("joined operation's result changed to %v", r.Outcome)
 	}
-	if done, pct := v.Status(); !done || pct != 100 {
-		t.Fatalf("joined status %v %d, want done 100", done, pct)
+	if hr, pct := v.Status(); hr != HResultLogoutIncomplete || pct != 100 {
+		t.Fatalf("joined status 0x%08x %d, want 0x80042710 100", hr, pct)
 	}
 }
 
@@ -168,9 +168,11 @@ func TestJoinCancelEndsOnlyTheCallersWait(t *testing.T) {
 	s.conns[0].gate = gate
 	op := Start(joinTarget, sessions(s), Options{Timeout: 30 * time.Second})
 	v := op.Join(Options{Timeout: 10 * time.Second})
-	v.Cancel()
+	if err := v.Cancel(); err != nil {
+		t.Fatalf("Cancel: %v", err)
+	}
 	r := wait(t, v)
-	if c := r.Sessions[0].Conns[0]; r.Outcome != Failed || c.State != ConnCanceled || !errors.Is(c.Err, context.Canceled) {
+	if c := r.Sessions[0].Conns[0]; r.Outcome != Canceled || c.State != ConnCanceled || !errors.Is(c.Err, context.Canceled) {
 		t.Fatalf("canceled join: outcome %v, connection %+v", r.Outcome, c)
 	}
 	select {

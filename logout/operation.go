@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -20,9 +21,16 @@ const (
 	// PerConnection sends a Logout Request on every connection at once:
 	// reason 1 (close connection) on each connection of a multi-connection
 	// session, reason 0 (close session) where a session has one connection.
+	// A connection whose logout fails is closed (TCP); its siblings are
+	// not affected.
 	PerConnection Strategy = iota
-	// PerSession sends reason 0 on one connection per session; the target
-	// closes the others. If it fails, the next connection tries.
+	// PerSession climbs the escalation ladder per session: reason 0 on one
+	// connection, which closes the others with the session; if the target
+	// refuses it, once more on the next connection after the refusal's
+	// Time2Wait, when that fits in the deadline; if it is still refused or
+	// unanswered, reason 1 on each connection still up, at once; a
+	// connection whose logout failed, or that the deadline leaves no time
+	// for, is closed (TCP).
 	PerSession
 )
 
@@ -34,65 +42,146 @@ func (s Strategy) String() string {
 	return "per-connection"
 }
 
+// DefaultDeadline bounds a logout operation when Options.Deadline is 0 (and
+// Timeout does not bound it more tightly): open-iscsi's logout_timeout.
+const DefaultDeadline = 15 * time.Second
+
+// SessionInfo is what Options.InUse is told of a session.
+type SessionInfo struct {
+	Target string
+	TSIH   uint16
+	ISID   [6]byte
+	// CIDs are the session's connections still up.
+	CIDs []uint16
+	// Session is the session itself when it is a *session.Session (Adapt),
+	// else nil.
+	Session *session.Session
+}
+
+// ErrInUse wraps what Options.InUse said of a session that was not logged
+// out for it.
+var ErrInUse = errors.New("iscsi: session in use, not logged out")
+
 // Options control a logout operation.
 type Options struct {
 	Strategy Strategy
 	// DrainTimeout is how long commands already running may finish before
-	// the Logout Requests go out; 0 fails them at once.
+	// the Logout Requests go out; 0 fails them at once. A step gets at
+	// most what the deadline leaves once the response wait is set aside
+	// (at least half of it).
 	DrainTimeout time.Duration
-	// Timeout bounds the wait for each Logout Response; 0 means 15 s.
-	// With DrainTimeout it also bounds the caller's wait for a connection
-	// whose logout someone else runs (the target's request, another call):
-	// see ConnBound.
+	// Timeout bounds the wait for each Logout Response; 0 means 15 s. The
+	// deadline bounds it too.
 	Timeout time.Duration
-	// Force closes locally every session that did not log out.
+	// InFlight is what each connection's logout does with the SCSI
+	// commands still running (session.InFlightDrain, the zero value: let
+	// them finish within DrainTimeout; InFlightAbort: ABORT TASK SET on
+	// their LUNs within AbortTimeout, then the logout; InFlightFail: fail
+	// them at once). Result.Commands counts how they ended.
+	InFlight session.InFlightPolicy
+	// AbortTimeout bounds the task management exchanges of InFlightAbort;
+	// 0 means Timeout. The deadline bounds it as it bounds the drain.
+	AbortTimeout time.Duration
+	// Deadline bounds the whole operation: every session's drain, Logout
+	// Requests, a wait for Time2Wait and the retry share it. 0 means
+	// DefaultDeadline, or less when DrainTimeout and Timeout bound every
+	// step of the strategy more tightly (OperationDeadline).
+	Deadline time.Duration
+	// Force closes locally every session that did not log out, and logs
+	// out sessions InUse says are in use.
 	Force bool
+	// InUse, if set, is asked about each session before any Logout Request
+	// of the operation goes out; a session it returns an error for is in
+	// use and left as it is (not logged out, its result saying why),
+	// unless Force. It runs on the operation's goroutine: keep it quick.
+	InUse func(SessionInfo) error
 	// Logger gets one line per operation at info and one per connection at
 	// debug; nil logs nothing.
 	Logger *zap.Logger
 	// OnComplete, if set, runs with the result before Wait returns.
 	OnComplete func(*Result)
+
+	// requested and parameter3 mark the options of a logout the target
+	// asked for (AsyncOptions).
+	requested  bool
+	parameter3 uint16
 }
 
 // connSlack is what a connection's logout may take past its drain and
 // response deadlines: closing the connection after the response.
 const connSlack = 500 * time.Millisecond
 
-// ConnBound is the longest the engine waits for one connection's logout:
-// DrainTimeout, then Timeout (15 s when 0) for the response, plus half a
-// second to close the connection. A logout the engine runs itself ends
-// sooner by its own deadlines; the bound matters when the connection's
-// logout was already running (the target asked for it, or another caller
-// started it), whose deadlines are not the caller's: at the bound the
-// connection is reported ConnTimeout with ErrStillLoggingOut, and left to
-// that logout.
-func (o Options) ConnBound() time.Duration {
-	t := o.Timeout
-	if t <= 0 {
-		t = session.DefaultLogoutTimeout
+// timeout is the response timeout, 15 s when 0.
+func (o Options) timeout() time.Duration {
+	if o.Timeout <= 0 {
+		return session.DefaultLogoutTimeout
 	}
-	return max(o.DrainTimeout, 0) + t + connSlack
+	return o.Timeout
 }
 
-// bound is the longest an operation of these options takes over sessions
-// of at most maxConns connections: PerSession tries the connections of a
-// session one after another.
-func (o Options) bound(maxConns int) time.Duration {
-	n := 1
-	if o.Strategy == PerSession {
-		n = max(maxConns, 1)
+// OperationDeadline is how long the operation may take before it ends,
+// whatever is still running: Deadline if set, else DefaultDeadline or, if
+// shorter, the drain (or the abort, by InFlight) plus a response timeout
+// per step of the strategy (one
+// for PerConnection; three for PerSession: reason 0, its retry, reason 1).
+// Closing the connections at the end may add half a second.
+func (o Options) OperationDeadline() time.Duration {
+	if o.Deadline > 0 {
+		return o.Deadline
 	}
-	return time.Duration(n) * o.ConnBound()
+	steps := time.Duration(1)
+	if o.Strategy == PerSession {
+		steps = 3
+	}
+	return min(DefaultDeadline, o.before()+steps*o.timeout())
 }
+
+// before is how long a step may take before its Logout Request goes out,
+// by the in-flight policy: the drain, the abort, or nothing.
+func (o Options) before() time.Duration {
+	switch o.InFlight {
+	case session.InFlightAbort:
+		if o.AbortTimeout > 0 {
+			return o.AbortTimeout
+		}
+		return o.timeout()
+	case session.InFlightFail:
+		return 0
+	}
+	return max(o.DrainTimeout, 0)
+}
+
+// ConnBound is the longest the engine waits for one step on a connection:
+// DrainTimeout (or the abort's bound, by InFlight), then Timeout (15 s when
+// 0) for the response, within the
+// operation's deadline, plus half a second to close the connection. A
+// logout the engine runs itself ends sooner by its own deadlines; the bound
+// matters when the connection's logout was already running (the target
+// asked for it, or another caller started it), whose deadlines are not the
+// caller's: at the bound the connection is reported ConnTimeout with
+// ErrStillLoggingOut, and left to that logout.
+func (o Options) ConnBound() time.Duration {
+	return min(o.before()+o.timeout(), o.OperationDeadline()) + connSlack
+}
+
+// bound is the longest an operation of these options takes.
+func (o Options) bound() time.Duration { return o.OperationDeadline() + connSlack }
 
 // AsyncOptions returns base adjusted to answer a target's logout request
 // (async event 1) whose Parameter3 is parameter3: the session is logged out
 // whole (PerSession), with the drain and response deadlines of
 // session.AsyncLogoutDeadlines, the window clamped to maxWait
-// (session.MaxAsyncLogoutWait when 0).
+// (session.MaxAsyncLogoutWait when 0). The operation's deadline is that
+// drain plus the response timeout, or base.Deadline if it is set and
+// shorter; the result says the target asked (Result.Requested).
 func AsyncOptions(base Options, parameter3 uint16, maxWait time.Duration) Options {
 	base.Strategy = PerSession
 	base.DrainTimeout, base.Timeout = session.AsyncLogoutDeadlines(parameter3, maxWait, base.Timeout)
+	window := base.DrainTimeout + base.Timeout
+	if base.Deadline <= 0 || base.Deadline > window {
+		base.Deadline = window
+	}
+	base.requested, base.parameter3 = true, parameter3
 	return base
 }
 
@@ -118,6 +207,8 @@ type Session interface {
 type Conn interface {
 	CID() uint16
 	Logout(ctx context.Context, opts session.LogoutOptions) session.LogoutResult
+	// Close closes the connection at once (TCP), without a logout.
+	Close() error
 }
 
 type adapted struct{ *session.Session }
@@ -143,12 +234,13 @@ type Operation struct {
 	finished atomic.Int64
 	// deadline is when the operation ends at the latest (Options.bound).
 	deadline time.Time
-	// maxConns is the most connections a session of the operation has.
-	maxConns int
 	// shared, for an operation Join returned, is the operation it follows.
 	shared *Operation
 
 	mu sync.Mutex
+	// canceled is set by a Cancel that succeeded; sealed once every
+	// connection's logout has ended (Cancel is then too late).
+	canceled, sealed bool
 	// res is the result so far, the connections whose logout has not
 	// ended holding their CID and reason; connDone and sessDone say which
 	// have ended. Written under mu while the operation runs.
@@ -162,47 +254,115 @@ type Operation struct {
 // Start logs out of sessions, all to target, and returns at once. With no
 // session the operation is already complete with SessionNotFound.
 func Start(target string, sessions []Session, opts Options) *Operation {
+	return start(target, sessions, opts, nil)
+}
+
+// start is Start; only, if set, restricts the logout of session 0 to the
+// connection with that CID (StartConnection).
+func start(target string, sessions []Session, opts Options, only *uint16) *Operation {
 	ctx, cancel := context.WithCancel(context.Background())
 	op := &Operation{target: target, done: make(chan struct{}), cancel: cancel}
 	if opts.Logger == nil {
 		opts.Logger = zap.NewNop()
 	}
 	conns := make([][]Conn, len(sessions))
-	op.res = Result{Target: target, Sessions: make([]SessionResult, len(sessions))}
+	deadline := opts.OperationDeadline()
+	op.res = Result{Target: target, Sessions: make([]SessionResult, len(sessions)), Deadline: deadline,
+		Requested: opts.requested, Parameter3: opts.parameter3}
 	op.connDone = make([][]bool, len(sessions))
 	op.sessDone = make([]bool, len(sessions))
+	plans := make([]plan, len(sessions))
 	for i, s := range sessions {
 		conns[i] = s.Conns()
-		op.total += len(conns[i])
-		op.maxConns = max(op.maxConns, len(conns[i]))
-		sr := SessionResult{TSIH: s.TSIH(), ISID: s.ISID(), Conns: make([]ConnResult, len(conns[i]))}
-		reason := pdu.LogoutCloseSession
-		if opts.Strategy == PerConnection && len(conns[i]) > 1 {
-			reason = pdu.LogoutCloseConnection
+		plans[i] = plan{reason: pdu.LogoutCloseSession, ladder: opts.Strategy == PerSession || len(conns[i]) == 1}
+		if only != nil {
+			// One connection: reason 1 unless it is the session's last.
+			plans[i].ladder = false
+			if len(conns[i]) > 1 {
+				plans[i].reason = pdu.LogoutCloseConnection
+			}
+			conns[i] = slices.DeleteFunc(conns[i], func(c Conn) bool { return c.CID() != *only })
+		} else if !plans[i].ladder {
+			plans[i].reason = pdu.LogoutCloseConnection
 		}
+		op.total += len(conns[i])
+		sr := SessionResult{TSIH: s.TSIH(), ISID: s.ISID(), Conns: make([]ConnResult, len(conns[i]))}
 		for j, c := range conns[i] {
-			sr.Conns[j] = ConnResult{CID: c.CID(), Reason: reason, State: ConnNotAttempted}
+			sr.Conns[j] = ConnResult{CID: c.CID(), Reason: plans[i].reason, State: ConnNotAttempted}
 		}
 		op.res.Sessions[i] = sr
 		op.connDone[i] = make([]bool, len(conns[i]))
 	}
-	op.deadline = time.Now().Add(opts.bound(op.maxConns))
-	go op.run(ctx, sessions, conns, opts)
+	op.deadline = time.Now().Add(opts.bound())
+	go op.run(ctx, sessions, conns, plans, opts)
 	return op
 }
 
-func (op *Operation) run(ctx context.Context, sessions []Session, conns [][]Conn, opts Options) {
+// StartConnection logs out of one connection, the one of s with the given
+// CID: reason 1 (close the connection), or reason 0 if it is the session's
+// last connection. The result has the one session with that one connection;
+// its LoggedOut says whether the connection logged out, and Force closes
+// that connection only (Close of a Session holding only it). No connection
+// with that CID: the outcome is SessionNotFound.
+func StartConnection(target string, s Session, cid uint16, opts Options) *Operation {
+	has := false
+	for _, c := range s.Conns() {
+		has = has || c.CID() == cid
+	}
+	if !has {
+		return start(target, nil, opts, nil)
+	}
+	return start(target, []Session{s}, opts, &cid)
+}
+
+// plan is how one session is logged out.
+type plan struct {
+	// ladder: PerSession's escalation ladder; else reason on every
+	// connection at once.
+	ladder bool
+	reason pdu.LogoutReason
+}
+
+func (op *Operation) run(ctx context.Context, sessions []Session, conns [][]Conn, plans []plan, opts Options) {
 	defer op.cancel()
 	start := time.Now()
+	deadline := start.Add(opts.OperationDeadline())
+	// Every session's in-use check comes before any Logout Request.
+	inUse := make([]error, len(sessions))
+	if opts.InUse != nil {
+		for i, s := range sessions {
+			info := SessionInfo{Target: op.target, TSIH: s.TSIH(), ISID: s.ISID()}
+			for _, c := range conns[i] {
+				info.CIDs = append(info.CIDs, c.CID())
+			}
+			if a, ok := s.(adapted); ok {
+				info.Session = a.Session
+			}
+			inUse[i] = opts.InUse(info)
+		}
+	}
 	var wg sync.WaitGroup
 	for i, s := range sessions {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			op.logoutSession(ctx, i, conns[i], opts)
+			sr := &op.res.Sessions[i]
+			if inUse[i] != nil {
+				op.mu.Lock()
+				sr.InUse = inUse[i]
+				op.mu.Unlock()
+			}
+			if inUse[i] != nil && !opts.Force {
+				for j := range conns[i] {
+					op.setConn(i, j, ConnResult{CID: conns[i][j].CID(), Reason: plans[i].reason, State: ConnNotAttempted,
+						Err: fmt.Errorf("%w: %w", ErrInUse, inUse[i])})
+				}
+			} else {
+				l := &ladder{op: op, ctx: ctx, i: i, cs: conns[i], opts: opts, start: start, deadline: deadline}
+				l.run(plans[i])
+			}
 			// Only this goroutine writes the session's result: it reads
 			// it without the lock.
-			sr := &op.res.Sessions[i]
 			loggedOut := sessionLoggedOut(sr)
 			forced := false
 			if loggedOut {
@@ -218,18 +378,24 @@ func (op *Operation) run(ctx context.Context, sessions []Session, conns [][]Conn
 			for _, c := range sr.Conns {
 				opts.Logger.Debug("connection logout", zap.String("target", op.target), zap.Uint16("tsih", sr.TSIH),
 					zap.Uint16("cid", c.CID), zap.Stringer("reason", c.Reason), zap.Stringer("state", c.State),
-					zap.String("detail", c.Detail()), zap.Duration("took", c.Duration))
+					zap.String("detail", c.Detail()), zap.Int("steps", len(c.Steps)), zap.Duration("took", c.Duration))
 			}
 		}()
 	}
 	wg.Wait()
 	op.mu.Lock()
+	op.sealed = true
 	op.res.Outcome = aggregate(len(sessions), op.res.LoggedOut())
+	if op.canceled {
+		op.res.Outcome = Canceled
+	}
 	op.res.Duration = time.Since(start)
+	op.res.count()
 	res := op.res.clone()
 	op.mu.Unlock()
 	opts.Logger.Info("logout from target", zap.String("target", op.target), zap.Stringer("outcome", res.Outcome),
-		zap.Int("sessions", len(sessions)), zap.Int("loggedOut", res.LoggedOut()), zap.Duration("took", res.Duration))
+		zap.Int("sessions", len(sessions)), zap.Int("loggedOut", res.LoggedOut()), zap.Duration("took", res.Duration),
+		zap.Duration("deadline", res.Deadline))
 	if opts.OnComplete != nil {
 		opts.OnComplete(&res)
 	}
@@ -243,71 +409,21 @@ func (r *Result) clone() Result {
 	c.Sessions = make([]SessionResult, len(r.Sessions))
 	for i, sr := range r.Sessions {
 		sr.Conns = append([]ConnResult(nil), sr.Conns...)
+		for j := range sr.Conns {
+			sr.Conns[j].Steps = append([]Step(nil), sr.Conns[j].Steps...)
+		}
 		c.Sessions[i] = sr
 	}
 	return c
 }
 
-// setConn records connection j of session i's result.
+// setConn records connection j of session i's final result.
 func (op *Operation) setConn(i, j int, cr ConnResult) {
 	op.mu.Lock()
 	op.res.Sessions[i].Conns[j] = cr
 	op.connDone[i][j] = true
 	op.mu.Unlock()
 	op.finished.Add(1)
-}
-
-// logoutSession runs session i's logout by the strategy and fills its
-// connections' results.
-func (op *Operation) logoutSession(ctx context.Context, i int, cs []Conn, opts Options) {
-	sr := &op.res.Sessions[i] // written under op.mu, by this goroutine only
-	lo := session.LogoutOptions{DrainTimeout: opts.DrainTimeout, Timeout: opts.Timeout}
-	bound := opts.ConnBound()
-	one := func(j int, reason pdu.LogoutReason, drainSession bool) {
-		o := lo
-		o.Reason, o.DrainSession = reason, drainSession
-		// A logout already running on the connection (the target's request,
-		// another caller's) has its own deadlines: the caller's bound it.
-		cctx, cancel := context.WithTimeout(ctx, bound)
-		lr := cs[j].Logout(cctx, o)
-		cancel()
-		if errors.Is(lr.Err, context.DeadlineExceeded) && ctx.Err() == nil {
-			lr.Err = fmt.Errorf("%w (no result within %v)", ErrStillLoggingOut, bound)
-		}
-		op.setConn(i, j, classify(lr))
-	}
-	if opts.Strategy == PerSession || len(cs) == 1 {
-		for j := range cs {
-			if j > 0 && sr.Conns[j-1].State.ok() {
-				// The session is gone: the target closes the rest with it.
-				for k := j; k < len(cs); k++ {
-					o := lo
-					o.Reason = pdu.LogoutCloseSession
-					r := cs[k].Logout(ctx, o) // returns at once: already closed locally
-					op.setConn(i, k, ConnResult{CID: cs[k].CID(), Reason: pdu.LogoutCloseSession, State: ConnClosedWithSession, Duration: r.Duration})
-				}
-				return
-			}
-			if ctx.Err() != nil && j > 0 {
-				op.setConn(i, j, ConnResult{CID: cs[j].CID(), State: ConnCanceled, Err: ctx.Err()})
-				continue
-			}
-			one(j, pdu.LogoutCloseSession, false)
-		}
-		return
-	}
-	var wg sync.WaitGroup
-	for j := range cs {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			one(j, pdu.LogoutCloseConnection, true)
-		}()
-	}
-	wg.Wait()
-	op.mu.Lock()
-	fixSiblings(sr)
-	op.mu.Unlock()
 }
 
 // sessionLoggedOut reports whether a session is gone from the target: every
@@ -348,9 +464,9 @@ func (op *Operation) Target() string { return op.target }
 // Done is closed when the operation has completed.
 func (op *Operation) Done() <-chan struct{} { return op.done }
 
-// Wait waits for the operation to complete and returns its result. The error
-// is ctx's if ctx ends first; the outcome itself is in Result (see
-// Result.Err).
+// Wait waits for the operation to complete and returns its result, whose
+// HRESULT is the operation's (IVdsAsync::Wait). The error is ctx's if ctx
+// ends first; the outcome itself is in Result (see Result.Err).
 func (op *Operation) Wait(ctx context.Context) (Result, error) {
 	select {
 	case <-op.done:
@@ -360,13 +476,15 @@ func (op *Operation) Wait(ctx context.Context) (Result, error) {
 	}
 }
 
-// Status reports whether the operation is done and the percentage of
-// connections whose logout has finished; the percentage never goes down.
-// An operation Join returned reports the progress of the one it follows.
-func (op *Operation) Status() (done bool, percent int) {
+// Status reports the operation's HRESULT and the percentage of connections
+// whose logout has ended (IVdsAsync::QueryStatus): HResultOperationPending
+// and 0 to 99 while it runs, the outcome's HRESULT and 100 once done. The
+// percentage never goes down. An operation Join returned reports the
+// progress of the one it follows.
+func (op *Operation) Status() (hresult uint32, percent int) {
 	select {
 	case <-op.done:
-		return true, 100
+		return op.final.HRESULT(), 100
 	default:
 	}
 	src := op
@@ -374,31 +492,44 @@ func (op *Operation) Status() (done bool, percent int) {
 		src = op.shared
 	}
 	if src.total == 0 {
-		return false, 0
+		return HResultOperationPending, 0
 	}
 	p := int(src.finished.Load() * 100 / int64(src.total))
-	return false, min(p, 99)
+	return HResultOperationPending, min(p, 99)
 }
 
-// Cancel stops the operation: connections still waiting for a Logout
-// Response are closed and reported canceled. It returns at once; Wait
-// returns when every connection has been dealt with. Canceling an operation
-// Join returned ends that caller's wait only (its connections still logging
-// out are reported canceled); the operation it follows goes on.
-func (op *Operation) Cancel() { op.cancel() }
+// Cancel stops the operation (IVdsAsync::Cancel): connections still waiting
+// for a Logout Response are closed and reported canceled, those not reached
+// yet stay as they are (ConnCanceled), and the operation completes with the
+// outcome Canceled. It returns at once, nil when it canceled; Wait returns
+// when every connection has been dealt with. Once every connection's logout
+// has ended it returns ErrCancelTooLate and changes nothing. Canceling an
+// operation Join returned ends that caller's wait only (its connections
+// still logging out are reported canceled); the operation it follows goes
+// on.
+func (op *Operation) Cancel() error {
+	op.mu.Lock()
+	if op.sealed {
+		op.mu.Unlock()
+		return ErrCancelTooLate
+	}
+	op.canceled = true
+	op.mu.Unlock()
+	op.cancel()
+	return nil
+}
 
 // Join returns op for one more caller, whose options are opts: op itself
-// if op ends (by its own deadlines) no later than opts would have, else an
+// if op ends (by its own deadline) no later than opts would have, else an
 // Operation that follows op and completes when op does or at the caller's
-// bound (opts.ConnBound(), times the connections of a session of op for
-// PerSession), whichever comes first. At the bound its result is op's
-// progress so far: sessions whose logout ended as they ended, connections
-// still logging out ConnTimeout with ErrStillLoggingOut, and the outcome
-// counted from that, so a session is never reported logged out before the
-// target answered success. Of opts, the new Operation uses the deadlines,
-// Logger and OnComplete (run with its result before its Wait returns); what
-// is done (strategy, Force) is op's, and when Join returns op itself opts
-// are not used at all.
+// bound (opts.OperationDeadline(), plus half a second), whichever comes
+// first. At the bound its result is op's progress so far: sessions whose
+// logout ended as they ended, connections still logging out ConnTimeout
+// with ErrStillLoggingOut, and the outcome counted from that, so a session
+// is never reported logged out before the target answered success. Of
+// opts, the new Operation uses the deadline, Logger and OnComplete (run
+// with its result before its Wait returns); what is done (strategy, Force)
+// is op's, and when Join returns op itself opts are not used at all.
 func (op *Operation) Join(opts Options) *Operation {
 	select {
 	case <-op.done:
@@ -406,7 +537,7 @@ func (op *Operation) Join(opts Options) *Operation {
 	default:
 	}
 	start := time.Now()
-	bound := opts.bound(op.maxConns)
+	bound := opts.bound()
 	deadline := start.Add(bound)
 	if !deadline.Before(op.deadline) {
 		return op
@@ -416,7 +547,7 @@ func (op *Operation) Join(opts Options) *Operation {
 	}
 	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	v := &Operation{target: op.target, done: make(chan struct{}), cancel: cancel, total: op.total,
-		deadline: deadline, maxConns: op.maxConns, shared: op}
+		deadline: deadline, shared: op}
 	go v.follow(ctx, start, bound, opts)
 	return v
 }
@@ -443,6 +574,13 @@ func (v *Operation) follow(ctx context.Context, start time.Time, bound time.Dura
 			res.Duration = time.Since(start)
 		}
 	}
+	v.mu.Lock()
+	v.sealed = true
+	if v.canceled {
+		// A Cancel that succeeded decides the outcome, as in run.
+		res.Outcome = Canceled
+	}
+	v.mu.Unlock()
 	opts.Logger.Info("logout from target (joined a running logout)", zap.String("target", v.target),
 		zap.Stringer("outcome", res.Outcome), zap.Int("sessions", len(res.Sessions)),
 		zap.Int("loggedOut", res.LoggedOut()), zap.Duration("took", time.Since(start)))
@@ -473,5 +611,6 @@ func (op *Operation) snapshot(state ConnState, err error) Result {
 	}
 	op.mu.Unlock()
 	res.Outcome = aggregate(len(res.Sessions), res.LoggedOut())
+	res.count()
 	return res
 }

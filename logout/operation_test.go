@@ -21,21 +21,39 @@ type fakeConn struct {
 	cid     uint16
 	res     session.LogoutResult
 	gate    chan struct{} // nil: answer at once
+	silent  bool          // never answers: times out at the Timeout it is given
 	entered *sync.WaitGroup
 	reason  atomic.Int32
 	calls   atomic.Int32
+	closed  atomic.Int32
+	// opts is what the last Logout was asked.
+	opts atomic.Pointer[session.LogoutOptions]
 }
 
 func (c *fakeConn) CID() uint16 { return c.cid }
 
+func (c *fakeConn) Close() error { c.closed.Add(1); return nil }
+
 func (c *fakeConn) Logout(ctx context.Context, o session.LogoutOptions) session.LogoutResult {
 	c.calls.Add(1)
 	c.reason.Store(int32(o.Reason))
+	c.opts.Store(&o)
 	if c.entered != nil {
 		c.entered.Done()
 	}
 	r := c.res
 	r.CID, r.Reason = c.cid, o.Reason
+	if c.silent {
+		// A target that never answers: the session's own deadline ends it.
+		t := time.NewTimer(o.Timeout)
+		defer t.Stop()
+		select {
+		case <-t.C:
+			return session.LogoutResult{CID: c.cid, Reason: o.Reason, Err: session.ErrLogoutTimeout, Duration: o.Timeout}
+		case <-ctx.Done():
+			return session.LogoutResult{CID: c.cid, Reason: o.Reason, Err: ctx.Err()}
+		}
+	}
 	if c.gate != nil {
 		select {
 		case <-c.gate:
@@ -110,8 +128,8 @@ func TestNoSessionIsNotFoundAtOnce(t *testing.T) {
 	if r.Outcome != SessionNotFound || r.HRESULT() != 0x8004270A || !errors.Is(r.Err(), ErrSessionNotFound) {
 		t.Fatalf("got %v 0x%08x %v, want session not found 0x8004270A", r.Outcome, r.HRESULT(), r.Err())
 	}
-	if done, pct := op.Status(); !done || pct != 100 {
-		t.Fatalf("Status = %v %d, want done 100", done, pct)
+	if hr, pct := op.Status(); hr != HResultSessionNotFound || pct != 100 {
+		t.Fatalf("Status = 0x%08x %d, want 0x8004270A 100", hr, pct)
 	}
 }
 
@@ -208,8 +226,8 @@ func TestAllConnectionsConcurrently(t *testing.T) {
 		wait(t, op)
 		t.Fatal("not every connection's logout was in flight at the same time")
 	}
-	if done, pct := op.Status(); done || pct != 0 {
-		t.Fatalf("Status before any answer = %v %d, want false 0", done, pct)
+	if hr, pct := op.Status(); hr != HResultOperationPending || pct != 0 {
+		t.Fatalf("Status before any answer = 0x%08x %d, want 0x80042409 0", hr, pct)
 	}
 	close(gate)
 	if r := wait(t, op); r.Outcome != Success {
@@ -232,14 +250,30 @@ func TestPerSessionStrategy(t *testing.T) {
 		}
 	}
 
-	// When reason 0 fails on the first connection the next one tries.
+	// Reason 0 unanswered on the first connection: the ladder closes it and
+	// sends reason 1 on each of the others at once (issue 15, part 3). The
+	// session is not logged out: its first connection went without an
+	// answer, so the target may still hold it.
 	s = newSession(2, timeout, ok, ok)
 	r = wait(t, Start("iqn.2026-11.org.example:t", sessions(s), Options{Strategy: PerSession}))
-	if r.Outcome != Success || !r.Sessions[0].LoggedOut || r.Sessions[0].Conns[0].State != ConnTimeout || r.Sessions[0].Conns[1].State != ConnLoggedOut {
-		t.Fatalf("fallback: %v %+v", r.Outcome, r.Sessions[0].Conns)
+	c := r.Sessions[0].Conns
+	if r.Outcome != Failed || r.Sessions[0].LoggedOut || c[0].State != ConnTimeout || c[1].State != ConnLoggedOut || c[2].State != ConnLoggedOut {
+		t.Fatalf("ladder after no answer: %v %+v", r.Outcome, c)
 	}
-	if n := s.conns[2].calls.Load(); n != 1 {
-		t.Fatalf("third connection closed %d times, want 1", n)
+	for j, want := range []pdu.LogoutReason{pdu.LogoutCloseSession, pdu.LogoutCloseConnection, pdu.LogoutCloseConnection} {
+		if got := pdu.LogoutReason(s.conns[j].reason.Load()); got != want || s.conns[j].calls.Load() != 1 {
+			t.Errorf("connection %d: reason %v in %d requests, want %v in 1", j, got, s.conns[j].calls.Load(), want)
+		}
+	}
+	if len(c[0].Steps) != 2 || c[0].Steps[0].Kind != StepLogout || c[0].Steps[0].State != ConnTimeout || c[0].Steps[1].Kind != StepClose || s.conns[0].closed.Load() != 1 {
+		t.Fatalf("unanswered connection: steps %+v, closed %d times; want the logout then a close", c[0].Steps, s.conns[0].closed.Load())
+	}
+	// Reason 1 on both others at once, with the session drained, after
+	// the first connection's step.
+	for j := 1; j < 3; j++ {
+		if o := s.conns[j].opts.Load(); !o.DrainSession || len(c[j].Steps) != 1 || c[j].Steps[0].At < c[0].Steps[0].At+c[0].Steps[0].Duration {
+			t.Errorf("connection %d: %+v, drain session %v", j, c[j].Steps, o.DrainSession)
+		}
 	}
 }
 
@@ -282,10 +316,23 @@ func TestCancel(t *testing.T) {
 		case <-time.After(time.Millisecond): // Status is polled, as a progress line polls it
 		}
 	}
-	op.Cancel()
+	if err := op.Cancel(); err != nil {
+		t.Fatalf("Cancel of a running operation: %v", err)
+	}
 	r := wait(t, op)
-	if r.Outcome != Incomplete {
-		t.Fatalf("outcome %v, want incomplete", r.Outcome)
+	// IVdsAsync: a cancel that succeeded makes the outcome
+	// VDS_E_OPERATION_CANCELED; the sessions still say which logged out.
+	if r.Outcome != Canceled || r.HRESULT() != 0x8004240D || !errors.Is(r.Err(), ErrCanceled) {
+		t.Fatalf("outcome %v 0x%08x %v, want canceled 0x8004240D", r.Outcome, r.HRESULT(), r.Err())
+	}
+	if !r.Sessions[0].LoggedOut || r.Sessions[1].LoggedOut || r.LoggedOut() != 1 {
+		t.Fatalf("logged out %v/%v, want the first session only", r.Sessions[0].LoggedOut, r.Sessions[1].LoggedOut)
+	}
+	if err := op.Cancel(); !errors.Is(err, ErrCancelTooLate) {
+		t.Fatalf("Cancel after completion: %v, want ErrCancelTooLate", err)
+	}
+	if hr, pct := op.Status(); hr != HResultOperationCanceled || pct != 100 {
+		t.Fatalf("Status after the cancel: 0x%08x %d", hr, pct)
 	}
 	if c := r.Sessions[1].Conns[0]; c.State != ConnCanceled || !errors.Is(c.Err, context.Canceled) {
 		t.Fatalf("canceled connection: %+v", c)
@@ -314,7 +361,8 @@ func TestStatusMonotone(t *testing.T) {
 	for i := range gates {
 		close(gates[i])
 		for {
-			done, pct := op.Status()
+			hr, pct := op.Status()
+			done := hr != HResultOperationPending
 			if pct < last {
 				t.Fatalf("progress went down: %d after %d", pct, last)
 			}
@@ -326,8 +374,8 @@ func TestStatusMonotone(t *testing.T) {
 		}
 	}
 	wait(t, op)
-	if done, pct := op.Status(); !done || pct != 100 {
-		t.Fatalf("final status %v %d", done, pct)
+	if hr, pct := op.Status(); hr != HResultOK || pct != 100 {
+		t.Fatalf("final status 0x%08x %d, want S_OK 100", hr, pct)
 	}
 }
 

@@ -197,8 +197,8 @@ func TestFaultLogoutCancel(t *testing.T) {
 	if d := time.Since(start); d > 5*time.Second {
 		t.Errorf("Wait returned %v after Cancel", d)
 	}
-	if r.Outcome != logout.Failed {
-		t.Errorf("outcome %v", r.Outcome)
+	if r.Outcome != logout.Canceled || r.HRESULT() != logout.HResultOperationCanceled || r.LoggedOut() != 0 {
+		t.Errorf("outcome %v 0x%08x, %d logged out; want canceled (issue 15), none", r.Outcome, r.HRESULT(), r.LoggedOut())
 	}
 	for _, s := range r.Sessions {
 		if c := s.Conns[0]; c.State != logout.ConnCanceled || !errors.Is(c.Err, context.Canceled) {

@@ -26,6 +26,7 @@ const (
 	exitFailed     = 3 // logout: no session logged out (VDS_E_ISCSI_LOGOUT_FAILED)
 	exitIncomplete = 4 // logout: some sessions did not log out (VDS_E_ISCSI_LOGOUT_INCOMPLETE)
 	exitInvalidArg = 5 // a malformed argument: bad flag, bad iSCSI name, LBA out of range (E_INVALIDARG)
+	exitCanceled   = 6 // logout: canceled (interrupted) before it ended (VDS_E_OPERATION_CANCELED)
 )
 
 var exitCodes = []struct {
@@ -38,6 +39,7 @@ var exitCodes = []struct {
 	{exitFailed, "logout: no session logged out (VDS_E_ISCSI_LOGOUT_FAILED 0x80042709)"},
 	{exitIncomplete, "logout: some sessions logged out, some did not (VDS_E_ISCSI_LOGOUT_INCOMPLETE 0x80042710)"},
 	{exitInvalidArg, "invalid argument: unknown flag or command, malformed iSCSI name given, out-of-range LBA (E_INVALIDARG)"},
+	{exitCanceled, "logout: canceled by an interrupt before it ended (VDS_E_OPERATION_CANCELED 0x8004240D)"},
 }
 
 // outcomeExit maps a logout outcome to the exit status.
@@ -49,6 +51,8 @@ func outcomeExit(o logout.Outcome) int {
 		return exitNotFound
 	case logout.Incomplete:
 		return exitIncomplete
+	case logout.Canceled:
+		return exitCanceled
 	}
 	return exitFailed
 }

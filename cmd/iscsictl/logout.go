@@ -11,7 +11,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/goiscsi/iscsi/agent/api"
 	"github.com/goiscsi/iscsi/initiator"
+	"github.com/goiscsi/iscsi/logout"
 	"github.com/goiscsi/iscsi/session"
 	"go.uber.org/zap"
 )
@@ -20,26 +22,56 @@ import (
 // optionally starts I/O on them, and logs out of the target with the chosen
 // strategy. A process has no sessions of an earlier run, so --sessions 0
 // logs out of nothing: the outcome is SessionNotFound (exit status 2), as
-// for a second logout of the same target.
+// for a second logout of the same target; --gone-ok makes that exit 0.
+// With --session N (the N-th session opened) or --tsih TSIH only that
+// session logs out, and with --cid only that connection of it; the sessions
+// left are then logged out quietly, after the result is printed.
 func runLogout(ctx context.Context, a *app, args []string) error {
 	var tf targetFlags
 	var lo logoutOptions
 	var lf ioLoadFlags
-	fs := a.flags("--target NAME [--portal HOST[:PORT] --sessions N --conns M] [--io] [--strategy S] [--drain D] [--timeout D] [--force] [flags]")
+	fs := a.flags("--target NAME [--portal HOST[:PORT] --sessions N --conns M] [--session N | --tsih TSIH [--cid CID]] [--io] [--strategy S] [--drain D] [--timeout D] [--deadline D] [--in-flight P] [--force] [--gone-ok] [flags]")
 	tf.register(fs, a)
 	lo.register(fs, 15*time.Second)
 	lf.register(fs)
 	n := fs.Int("sessions", 1, "sessions to open before logging out; 0 opens none (the outcome is then \"session not found\")")
 	m := fs.Int("conns", 1, "connections per session (MC/S)")
-	af, tsih := a.agentFlags(fs), fs.String("session", "", "with the agent: log out of the session of this `TSIH` only")
+	af := a.agentFlags(fs)
+	sessionFlag := fs.String("session", "", "log out of the session with this `TSIH` only (decimal, or hex with 0x): the agent's, or without one, of the sessions this command opens (with --target)")
+	one := fs.Int("session-index", 0, "log out of the N-th session this command opens only (1 to --sessions; the table prints its TSIH)")
+	cid := fs.Int("cid", -1, "with --session or --session-index: log out of this connection only (reason 1; reason 0 if it is the session's last)")
+	goneOK := fs.Bool("gone-ok", false, "exit 0 when there is no session to log out of (the outcome printed stays \"session not found\")")
 	if _, err := a.parse(fs, args); err != nil {
 		return err
 	}
-	if ac, err := af.clientFor(ctx, a, *tsih); ac != nil || err != nil {
-		return agentOr(err, func() error { return a.agentLogout(ctx, ac, fs, &tf, &lo, *tsih) })
+	// --session without --target names a session of the agent's.
+	agentSession := *sessionFlag
+	if isSet(fs, "target") {
+		agentSession = ""
+	}
+	if ac, err := af.clientFor(ctx, a, agentSession); ac != nil || err != nil {
+		return agentOr(err, func() error { return a.agentLogout(ctx, ac, fs, &tf, &lo, *sessionFlag) })
+	}
+	tsihFlag := -1
+	if *sessionFlag != "" {
+		v, err := api.ParseTSIH(*sessionFlag)
+		if err != nil {
+			return invalidArgf("--session %s: want a TSIH from 1 to 65535 (decimal, or hex with 0x)", *sessionFlag)
+		}
+		tsihFlag = int(v)
 	}
 	if *n < 0 || *m < 1 {
 		return invalidArgf("--sessions must be 0 or more and --conns at least 1")
+	}
+	switch {
+	case *one != 0 && tsihFlag >= 0:
+		return invalidArgf("--session and --session-index both choose a session: give one")
+	case *one < 0 || *one > max(*n, 0) && *n > 0:
+		return invalidArgf("--session-index %d: want 1 to --sessions (%d)", *one, *n)
+	case *cid > 0xffff:
+		return invalidArgf("--cid %d: a CID is 16 bits", *cid)
+	case *cid >= 0 && *one == 0 && tsihFlag < 0:
+		return invalidArgf("--cid needs --session or --session-index")
 	}
 	tf.conns = *m
 	opts, err := lo.options()
@@ -53,6 +85,8 @@ func runLogout(ctx context.Context, a *app, args []string) error {
 		return err
 	}
 	var in *initiator.Initiator
+	var c *connect
+	var ss []*session.Session
 	var load *ioLoad
 	conns := 0
 	if *n == 0 {
@@ -61,12 +95,11 @@ func runLogout(ctx context.Context, a *app, args []string) error {
 			return err
 		}
 	} else {
-		c, err := a.dial(ctx, &tf, targetRequired)
-		if err != nil {
+		if c, err = a.dial(ctx, &tf, targetRequired); err != nil {
 			return err
 		}
 		in = c.in
-		ss, err := c.login(ctx, *n, *m, nil)
+		ss, err = c.login(ctx, *n, *m, nil)
 		if err != nil {
 			c.quietLogout(ctx)
 			return err
@@ -83,11 +116,33 @@ func runLogout(ctx context.Context, a *app, args []string) error {
 			a.printf("I/O running: %s, %d commands in flight per session\n", lf.describe(), lf.depth)
 		}
 	}
-	op, err := in.LogoutFromTargetWith(tf.target, opts)
+	var op *logout.Operation
+	tsih := tsihFlag
+	if *one > 0 && *one <= len(ss) {
+		tsih = int(ss[*one-1].TSIH())
+	} else if *one > 0 {
+		tsih = -2 // --session-index with no session opened: none to find
+	}
+	switch {
+	case tsih == -1:
+		op, err = in.LogoutFromTargetWith(tf.target, opts)
+	case tsih < 0:
+		op = logout.Start(tf.target, nil, opts)
+	case *cid >= 0:
+		op, err = in.LogoutConnection(tf.target, uint16(tsih), uint16(*cid), opts)
+		conns = min(conns, 1)
+	default:
+		op, err = in.LogoutSession(tf.target, uint16(tsih), opts)
+		conns = min(conns, *m)
+	}
 	if err != nil {
 		return err
 	}
 	res := a.waitLogout(ctx, op, conns)
+	if c != nil && tsih != -1 {
+		// The sessions the command opened and did not log out of.
+		defer c.quietLogout(ctx)
+	}
 	var extra map[string]any
 	if load != nil {
 		r := load.stop()
@@ -96,7 +151,11 @@ func runLogout(ctx context.Context, a *app, args []string) error {
 		}
 		extra = map[string]any{"io": r}
 	}
-	return a.reportLogout(&res, opts.Strategy, extra)
+	err = a.reportLogout(&res, opts.Strategy, extra)
+	if *goneOK {
+		err = goneIsDone(err, &res)
+	}
+	return err
 }
 
 // ioLoadFlags configure I/O that runs while a logout happens.

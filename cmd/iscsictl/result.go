@@ -11,26 +11,49 @@ import (
 
 	"github.com/goiscsi/iscsi/logout"
 	"github.com/goiscsi/iscsi/pdu"
+	"github.com/goiscsi/iscsi/session"
 )
 
 // logoutJSON is a logout result as --json prints it.
 type logoutJSON struct {
-	Target     string        `json:"target"`
-	Outcome    string        `json:"outcome"`
-	HRESULT    string        `json:"hresult"`
-	ExitCode   int           `json:"exitCode"`
-	Strategy   string        `json:"strategy"`
-	Sessions   []sessionJSON `json:"sessions"`
-	LoggedOut  int           `json:"loggedOut"`
-	DurationMs float64       `json:"durationMs"`
+	Target    string        `json:"target"`
+	Outcome   string        `json:"outcome"`
+	HRESULT   string        `json:"hresult"`
+	ExitCode  int           `json:"exitCode"`
+	Strategy  string        `json:"strategy"`
+	Sessions  []sessionJSON `json:"sessions"`
+	LoggedOut int           `json:"loggedOut"`
+	// LoggedOutOrGone is true for success and for "session not found".
+	LoggedOutOrGone bool            `json:"loggedOutOrGone"`
+	Commands        logout.Commands `json:"commands"`
+	DeadlineMs      float64         `json:"deadlineMs"`
+	DurationMs      float64         `json:"durationMs"`
+	Requested       bool            `json:"targetRequested,omitempty"`
 }
 
 type sessionJSON struct {
-	TSIH      uint16     `json:"tsih"`
-	ISID      string     `json:"isid"`
-	LoggedOut bool       `json:"loggedOut"`
-	Forced    bool       `json:"forced"`
-	Conns     []connJSON `json:"connections"`
+	TSIH      uint16          `json:"tsih"`
+	ISID      string          `json:"isid"`
+	LoggedOut bool            `json:"loggedOut"`
+	Forced    bool            `json:"forced"`
+	InUse     string          `json:"inUse,omitempty"`
+	Commands  logout.Commands `json:"commands"`
+	Conns     []connJSON      `json:"connections"`
+}
+
+// stepJSON is one step of the ladder on a connection.
+type stepJSON struct {
+	Kind        logout.StepKind         `json:"kind"`
+	Reason      *pdu.LogoutReason       `json:"reason,omitempty"`
+	State       string                  `json:"state"`
+	Response    *pdu.LogoutResponseCode `json:"response,omitempty"`
+	Time2Wait   *uint16                 `json:"time2wait,omitempty"`
+	Time2Retain *uint16                 `json:"time2retain,omitempty"`
+	Error       string                  `json:"error,omitempty"`
+	Commands    logout.Commands         `json:"commands"`
+	WaitedMs    float64                 `json:"waitedMs,omitempty"`
+	AtMs        float64                 `json:"atMs"`
+	DurationMs  float64                 `json:"durationMs"`
 }
 
 type connJSON struct {
@@ -43,18 +66,41 @@ type connJSON struct {
 	Time2Retain    *uint16                 `json:"time2retain,omitempty"`
 	Error          string                  `json:"error,omitempty"`
 	FailedCommands int                     `json:"failedCommands"`
+	Commands       logout.Commands         `json:"commands"`
 	DurationMs     float64                 `json:"durationMs"`
+	Steps          []stepJSON              `json:"steps"`
 }
 
 func toLogoutJSON(r *logout.Result, strategy logout.Strategy) logoutJSON {
 	out := logoutJSON{Target: r.Target, Outcome: r.Outcome.String(), HRESULT: fmt.Sprintf("0x%08X", r.HRESULT()),
 		ExitCode: outcomeExit(r.Outcome), Strategy: strategy.String(), Sessions: []sessionJSON{},
-		LoggedOut: r.LoggedOut(), DurationMs: ms(r.Duration)}
+		LoggedOut: r.LoggedOut(), LoggedOutOrGone: r.LoggedOutOrGone(), Commands: r.Commands,
+		DeadlineMs: ms(r.Deadline), DurationMs: ms(r.Duration), Requested: r.Requested}
 	for _, s := range r.Sessions {
-		sj := sessionJSON{TSIH: s.TSIH, ISID: fmt.Sprintf("%012x", s.ISID[:]), LoggedOut: s.LoggedOut, Forced: s.Forced, Conns: []connJSON{}}
+		sj := sessionJSON{TSIH: s.TSIH, ISID: fmt.Sprintf("%012x", s.ISID[:]), LoggedOut: s.LoggedOut, Forced: s.Forced,
+			Commands: s.Commands, Conns: []connJSON{}}
+		if s.InUse != nil {
+			sj.InUse = trimPrefixes(s.InUse.Error())
+		}
 		for _, c := range s.Conns {
 			cj := connJSON{CID: c.CID, Reason: c.Reason, State: c.State.String(), Responded: c.Responded,
-				FailedCommands: c.FailedCommands, DurationMs: ms(c.Duration)}
+				FailedCommands: c.FailedCommands, Commands: c.Commands, DurationMs: ms(c.Duration), Steps: []stepJSON{}}
+			for _, st := range c.Steps {
+				sj := stepJSON{Kind: st.Kind, State: st.State.String(), Commands: st.Commands, WaitedMs: ms(st.Waited),
+					AtMs: ms(st.At), DurationMs: ms(st.Duration)}
+				if st.Kind == logout.StepLogout {
+					reason := st.Reason
+					sj.Reason = &reason
+				}
+				if st.Responded {
+					resp, t2w, t2r := st.Response, st.Time2Wait, st.Time2Retain
+					sj.Response, sj.Time2Wait, sj.Time2Retain = &resp, &t2w, &t2r
+				}
+				if st.Err != nil {
+					sj.Error = trimPrefixes(st.Err.Error())
+				}
+				cj.Steps = append(cj.Steps, sj)
+			}
 			if c.Responded {
 				resp, t2w, t2r := c.Response, c.Time2Wait, c.Time2Retain
 				cj.Response, cj.Time2Wait, cj.Time2Retain = &resp, &t2w, &t2r
@@ -81,20 +127,69 @@ func printLogout(w io.Writer, r *logout.Result, strategy logout.Strategy) {
 			switch {
 			case s.Forced:
 				state = "NOT logged out (closed locally: --force)"
+			case !s.LoggedOut && s.InUse != nil:
+				state = "NOT logged out (in use)"
 			case !s.LoggedOut:
 				state = "NOT logged out"
 			}
-			fmt.Fprintf(tw, "%d\t0x%04x\t%012x\t\t\t%s\t\t\n", i+1, s.TSIH, s.ISID[:], state)
+			detail := ""
+			if s.InUse != nil {
+				detail = "in use: " + trimPrefixes(s.InUse.Error())
+			}
+			if n := s.Commands; n.Total() > 0 {
+				detail = strings.TrimPrefix(detail+"; "+commandsDetail(n), "; ")
+			}
+			fmt.Fprintf(tw, "%d\t0x%04x\t%012x\t\t\t%s\t\t%s\n", i+1, s.TSIH, s.ISID[:], state, safe(detail))
 			for _, c := range s.Conns {
 				// The detail may quote the target's text in an error.
 				fmt.Fprintf(tw, "\t\t\t%d\t%s\t%s\t%s\t%s\n", c.CID, reasonName(c.Reason), c.State,
 					roundDuration(c.Duration), safe(connDetail(&c)))
+				if len(c.Steps) > 1 || (len(c.Steps) == 1 && c.Steps[0].Waited > 0) {
+					// The ladder: one line per step, under its connection.
+					for k, st := range c.Steps {
+						fmt.Fprintf(tw, "\t\t\t\t  %d. %s\t%s\t%s\t%s\n", k+1, stepName(&st), st.State,
+							roundDuration(st.Duration), safe(stepDetail(&st)))
+					}
+				}
 			}
 		}
 		tw.Flush()
 	}
-	fmt.Fprintf(w, "\nOutcome: %s (HRESULT 0x%08X): %d of %d sessions logged out in %s\n",
-		r.Outcome, r.HRESULT(), r.LoggedOut(), len(r.Sessions), roundDuration(r.Duration))
+	fmt.Fprintf(w, "\nOutcome: %s (HRESULT 0x%08X): %d of %d sessions logged out in %s (deadline %s)\n",
+		r.Outcome, r.HRESULT(), r.LoggedOut(), len(r.Sessions), roundDuration(r.Duration), r.Deadline)
+	if n := r.Commands; n.Total() > 0 {
+		fmt.Fprintf(w, "Commands in flight: %s\n", commandsDetail(n))
+	}
+}
+
+// commandsDetail says how the commands in flight ended.
+func commandsDetail(n logout.Commands) string {
+	return fmt.Sprintf("%d completed, %d aborted, %d outcome unknown", n.Completed, n.Aborted, n.Unknown)
+}
+
+// stepName names a step of the ladder: its reason, or the close.
+func stepName(st *logout.Step) string {
+	if st.Kind == logout.StepClose {
+		return "TCP close"
+	}
+	return reasonName(st.Reason)
+}
+
+// stepDetail says what a step's state does not, briefly: the connection's
+// line has the details of its Logout Request.
+func stepDetail(st *logout.Step) string {
+	var parts []string
+	if st.Waited > 0 {
+		parts = append(parts, fmt.Sprintf("after waiting Time2Wait %s", st.Waited))
+	}
+	switch {
+	case st.Kind == logout.StepClose && st.Err != nil:
+		parts = append(parts, trimPrefixes(st.Err.Error()))
+	case st.Responded:
+		parts = append(parts, fmt.Sprintf("response %d, Time2Wait %d s, Time2Retain %d s", st.Response, st.Time2Wait, st.Time2Retain))
+	}
+	parts = append(parts, fmt.Sprintf("at %s", roundDuration(st.At)))
+	return strings.Join(parts, "; ")
 }
 
 // connDetail says what the table's RESULT column does not.
@@ -117,12 +212,19 @@ func connDetail(c *logout.ConnResult) string {
 		}
 	case logout.ConnCanceled:
 		parts = append(parts, "canceled before a Logout Response came")
+	case logout.ConnClosed:
+		parts = append(parts, "no Logout Request: closed (TCP)")
+		if c.Err != nil {
+			parts = append(parts, trimPrefixes(c.Err.Error()))
+		}
 	default:
 		if c.Err != nil {
 			parts = append(parts, trimPrefixes(c.Err.Error()))
 		}
 	}
-	if c.FailedCommands > 0 {
+	if c.Commands.Total() > 0 {
+		parts = append(parts, "commands in flight: "+commandsDetail(c.Commands))
+	} else if c.FailedCommands > 0 {
 		parts = append(parts, fmt.Sprintf("%d commands failed", c.FailedCommands))
 	}
 	return strings.Join(parts, "; ")
@@ -182,10 +284,13 @@ func (a *app) waitLogout(ctx context.Context, op *logout.Operation, conns int) l
 
 // logoutOptions are the flags of a target-wide logout.
 type logoutOptions struct {
-	strategy string
-	drain    time.Duration
-	timeout  time.Duration
-	force    bool
+	strategy     string
+	drain        time.Duration
+	timeout      time.Duration
+	deadline     time.Duration
+	inFlight     string
+	abortTimeout time.Duration
+	force        bool
 	// timeoutName is the name of the timeout flag.
 	timeoutName string
 }
@@ -200,6 +305,9 @@ func (o *logoutOptions) registerNamed(fs *flag.FlagSet, name string, defaultTime
 	fs.StringVar(&o.strategy, "strategy", "per-connection", "logout strategy: per-connection (a Logout Request on every connection at once) or per-session (reason 0 on one connection per session)")
 	fs.DurationVar(&o.drain, "drain", 0, "let running commands finish for this long before the Logout Requests go out")
 	fs.DurationVar(&o.timeout, name, defaultTimeout, "wait this long for each Logout Response")
+	fs.DurationVar(&o.deadline, "deadline", 0, "bound the whole logout (every drain, request, Time2Wait and retry); 0: 15 s, or less when the timeout bounds every step more tightly")
+	fs.StringVar(&o.inFlight, "in-flight", "drain", "commands still running when the logout begins: drain (let them finish within --drain), abort (ABORT TASK SET, then log out) or fail (at once, outcome unknown)")
+	fs.DurationVar(&o.abortTimeout, "abort-timeout", 0, "with --in-flight abort: bound of the ABORT TASK SET exchanges; 0: the response timeout")
 	fs.BoolVar(&o.force, "force", false, "close sessions that did not log out locally anyway")
 }
 
@@ -213,10 +321,22 @@ func (o *logoutOptions) options() (logout.Options, error) {
 	default:
 		return logout.Options{}, invalidArgf("--strategy %q: want per-connection or per-session", o.strategy)
 	}
-	if o.timeout <= 0 || o.drain < 0 {
-		return logout.Options{}, invalidArgf("--%s must be positive and --drain not negative", o.timeoutName)
+	if o.timeout <= 0 || o.drain < 0 || o.deadline < 0 || o.abortTimeout < 0 {
+		return logout.Options{}, invalidArgf("--%s must be positive and --drain, --deadline, --abort-timeout not negative", o.timeoutName)
 	}
-	return logout.Options{Strategy: s, DrainTimeout: o.drain, Timeout: o.timeout, Force: o.force}, nil
+	var p session.InFlightPolicy
+	switch o.inFlight {
+	case "drain", "":
+		p = session.InFlightDrain
+	case "abort":
+		p = session.InFlightAbort
+	case "fail":
+		p = session.InFlightFail
+	default:
+		return logout.Options{}, invalidArgf("--in-flight %q: want drain, abort or fail", o.inFlight)
+	}
+	return logout.Options{Strategy: s, DrainTimeout: o.drain, Timeout: o.timeout, Deadline: o.deadline, InFlight: p,
+		AbortTimeout: o.abortTimeout, Force: o.force}, nil
 }
 
 // report prints a logout result (JSON or table) and returns the error for
@@ -235,4 +355,13 @@ func (a *app) reportLogout(res *logout.Result, strategy logout.Strategy, extra m
 		return &outcomeError{outcome: res.Outcome}
 	}
 	return nil
+}
+
+// goneIsDone makes "session not found" a success for --gone-ok: the
+// outcome printed stays SessionNotFound.
+func goneIsDone(err error, res *logout.Result) error {
+	if res.LoggedOutOrGone() {
+		return nil
+	}
+	return err
 }

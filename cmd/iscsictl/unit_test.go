@@ -65,7 +65,7 @@ func TestDescribe(t *testing.T) {
 }
 
 func TestOutcomeExit(t *testing.T) {
-	for o, want := range map[logout.Outcome]int{logout.Success: 0, logout.SessionNotFound: 2, logout.Failed: 3, logout.Incomplete: 4} {
+	for o, want := range map[logout.Outcome]int{logout.Success: 0, logout.SessionNotFound: 2, logout.Failed: 3, logout.Incomplete: 4, logout.Canceled: 6} {
 		if got := outcomeExit(o); got != want {
 			t.Errorf("outcomeExit(%v) = %d, want %d", o, got, want)
 		}
