@@ -74,22 +74,8 @@ type Conn struct {
 	logoutDone chan struct{}
 	logoutRes  LogoutResult
 
-	// The reader role (reader.go): reading is set while a goroutine holds
-	// it, rcmd is the command holding it (nil: the reader goroutine).
-	// rcancel asks that command to stop; rboundary says it waits for a
-	// header; rinterrupted that a deadline was set to interrupt it. All
-	// under rmu. rwg counts commands holding the role, for Close.
-	rmu          sync.Mutex
-	reading      bool
-	rcmd         *task
-	rcancel      bool
-	rboundary    bool
-	rinterrupted bool
-	rwake        chan struct{}
-	ridle        *time.Timer // see armIdle
-	ridleArmed   bool
-	rlast        time.Time // when the role was last given up
-	rwg          sync.WaitGroup
+	// role is the reader role (reader.go).
+	role readerRole
 	// direct is set on a TCP connection: commands may read for themselves.
 	direct bool
 }
@@ -133,8 +119,8 @@ func newConn(s *Session, cid uint16, nc net.Conn, r *pdu.Reader, w *pdu.Writer, 
 		closing:    make(chan struct{}),
 		readerDone: make(chan struct{}),
 		exited:     make(chan struct{}),
-		rwake:      make(chan struct{}, 1),
 	}
+	c.role.wake = make(chan struct{}, 1)
 	_, c.direct = nc.(*net.TCPConn)
 	c.wdone = sync.NewCond(&c.wmu)
 	c.expStatSN.Store(expStatSN)
@@ -250,11 +236,11 @@ func (c *Conn) Close() error {
 	c.wg.Wait()
 	// No command takes the reader role once the connection is closing;
 	// wait for those that hold it to see the end.
-	c.rmu.Lock()
-	if c.ridle != nil {
-		c.ridle.Stop()
+	c.role.mu.Lock()
+	if c.role.idleTimer != nil {
+		c.role.idleTimer.Stop()
 	}
-	c.rmu.Unlock()
-	c.rwg.Wait()
+	c.role.mu.Unlock()
+	c.role.cmds.Wait()
 	return nil
 }

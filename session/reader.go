@@ -3,6 +3,7 @@ package session
 import (
 	"errors"
 	"os"
+	"sync"
 	"time"
 )
 
@@ -30,6 +31,31 @@ import (
 // loses the connection (the stream cannot be resumed in the middle of a
 // PDU), and the command ends saying its outcome is unknown.
 
+// readerRole is who reads a connection's PDUs now, and how to stop it.
+type readerRole struct {
+	mu sync.Mutex // guards the following
+	// held is set while a goroutine holds the role; cmd is the command
+	// whose goroutine holds it (nil: the reader goroutine).
+	held bool
+	cmd  *task
+	// stop asks the command holding the role to give it up (its context
+	// ended); atHeader says the holder waits for a PDU's header, between
+	// PDUs; deadlineSet that a read deadline was set to interrupt it.
+	stop        bool
+	atHeader    bool
+	deadlineSet bool
+	// wake wakes the reader goroutine to take the role.
+	wake chan struct{}
+	// idleTimer wakes the reader goroutine once the role has been free
+	// for readIdle (armIdle); idleTimerSet says it is running; freedAt is
+	// when the role was last given up.
+	idleTimer    *time.Timer
+	idleTimerSet bool
+	freedAt      time.Time
+	// cmds counts the commands holding the role, for Close.
+	cmds sync.WaitGroup
+}
+
 // readIdle is how long the role may stay free with nothing waiting before
 // the reader goroutine takes it again.
 const readIdle = 5 * time.Millisecond
@@ -42,9 +68,9 @@ const readCancelGrace = time.Second
 // connection is up; cmd is the command whose goroutine takes it, nil for the
 // reader goroutine.
 func (c *Conn) takeRole(cmd *task) bool {
-	c.rmu.Lock()
-	defer c.rmu.Unlock()
-	if c.reading {
+	c.role.mu.Lock()
+	defer c.role.mu.Unlock()
+	if c.role.held {
 		return false
 	}
 	select {
@@ -52,9 +78,9 @@ func (c *Conn) takeRole(cmd *task) bool {
 		return false
 	default:
 	}
-	c.reading, c.rcmd, c.rcancel = true, cmd, false
+	c.role.held, c.role.cmd, c.role.stop = true, cmd, false
 	if cmd != nil {
-		c.rwg.Add(1)
+		c.role.cmds.Add(1)
 	}
 	return true
 }
@@ -62,22 +88,22 @@ func (c *Conn) takeRole(cmd *task) bool {
 // releaseRole gives the role up, waking the reader goroutine if tasks other
 // than cmd's wait (at once) or may come (after readIdle).
 func (c *Conn) releaseRole(cmd *task) {
-	c.rmu.Lock()
-	c.reading, c.rcmd, c.rcancel = false, nil, false
-	if c.rinterrupted {
+	c.role.mu.Lock()
+	c.role.held, c.role.cmd, c.role.stop = false, nil, false
+	if c.role.deadlineSet {
 		// A deadline set to interrupt the holder must not outlive it.
-		c.rinterrupted = false
+		c.role.deadlineSet = false
 		c.nc.SetReadDeadline(time.Time{})
 	}
 	if cmd != nil {
-		c.rwg.Done()
+		c.role.cmds.Done()
 	}
 	if c.othersWait(cmd) {
 		c.wakeReader()
 	} else {
 		c.armIdle()
 	}
-	c.rmu.Unlock()
+	c.role.mu.Unlock()
 }
 
 // leaveIfIdle gives the reader goroutine's role up when nothing waits on
@@ -87,12 +113,12 @@ func (c *Conn) leaveIfIdle() bool {
 	if !c.direct || c.state() >= connLogoutSent {
 		return false
 	}
-	c.rmu.Lock()
-	defer c.rmu.Unlock()
+	c.role.mu.Lock()
+	defer c.role.mu.Unlock()
 	if c.othersWait(nil) {
 		return false
 	}
-	c.reading = false
+	c.role.held = false
 	c.armIdle()
 	return true
 }
@@ -125,8 +151,8 @@ func (c *Conn) othersWait(cmd *task) bool {
 // waiting in the network poller), which at one release per command costs
 // more than the command; it checks instead when the role was last given up.
 func (c *Conn) armIdle() {
-	c.rlast = time.Now()
-	if c.ridleArmed {
+	c.role.freedAt = time.Now()
+	if c.role.idleTimerSet {
 		return
 	}
 	select {
@@ -134,26 +160,26 @@ func (c *Conn) armIdle() {
 		return // nothing more to read
 	default:
 	}
-	c.ridleArmed = true
-	if c.ridle == nil {
-		c.ridle = time.AfterFunc(readIdle, c.idleCheck)
+	c.role.idleTimerSet = true
+	if c.role.idleTimer == nil {
+		c.role.idleTimer = time.AfterFunc(readIdle, c.idleCheck)
 		return
 	}
-	c.ridle.Reset(readIdle)
+	c.role.idleTimer.Reset(readIdle)
 }
 
 // idleCheck runs readIdle after armIdle: if the role has been free since,
 // for readIdle, the reader goroutine takes it.
 func (c *Conn) idleCheck() {
-	c.rmu.Lock()
-	defer c.rmu.Unlock()
-	c.ridleArmed = false
-	if c.reading {
+	c.role.mu.Lock()
+	defer c.role.mu.Unlock()
+	c.role.idleTimerSet = false
+	if c.role.held {
 		return // the holder sets the timer again when it gives the role up
 	}
-	if d := time.Since(c.rlast); d < readIdle {
-		c.ridleArmed = true
-		c.ridle.Reset(readIdle - d)
+	if d := time.Since(c.role.freedAt); d < readIdle {
+		c.role.idleTimerSet = true
+		c.role.idleTimer.Reset(readIdle - d)
 		return
 	}
 	c.wakeReader()
@@ -161,7 +187,7 @@ func (c *Conn) idleCheck() {
 
 func (c *Conn) wakeReader() {
 	select {
-	case c.rwake <- struct{}{}:
+	case c.role.wake <- struct{}{}:
 	default:
 	}
 }
@@ -172,9 +198,9 @@ func (c *Conn) ensureReader() {
 	if !c.direct {
 		return
 	}
-	c.rmu.Lock()
-	free := !c.reading
-	c.rmu.Unlock()
+	c.role.mu.Lock()
+	free := !c.role.held
+	c.role.mu.Unlock()
 	if free {
 		c.wakeReader()
 	}
@@ -227,12 +253,12 @@ func (c *Conn) readPDUs(t *task) bool {
 // It reports false when the command's context has ended: the command stops
 // reading.
 func (c *Conn) atBoundary() bool {
-	c.rmu.Lock()
-	defer c.rmu.Unlock()
-	if c.rcancel {
+	c.role.mu.Lock()
+	defer c.role.mu.Unlock()
+	if c.role.stop {
 		return false
 	}
-	c.rboundary = true
+	c.role.atHeader = true
 	return true
 }
 
@@ -241,14 +267,14 @@ func (c *Conn) atBoundary() bool {
 // it; a header that came in despite the interrupt is read to its end within
 // readCancelGrace.
 func (c *Conn) pastBoundary(err error) bool {
-	c.rmu.Lock()
-	defer c.rmu.Unlock()
-	c.rboundary = false
-	if !c.rinterrupted {
+	c.role.mu.Lock()
+	defer c.role.mu.Unlock()
+	c.role.atHeader = false
+	if !c.role.deadlineSet {
 		return false
 	}
 	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
-		c.rinterrupted = false
+		c.role.deadlineSet = false
 		c.nc.SetReadDeadline(time.Time{})
 		return true
 	}
@@ -260,14 +286,14 @@ func (c *Conn) pastBoundary(err error) bool {
 // once if it waits between PDUs, else at the end of the PDU it reads, which
 // must come within readCancelGrace.
 func (c *Conn) interruptReader(t *task) {
-	c.rmu.Lock()
-	defer c.rmu.Unlock()
-	if c.rcmd != t || !c.reading || c.rinterrupted {
+	c.role.mu.Lock()
+	defer c.role.mu.Unlock()
+	if c.role.cmd != t || !c.role.held || c.role.deadlineSet {
 		return
 	}
-	c.rcancel = true
-	c.rinterrupted = true
-	if c.rboundary {
+	c.role.stop = true
+	c.role.deadlineSet = true
+	if c.role.atHeader {
 		c.nc.SetReadDeadline(time.Unix(1, 0))
 	} else {
 		c.nc.SetReadDeadline(time.Now().Add(readCancelGrace))
@@ -294,7 +320,7 @@ func (c *Conn) readLoop() {
 			return
 		}
 		select {
-		case <-c.rwake:
+		case <-c.role.wake:
 		case <-c.closing:
 			return
 		}
