@@ -435,7 +435,7 @@ func TestShutdownHurry(t *testing.T) {
 	if d := time.Since(start); d > 5*time.Second {
 		t.Errorf("Shutdown took %s after hurry", d)
 	}
-	if res.AllLoggedOut || len(res.Logouts) != 1 || res.Logouts[0].Outcome != "failed" ||
+	if res.AllLoggedOut || len(res.Logouts) != 1 || res.Logouts[0].Outcome != "canceled" || res.Logouts[0].ExitCode != 6 ||
 		res.Logouts[0].Sessions[0].Conns[0].State != "canceled" {
 		t.Errorf("hurried Shutdown: %+v", res)
 	}

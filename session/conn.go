@@ -44,8 +44,10 @@ type Conn struct {
 	tasks map[uint32]*task
 	err   error // why the connection ended, once it has
 	// ownLogout is set once Logout has begun on this connection (a second
-	// Logout joins it).
-	ownLogout bool
+	// Logout joins it); logoutInFlight are the SCSI commands running on the
+	// connection then (inflight.go).
+	ownLogout      bool
+	logoutInFlight []*task
 	// scsiCount counts SCSI tasks; idle, when set, is closed as it drops
 	// to zero, for a logout draining the connection.
 	scsiCount int

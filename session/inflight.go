@@ -48,31 +48,32 @@ var ErrAborted = errors.New("iscsi: command aborted at the target by the logout 
 // errFailedByLogout fails the commands of policy InFlightFail.
 var errFailedByLogout = fmt.Errorf("iscsi: command failed at once by the logout (in-flight policy fail): %w", ErrLoggedOut)
 
-// inFlight returns the SCSI commands sent and still running on c, and on
-// the session's other connections too when sessionWide (reason 0: the
-// logout ends them all). A logout snapshots them once it has stopped new
-// commands, to count exactly how each one ended (countInFlight).
-func (c *Conn) inFlight(sessionWide bool) []*task {
-	conns := []*Conn{c}
-	if sessionWide {
-		conns = c.s.Conns()
-	}
+// inFlightLocked returns the SCSI commands running on c (registered, their
+// status not in); the caller holds c.mu. A logout snapshots them as it
+// begins (beginLogout, in the same hold of c.mu that moves the connection to
+// logging out, so that no status can slip between), and those of the
+// session's other connections for reason 0, to count exactly how each one
+// ended (countInFlight).
+func (c *Conn) inFlightLocked() []*task {
 	var out []*task
-	for _, o := range conns {
-		o.mu.Lock()
-		for _, t := range o.tasks {
-			if t.kind != taskSCSI {
-				continue
-			}
-			select {
-			case <-t.done: // its status is in: not in flight
-			default:
-				out = append(out, t)
-			}
+	for _, t := range c.tasks {
+		if t.kind != taskSCSI {
+			continue
 		}
-		o.mu.Unlock()
+		select {
+		case <-t.done: // its status is in: not in flight
+		default:
+			out = append(out, t)
+		}
 	}
 	return out
+}
+
+// inFlight is inFlightLocked taking c.mu.
+func (c *Conn) inFlight() []*task {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.inFlightLocked()
 }
 
 // countInFlight counts how the commands a logout found running ended, once

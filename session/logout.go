@@ -211,7 +211,14 @@ func (c *Conn) settleInFlight(ctx context.Context, opts LogoutOptions, timeout t
 			}
 		}
 	}
-	inFlight = c.inFlight(opts.Reason == pdu.LogoutCloseSession)
+	c.mu.Lock()
+	inFlight = c.logoutInFlight
+	c.mu.Unlock()
+	if opts.Reason == pdu.LogoutCloseSession {
+		for _, o := range others {
+			inFlight = append(inFlight, o.inFlight()...)
+		}
+	}
 	switch opts.InFlight {
 	case InFlightFail:
 		failInFlight(inFlight)
@@ -336,6 +343,7 @@ func (c *Conn) beginLogout() int {
 		return logoutGone
 	}
 	c.ownLogout = true
+	c.logoutInFlight = c.inFlightLocked()
 	return logoutFirst
 }
 

@@ -234,8 +234,15 @@ func TestLogoutInFlightPolicies(t *testing.T) {
 			}()
 			switch tc.policy {
 			case InFlightDrain:
-				// One completes during the drain; the rest is still
-				// running when the request goes out.
+				// One completes during the drain (once the logout has
+				// begun: it counts the commands running then); the rest
+				// is still running when the request goes out.
+				c := s.Conns()[0]
+				for deadline := time.Now().Add(wait); c.state() != connLoggingOut; time.Sleep(time.Millisecond) {
+					if time.Now().After(deadline) {
+						t.Fatalf("the logout did not begin: connection %v", c.state())
+					}
+				}
 				f.ReadData(cmds[0], make([]byte, 512))
 			case InFlightAbort:
 				for range 2 {

@@ -211,7 +211,7 @@ type LogoutConn struct {
 }
 
 // ExitCode is the iscsictl exit status of a logout outcome: 0 success, 2
-// session not found, 3 failed, 4 incomplete.
+// session not found, 3 failed, 4 incomplete, 6 canceled.
 func ExitCode(o logout.Outcome) int {
 	switch o {
 	case logout.Success:
@@ -220,6 +220,8 @@ func ExitCode(o logout.Outcome) int {
 		return 2
 	case logout.Incomplete:
 		return 4
+	case logout.Canceled:
+		return 6
 	}
 	return 3
 }

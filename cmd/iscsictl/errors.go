@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/goiscsi/iscsi/agent/api"
 	"net"
 	"os"
 	"strings"
@@ -42,20 +43,9 @@ var exitCodes = []struct {
 	{exitCanceled, "logout: canceled by an interrupt before it ended (VDS_E_OPERATION_CANCELED 0x8004240D)"},
 }
 
-// outcomeExit maps a logout outcome to the exit status.
-func outcomeExit(o logout.Outcome) int {
-	switch o {
-	case logout.Success:
-		return exitOK
-	case logout.SessionNotFound:
-		return exitNotFound
-	case logout.Incomplete:
-		return exitIncomplete
-	case logout.Canceled:
-		return exitCanceled
-	}
-	return exitFailed
-}
+// outcomeExit maps a logout outcome to the exit status (the agent's API
+// reports the same, api.ExitCode).
+func outcomeExit(o logout.Outcome) int { return api.ExitCode(o) }
 
 // exitError is an error with its exit status; the message is already what
 // the user should read.
