@@ -1,0 +1,55 @@
+package testutil
+
+import (
+	"context"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/goiscsi/iscsi/internal/faketarget"
+)
+
+// Dial is a session Config.Dial.
+type Dial = func(ctx context.Context, network, addr string) (net.Conn, error)
+
+// FakeLogin logs in, with login, to a faketarget.Server whose connections
+// log in as o says, and returns what login returned and the server. login
+// sets dial as the Config's Dial; a login error fails the test. The test's
+// cleanup closes the session (close), then the server.
+func FakeLogin[S any](t testing.TB, tm faketarget.Timing, o faketarget.Login,
+	login func(ctx context.Context, dial Dial) (S, error), close func(S)) (S, *faketarget.Server) {
+	t.Helper()
+	srv := faketarget.NewServer(t, tm, o)
+	ctx, cancel := context.WithTimeout(context.Background(), wait(tm))
+	defer cancel()
+	s, err := login(ctx, srv.Dial)
+	if err != nil {
+		t.Fatalf("Login: %v", err)
+	}
+	srv.Next()
+	t.Cleanup(func() { close(s) }) // runs before srv.Close
+	return s, srv
+}
+
+// ScriptedLogin runs login against fake targets that run script, one per
+// connection dialed, and returns login's error and how many connections
+// were dialed. login sets dial as the Config's Dial and closes the
+// session, if any, before it returns.
+func ScriptedLogin(t testing.TB, tm faketarget.Timing, script func(f *faketarget.Target) error,
+	login func(ctx context.Context, dial Dial) error) (dials int, err error) {
+	t.Helper()
+	sc := faketarget.NewScripted(t, tm, script)
+	ctx, cancel := context.WithTimeout(context.Background(), wait(tm))
+	defer cancel()
+	err = login(ctx, sc.Dial)
+	sc.Close()
+	return sc.Dials(), err
+}
+
+// wait is tm's bound on a wait, its default included.
+func wait(tm faketarget.Timing) time.Duration {
+	if tm.Wait == 0 {
+		return 5 * time.Second
+	}
+	return tm.Wait
+}
