@@ -37,10 +37,12 @@ func fakeSession(t testing.TB, cfg session.Config, o faketarget.Login) (*session
 
 func fakeSessionServer(t testing.TB, cfg session.Config, o faketarget.Login) (*session.Session, *faketarget.Server) {
 	t.Helper()
-	return testutil.FakeLogin(t, fakeTiming, o, func(ctx context.Context, dial testutil.Dial) (*session.Session, error) {
+	srv := faketarget.NewServer(t, fakeTiming, o)
+	s, _ := testutil.FakeLogin(t, srv, fakeTiming, func(ctx context.Context, dial testutil.Dial) (*session.Session, error) {
 		cfg.Dial = dial
 		return session.Login(ctx, cfg)
 	}, func(s *session.Session) { s.Close() })
+	return s, srv
 }
 
 // fakeLoginErr logs in to fake targets that run script, one per connection

@@ -38,7 +38,17 @@ func fakeSessionServer(t testing.TB, cfg Config, o faketarget.Login) (*Session, 
 	if cfg.Portal == "" {
 		cfg.Portal = "fake:3260"
 	}
-	return testutil.FakeLogin(t, fakeTiming, o, func(ctx context.Context, dial testutil.Dial) (*Session, error) {
+	srv := faketarget.NewServer(t, fakeTiming, o)
+	s, _ := fakeLogin(t, srv, cfg)
+	return s, srv
+}
+
+// fakeLogin logs a session in through srv, a fake target server over
+// net.Pipe or TCP, and returns it with the target of its connection; the
+// test's cleanup closes the session.
+func fakeLogin(t testing.TB, srv testutil.Server, cfg Config) (*Session, *faketarget.Target) {
+	t.Helper()
+	return testutil.FakeLogin(t, srv, fakeTiming, func(ctx context.Context, dial testutil.Dial) (*Session, error) {
 		cfg.Dial = dial
 		return Login(ctx, cfg)
 	}, func(s *Session) { s.Close() })

@@ -1,7 +1,6 @@
 package testutil
 
 import (
-	"bytes"
 	"encoding/binary"
 	"math/rand/v2"
 )
@@ -30,23 +29,21 @@ func Random(seed uint64, n int) []byte {
 // RW16 returns a READ(16) (op 0x88) or WRITE(16) (op 0x8a) CDB for n bytes
 // at lba, in blocks of blockSize.
 func RW16(op byte, lba uint64, n, blockSize int) []byte {
-	cdb := make([]byte, 16)
-	cdb[0] = op
-	binary.BigEndian.PutUint64(cdb[2:], lba)
-	binary.BigEndian.PutUint32(cdb[10:], uint32(n/blockSize))
-	return cdb
+	cdb := binary.BigEndian.AppendUint64([]byte{op, 0}, lba)
+	cdb = binary.BigEndian.AppendUint32(cdb, uint32(n/blockSize))
+	return append(cdb, 0, 0) // group number, control
 }
 
-// FirstDiff returns the first offset at which a and b differ, -1 if they
-// are equal.
+// FirstDiff returns the first offset at which a and b differ (the shorter
+// one's length if one is a prefix of the other), -1 if they are equal.
 func FirstDiff(a, b []byte) int {
-	if bytes.Equal(a, b) {
+	n := min(len(a), len(b))
+	i := 0
+	for i < n && a[i] == b[i] {
+		i++
+	}
+	if i == n && len(a) == len(b) {
 		return -1
 	}
-	for i := range min(len(a), len(b)) {
-		if a[i] != b[i] {
-			return i
-		}
-	}
-	return min(len(a), len(b))
+	return i
 }

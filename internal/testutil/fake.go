@@ -12,23 +12,30 @@ import (
 // Dial is a session Config.Dial.
 type Dial = func(ctx context.Context, network, addr string) (net.Conn, error)
 
-// FakeLogin logs in, with login, to a faketarget.Server whose connections
-// log in as o says, and returns what login returned and the server. login
-// sets dial as the Config's Dial; a login error fails the test. The test's
-// cleanup closes the session (close), then the server.
-func FakeLogin[S any](t testing.TB, tm faketarget.Timing, o faketarget.Login,
-	login func(ctx context.Context, dial Dial) (S, error), close func(S)) (S, *faketarget.Server) {
+// Server is a faketarget.Server or TCPServer: it dials connections whose
+// far end serves a login, and hands over each target once its login is
+// over.
+type Server interface {
+	Dial(ctx context.Context, network, addr string) (net.Conn, error)
+	Next() *faketarget.Target
+}
+
+// FakeLogin logs in, with login, through srv, and returns what login
+// returned and the target of its first connection. login sets dial as the
+// Config's Dial; a login error fails the test. The test's cleanup closes
+// the session (close) before the server, which NewServer registered first.
+func FakeLogin[S any](t testing.TB, srv Server, tm faketarget.Timing,
+	login func(ctx context.Context, dial Dial) (S, error), close func(S)) (S, *faketarget.Target) {
 	t.Helper()
-	srv := faketarget.NewServer(t, tm, o)
 	ctx, cancel := context.WithTimeout(context.Background(), wait(tm))
 	defer cancel()
 	s, err := login(ctx, srv.Dial)
 	if err != nil {
 		t.Fatalf("Login: %v", err)
 	}
-	srv.Next()
+	f := srv.Next()
 	t.Cleanup(func() { close(s) }) // runs before srv.Close
-	return s, srv
+	return s, f
 }
 
 // ScriptedLogin runs login against fake targets that run script, one per
