@@ -16,11 +16,12 @@ import (
 	"net"
 	"os"
 	"runtime"
-	"strconv"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/goiscsi/iscsi/internal/faketarget"
+	"github.com/goiscsi/iscsi/internal/testutil"
 	"github.com/goiscsi/iscsi/pdu"
 	"github.com/goiscsi/iscsi/session"
 	"go.uber.org/goleak"
@@ -132,28 +133,36 @@ type fuzzConn struct {
 
 	wmu sync.Mutex
 	w   *pdu.Writer
-	// switchFFP makes the reader wait, after a Login Request asking for
-	// full feature phase, for the configuration (digests) to read the
-	// next PDUs with; goodLogin sends it on rcfg.
-	switchFFP bool
-	rcfg      chan pdu.ReaderConfig
-	done      chan struct{} // closed when the script goroutine returns
+	// started is set once the reader runs: the script goroutine starts it
+	// (start) before it returns, if ever.
+	started bool
+	done    chan struct{} // closed when the script goroutine returns
 }
 
-func newFuzzConn(nc net.Conn, sc *script, switchFFP bool) *fuzzConn {
-	f := &fuzzConn{nc: nc, sc: sc, statSN: 0x100, arrived: make(chan struct{}, 1), settled: map[uint32]bool{},
-		readDone: make(chan struct{}), w: pdu.NewWriter(nc), switchFFP: switchFFP, rcfg: make(chan pdu.ReaderConfig, 1),
-		done: make(chan struct{})}
-	go f.readLoop()
-	return f
+// A fuzzConn is not a faketarget.Target: the fuzzer plays the login too, so
+// the target cannot know when (or whether) full feature phase begins, nor
+// read the initiator's stream as PDUs once the fuzzed answers made it
+// garbage; it records raw headers from the connection's first byte and
+// drains what no longer parses. Where the login is a good one (FuzzSession)
+// faketarget.ServeLogin plays it, and the fuzzConn takes over after.
+func newFuzzConn(nc net.Conn, sc *script) *fuzzConn {
+	return &fuzzConn{nc: nc, sc: sc, statSN: 0x100, arrived: make(chan struct{}, 1), settled: map[uint32]bool{},
+		readDone: make(chan struct{}), w: pdu.NewWriter(nc), done: make(chan struct{})}
+}
+
+// start starts the reader, reading with the digests given; it runs on the
+// script goroutine.
+func (f *fuzzConn) start(hd, dd bool) {
+	f.started = true
+	go f.readLoop(pdu.ReaderConfig{From: pdu.FromInitiator, MaxDataSegmentLength: pdu.MaxDataSegmentLength, HeaderDigest: hd, DataDigest: dd})
 }
 
 // readLoop records every request the initiator sends (not Data-Out, nor
 // the answers to our pings: they want no answer); once the stream no longer
 // parses (digests it was not told of, garbage) it discards the rest.
-func (f *fuzzConn) readLoop() {
+func (f *fuzzConn) readLoop(cfg pdu.ReaderConfig) {
 	defer close(f.readDone)
-	r := pdu.NewReader(f.nc, pdu.ReaderConfig{From: pdu.FromInitiator, MaxDataSegmentLength: pdu.MaxDataSegmentLength})
+	r := pdu.NewReader(f.nc, cfg)
 	for {
 		h, err := r.Next()
 		if err == nil {
@@ -166,7 +175,6 @@ func (f *fuzzConn) readLoop() {
 		if h.Opcode() == pdu.OpSCSIDataOut || (h.Opcode() == pdu.OpNOPOut && h.ITT() == 0xffffffff) {
 			continue
 		}
-		toFFP := h.Opcode() == pdu.OpLoginRequest && h[1]&0x80 != 0 && h[1]&3 == pdu.StageFullFeature
 		f.mu.Lock()
 		f.reqs = append(f.reqs, *h)
 		switch h.Opcode() {
@@ -181,13 +189,6 @@ func (f *fuzzConn) readLoop() {
 		select {
 		case f.arrived <- struct{}{}:
 		default:
-		}
-		if f.switchFFP && toFFP {
-			select {
-			case cfg := <-f.rcfg:
-				r.SetConfig(cfg)
-			case <-time.After(fuzzBudget):
-			}
 		}
 	}
 }
@@ -487,14 +488,17 @@ func (f *fuzzConn) autoReply(h pdu.BHS) {
 func (f *fuzzConn) close(t *testing.T) {
 	f.nc.Close()
 	select {
-	case <-f.readDone:
-	case <-time.After(fuzzBudget):
-		t.Fatalf("fuzz target: reader did not end\n%s", stacks())
-	}
-	select {
 	case <-f.done:
 	case <-time.After(fuzzBudget):
 		t.Fatalf("fuzz target: script did not end\n%s", stacks())
+	}
+	if !f.started {
+		return
+	}
+	select {
+	case <-f.readDone:
+	case <-time.After(fuzzBudget):
+		t.Fatalf("fuzz target: reader did not end\n%s", stacks())
 	}
 }
 
@@ -546,8 +550,6 @@ type pipeTarget struct {
 	t   *testing.T
 	sc  *script
 	run func(f *fuzzConn) // the target's side of one connection
-	// switchFFP is fuzzConn.switchFFP.
-	switchFFP bool
 	// tcp connects over loopback TCP rather than net.Pipe: a TCP
 	// connection is where a command reads its own response
 	// (session/reader.go).
@@ -575,48 +577,19 @@ func (p *pipeTarget) dial(ctx context.Context, network, addr string) (net.Conn, 
 	}
 	ini, tgt := net.Pipe()
 	if p.tcp {
-		var err error
-		if ini, tgt, err = tcpPair(); err != nil {
+		tini, ttgt, err := faketarget.TCPPair(ctx)
+		if err != nil {
 			return nil, err
 		}
+		ini, tgt = tini, ttgt
 	}
-	f := newFuzzConn(tgt, p.sc, p.switchFFP)
+	f := newFuzzConn(tgt, p.sc)
 	p.conns = append(p.conns, f)
 	go func() {
 		defer close(f.done)
 		p.run(f)
 	}()
 	return ini, nil
-}
-
-// tcpPair returns both ends of a new loopback TCP connection.
-func tcpPair() (ini, tgt net.Conn, err error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, nil, err
-	}
-	defer ln.Close()
-	type accepted struct {
-		c   net.Conn
-		err error
-	}
-	acc := make(chan accepted, 1)
-	go func() {
-		c, err := ln.Accept()
-		acc <- accepted{c, err}
-	}()
-	ini, err = net.DialTimeout("tcp", ln.Addr().String(), fuzzBudget)
-	if err != nil {
-		ln.Close()
-		<-acc
-		return nil, nil, err
-	}
-	a := <-acc
-	if a.err != nil {
-		ini.Close()
-		return nil, nil, a.err
-	}
-	return ini, a.c, nil
 }
 
 func (p *pipeTarget) close() {
@@ -688,6 +661,7 @@ func FuzzLogin(f *testing.F) {
 func fuzzLogin(t *testing.T, in []byte) {
 	sc := &script{b: in[1:]}
 	pt := &pipeTarget{t: t, sc: sc, run: func(f *fuzzConn) {
+		f.start(false, false)
 		for f.step() {
 		}
 		if sc.empty() {
@@ -797,8 +771,8 @@ func fuzzSession(t *testing.T, in []byte, tcp bool) {
 	mrdsl := fuzzMRDSL[flags>>3&3]
 	sc := &script{b: in[1:]}
 	loginErr := make(chan error, 1)
-	pt := &pipeTarget{t: t, sc: sc, switchFFP: true, tcp: tcp, run: func(f *fuzzConn) {
-		err := goodLogin(f, hd, dd, r2t, mrdsl)
+	pt := &pipeTarget{t: t, sc: sc, tcp: tcp, run: func(f *fuzzConn) {
+		err := goodLogin(t, f, r2t, mrdsl)
 		loginErr <- err
 		if err != nil {
 			return
@@ -852,11 +826,11 @@ func fuzzSession(t *testing.T, in []byte, tcp bool) {
 				}
 			}()
 		}
-		run(&session.Command{LUN: 1, CDB: rw16(0x88, 8), Read: make([]byte, 4096)})
+		run(&session.Command{LUN: 1, CDB: testutil.RW16(0x88, 0, 8*512, 512), Read: make([]byte, 4096)})
 		// The write goes second, so that the script meets the commands in
 		// a fixed order.
 		waitReqs(fc, 1)
-		run(&session.Command{LUN: 1, CDB: rw16(0x8a, 16), Write: bytes.Repeat([]byte{0xa5}, 8192)})
+		run(&session.Command{LUN: 1, CDB: testutil.RW16(0x8a, 0, 16*512, 512), Write: bytes.Repeat([]byte{0xa5}, 8192)})
 		wg.Wait()
 		opts := session.LogoutOptions{Timeout: fuzzOpTimeout}
 		if flags&0x40 != 0 {
@@ -909,78 +883,28 @@ func waitReqs(f *fuzzConn, n int) {
 	}
 }
 
-func rw16(op byte, blocks int) []byte {
-	cdb := make([]byte, 16)
-	cdb[0] = op
-	binary.BigEndian.PutUint32(cdb[10:], uint32(blocks))
-	return cdb
-}
-
-// goodLogin answers a login correctly: AuthMethod=None, then the
-// operational keys with the given digests, R2T mode and receive length.
-func goodLogin(f *fuzzConn, hd, dd, r2t bool, mrdsl int) error {
-	answered := 0
-	for {
-		f.mu.Lock()
-		n := len(f.reqs)
-		f.mu.Unlock()
-		if n == answered {
-			select {
-			case <-f.arrived:
-				continue
-			case <-f.readDone:
-				return errors.New("fuzz: initiator closed during login")
-			case <-time.After(time.Second):
-				return errors.New("fuzz: no login request")
-			}
-		}
-		f.mu.Lock()
-		h := f.reqs[answered]
-		f.mu.Unlock()
-		answered++
-		var req pdu.LoginRequest
-		if err := req.UnmarshalBHS(&h); err != nil {
-			return err
-		}
-		resp := &pdu.LoginResponse{Transit: true, CSG: req.CSG, NSG: req.NSG, ISID: req.ISID, ITT: req.ITT, SeqNums: f.seq(true)}
-		var text []byte
-		if req.CSG == pdu.StageSecurity {
-			text = pdu.AppendText(nil, pdu.KV{Key: "AuthMethod", Value: "None"}, pdu.KV{Key: "TargetPortalGroupTag", Value: "1"})
-		} else {
-			resp.TSIH = 0x4242
-			digest := func(on bool) string {
-				if on {
-					return "CRC32C"
-				}
-				return "None"
-			}
-			text = pdu.AppendText(nil,
-				pdu.KV{Key: "HeaderDigest", Value: digest(hd)},
-				pdu.KV{Key: "DataDigest", Value: digest(dd)},
-				pdu.KV{Key: "MaxRecvDataSegmentLength", Value: strconv.Itoa(mrdsl)},
-				pdu.KV{Key: "InitialR2T", Value: pdu.FormatBool(r2t)},
-				pdu.KV{Key: "ImmediateData", Value: pdu.FormatBool(!r2t)},
-				pdu.KV{Key: "MaxBurstLength", Value: "16384"},
-				pdu.KV{Key: "FirstBurstLength", Value: "4096"})
-		}
-		f.mu.Lock()
-		// The reader switches to the digests with the first PDU after the
-		// last login response; it has read nothing since the request.
-		if resp.NSG == pdu.StageFullFeature {
-			f.rcfg <- pdu.ReaderConfig{From: pdu.FromInitiator, MaxDataSegmentLength: pdu.MaxDataSegmentLength, HeaderDigest: hd, DataDigest: dd}
-		}
-		f.answered = answered
-		f.mu.Unlock()
-		if err := f.send(resp, text); err != nil {
-			return err
-		}
-		if resp.NSG == pdu.StageFullFeature {
-			f.wmu.Lock()
-			f.w.SetDigests(hd, dd)
-			f.wmu.Unlock()
-			return nil
-		}
+// goodLogin answers a login correctly with faketarget.ServeLogin:
+// AuthMethod=None, then the operational keys with the digests the initiator
+// offers, the given R2T mode and receive length. The fuzzConn then reads and
+// writes the connection, its sequence numbers going on from the login's.
+func goodLogin(t *testing.T, f *fuzzConn, r2t bool, mrdsl int) error {
+	tf := faketarget.New(t, f.nc, faketarget.Timing{Wait: fuzzBudget})
+	err := tf.ServeLogin(faketarget.Login{TSIH: 0x4242, Digests: true, TargetMRDSL: mrdsl, NoReader: true,
+		Answers: map[string]string{"InitialR2T": pdu.FormatBool(r2t), "ImmediateData": pdu.FormatBool(!r2t),
+			"MaxBurstLength": "16384", "FirstBurstLength": "4096"}})
+	if err != nil {
+		return err
 	}
+	seq := tf.Seq(false)
+	f.mu.Lock()
+	f.statSN, f.expCmdSN = seq.StatSN, seq.ExpCmdSN
+	f.mu.Unlock()
+	hd, dd := tf.Digests()
+	f.wmu.Lock()
+	f.w.SetDigests(hd, dd)
+	f.wmu.Unlock()
+	f.start(hd, dd)
+	return nil
 }
 
 // Seeds. Script bytes are built with these helpers.

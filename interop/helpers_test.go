@@ -1,12 +1,9 @@
 package interop
 
 import (
-	"bytes"
 	"context"
 	"fmt"
-	"math/rand/v2"
 	"net"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -14,8 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/goiscsi/iscsi/capture"
 	"github.com/goiscsi/iscsi/internal/peers"
+	"github.com/goiscsi/iscsi/internal/testutil"
 	"github.com/goiscsi/iscsi/pdu"
 	"github.com/goiscsi/iscsi/session"
 )
@@ -77,35 +74,6 @@ func logParams(t testing.TB, what string, s *session.Session) {
 	t.Logf("negotiated (%s): %s", what, fmtParams(s.Params()))
 }
 
-// pattern returns n bytes of data that depend on seed.
-func pattern(seed uint64, n int) []byte {
-	b := make([]byte, n)
-	r := rand.NewChaCha8([32]byte{byte(seed), byte(seed >> 8), byte(seed >> 16), byte(seed >> 24),
-		byte(seed >> 32), byte(seed >> 40), byte(seed >> 48), byte(seed >> 56), 'g', 'o', 'i', 's', 'c', 's', 'i'})
-	r.Read(b)
-	return b
-}
-
-// writeVerify writes data at lba of lun, reads it back and compares byte for
-// byte.
-func writeVerify(ctx context.Context, s *session.Session, lun int, lba uint64, data []byte) error {
-	if err := s.Write(ctx, lun, lba, blockSize, data); err != nil {
-		return fmt.Errorf("write %d bytes at LUN %d LBA %d: %w", len(data), lun, lba, err)
-	}
-	got := make([]byte, len(data))
-	if err := s.Read(ctx, lun, lba, blockSize, got); err != nil {
-		return fmt.Errorf("read %d bytes at LUN %d LBA %d: %w", len(data), lun, lba, err)
-	}
-	if !bytes.Equal(got, data) {
-		i := 0
-		for i < len(got) && got[i] == data[i] {
-			i++
-		}
-		return fmt.Errorf("LUN %d LBA %d: %d bytes read back differ from those written, first at offset %d", lun, lba, len(data), i)
-	}
-	return nil
-}
-
 // waitLIOSessions polls LIO's own session list (tpgt_1/dynamic_sessions)
 // until the sessions of initiator name (every session when name is "")
 // number want.
@@ -153,80 +121,15 @@ func lioSessionsWithin(l *peers.LIO, name string, wait time.Duration) bool {
 	}
 }
 
-// tapSet records connections into pcap files, one per connection, and
-// checks them with tshark.
-type tapSet struct {
-	dir  string
-	port int
-
-	mu    sync.Mutex
-	paths []string
-	taps  []*capture.TapConn
-}
-
-func newTapSet(t testing.TB, port int) *tapSet {
-	return &tapSet{dir: t.TempDir(), port: port}
-}
-
-// wrap records c; it is a WrapConn.
-func (ts *tapSet) wrap(t testing.TB, c net.Conn) net.Conn {
-	ts.mu.Lock()
-	defer ts.mu.Unlock()
-	path := filepath.Join(ts.dir, fmt.Sprintf("conn%02d.pcap", len(ts.paths)))
-	tap, err := capture.NewFileTap(c, path, capture.TapOptions{})
-	if err != nil {
-		t.Errorf("capture: %v", err)
-		return c
-	}
-	ts.paths = append(ts.paths, path)
-	ts.taps = append(ts.taps, tap)
-	return tap
-}
-
-// logouts checks each recorded connection (all closed by now) with tshark:
-// no malformed packet, and returns per file how many Logout Requests and
-// Responses it carries.
-func (ts *tapSet) logouts(t testing.TB) (req, resp []int) {
-	t.Helper()
-	ts.mu.Lock()
-	defer ts.mu.Unlock()
-	for _, tap := range ts.taps {
-		if err := tap.Err(); err != nil {
-			t.Errorf("capture: %v", err)
-		}
-	}
-	if missing := peers.Missing("tshark"); len(missing) > 0 {
-		if peers.InCI() {
-			t.Errorf("tshark missing: captures not checked")
-		} else {
-			t.Logf("tshark missing: captures not checked")
-		}
+// logouts checks the recorded connections (all closed by now): no tap
+// failed, no malformed packet; it returns per connection how many Logout
+// Requests and Responses it carries, nil without tshark.
+func logouts(rec *testutil.Recorder) (req, resp []int) {
+	if !rec.Check() {
 		return nil, nil
 	}
-	for _, p := range ts.paths {
-		bad, err := peers.TsharkMalformed(p, ts.port)
-		if err != nil {
-			t.Fatalf("tshark %s: %v", p, err)
-		}
-		if bad != 0 {
-			t.Errorf("tshark finds %d malformed packets in %s", bad, p)
-		}
-		rows, err := peers.TsharkFields(p, ts.port, "iscsi.opcode")
-		if err != nil {
-			t.Fatalf("tshark %s: %v", p, err)
-		}
-		var q, r int
-		for _, row := range rows {
-			for _, op := range strings.Split(row[0], ",") {
-				switch op {
-				case "0x06", "0x46": // Logout Request, immediate or not
-					q++
-				case "0x26":
-					r++
-				}
-			}
-		}
-		req, resp = append(req, q), append(resp, r)
+	for _, ops := range rec.OpcodesPerFile() {
+		req, resp = append(req, ops[pdu.OpLogoutRequest]), append(resp, ops[pdu.OpLogoutResponse])
 	}
 	return req, resp
 }

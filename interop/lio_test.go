@@ -12,6 +12,7 @@ import (
 
 	"github.com/goiscsi/iscsi/initiator"
 	"github.com/goiscsi/iscsi/internal/peers"
+	"github.com/goiscsi/iscsi/internal/testutil"
 	"github.com/goiscsi/iscsi/logout"
 	"github.com/goiscsi/iscsi/pdu"
 	"github.com/goiscsi/iscsi/session"
@@ -217,7 +218,7 @@ func testDigests(t *testing.T, l *peers.LIO) {
 			ctx := testCtx(t)
 			lba := uint64(0)
 			for i, n := range []int{512, 64<<10 + 512, 1 << 20} {
-				if err := writeVerify(ctx, s, 0, lba, pattern(uint64(100+i), n)); err != nil {
+				if err := testutil.WriteVerify(ctx, s, 0, lba, blockSize, testutil.Random(uint64(100+i), n)); err != nil {
 					t.Fatal(err)
 				}
 				lba += uint64(n / blockSize)
@@ -253,7 +254,7 @@ func testIO(t *testing.T, l *peers.LIO) {
 				// A seed per combination and size: data left by another
 				// case never passes for this one's.
 				seed := uint64(i) | uint64(len(t.Name()))<<16 | map[bool]uint64{true: 1 << 32}[c.initialR2T] | map[bool]uint64{true: 1 << 33}[c.immediate]
-				if err := writeVerify(ctx, s, 0, lba, pattern(seed, n)); err != nil {
+				if err := testutil.WriteVerify(ctx, s, 0, lba, blockSize, testutil.Random(seed, n)); err != nil {
 					t.Fatal(err)
 				}
 				lba += uint64(n / blockSize)
@@ -276,26 +277,8 @@ func testInFlight(t *testing.T, l *peers.LIO) {
 	if err := s.TestUnitReady(ctx, 1); err != nil { // take the nexus's unit attentions first
 		t.Fatal(err)
 	}
-	start := make(chan struct{})
-	var wg sync.WaitGroup
-	errs := make(chan error, n)
-	for i := 0; i < n; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			<-start
-			errs <- writeVerify(ctx, s, 1, uint64(i*size/blockSize), pattern(uint64(1000+i), size))
-		}()
-	}
 	t0 := time.Now()
-	close(start)
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		if err != nil {
-			t.Error(err)
-		}
-	}
+	testutil.ConcurrentIO(t, ctx, s, 1, blockSize, n, size, 1000)
 	t.Logf("%d × %d bytes written and read back at once in %v", n, size, time.Since(t0))
 }
 
@@ -343,22 +326,7 @@ func testMCS(t *testing.T, l *peers.LIO) {
 			for i, c := range counts {
 				before[i] = c.written.Load()
 			}
-			var wg sync.WaitGroup
-			errs := make(chan error, workers)
-			for i := 0; i < workers; i++ {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					errs <- writeVerify(ctx, s, 2, uint64(i*size/blockSize), pattern(uint64(2000+10*nconn+i), size))
-				}()
-			}
-			wg.Wait()
-			close(errs)
-			for err := range errs {
-				if err != nil {
-					t.Error(err)
-				}
-			}
+			testutil.ConcurrentIO(t, ctx, s, 2, blockSize, workers, size, uint64(2000+10*nconn))
 			// Every connection carried some of the writes.
 			for i, c := range counts {
 				w := c.written.Load() - before[i]
@@ -417,7 +385,7 @@ func testLogout(t *testing.T, l *peers.LIO) {
 
 func (c logoutCase) run(t *testing.T, l *peers.LIO) {
 	ctx := testCtx(t)
-	taps := newTapSet(t, l.Port)
+	rec := testutil.NewRecorder(t, l.Port)
 	var wrapped int
 	var mu sync.Mutex
 	name := initiatorName(t)
@@ -429,7 +397,7 @@ func (c logoutCase) run(t *testing.T, l *peers.LIO) {
 		first := wrapped <= c.nconn
 		mu.Unlock()
 		if first {
-			return taps.wrap(t, nc)
+			return rec.Wrap(nc)
 		}
 		return nc
 	}}
@@ -511,7 +479,7 @@ func (c logoutCase) run(t *testing.T, l *peers.LIO) {
 	}
 
 	// The first session's connections, as tshark reads them.
-	if req, resp := taps.logouts(t); req != nil {
+	if req, resp := logouts(rec); req != nil {
 		if len(req) != c.nconn {
 			t.Fatalf("%d connections recorded, want %d", len(req), c.nconn)
 		}

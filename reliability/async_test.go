@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/goiscsi/iscsi/initiator"
+	"github.com/goiscsi/iscsi/internal/testutil"
 	"github.com/goiscsi/iscsi/iscsitest"
 	"github.com/goiscsi/iscsi/pdu"
 	"github.com/goiscsi/iscsi/session"
@@ -48,7 +49,7 @@ func TestFaultAsyncLogoutNow(t *testing.T) {
 	s := e.login(t, 1, 1)[0]
 	sent := time.Now()
 	sendAsync(t, e, s, 0, pdu.AsyncMessage{AsyncEvent: pdu.AsyncLogoutRequest, Parameter3: 0})
-	ev := within(t, wait, logouts, "Logout Request")
+	ev := testutil.Recv(t, logouts, wait, "Logout Request")
 	if d := time.Since(sent); d > 2*time.Second {
 		t.Errorf("Logout Request %v after an event asking for it now", d)
 	}
@@ -74,13 +75,13 @@ func TestFaultAsyncLogoutIn5s(t *testing.T) {
 		readDone = time.Now()
 		read <- err
 	}()
-	within(t, wait, cmds, "SCSI Command")
+	testutil.Recv(t, cmds, wait, "SCSI Command")
 	sent := time.Now()
 	sendAsync(t, e, s, 0, pdu.AsyncMessage{AsyncEvent: pdu.AsyncLogoutRequest, Parameter3: 5})
-	if err := within(t, wait, read, "read"); err != nil {
+	if err := testutil.Recv(t, read, wait, "read"); err != nil {
 		t.Fatalf("the command running when the target asked to log out: %v", err)
 	}
-	within(t, wait, logouts, "Logout Request")
+	testutil.Recv(t, logouts, wait, "Logout Request")
 	got := time.Now()
 	if got.Before(readDone) {
 		t.Error("Logout Request before the running command finished")
@@ -104,7 +105,7 @@ func TestFaultAsyncConnectionDrop(t *testing.T) {
 		}
 	}
 	sendAsync(t, e, s, 1, pdu.AsyncMessage{AsyncEvent: pdu.AsyncConnectionDrop, Parameter1: 1, Parameter2: 2, Parameter3: 20})
-	within(t, wait, c1.Done(), "connection 1 closed")
+	testutil.Recv(t, c1.Done(), wait, "connection 1 closed")
 	if !errors.Is(c1.Err(), session.ErrTargetDropped) {
 		t.Errorf("connection 1: %v, want session.ErrTargetDropped", c1.Err())
 	}
@@ -125,7 +126,7 @@ func TestFaultAsyncConnectionDropUnknownCID(t *testing.T) {
 	e := newMem(t, nil, nil, initiator.Config{OnAsync: func(s *session.Session, ev session.AsyncEvent) { events <- ev }})
 	s := e.login(t, 1, 2)[0]
 	sendAsync(t, e, s, 0, pdu.AsyncMessage{AsyncEvent: pdu.AsyncConnectionDrop, Parameter1: 9, Parameter3: 0})
-	if ev := within(t, wait, events, "event"); ev.Parameter1 != 9 {
+	if ev := testutil.Recv(t, events, wait, "event"); ev.Parameter1 != 9 {
 		t.Errorf("event %+v", ev)
 	}
 	// Round robin: these go over both connections.
@@ -150,9 +151,9 @@ func TestFaultAsyncSessionDrop(t *testing.T) {
 	s := e.login(t, 1, 2)[0]
 	read := make(chan error, 1)
 	go func() { read <- s.Read(context.Background(), 0, 0, 512, make([]byte, 512)) }()
-	within(t, wait, cmds, "SCSI Command")
+	testutil.Recv(t, cmds, wait, "SCSI Command")
 	sendAsync(t, e, s, 0, pdu.AsyncMessage{AsyncEvent: pdu.AsyncSessionDrop, Parameter2: 2, Parameter3: 20})
-	err := within(t, wait, read, "read")
+	err := testutil.Recv(t, read, wait, "read")
 	if !errors.Is(err, session.ErrTargetDropped) || !strings.Contains(err.Error(), "unknown") {
 		t.Fatalf("read: %v, want session.ErrTargetDropped, outcome unknown", err)
 	}
@@ -170,7 +171,7 @@ func TestFaultAsyncLogoutRepeated(t *testing.T) {
 	msg := pdu.AsyncMessage{AsyncEvent: pdu.AsyncLogoutRequest, Parameter3: 1}
 	sendAsync(t, e, s, 0, msg)
 	e.tg.SendAsync(s.TSIH(), 0, msg, nil) // may find the connection gone
-	within(t, wait, logouts, "Logout Request")
+	testutil.Recv(t, logouts, wait, "Logout Request")
 	loggedOutByTarget(t, e, s)
 	if n := e.tg.Stats().LogoutRequests[pdu.LogoutCloseSession]; n != 1 {
 		t.Errorf("%d Logout Requests, want 1", n)

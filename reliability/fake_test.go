@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/goiscsi/iscsi/internal/faketarget"
+	"github.com/goiscsi/iscsi/internal/testutil"
 	"github.com/goiscsi/iscsi/session"
 )
 
@@ -37,15 +38,10 @@ func fakeSession(t testing.TB, cfg session.Config, o faketarget.Login) (*session
 func fakeSessionServer(t testing.TB, cfg session.Config, o faketarget.Login) (*session.Session, *faketarget.Server) {
 	t.Helper()
 	srv := faketarget.NewServer(t, fakeTiming, o)
-	cfg.Dial = srv.Dial
-	ctx, cancel := context.WithTimeout(context.Background(), wait)
-	defer cancel()
-	s, err := session.Login(ctx, cfg)
-	if err != nil {
-		t.Fatalf("Login: %v", err)
-	}
-	srv.Next()
-	t.Cleanup(func() { s.Close() }) // before srv.Close
+	s, _ := testutil.FakeLogin(t, srv, fakeTiming, func(ctx context.Context, dial testutil.Dial) (*session.Session, error) {
+		cfg.Dial = dial
+		return session.Login(ctx, cfg)
+	}, func(s *session.Session) { s.Close() })
 	return s, srv
 }
 
@@ -53,15 +49,14 @@ func fakeSessionServer(t testing.TB, cfg session.Config, o faketarget.Login) (*s
 // dialed, and returns Login's error; a session, if any, is closed.
 func fakeLoginErr(t testing.TB, cfg session.Config, script func(f *faketarget.Target) error) error {
 	t.Helper()
-	sc := faketarget.NewScripted(t, fakeTiming, script)
-	cfg.Dial = sc.Dial
-	ctx, cancel := context.WithTimeout(context.Background(), wait)
-	defer cancel()
-	s, err := session.Login(ctx, cfg)
-	if s != nil {
-		s.Close()
-	}
-	sc.Close()
+	_, err := testutil.ScriptedLogin(t, fakeTiming, script, func(ctx context.Context, dial testutil.Dial) error {
+		cfg.Dial = dial
+		s, err := session.Login(ctx, cfg)
+		if s != nil {
+			s.Close()
+		}
+		return err
+	})
 	return err
 }
 
@@ -72,58 +67,31 @@ type execResult struct {
 
 // goExecute runs Execute in a goroutine, for the target to answer.
 func goExecute(ctx context.Context, s *session.Session, cmd *session.Command) <-chan execResult {
-	ch := make(chan execResult, 1)
-	go func() {
+	return testutil.Go(func() execResult {
 		res, err := s.Execute(ctx, cmd)
-		ch <- execResult{res, err}
-	}()
-	return ch
+		return execResult{res, err}
+	})
 }
 
+// waitExec waits for the result goExecute sends.
 func waitExec(t testing.TB, ch <-chan execResult) execResult {
 	t.Helper()
-	select {
-	case r := <-ch:
-		return r
-	case <-time.After(wait):
-		t.Fatalf("Execute did not return in %v", wait)
-	}
-	panic("unreachable")
+	return testutil.Recv(t, ch, wait, "Execute did not return")
 }
 
 // waitEnded waits for the session to have no connection left.
 func waitEnded(t testing.TB, s *session.Session) {
 	t.Helper()
-	select {
-	case <-s.Ended():
-	case <-time.After(wait):
-		t.Fatalf("session did not end in %v", wait)
-	}
-}
-
-func rw16(op byte, lba uint64, n int) []byte {
-	cdb := make([]byte, 16)
-	cdb[0] = op
-	for i := 0; i < 8; i++ {
-		cdb[2+i] = byte(lba >> (56 - 8*i))
-	}
-	blocks := uint32(n / 512)
-	cdb[10], cdb[11], cdb[12], cdb[13] = byte(blocks>>24), byte(blocks>>16), byte(blocks>>8), byte(blocks)
-	return cdb
+	testutil.Recv(t, s.Ended(), wait, "session did not end")
 }
 
 func readCmd(n int) *session.Command {
-	return &session.Command{LUN: 1, CDB: rw16(0x88, 0, n), Read: make([]byte, n)}
+	return &session.Command{LUN: 1, CDB: testutil.RW16(0x88, 0, n, 512), Read: make([]byte, n)}
 }
 
 func writeCmd(data []byte) *session.Command {
-	return &session.Command{LUN: 1, CDB: rw16(0x8a, 0, len(data)), Write: data}
+	return &session.Command{LUN: 1, CDB: testutil.RW16(0x8a, 0, len(data), 512), Write: data}
 }
 
-func pattern(n int, seed byte) []byte {
-	b := make([]byte, n)
-	for i := range b {
-		b[i] = seed + byte(i*7) + byte(i>>9)
-	}
-	return b
-}
+// pattern is testutil.Pattern.
+var pattern = testutil.Pattern

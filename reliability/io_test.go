@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/goiscsi/iscsi/internal/faketarget"
+	"github.com/goiscsi/iscsi/internal/testutil"
 	"github.com/goiscsi/iscsi/iscsitest"
 	"github.com/goiscsi/iscsi/pdu"
 	"github.com/goiscsi/iscsi/session"
@@ -244,7 +245,7 @@ func TestFaultR2TOutsideBuffer(t *testing.T) {
 func TestFaultDataInPastExpectedLength(t *testing.T) {
 	s, f := fakeSession(t, testConfig(), faketarget.Login{})
 	buf := make([]byte, 1024)
-	cmd := &session.Command{LUN: 1, CDB: rw16(0x88, 0, 512), Read: buf[:512]}
+	cmd := &session.Command{LUN: 1, CDB: testutil.RW16(0x88, 0, 512, 512), Read: buf[:512]}
 	ch := goExecute(context.Background(), s, cmd)
 	c := f.Expect(pdu.OpSCSICommand).PDU.(*pdu.SCSICommand)
 	f.Send(&pdu.DataIn{Final: true, HasStatus: true, ITT: c.ITT, TTT: 0xffffffff, SeqNums: f.Seq(true)}, bytes.Repeat([]byte{0xee}, 1024))

@@ -12,6 +12,7 @@ import (
 
 	"github.com/goiscsi/iscsi/initiator"
 	"github.com/goiscsi/iscsi/internal/faketarget"
+	"github.com/goiscsi/iscsi/internal/testutil"
 	"github.com/goiscsi/iscsi/iscsitest"
 	"github.com/goiscsi/iscsi/logout"
 	"github.com/goiscsi/iscsi/pdu"
@@ -184,8 +185,8 @@ func TestFaultLogoutCancel(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	within(t, wait, logouts, "Logout Request")
-	within(t, wait, logouts, "Logout Request")
+	testutil.Recv(t, logouts, wait, "Logout Request")
+	testutil.Recv(t, logouts, wait, "Logout Request")
 	start := time.Now()
 	op.Cancel()
 	ctx, cancel := context.WithTimeout(context.Background(), wait)
@@ -219,7 +220,7 @@ func TestFaultLogoutHeaderDigestMismatch(t *testing.T) {
 	b := f.Wire(&pdu.LogoutResponse{ITT: x.PDU.(*pdu.LogoutRequest).ITT, SeqNums: f.Seq(true)}, nil)
 	b[pdu.BHSLen+2] ^= 0x10
 	f.SendRaw(b)
-	res := within(t, wait, ch, "logout")
+	res := testutil.Recv(t, ch, wait, "logout")
 	var de *pdu.DigestError
 	if res.OK() || res.Responded || !errors.As(res.Err, &de) {
 		t.Fatalf("logout %+v, want a DigestError", res)
@@ -244,7 +245,7 @@ func TestFaultDataInAfterLogoutResponse(t *testing.T) {
 	f.MustSend(&pdu.LogoutResponse{ITT: x.PDU.(*pdu.LogoutRequest).ITT, SeqNums: f.Seq(true)}, nil)
 	f.Send(&pdu.DataIn{Final: true, HasStatus: true, ITT: cmd.ITT, TTT: 0xffffffff, SeqNums: f.Seq(true)}, make([]byte, 512))
 	f.Close()
-	res := within(t, wait, ch, "logout")
+	res := testutil.Recv(t, ch, wait, "logout")
 	if !res.OK() || res.Failed != 1 || !s.LoggedOut() {
 		t.Fatalf("logout %+v (logged out %v), want success with 1 command failed", res, s.LoggedOut())
 	}
@@ -271,7 +272,7 @@ func TestFaultR2TAfterLogoutRequest(t *testing.T) {
 	f.Send(&pdu.R2T{ITT: cmd.ITT, TTT: 1, SeqNums: f.Seq(false), DesiredDataTransferLength: 4096}, nil)
 	f.Send(&pdu.LogoutResponse{ITT: x.PDU.(*pdu.LogoutRequest).ITT, SeqNums: f.Seq(true)}, nil)
 	f.ExpectClosed() // and no Data-Out before
-	within(t, wait, ch, "logout")
+	testutil.Recv(t, ch, wait, "logout")
 	if r := waitExec(t, write); r.err == nil {
 		t.Fatal("a write without status reported done")
 	}
@@ -295,7 +296,7 @@ func TestFaultLogoutResponseCrossingCancel(t *testing.T) {
 		resp := &pdu.LogoutResponse{ITT: x.PDU.(*pdu.LogoutRequest).ITT, SeqNums: f.Seq(true)}
 		go cancel()
 		f.Send(resp, nil)
-		res := within(t, wait, ch, "logout")
+		res := testutil.Recv(t, ch, wait, "logout")
 		if !res.OK() && !errors.Is(res.Err, context.Canceled) {
 			t.Fatalf("round %d: logout %+v, want success or canceled", i, res)
 		}

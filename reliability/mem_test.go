@@ -3,7 +3,6 @@ package reliability
 import (
 	"context"
 	"testing"
-	"time"
 
 	"github.com/goiscsi/iscsi/initiator"
 	"github.com/goiscsi/iscsi/iscsitest"
@@ -104,16 +103,4 @@ func observe(m iscsitest.Match, ch chan<- *iscsitest.Event) iscsitest.Hook {
 		}
 		return iscsitest.Continue
 	}
-}
-
-// within waits for ch or fails after d.
-func within[T any](t testing.TB, d time.Duration, ch <-chan T, what string) T {
-	t.Helper()
-	select {
-	case v := <-ch:
-		return v
-	case <-time.After(d):
-		t.Fatalf("%s: nothing in %v", what, d)
-	}
-	panic("unreachable")
 }

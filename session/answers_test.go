@@ -35,15 +35,7 @@ const slack = 2 * time.Second
 func tcpSession(t testing.TB, cfg Config, o faketarget.Login) (*Session, *faketarget.Target, *faketarget.TCPServer) {
 	t.Helper()
 	srv := faketarget.NewTCPServer(t, fakeTiming, o)
-	cfg.Dial = srv.Dial
-	ctx, cancel := context.WithTimeout(context.Background(), wait)
-	defer cancel()
-	s, err := Login(ctx, cfg)
-	if err != nil {
-		t.Fatalf("Login: %v", err)
-	}
-	f := srv.Next()
-	t.Cleanup(func() { s.Close() }) // runs before srv.Close
+	s, f := fakeLogin(t, srv, cfg)
 	return s, f, srv
 }
 

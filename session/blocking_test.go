@@ -35,6 +35,27 @@ func outcomeUnknown(err error) bool {
 	return strings.Contains(m, "outcome") && strings.Contains(m, "unknown")
 }
 
+// opResult is how an operation boundedOp ran ended: its error, and whether
+// it reported success.
+type opResult struct {
+	err error
+	ok  bool
+}
+
+// boundedOp runs op on s with a context of opTimeout, failing the test if
+// it has not returned by opTimeout+wait, and logs how it ended.
+func boundedOp(t *testing.T, name string, s *Session, op func(ctx context.Context, s *Session) (error, bool)) (opResult, time.Duration) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	defer cancel()
+	r, took := returnsWithin(t, opTimeout+wait, func() opResult {
+		err, ok := op(ctx, s)
+		return opResult{err, ok}
+	})
+	t.Logf("%s: %v after %v", name, r.err, took)
+	return r, took
+}
+
 // returnsWithin runs f and returns its result and how long it took,
 // failing the test if it has not returned after bound (the goroutine is
 // then left to the test's cleanup, which closes the session).
@@ -119,17 +140,7 @@ func TestBlockStalledWrite(t *testing.T) {
 			t.Parallel()
 			s, _, sc := stalledSession(t, testConfig())
 			sc.Stall()
-			ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
-			defer cancel()
-			type res struct {
-				err error
-				ok  bool
-			}
-			r, took := returnsWithin(t, opTimeout+wait, func() res {
-				err, ok := o.run(ctx, s)
-				return res{err, ok}
-			})
-			t.Logf("%s: %v after %v", o.name, r.err, took)
+			r, took := boundedOp(t, o.name, s, o.run)
 			if took > opTimeout+slack {
 				t.Errorf("returned after %v: the blocked write held it past its deadline", took)
 			}
@@ -200,16 +211,7 @@ func TestBlockZeroWindowTCP(t *testing.T) {
 	session := func(t *testing.T) (*Session, *faketarget.Target) {
 		srv := faketarget.NewTCPServer(t, fakeTiming, faketarget.Login{})
 		srv.Buffer = 64 << 10
-		cfg := big()
-		cfg.Dial = srv.Dial
-		ctx, cancel := context.WithTimeout(context.Background(), wait)
-		defer cancel()
-		s, err := Login(ctx, cfg)
-		if err != nil {
-			t.Fatalf("Login: %v", err)
-		}
-		f := srv.Next()
-		t.Cleanup(func() { s.Close() })
+		s, f := fakeLogin(t, srv, big())
 		f.StopReading()
 		return s, f
 	}
@@ -259,17 +261,7 @@ func TestBlockZeroWindowTCP(t *testing.T) {
 					t.Fatalf("the write was not sent in %v", wait)
 				}
 			}
-			ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
-			defer cancel()
-			type res struct {
-				err error
-				ok  bool
-			}
-			r, took := returnsWithin(t, opTimeout+wait, func() res {
-				err, ok := b.run(ctx, s)
-				return res{err, ok}
-			})
-			t.Logf("%s: %v after %v", b.name, r.err, took)
+			r, took := boundedOp(t, b.name, s, b.run)
 			if took > opTimeout+slack {
 				t.Errorf("returned after %v", took)
 			}

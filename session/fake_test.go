@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/goiscsi/iscsi/internal/faketarget"
+	"github.com/goiscsi/iscsi/internal/testutil"
 )
 
 // wait bounds every wait of these tests for something that should happen.
@@ -34,20 +35,23 @@ func fakeSession(t testing.TB, cfg Config, o faketarget.Login) (*Session, *faket
 // fakeSessionServer is fakeSession for tests that add connections.
 func fakeSessionServer(t testing.TB, cfg Config, o faketarget.Login) (*Session, *faketarget.Server) {
 	t.Helper()
-	srv := faketarget.NewServer(t, fakeTiming, o)
-	cfg.Dial = srv.Dial
 	if cfg.Portal == "" {
 		cfg.Portal = "fake:3260"
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), wait)
-	defer cancel()
-	s, err := Login(ctx, cfg)
-	if err != nil {
-		t.Fatalf("Login: %v", err)
-	}
-	srv.Next()
-	t.Cleanup(func() { s.Close() }) // runs before srv.Close
+	srv := faketarget.NewServer(t, fakeTiming, o)
+	s, _ := fakeLogin(t, srv, cfg)
 	return s, srv
+}
+
+// fakeLogin logs a session in through srv, a fake target server over
+// net.Pipe or TCP, and returns it with the target of its connection; the
+// test's cleanup closes the session.
+func fakeLogin(t testing.TB, srv testutil.Server, cfg Config) (*Session, *faketarget.Target) {
+	t.Helper()
+	return testutil.FakeLogin(t, srv, fakeTiming, func(ctx context.Context, dial testutil.Dial) (*Session, error) {
+		cfg.Dial = dial
+		return Login(ctx, cfg)
+	}, func(s *Session) { s.Close() })
 }
 
 // fakeLoginErr logs in to fake targets that run script, one per connection
@@ -61,15 +65,44 @@ func fakeLoginErr(t testing.TB, cfg Config, script func(f *faketarget.Target) er
 // fakeLoginErrN is fakeLoginErr counting the connections dialed in dials.
 func fakeLoginErrN(t testing.TB, cfg Config, dials *int, script func(f *faketarget.Target) error) error {
 	t.Helper()
-	sc := faketarget.NewScripted(t, fakeTiming, script)
-	cfg.Dial = sc.Dial
-	ctx, cancel := context.WithTimeout(context.Background(), wait)
-	defer cancel()
-	s, err := Login(ctx, cfg)
-	if s != nil {
-		s.Close()
-	}
-	sc.Close()
-	*dials = sc.Dials()
+	n, err := testutil.ScriptedLogin(t, fakeTiming, script, func(ctx context.Context, dial testutil.Dial) error {
+		cfg.Dial = dial
+		s, err := Login(ctx, cfg)
+		if s != nil {
+			s.Close()
+		}
+		return err
+	})
+	*dials = n
 	return err
 }
+
+type execResult struct {
+	res *Result
+	err error
+}
+
+// goExecute runs Execute in a goroutine, for the fake target to answer.
+func goExecute(ctx context.Context, s *Session, cmd *Command) <-chan execResult {
+	return testutil.Go(func() execResult {
+		res, err := s.Execute(ctx, cmd)
+		return execResult{res, err}
+	})
+}
+
+// waitExec waits for the result goExecute sends.
+func waitExec(t testing.TB, ch <-chan execResult) execResult {
+	t.Helper()
+	return testutil.Recv(t, ch, wait, "Execute did not return")
+}
+
+func readCmd(n int) *Command {
+	return &Command{LUN: 1, CDB: rw16(0x88, 0, n, 512), Read: make([]byte, n)}
+}
+
+func writeCmd(data []byte) *Command {
+	return &Command{LUN: 1, CDB: rw16(0x8a, 0, len(data), 512), Write: data}
+}
+
+// pattern is testutil.Pattern.
+var pattern = testutil.Pattern

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/goiscsi/iscsi/internal/testutil"
 	"github.com/goiscsi/iscsi/iscsitest"
 )
 
@@ -19,9 +20,9 @@ func TestGroupCommitWrites(t *testing.T) {
 	for _, wrap := range []bool{false, true} {
 		t.Run(fmt.Sprintf("wrapped=%v", wrap), func(t *testing.T) {
 			tg := newTestTarget(t, iscsitest.Config{InitialR2T: false, ImmediateData: true})
-			var rec *recorder
+			var rec *testutil.Recorder
 			if wrap {
-				rec = newRecorder(t, targetPort(tg))
+				rec = testutil.NewRecorder(t, targetPort(tg))
 			}
 			ctx := interopCtx(t)
 			s := mustLogin(t, ctx, testTargetConfig(tg, rec))
@@ -86,7 +87,7 @@ func TestGroupCommitWrites(t *testing.T) {
 			}
 			mustLogout(t, ctx, s)
 			if rec != nil {
-				rec.check()
+				rec.Check()
 			}
 		})
 	}

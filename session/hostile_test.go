@@ -13,48 +13,6 @@ import (
 	"github.com/goiscsi/iscsi/pdu"
 )
 
-type execResult struct {
-	res *Result
-	err error
-}
-
-// goExecute runs Execute in a goroutine, for the fake target to answer.
-func goExecute(ctx context.Context, s *Session, cmd *Command) <-chan execResult {
-	ch := make(chan execResult, 1)
-	go func() {
-		res, err := s.Execute(ctx, cmd)
-		ch <- execResult{res, err}
-	}()
-	return ch
-}
-
-func waitExec(t testing.TB, ch <-chan execResult) execResult {
-	t.Helper()
-	select {
-	case r := <-ch:
-		return r
-	case <-time.After(wait):
-		t.Fatalf("Execute did not return in %v", wait)
-	}
-	panic("unreachable")
-}
-
-func readCmd(n int) *Command {
-	return &Command{LUN: 1, CDB: rw16(0x88, 0, n, 512), Read: make([]byte, n)}
-}
-
-func writeCmd(data []byte) *Command {
-	return &Command{LUN: 1, CDB: rw16(0x8a, 0, len(data), 512), Write: data}
-}
-
-func pattern(n int, seed byte) []byte {
-	b := make([]byte, n)
-	for i := range b {
-		b[i] = seed + byte(i*7) + byte(i>>9)
-	}
-	return b
-}
-
 func TestReadAndWrite(t *testing.T) {
 	s, f := fakeSession(t, testConfig(), faketarget.Login{})
 	ctx := context.Background()

@@ -5,12 +5,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	mrand "math/rand/v2"
 	"net"
 	"strconv"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/goiscsi/iscsi/internal/testutil"
 	"github.com/goiscsi/iscsi/iscsitest"
 	"github.com/goiscsi/iscsi/pdu"
 )
@@ -25,10 +27,10 @@ func newTestTarget(t testing.TB, cfg iscsitest.Config) *iscsitest.Target {
 	return tg
 }
 
-func testTargetConfig(tg *iscsitest.Target, rec *recorder) Config {
+func testTargetConfig(tg *iscsitest.Target, rec *testutil.Recorder) Config {
 	cfg := Config{InitiatorName: initiatorIQN, TargetName: iscsitest.DefaultName, Portal: tg.Addr()}
 	if rec != nil {
-		cfg.WrapConn = rec.wrap
+		cfg.WrapConn = rec.Wrap
 	}
 	return cfg
 }
@@ -44,7 +46,7 @@ func TestInMemoryIO(t *testing.T) {
 		t.Run(fmt.Sprintf("ImmediateData=%v,InitialR2T=%v", combo.immediate, combo.initialR2T), func(t *testing.T) {
 			tg := newTestTarget(t, iscsitest.Config{InitialR2T: false, ImmediateData: true, UnitAttentionOnLogin: true,
 				SeparateReadStatus: combo.immediate})
-			rec := newRecorder(t, targetPort(tg))
+			rec := testutil.NewRecorder(t, targetPort(tg))
 			ctx := interopCtx(t)
 			cfg := testTargetConfig(tg, rec)
 			p := DefaultParams()
@@ -64,9 +66,9 @@ func TestInMemoryIO(t *testing.T) {
 			if !bytes.Equal(tg.LUNData(0)[4096*512:4096*512+len(data)], data) {
 				t.Error("the target's LUN does not hold what was written")
 			}
-			concurrentIO(t, ctx, s, 0, 512, 32, 64<<10)
+			testutil.ConcurrentIO(t, ctx, s, 0, 512, 32, 64<<10, mrand.Uint64())
 			mustLogout(t, ctx, s)
-			rec.check()
+			rec.Check()
 			st := tg.Stats()
 			if !combo.initialR2T && st.Received[pdu.OpSCSIDataOut] == 0 {
 				t.Error("no Data-Out at all")
@@ -83,7 +85,7 @@ func TestInMemoryMCS(t *testing.T) {
 			// a command it holds back for CmdSN order on another
 			// connection (reported to its owner).
 			tg := newTestTarget(t, iscsitest.Config{MaxConnections: 4, InitialR2T: true, ImmediateData: true})
-			rec := newRecorder(t, targetPort(tg))
+			rec := testutil.NewRecorder(t, targetPort(tg))
 			ctx := interopCtx(t)
 			s := mustLogin(t, ctx, testTargetConfig(tg, rec))
 			for i := 1; i < n; i++ {
@@ -99,7 +101,7 @@ func TestInMemoryMCS(t *testing.T) {
 			for _, c := range s.Conns() {
 				before[c.CID()] = c.commands.Load()
 			}
-			mcsIO(t, ctx, s, 0, 64)
+			testutil.ConcurrentIO(t, ctx, s, 0, 512, 64, 64<<10, mrand.Uint64())
 			for _, c := range s.Conns() {
 				if c.commands.Load() == before[c.CID()] {
 					t.Errorf("CID %d carried no command", c.CID())
@@ -113,7 +115,7 @@ func TestInMemoryMCS(t *testing.T) {
 			if !info[0].LoggedOut || !info[0].Ended {
 				t.Errorf("target's view after logout: %+v", info[0])
 			}
-			rec.check()
+			rec.Check()
 		})
 	}
 }
@@ -130,7 +132,7 @@ func TestInMemoryCHAP(t *testing.T) {
 					ours.TargetUser, ours.TargetSecret = "target", "target-secret-2"
 				}
 				tg := newTestTarget(t, iscsitest.Config{CHAP: tc, CHAPAlgorithms: []int{alg}})
-				rec := newRecorder(t, targetPort(tg))
+				rec := testutil.NewRecorder(t, targetPort(tg))
 				ctx := interopCtx(t)
 				cfg := testTargetConfig(tg, rec)
 				cfg.CHAP = ours // the default offer: 8,7,6,5
@@ -156,7 +158,7 @@ func TestInMemoryCHAP(t *testing.T) {
 						t.Errorf("wrong target secret: %v", err)
 					}
 				}
-				rec.check()
+				rec.Check()
 			})
 		}
 	}

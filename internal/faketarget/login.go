@@ -35,6 +35,18 @@ type Login struct {
 	// (CHAP, say) and returns the first operational one; otherwise the
 	// target takes AuthMethod=None.
 	Security func(f *Target, req *pdu.LoginRequest, kvs []pdu.KV) (*pdu.LoginRequest, []pdu.KV, error)
+	// NoReader makes ServeLogin return at full feature phase without
+	// starting its reader: the caller reads the connection itself, byte
+	// by byte (the fuzz target does), with the digests Digests reports,
+	// its sequence numbers going on from Seq.
+	NoReader bool
+}
+
+// Digests reports the header and data digests the login negotiated.
+func (f *Target) Digests() (header, data bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.hd, f.dd
 }
 
 // ReadLogin reads one Login Request and its keys, which LoginRequests and
@@ -164,7 +176,9 @@ func (f *Target) ServeLogin(o Login) error {
 	if err := f.AnswerLogin(req, pdu.LoginResponse{Transit: true, NSG: pdu.StageFullFeature, TSIH: tsih}, pdu.AppendText(nil, answers...)); err != nil {
 		return err
 	}
-	f.startReader()
+	if !o.NoReader {
+		f.startReader()
+	}
 	return nil
 }
 
