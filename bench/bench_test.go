@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/goiscsi/iscsi/bench"
+	"github.com/goiscsi/iscsi/bench/internal/benchkit"
 	"github.com/goiscsi/iscsi/internal/peers"
 	"github.com/goiscsi/iscsi/session"
 )
@@ -21,23 +21,23 @@ import (
 // The in-memory target runs in a child process (this test binary again), so
 // that what these benchmarks measure in their own process is the initiator.
 func TestMain(m *testing.M) {
-	bench.MaybeServeChild()
+	benchkit.MaybeServeChild()
 	os.Exit(m.Run())
 }
 
 var (
 	childOnce sync.Once
-	child     *bench.Child
+	child     *benchkit.Child
 	childErr  error
 )
 
 // memTarget returns the in-memory target child, started once for the whole
 // test binary.
-func memTarget(b testing.TB) *bench.Child {
+func memTarget(b testing.TB) *benchkit.Child {
 	b.Helper()
 	childOnce.Do(func() {
-		bench.RaiseOpenFiles(1 << 17)
-		child, childErr = bench.StartChild(os.Args[0], 256<<20)
+		benchkit.RaiseOpenFiles(1 << 17)
+		child, childErr = benchkit.StartChild(os.Args[0], 256<<20)
 	})
 	if childErr != nil {
 		b.Fatal(childErr)
@@ -51,22 +51,22 @@ func TestChild(t *testing.T) {
 	c := memTarget(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	ini, err := bench.NewInitiator()
+	ini, err := benchkit.NewInitiator()
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer ini.Close()
-	if err := bench.LoginN(ctx, ini, c.ISCSIAddr, bench.MemTargetName, 3, 2, 2); err != nil {
+	if err := benchkit.LoginN(ctx, ini, c.ISCSIAddr, benchkit.MemTargetName, 3, 2, 2); err != nil {
 		t.Fatal(err)
 	}
-	lt, err := bench.TimeLogout(ctx, ini, bench.MemTargetName, 3)
+	lt, err := benchkit.TimeLogout(ctx, ini, benchkit.MemTargetName, 3)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if lt.Conns != 6 {
 		t.Errorf("logout saw %d connections, want 6", lt.Conns)
 	}
-	r, err := bench.RawClient(c.RawAddr, 4096, 4, 50*time.Millisecond)
+	r, err := benchkit.RawClient(c.RawAddr, 4096, 4, 50*time.Millisecond)
 	if err != nil || r.IOs == 0 {
 		t.Fatalf("raw client: %+v, %v", r, err)
 	}
@@ -94,11 +94,11 @@ func BenchmarkLogoutFromTarget(b *testing.B) {
 				var total time.Duration
 				for b.Loop() {
 					b.StopTimer()
-					ini, err := bench.NewInitiator()
+					ini, err := benchkit.NewInitiator()
 					if err != nil {
 						b.Fatal(err)
 					}
-					if err := bench.LoginN(ctx, ini, c.ISCSIAddr, bench.MemTargetName, n, conns, 64); err != nil {
+					if err := benchkit.LoginN(ctx, ini, c.ISCSIAddr, benchkit.MemTargetName, n, conns, 64); err != nil {
 						b.Fatal(err)
 					}
 					// BENCH_LOGOUTPROFILE=FILE profiles the logouts alone
@@ -111,7 +111,7 @@ func BenchmarkLogoutFromTarget(b *testing.B) {
 						}
 					}
 					b.StartTimer()
-					lt, err := bench.TimeLogout(ctx, ini, bench.MemTargetName, n)
+					lt, err := benchkit.TimeLogout(ctx, ini, benchkit.MemTargetName, n)
 					b.StopTimer()
 					if pf != nil {
 						pprof.StopCPUProfile()
@@ -137,9 +137,9 @@ func BenchmarkIdleSession(b *testing.B) {
 	c := memTarget(b)
 	const n = 1000
 	ctx := context.Background()
-	var last bench.PerSession
+	var last benchkit.PerSession
 	for b.Loop() {
-		ps, err := bench.IdleMemory(ctx, c.ISCSIAddr, bench.MemTargetName, n, time.Second, func() {
+		ps, err := benchkit.IdleMemory(ctx, c.ISCSIAddr, benchkit.MemTargetName, n, time.Second, func() {
 			// BENCH_HEAPPROFILE=FILE writes a heap profile while the
 			// sessions are up: what each one holds.
 			if f := os.Getenv("BENCH_HEAPPROFILE"); f != "" {
@@ -173,7 +173,7 @@ func BenchmarkRead(b *testing.B) {
 	b.Run("target=mem", func(b *testing.B) {
 		c := memTarget(b)
 		for _, k := range cases {
-			b.Run(k.name, func(b *testing.B) { readLoad(b, c.ISCSIAddr, bench.MemTargetName, 0, k.bs, k.qd, k.random) })
+			b.Run(k.name, func(b *testing.B) { readLoad(b, c.ISCSIAddr, benchkit.MemTargetName, 0, k.bs, k.qd, k.random) })
 		}
 	})
 	b.Run("target=tgtd", func(b *testing.B) {
@@ -199,12 +199,12 @@ func BenchmarkRead(b *testing.B) {
 
 func readLoad(b *testing.B, addr, iqn string, lun, bs, qd int, random bool) {
 	ctx := context.Background()
-	ini, err := bench.NewInitiator()
+	ini, err := benchkit.NewInitiator()
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer ini.Close()
-	if err := bench.LoginN(ctx, ini, addr, iqn, 1, 1, 1); err != nil {
+	if err := benchkit.LoginN(ctx, ini, addr, iqn, 1, 1, 1); err != nil {
 		b.Fatal(err)
 	}
 	s := ini.Sessions(iqn)[0]

@@ -153,9 +153,6 @@ func (s *Session) Portal() string { return s.portal }
 // Params returns the negotiated parameters.
 func (s *Session) Params() Params { return s.params }
 
-// Logger returns the session's logger.
-func (s *Session) Logger() *zap.Logger { return s.log }
-
 // Conns returns the session's connections that are still up.
 func (s *Session) Conns() []*Conn {
 	s.mu.Lock()

@@ -25,7 +25,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/goiscsi/iscsi/bench"
+	"github.com/goiscsi/iscsi/bench/internal/benchkit"
 )
 
 // config is what a run does.
@@ -55,7 +55,7 @@ type config struct {
 var allSections = []string{"tgtd-io", "mem-io", "logout", "memory", "micro"}
 
 func main() {
-	bench.MaybeServeChild()
+	benchkit.MaybeServeChild()
 	cfg, out, err := parseFlags(os.Args[1:])
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "harness:", err)

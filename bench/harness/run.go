@@ -20,7 +20,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/goiscsi/iscsi/bench"
+	"github.com/goiscsi/iscsi/bench/internal/benchkit"
 	"github.com/goiscsi/iscsi/internal/peers"
 )
 
@@ -104,7 +104,7 @@ const fdMargin = 200
 
 type memRow struct {
 	target    string
-	per       bench.PerSession
+	per       benchkit.PerSession
 	targetRSS float64 // bytes per session on the target's side; 0 if unknown
 	err       error
 }
@@ -142,7 +142,7 @@ func (r *report) fail(format string, args ...any) {
 func run(ctx context.Context, cfg config) (*report, error) {
 	rep := &report{cfg: cfg, start: time.Now(), loadStart: loadavg()}
 	rep.machine = machineInfo()
-	limit, err := bench.RaiseOpenFiles(1 << 17)
+	limit, err := benchkit.RaiseOpenFiles(1 << 17)
 	if cfg.gomaxprocs > 0 {
 		rep.notes = append(rep.notes, fmt.Sprintf("iscsictl perf runs with GOMAXPROCS=%d (-gomaxprocs).", cfg.gomaxprocs))
 	}
@@ -193,13 +193,13 @@ func run(ctx context.Context, cfg config) (*report, error) {
 		}
 	}
 	needMem := cfg.sections["mem-io"] || cfg.sections["logout"] || cfg.sections["memory"]
-	var child *bench.Child
+	var child *benchkit.Child
 	if needMem {
 		size := int64(1 << 30)
 		if cfg.smoke {
 			size = 64 << 20
 		}
-		child, err = bench.StartChild(exe, size)
+		child, err = benchkit.StartChild(exe, size)
 		if err != nil {
 			rep.fail("in-memory target: %v", err)
 		} else {
@@ -213,7 +213,7 @@ func run(ctx context.Context, cfg config) (*report, error) {
 		runIO(ctx, cfg, rep, &rep.tgtdIO, tgtdConfigs, ioTarget{name: "tgtd", addr: tg.Addr, iqn: TgtdTarget, lun: 1, pid: tg.Pid})
 	}
 	if cfg.sections["mem-io"] && child != nil {
-		runIO(ctx, cfg, rep, &rep.memIO, memConfigs, ioTarget{name: "mem", addr: child.ISCSIAddr, iqn: bench.MemTargetName,
+		runIO(ctx, cfg, rep, &rep.memIO, memConfigs, ioTarget{name: "mem", addr: child.ISCSIAddr, iqn: benchkit.MemTargetName,
 			lun: 0, pid: child.Pid, raw: child.RawAddr, exe: exe})
 	}
 	if cfg.sections["memory"] {
@@ -221,7 +221,7 @@ func run(ctx context.Context, cfg config) (*report, error) {
 			runMemory(ctx, cfg, rep, "tgtd", tg.Addr, TgtdTarget, tg.Pid, tg.Tgtd)
 		}
 		if child != nil {
-			runMemory(ctx, cfg, rep, "in-memory", child.ISCSIAddr, bench.MemTargetName, 0, nil)
+			runMemory(ctx, cfg, rep, "in-memory", child.ISCSIAddr, benchkit.MemTargetName, 0, nil)
 		}
 	}
 	if cfg.sections["logout"] {
@@ -244,7 +244,7 @@ func run(ctx context.Context, cfg config) (*report, error) {
 							skipped: fmt.Sprintf("needs %d open files per process; the limit is %d", need, limit)})
 						continue
 					}
-					runLogout(ctx, cfg, rep, "in-memory", child.ISCSIAddr, bench.MemTargetName, child.Pid, n, conns, nil)
+					runLogout(ctx, cfg, rep, "in-memory", child.ISCSIAddr, benchkit.MemTargetName, child.Pid, n, conns, nil)
 				}
 			}
 		}
@@ -473,14 +473,14 @@ func runLibiscsi(ctx context.Context, cfg config, tgt ioTarget, c ioConfig) samp
 }
 
 func runRaw(ctx context.Context, cfg config, tgt ioTarget, c ioConfig) sample {
-	cmd := bench.RawClientCommand(tgt.exe, tgt.raw, c.BS, c.QD, cfg.duration)
+	cmd := benchkit.RawClientCommand(tgt.exe, tgt.raw, c.BS, c.QD, cfg.duration)
 	// The raw server lives in the target's process: its CPU is the
 	// target's.
 	out, cpu, tpct, err := measured(cmd, tgt.pid)
 	if err != nil {
 		return sample{Err: err}
 	}
-	var r bench.RawResult
+	var r benchkit.RawResult
 	if err := json.Unmarshal(out, &r); err != nil || r.IOs == 0 {
 		return sample{Err: fmt.Errorf("raw client: %v: %q", err, out)}
 	}
@@ -505,18 +505,18 @@ func runLogout(ctx context.Context, cfg config, rep *report, name, addr, iqn str
 			row.err = ctx.Err()
 			break
 		}
-		ini, err := bench.NewInitiator()
+		ini, err := benchkit.NewInitiator()
 		if err != nil {
 			row.err = err
 			break
 		}
 		lctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
-		err = bench.LoginN(lctx, ini, addr, iqn, n, conns, 64)
+		err = benchkit.LoginN(lctx, ini, addr, iqn, n, conns, 64)
 		if err == nil {
 			time.Sleep(200 * time.Millisecond) // let the logins' goroutines settle
-			var lt bench.LogoutTiming
+			var lt benchkit.LogoutTiming
 			self0, t0 := selfCPU(), procTicks(pid)
-			lt, err = bench.TimeLogout(lctx, ini, iqn, n)
+			lt, err = benchkit.TimeLogout(lctx, ini, iqn, n)
 			self1, t1 := selfCPU(), procTicks(pid)
 			if err == nil {
 				row.walls = append(row.walls, lt.Wall)
@@ -572,15 +572,15 @@ func runMemory(ctx context.Context, cfg config, rep *report, name, addr, iqn str
 	// The target's side is sampled while the sessions are up: IdleMemory
 	// logs out at its end, so sample from a goroutine at the right time is
 	// not needed: log in, sample, and log out here.
-	before := bench.SampleMem()
-	ini, err := bench.NewInitiator()
+	before := benchkit.SampleMem()
+	ini, err := benchkit.NewInitiator()
 	if err != nil {
 		row.err = err
 		rep.fail("memory %s: %v", name, err)
 		return
 	}
 	defer ini.Close()
-	if err := bench.LoginN(ctx, ini, addr, iqn, cfg.memSessions, 1, 32); err != nil {
+	if err := benchkit.LoginN(ctx, ini, addr, iqn, cfg.memSessions, 1, 32); err != nil {
 		row.err = err
 		rep.fail("memory %s: %v", name, err)
 		return
@@ -590,14 +590,14 @@ func runMemory(ctx context.Context, cfg config, rep *report, name, addr, iqn str
 		settle = 100 * time.Millisecond
 	}
 	time.Sleep(settle)
-	after := bench.SampleMem()
-	row.per = bench.Diff(before, after, cfg.memSessions)
+	after := benchkit.SampleMem()
+	row.per = benchkit.Diff(before, after, cfg.memSessions)
 	if rss1 := procRSS(pid); rss0 > 0 && rss1 > 0 {
 		row.targetRSS = float64(rss1-rss0) / float64(cfg.memSessions)
 	}
 	cfg.logf("memory %s: %d sessions: %.0f B heap, %.0f B stacks, %.2f goroutines per session", name,
 		cfg.memSessions, row.per.HeapBytes, row.per.StackBytes, row.per.Goroutines)
-	if _, err := bench.TimeLogout(ctx, ini, iqn, cfg.memSessions); err != nil {
+	if _, err := benchkit.TimeLogout(ctx, ini, iqn, cfg.memSessions); err != nil {
 		row.err = err
 		rep.fail("memory %s: logout: %v", name, err)
 	}

@@ -11,13 +11,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/goiscsi/iscsi/bench"
+	"github.com/goiscsi/iscsi/bench/internal/benchkit"
 	"github.com/goiscsi/iscsi/internal/peers"
 )
 
 // The in-memory target runs in a child process: this test binary again.
 func TestMain(m *testing.M) {
-	bench.MaybeServeChild()
+	benchkit.MaybeServeChild()
 	os.Exit(m.Run())
 }
 

@@ -35,12 +35,6 @@ func LibiscsiURL(addr, iqn string, lun int, user, password string) string {
 	return fmt.Sprintf("iscsi://%s%s/%s/%d", cred, addr, iqn, lun)
 }
 
-// LibiscsiPortalURL returns the libiscsi URL of the portal at addr, as
-// iscsi-ls takes it for discovery.
-func LibiscsiPortalURL(addr string) string {
-	return "iscsi://" + addr
-}
-
 // RunLibiscsi runs libiscsi's tool name (see LibiscsiBin) with args, bounded
 // by ctx and by timeout, and returns its combined output.
 func RunLibiscsi(ctx context.Context, timeout time.Duration, name string, args ...string) (string, error) {

@@ -1,14 +1,14 @@
 //go:build linux
 
-// Package bench holds what the benchmark harness (bench/harness) and the Go
-// benchmarks of this directory share: an in-memory target and a raw TCP
+// Package benchkit holds what the benchmark harness (bench/harness) and the Go
+// benchmarks of bench/ share: an in-memory target and a raw TCP
 // server run in a child process (so that the initiator's process measures
 // only itself), a raw TCP client, logins of many sessions, the timing of
 // LogoutFromTarget and the memory of idle sessions.
 //
 // Speed is measured here, never in tests: every figure is meant to be read
 // as a ratio taken in one run on one machine.
-package bench
+package benchkit
 
 import (
 	"bufio"
