@@ -2,52 +2,25 @@ package iscsitest
 
 import (
 	"bytes"
-	"crypto/md5"
 	"crypto/rand"
-	"crypto/sha1"
-	"crypto/sha256"
-	"crypto/sha3"
 	"crypto/subtle"
-	"hash"
 	"slices"
 	"strconv"
 
 	"github.com/goiscsi/iscsi/pdu"
 )
 
-// CHAP algorithms (CHAP_A values, RFC 7143 §12.1.3 and the IANA registry).
-const (
-	chapMD5     = 5
-	chapSHA1    = 6
-	chapSHA256  = 7
-	chapSHA3256 = 8
-)
-
 // maxChallenges bounds the challenges a session remembers to refuse their
 // reflection.
 const maxChallenges = 64
 
-func chapHash(alg int) func() hash.Hash {
-	switch alg {
-	case chapMD5:
-		return md5.New
-	case chapSHA1:
-		return sha1.New
-	case chapSHA256:
-		return sha256.New
-	case chapSHA3256:
-		return func() hash.Hash { return sha3.New256() }
-	}
-	return nil
-}
-
-// chapResponse computes CHAP_R = H(CHAP_I || secret || CHAP_C) (RFC 1994).
+// chapResponse computes CHAP_R = H(CHAP_I || secret || CHAP_C) (RFC 1994),
+// for an algorithm the target offered. The hash is pdu's, the initiator's
+// own: the independent checks of CHAP are the real targets (tgtd, istgt and
+// LIO in TestPeers and interop's TestLIOCHAP) and pdu's test vectors.
 func chapResponse(alg int, id byte, secret string, challenge []byte) []byte {
-	h := chapHash(alg)()
-	h.Write([]byte{id})
-	h.Write([]byte(secret))
-	h.Write(challenge)
-	return h.Sum(nil)
+	r, _ := pdu.CHAPResponse(alg, id, secret, challenge)
+	return r
 }
 
 type chapStep uint8
@@ -92,7 +65,7 @@ func (l *login) runCHAP(keys map[string]string, out *[]pdu.KV) pdu.LoginStatus {
 		var id [1]byte
 		rand.Read(id[:])
 		st.id = id[0]
-		st.challenge = make([]byte, chapHash(st.alg)().Size())
+		st.challenge = make([]byte, pdu.CHAPSize(st.alg))
 		rand.Read(st.challenge)
 		st.sent = append(st.sent, st.challenge)
 		if l.sess != nil {

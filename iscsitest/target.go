@@ -187,10 +187,10 @@ func withDefaults(c Config) Config {
 		c.LUNs = []int64{64 << 20}
 	}
 	if len(c.CHAPAlgorithms) == 0 {
-		c.CHAPAlgorithms = []int{chapMD5}
+		c.CHAPAlgorithms = []int{pdu.CHAPMD5}
 	}
 	for _, a := range c.CHAPAlgorithms {
-		if chapHash(a) == nil {
+		if pdu.CHAPSize(a) == 0 {
 			panic(fmt.Sprintf("iscsitest: unsupported CHAP algorithm %d", a))
 		}
 	}

@@ -2,22 +2,19 @@ package session
 
 import (
 	"bytes"
-	"crypto/md5"
 	"crypto/rand"
-	"crypto/sha1"
-	"crypto/sha256"
-	"crypto/sha3"
 	"crypto/subtle"
-	"hash"
 	"strconv"
+
+	"github.com/goiscsi/iscsi/pdu"
 )
 
-// CHAP algorithms (CHAP_A values, RFC 7143 §12.1.3 and RFC 8160 registry).
+// CHAP algorithms (CHAP_A values): pdu's, named here for Config users.
 const (
-	CHAPMD5     = 5
-	CHAPSHA1    = 6
-	CHAPSHA256  = 7
-	CHAPSHA3256 = 8
+	CHAPMD5     = pdu.CHAPMD5
+	CHAPSHA1    = pdu.CHAPSHA1
+	CHAPSHA256  = pdu.CHAPSHA256
+	CHAPSHA3256 = pdu.CHAPSHA3256
 )
 
 // CHAP configures CHAP authentication. Secrets are never logged nor put in
@@ -53,7 +50,7 @@ func (c *CHAP) check() error {
 		return ErrShortSecret
 	}
 	for _, a := range c.Algorithms {
-		if chapHash(a) == nil {
+		if pdu.CHAPSize(a) == 0 {
 			return &NegotiationError{Key: "CHAP_A", Reason: "unknown algorithm " + strconv.Itoa(a)}
 		}
 	}
@@ -65,27 +62,11 @@ func (c *CHAP) check() error {
 	return nil
 }
 
-func chapHash(alg int) hash.Hash {
-	switch alg {
-	case CHAPMD5:
-		return md5.New()
-	case CHAPSHA1:
-		return sha1.New()
-	case CHAPSHA256:
-		return sha256.New()
-	case CHAPSHA3256:
-		return sha3.New256()
-	}
-	return nil
-}
-
-// chapResponse computes H(id || secret || challenge), RFC 1994 §4.1.
+// chapResponse computes H(id || secret || challenge), RFC 1994 §4.1, for
+// an algorithm check or offer has let through.
 func chapResponse(alg int, id byte, secret string, challenge []byte) []byte {
-	h := chapHash(alg)
-	h.Write([]byte{id})
-	h.Write([]byte(secret))
-	h.Write(challenge)
-	return h.Sum(nil)
+	r, _ := pdu.CHAPResponse(alg, id, secret, challenge)
+	return r
 }
 
 // chapState is the initiator's side of one CHAP exchange.
@@ -133,7 +114,7 @@ func (c *chapState) answer(a, i, ch string) ([]kvPair, error) {
 		offered = offered || x == alg
 	}
 	c.alg = alg
-	if err != nil || !offered || chapHash(alg) == nil {
+	if err != nil || !offered || pdu.CHAPSize(alg) == 0 {
 		c.alg = 0
 		return nil, &NegotiationError{Key: "CHAP_A", Reason: "target chose an algorithm we did not offer: " + strconv.Quote(a)}
 	}
@@ -163,7 +144,7 @@ func (c *chapState) answer(a, i, ch string) ([]kvPair, error) {
 			return nil, err
 		}
 		c.ourID = b[0]
-		c.ourChallenge = make([]byte, max(16, chapHash(alg).Size()))
+		c.ourChallenge = make([]byte, max(16, pdu.CHAPSize(alg)))
 		if _, err := rand.Read(c.ourChallenge); err != nil {
 			return nil, err
 		}
