@@ -255,15 +255,6 @@ func (s *Tgtd) AddTarget(tid int, iqn string) error {
 	return s.iscsiAdm("--op", "new", "--mode", "target", "--tid", strconv.Itoa(tid), "-T", iqn)
 }
 
-// DeleteTarget deletes target tid, dropping its sessions when force is set.
-func (s *Tgtd) DeleteTarget(tid int, force bool) error {
-	args := []string{"--op", "delete", "--mode", "target", "--tid", strconv.Itoa(tid)}
-	if force {
-		args = append(args, "--force")
-	}
-	return s.iscsiAdm(args...)
-}
-
 // AddLUN adds logical unit lun to target tid, backed by the file at path.
 func (s *Tgtd) AddLUN(tid, lun int, path string) error {
 	return s.iscsiAdm("--op", "new", "--mode", "logicalunit", "--tid", strconv.Itoa(tid),
