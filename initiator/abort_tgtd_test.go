@@ -16,19 +16,27 @@ import (
 	"github.com/goiscsi/iscsi/session"
 )
 
-// Issue 15, part 4 on tgtd: the abort policy with k reads of 256 KiB in
-// flight (tgtd is single-threaded: they queue). The initiator's reads of
-// the connection are held from before the reads go out until the ABORT
-// TASK SET is on the wire, so that none completes before the logout
-// begins: exactly k commands are in flight, and the result must count k,
-// each the way its read ended (nil: completed; ErrAborted: aborted; any
-// other error: outcome unknown). tgtadm shows no session after.
+// Issue 15, part 4 on tgtd: the abort policy with k commands in flight:
+// 32 reads of 256 KiB (tgtd is single-threaded: they queue), or 16 writes
+// of 512 KiB, each past FirstBurstLength so that it waits for an R2T. The
+// initiator's reads of the connection are held from before the commands go
+// out until ABORT TASK SET is on the wire, so that none completes before
+// the logout begins (and no R2T is answered): exactly k commands are in
+// flight, and the result must count k, each the way its command ended
+// (nil: completed; ErrAborted: aborted; any other error: outcome unknown).
+// tgtadm shows no session after.
 func TestAbortInFlightTgtd(t *testing.T) {
-	const (
-		k    = 32
-		size = 256 << 10
-		bs   = 512
-	)
+	for _, tc := range []struct {
+		name    string
+		write   bool
+		k, size int
+	}{{"Reads", false, 32, 256 << 10}, {"Writes", true, 16, 512 << 10}} {
+		t.Run(tc.name, func(t *testing.T) { testAbortInFlightTgtd(t, tc.write, tc.k, tc.size) })
+	}
+}
+
+func testAbortInFlightTgtd(t *testing.T, write bool, k, size int) {
+	const bs = 512
 	peers.Require(t, "tgtd", "tgtadm")
 	tg := peers.StartTgtd(t)
 	if _, err := tg.AddDiskTarget(1, targetA, 16<<20); err != nil {
@@ -50,7 +58,7 @@ func TestAbortInFlightTgtd(t *testing.T) {
 			}
 			switch testutil.Opcode(bhs) {
 			case pdu.OpSCSICommand:
-				if sent.Add(1) == k {
+				if sent.Add(1) == int32(k) {
 					close(allSent)
 				}
 			case pdu.OpTaskMgmtRequest:
@@ -77,6 +85,13 @@ func TestAbortInFlightTgtd(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitNexus(t, tg, 1, 1)
+	// What tgtd answers to ABORT TASK SET, asked once with nothing running:
+	// the abort policy can abort nothing unless it is "function complete".
+	tsResp, err := s.TaskManagement(ctx, pdu.TMFAbortTaskSet, 1, 0)
+	if err != nil {
+		t.Fatalf("ABORT TASK SET with nothing running: %v", err)
+	}
+	t.Logf("tgtd answers ABORT TASK SET with %q (%d)", tsResp, tsResp)
 
 	release := pc.Hold(30 * time.Second)
 	defer release()
@@ -88,13 +103,17 @@ func TestAbortInFlightTgtd(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, errs[i] = s.Execute(ctx, &session.Command{LUN: 1, CDB: testutil.RW16(0x88, uint64(i*size/bs), size, bs), Read: make([]byte, size)})
+			cmd := &session.Command{LUN: 1, CDB: testutil.RW16(0x88, uint64(i*size/bs), size, bs), Read: make([]byte, size)}
+			if write {
+				cmd = &session.Command{LUN: 1, CDB: testutil.RW16(0x8a, uint64(i*size/bs), size, bs), Write: testutil.Random(uint64(i), size)}
+			}
+			_, errs[i] = s.Execute(ctx, cmd)
 			returned.Add(1)
 		}()
 	}
-	testutil.Recv(t, testutil.Go(func() struct{} { <-allSent; return struct{}{} }), 20*time.Second, "the reads on the wire")
+	testutil.Recv(t, testutil.Go(func() struct{} { <-allSent; return struct{}{} }), 20*time.Second, "the commands on the wire")
 	if n := returned.Load(); n != 0 {
-		t.Fatalf("%d reads returned while the connection's reads were held", n)
+		t.Fatalf("%d commands returned while the connection's reads were held", n)
 	}
 	start := time.Now()
 	op, err := in.LogoutFromTargetWith(targetA, logout.Options{InFlight: session.InFlightAbort,
@@ -125,20 +144,27 @@ func TestAbortInFlightTgtd(t *testing.T) {
 		case errors.Is(err, session.ErrOutcomeUnknown):
 			want.Unknown++
 		default:
-			t.Errorf("read %d: %v, neither completed, aborted nor outcome unknown", i, err)
+			t.Errorf("command %d: %v, neither completed, aborted nor outcome unknown", i, err)
 		}
 	}
-	t.Logf("%d reads of %d KiB in flight, logged out (abort) in %v: %+v", k, size>>10, time.Since(start), r.Commands)
+	t.Logf("%d commands of %d KiB in flight (write %v), logged out (abort) in %v: %+v", k, size>>10, write, time.Since(start), r.Commands)
 	if r.Outcome != logout.Success || len(r.Sessions) != 1 || len(r.Sessions[0].Conns) != 1 {
 		t.Fatalf("outcome %v, %d sessions", r.Outcome, len(r.Sessions))
 	}
 	c := r.Sessions[0].Conns[0]
 	if r.Commands.Total() != k || r.Commands != want || r.Sessions[0].Commands != want || c.Commands != want {
-		t.Fatalf("counts %+v (session %+v, connection %+v), want %+v: the %d reads in flight, each as it ended",
+		t.Fatalf("counts %+v (session %+v, connection %+v), want %+v: the %d commands in flight, each as it ended",
 			r.Commands, r.Sessions[0].Commands, c.Commands, want, k)
 	}
-	if want.Aborted == 0 && want.Completed != k {
-		t.Fatalf("abort policy: none aborted and %d of %d completed", want.Completed, k)
+	if want.Aborted > 0 && tsResp != pdu.TMFComplete {
+		t.Fatalf("%d commands aborted, though tgtd answers ABORT TASK SET with %q", want.Aborted, tsResp)
+	}
+	// A target that confirms ABORT TASK SET leaves none unknown: each
+	// command was aborted, or completed before the abort. One that refuses
+	// it aborts none, and the abort policy then fails those still running
+	// with their outcome unknown, as the policy fail does.
+	if tsResp == pdu.TMFComplete && (want.Unknown != 0 || want.Aborted == 0 && want.Completed != k) {
+		t.Fatalf("abort policy, ABORT TASK SET confirmed: %+v of %d", want, k)
 	}
 	if len(c.Steps) != 1 || c.Steps[0].Kind != logout.StepLogout || c.Steps[0].State != logout.ConnLoggedOut ||
 		c.Steps[0].Commands != want || c.FailedCommands != want.Unknown {

@@ -30,7 +30,8 @@ func TestLIOLogout(t *testing.T) {
 	t.Parallel()
 	l := peers.StartLIO(t, peers.LIOOptions{LUNs: 1, LUNSizeMB: ladderLUNMB, MaxConnections: ladderMCS})
 	t.Run("Ladder", func(t *testing.T) { testLadderSilent(t, l) })
-	t.Run("Abort", func(t *testing.T) { testAbortInFlight(t, l) })
+	t.Run("Abort/Reads", func(t *testing.T) { testAbortInFlight(t, l, false, 16, 1<<20) })
+	t.Run("Abort/Writes", func(t *testing.T) { testAbortInFlight(t, l, true, 16, 1<<20) })
 	waitLIOSessionsFor(t, l, "", 0, 30*time.Second)
 }
 
@@ -183,17 +184,14 @@ func testLadderSilent(t *testing.T, l *peers.LIO) {
 	waitLIOSessions(t, l, name, 0)
 }
 
-// testAbortInFlight: the abort policy with k reads of 1 MiB in flight on
-// LIO. The initiator's reads of the connection are held from before the
-// reads go out until ABORT TASK SET is on the wire, so none completes
-// before the logout begins: exactly k commands are in flight, and the
-// result must count k, each as its read ended (nil: completed; ErrAborted:
-// aborted; any other error: outcome unknown).
-func testAbortInFlight(t *testing.T, l *peers.LIO) {
-	const (
-		k    = 16
-		size = 1 << 20
-	)
+// testAbortInFlight: the abort policy with k commands of size bytes in
+// flight on LIO: reads, or writes past FirstBurstLength that wait for an
+// R2T. The initiator's reads of the connection are held from before the
+// commands go out until ABORT TASK SET is on the wire, so none completes
+// before the logout begins (and no R2T is answered): exactly k commands are
+// in flight, and the result must count k, each as its command ended (nil:
+// completed; ErrAborted: aborted; any other error: outcome unknown).
+func testAbortInFlight(t *testing.T, l *peers.LIO, write bool, k, size int) {
 	ctx := testCtx(t)
 	name := initiatorName(t)
 	var (
@@ -212,7 +210,7 @@ func testAbortInFlight(t *testing.T, l *peers.LIO) {
 			}
 			switch testutil.Opcode(bhs) {
 			case pdu.OpSCSICommand:
-				if sent.Add(1) == k {
+				if sent.Add(1) == int32(k) {
 					close(allSent)
 				}
 			case pdu.OpTaskMgmtRequest:
@@ -254,13 +252,17 @@ func testAbortInFlight(t *testing.T, l *peers.LIO) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, errs[i] = s.Execute(ctx, &session.Command{LUN: 0, CDB: testutil.RW16(0x88, uint64(i*size/blockSize), size, blockSize), Read: make([]byte, size)})
+			cmd := &session.Command{LUN: 0, CDB: testutil.RW16(0x88, uint64(i*size/blockSize), size, blockSize), Read: make([]byte, size)}
+			if write {
+				cmd = &session.Command{LUN: 0, CDB: testutil.RW16(0x8a, uint64(i*size/blockSize), size, blockSize), Write: testutil.Random(uint64(i), size)}
+			}
+			_, errs[i] = s.Execute(ctx, cmd)
 			returned.Add(1)
 		}()
 	}
-	testutil.Recv(t, testutil.Go(func() struct{} { <-allSent; return struct{}{} }), 30*time.Second, "the reads on the wire")
+	testutil.Recv(t, testutil.Go(func() struct{} { <-allSent; return struct{}{} }), 30*time.Second, "the commands on the wire")
 	if n := returned.Load(); n != 0 {
-		t.Fatalf("%d reads returned while the connection's reads were held", n)
+		t.Fatalf("%d commands returned while the connection's reads were held", n)
 	}
 	start := time.Now()
 	op, err := in.LogoutFromTargetWith(l.IQN, logout.Options{InFlight: session.InFlightAbort,
@@ -291,23 +293,27 @@ func testAbortInFlight(t *testing.T, l *peers.LIO) {
 		case errors.Is(err, session.ErrOutcomeUnknown):
 			want.Unknown++
 		default:
-			t.Errorf("read %d: %v, neither completed, aborted nor outcome unknown", i, err)
+			t.Errorf("command %d: %v, neither completed, aborted nor outcome unknown", i, err)
 		}
 	}
-	t.Logf("%d reads of %d KiB in flight, logged out (abort) in %v: %+v", k, size>>10, time.Since(start).Round(time.Millisecond), r.Commands)
+	t.Logf("%d commands of %d KiB in flight (write %v), logged out (abort) in %v: %+v", k, size>>10, write, time.Since(start).Round(time.Millisecond), r.Commands)
 	if r.Outcome != logout.Success || len(r.Sessions) != 1 || len(r.Sessions[0].Conns) != 1 {
 		t.Fatalf("outcome %v, %d sessions", r.Outcome, len(r.Sessions))
 	}
 	c := r.Sessions[0].Conns[0]
 	if r.Commands.Total() != k || r.Commands != want || r.Sessions[0].Commands != want || c.Commands != want {
-		t.Fatalf("counts %+v (session %+v, connection %+v), want %+v: the %d reads in flight, each as it ended",
+		t.Fatalf("counts %+v (session %+v, connection %+v), want %+v: the %d commands in flight, each as it ended",
 			r.Commands, r.Sessions[0].Commands, c.Commands, want, k)
 	}
 	if want.Aborted > 0 && tsResp != pdu.TMFComplete {
-		t.Fatalf("%d reads aborted, though LIO answers ABORT TASK SET with %q", want.Aborted, tsResp)
+		t.Fatalf("%d commands aborted, though LIO answers ABORT TASK SET with %q", want.Aborted, tsResp)
 	}
-	if want.Aborted == 0 && want.Completed != k {
-		t.Fatalf("abort policy: none aborted and %d of %d completed", want.Completed, k)
+	// A target that confirms ABORT TASK SET leaves none unknown: each
+	// command was aborted, or completed before the abort. One that refuses
+	// it aborts none, and the abort policy then fails those still running
+	// with their outcome unknown, as the policy fail does.
+	if tsResp == pdu.TMFComplete && (want.Unknown != 0 || want.Aborted == 0 && want.Completed != k) {
+		t.Fatalf("abort policy, ABORT TASK SET confirmed: %+v of %d", want, k)
 	}
 	if len(c.Steps) != 1 || c.Steps[0].Kind != logout.StepLogout || c.Steps[0].State != logout.ConnLoggedOut ||
 		c.Steps[0].Commands != want || c.FailedCommands != want.Unknown {
