@@ -20,9 +20,10 @@ const (
 	// those still running then fail with their outcome unknown.
 	InFlightDrain InFlightPolicy = iota
 	// InFlightAbort asks the target to abort them (ABORT TASK SET on each
-	// LUN that has one, RFC 7143 §11.5.1) within AbortTimeout; those the
-	// target confirmed aborted fail with ErrAborted, the rest as with
-	// InFlightFail.
+	// LUN that has one, RFC 7143 §11.5.1; where the target refuses it, as
+	// LIO does, ABORT TASK for each command of the connection) within
+	// AbortTimeout; those the target confirmed aborted fail with
+	// ErrAborted, the rest as with InFlightFail.
 	InFlightAbort
 	// InFlightFail fails them at once, their outcome unknown; the Logout
 	// Request goes out at once.
@@ -113,31 +114,70 @@ func failInFlight(tasks []*task) {
 	}
 }
 
-// abortInFlight asks the target to abort tasks (ABORT TASK SET on each of
-// their LUNs) within timeout, and fails with ErrAborted those of each LUN
-// whose abort the target confirmed: after "function complete" it sends no
-// status for them (RFC 7143 §11.5.1).
+// abortInFlight asks the target to abort tasks within timeout: ABORT TASK
+// SET on each of their LUNs, and where the target refuses it (LIO answers
+// "function not supported"), ABORT TASK for each task of that LUN. A task
+// whose abort the target confirmed fails with ErrAborted: after "function
+// complete" it sends no status for it (RFC 7143 §11.5.1).
 func (c *Conn) abortInFlight(ctx context.Context, tasks []*task, timeout time.Duration) {
-	luns := map[pdu.LUN]bool{}
+	byLUN := map[pdu.LUN][]*task{}
 	for _, t := range tasks {
-		luns[t.lun] = true
+		byLUN[t.lun] = append(byLUN[t.lun], t)
 	}
-	if len(luns) == 0 {
+	if len(byLUN) == 0 {
 		return
 	}
 	actx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	for lun := range luns {
+	for lun, ts := range byLUN {
 		req := &pdu.TaskMgmtRequest{Immediate: true, Function: pdu.TMFAbortTaskSet, LUN: lun, RefTaskTag: pdu.ReservedTag}
 		resp, err := c.taskManagement(actx, req, true, false)
-		if err != nil || resp != pdu.TMFComplete {
-			c.log.Debug("ABORT TASK SET not done", zap.Uint64("lun", uint64(lun)), zap.Stringer("response", resp), zap.Error(err))
-			continue
-		}
-		for _, t := range tasks {
-			if t.lun == lun {
+		if err == nil && resp == pdu.TMFComplete {
+			for _, t := range ts {
 				t.complete(ErrAborted, nil)
 			}
+			continue
+		}
+		c.log.Debug("ABORT TASK SET not done: aborting each task", zap.Uint64("lun", uint64(lun)), zap.Stringer("response", resp), zap.Error(err))
+		if err != nil && actx.Err() != nil {
+			return
+		}
+		c.abortEach(actx, ts)
+	}
+}
+
+// abortEach sends ABORT TASK for each of tasks (a target that refused
+// ABORT TASK SET) and fails with ErrAborted those the target confirmed.
+// A task the target does not know has ended or never arrived: its status
+// decides, or the logout fails it.
+func (c *Conn) abortEach(ctx context.Context, tasks []*task) {
+	for _, t := range tasks {
+		select {
+		case <-t.done:
+			continue // its status came meanwhile
+		default:
+		}
+		if c.lookup(t.itt) != t {
+			// A task of another connection of the session (reason 0):
+			// ABORT TASK goes on the task's own connection, which
+			// takes no request now; the session's end fails it.
+			continue
+		}
+		t.mu.Lock()
+		refSN, sent := t.cmdSN, t.sent
+		t.mu.Unlock()
+		if !sent {
+			continue
+		}
+		req := &pdu.TaskMgmtRequest{Immediate: true, Function: pdu.TMFAbortTask, LUN: t.lun, RefTaskTag: t.itt, RefCmdSN: refSN}
+		resp, err := c.taskManagement(ctx, req, true, false)
+		switch {
+		case err == nil && resp == pdu.TMFComplete:
+			t.complete(ErrAborted, nil)
+		case err != nil && ctx.Err() != nil:
+			return
+		default:
+			c.log.Debug("ABORT TASK not done", zap.Uint32("itt", t.itt), zap.Stringer("response", resp), zap.Error(err))
 		}
 	}
 }

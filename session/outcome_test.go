@@ -206,11 +206,15 @@ func TestLogoutInFlightPolicies(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
 		policy InFlightPolicy
-		want   want
+		// setRefused: the target refuses ABORT TASK SET on LUN 1 too (as
+		// LIO does) and confirms ABORT TASK of each of its commands.
+		setRefused bool
+		want       want
 	}{
-		{"drain", InFlightDrain, want{completed: 1, unknown: 3}},
-		{"abort", InFlightAbort, want{aborted: 3, unknown: 1}},
-		{"fail", InFlightFail, want{unknown: 4}},
+		{"drain", InFlightDrain, false, want{completed: 1, unknown: 3}},
+		{"abort", InFlightAbort, false, want{aborted: 3, unknown: 1}},
+		{"abort task by task", InFlightAbort, true, want{aborted: 3, unknown: 1}},
+		{"fail", InFlightFail, false, want{unknown: 4}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s, f := fakeSession(t, testConfig(), faketarget.Login{})
@@ -245,17 +249,34 @@ func TestLogoutInFlightPolicies(t *testing.T) {
 				}
 				f.ReadData(cmds[0], make([]byte, 512))
 			case InFlightAbort:
-				for range 2 {
-					x := f.Expect(pdu.OpTaskMgmtRequest)
-					r := x.PDU.(*pdu.TaskMgmtRequest)
-					if r.Function != pdu.TMFAbortTaskSet {
-						t.Fatalf("TMF %v, want ABORT TASK SET", r.Function)
-					}
+				// ABORT TASK SET on each LUN; LUN 2's is rejected, and
+				// ABORT TASK of its one command finds no task. With
+				// setRefused LUN 1's is refused too, and ABORT TASK of
+				// each of its three commands is confirmed.
+				sets, tasks := 0, map[pdu.LUN]int{}
+				for sets < 2 || tasks[pdu.MakeLUN(2)] < 1 || tc.setRefused && tasks[pdu.MakeLUN(1)] < 3 {
+					r := f.Expect(pdu.OpTaskMgmtRequest).PDU.(*pdu.TaskMgmtRequest)
 					resp := pdu.TMFComplete
-					if r.LUN == pdu.MakeLUN(2) {
-						resp = pdu.TMFRejected
+					switch {
+					case r.Function == pdu.TMFAbortTaskSet:
+						sets++
+						if r.LUN == pdu.MakeLUN(2) {
+							resp = pdu.TMFRejected
+						} else if tc.setRefused {
+							resp = pdu.TMFNotSupported
+						}
+					case r.Function == pdu.TMFAbortTask:
+						tasks[r.LUN]++
+						if r.LUN == pdu.MakeLUN(2) {
+							resp = pdu.TMFNoSuchTask
+						}
+					default:
+						t.Fatalf("TMF %v, want ABORT TASK SET or ABORT TASK", r.Function)
 					}
 					f.MustSend(&pdu.TaskMgmtResponse{Response: resp, ITT: r.ITT, SeqNums: f.Seq(true)}, nil)
+				}
+				if sets != 2 || !tc.setRefused && tasks[pdu.MakeLUN(1)] != 0 {
+					t.Fatalf("%d ABORT TASK SET, ABORT TASK per LUN %v", sets, tasks)
 				}
 			case InFlightFail:
 				// Every command has ended before the request is answered.
