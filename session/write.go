@@ -117,7 +117,15 @@ func (c *Conn) post(p pdu.PDU, data []byte) error {
 	if err != nil || busy {
 		return err
 	}
+	// The goroutine is counted under c.mu, where fail marks the connection
+	// ended before Close waits for the count: none starts after that.
+	c.mu.Lock()
+	if c.state().ended() {
+		c.mu.Unlock()
+		return c.closedErr()
+	}
 	c.wg.Add(1)
+	c.mu.Unlock()
 	go func() {
 		defer c.wg.Done()
 		c.wmu.Lock()
