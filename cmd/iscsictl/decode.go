@@ -10,6 +10,7 @@ import (
 
 	"github.com/goiscsi/iscsi/capture"
 	"github.com/goiscsi/iscsi/pdu"
+	"github.com/spf13/pflag"
 )
 
 // portList is a repeatable --port flag that also takes comma-separated
@@ -23,6 +24,8 @@ func (p *portList) String() string {
 	}
 	return strings.Join(s, ",")
 }
+
+func (p *portList) Type() string { return "ports" }
 
 func (p *portList) Set(v string) error {
 	for _, f := range strings.Split(v, ",") {
@@ -50,19 +53,15 @@ type recordJSON struct {
 	Error         string  `json:"error,omitempty"`
 }
 
-func runDecode(ctx context.Context, a *app, args []string) error {
+func defDecode(a *app, fs *pflag.FlagSet) runFunc {
 	var ports portList
-	fs := a.flags("FILE.pcap [--port N[,N...]] [--header-digest] [--data-digest] [flags]")
 	fs.Var(&ports, "port", "TCP port(s) of the targets in the capture (default 3260); repeat or separate with commas")
 	hd := fs.Bool("header-digest", false, "the connections negotiated header digests")
 	dd := fs.Bool("data-digest", false, "the connections negotiated data digests")
-	pos, err := a.parse(fs, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) != 1 {
-		return invalidArgf("decode takes one capture file")
-	}
+	return func(ctx context.Context, pos []string) error { return runDecode(ctx, a, pos, ports, hd, dd) }
+}
+
+func runDecode(ctx context.Context, a *app, pos []string, ports portList, hd, dd *bool) error {
 	rs, err := capture.ReadFile(pos[0], capture.Options{Ports: ports, HeaderDigest: *hd, DataDigest: *dd})
 	if err != nil && len(rs) == 0 {
 		return err

@@ -7,16 +7,20 @@ import (
 	"time"
 
 	"github.com/goiscsi/iscsi/session"
+	"github.com/spf13/pflag"
 )
 
-func runDiscover(ctx context.Context, a *app, args []string) error {
+func defDiscover(a *app, fs *pflag.FlagSet) runFunc {
 	var tf targetFlags
-	fs := a.flags("--portal HOST[:PORT] [flags]")
 	tf.register(fs, a)
-	if _, err := a.parse(fs, args); err != nil {
+	return func(ctx context.Context, pos []string) error { return runDiscover(ctx, a, &tf, pos) }
+}
+
+func runDiscover(ctx context.Context, a *app, tf *targetFlags, pos []string) error {
+	if err := tf.fromURL(a, pos, targetNone); err != nil {
 		return err
 	}
-	c, err := a.dial(ctx, &tf, targetNone)
+	c, err := a.dial(ctx, tf, targetNone)
 	if err != nil {
 		return err
 	}
@@ -109,21 +113,27 @@ var paramOrder = []string{"HeaderDigest", "DataDigest", "MaxConnections", "Initi
 // runLogin logs in, prints the sessions (from the initiator's table) and
 // what was negotiated, and logs out: a process keeps no session once it
 // exits, so login is a check that a login works and what it negotiates.
-func runLogin(ctx context.Context, a *app, args []string) error {
+func defLogin(a *app, fs *pflag.FlagSet) runFunc {
 	var tf targetFlags
 	var lo logoutOptions
-	fs := a.flags("--portal HOST[:PORT] [--target NAME] [--sessions N --conns M] [flags]")
 	tf.register(fs, a)
 	lo.register(fs, 15*time.Second)
-	n := fs.Int("sessions", 1, "how many sessions to open")
-	m := fs.Int("conns", 1, "connections per session (MC/S)")
-	hold := fs.Duration("hold", 0, "keep the sessions open this long before logging out")
+	n := fs.IntP("sessions", "n", 1, "how many sessions to open")
+	m := fs.IntP("conns", "c", 1, "connections per session (MC/S)")
+	hold := fs.Duration("hold", 0, "keep the sessions open this long before logging out (Ctrl-C logs out at once; a second Ctrl-C cuts the logout short)")
 	af := a.agentFlags(fs)
-	if _, err := a.parse(fs, args); err != nil {
-		return err
+	return func(ctx context.Context, pos []string) error {
+		if err := tf.fromURL(a, pos, targetAuto); err != nil {
+			return err
+		}
+		return runLogin(ctx, a, fs, &tf, &lo, af, *n, *m, *hold)
 	}
+}
+
+func runLogin(ctx context.Context, a *app, fs *pflag.FlagSet, tf *targetFlags, lo *logoutOptions, af *agentFlags, nv, mv int, holdv time.Duration) error {
+	n, m, hold := &nv, &mv, &holdv
 	if ac, err := af.client(ctx, a); ac != nil || err != nil {
-		return agentOr(err, func() error { return a.agentLogin(ctx, ac, fs, &tf, *n, *m, *hold) })
+		return agentOr(err, func() error { return a.agentLogin(ctx, ac, fs, tf, *n, *m, *hold) })
 	}
 	if *n < 1 || *m < 1 {
 		return invalidArgf("--sessions and --conns must be at least 1")
@@ -133,7 +143,7 @@ func runLogin(ctx context.Context, a *app, args []string) error {
 	if err != nil {
 		return err
 	}
-	c, err := a.dial(ctx, &tf, targetAuto)
+	c, err := a.dial(ctx, tf, targetAuto)
 	if err != nil {
 		return err
 	}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/goiscsi/iscsi/session"
+	"github.com/spf13/pflag"
 )
 
 // perfResult is what perf measured; --json prints it as is.
@@ -44,20 +45,29 @@ type perfResult struct {
 	CPUMeasured bool    `json:"cpuMeasured"`
 }
 
-func runPerf(ctx context.Context, a *app, args []string) error {
+func defPerf(a *app, fs *pflag.FlagSet) runFunc {
 	var tf targetFlags
-	fs := a.flags("--portal HOST[:PORT] [--target NAME] [--lun N] [--bs BYTES] [--qd N] [--duration D] [--rw read|write] [--pattern random|sequential] [flags]")
 	tf.register(fs, a)
-	lun := fs.Int("lun", -1, "logical unit; -1 means the first disk the target reports")
+	lun := fs.IntP("lun", "l", -1, "logical unit; -1 means the first disk the target reports")
 	bsFlag := fs.Int("bs", 4096, "bytes per command (a multiple of the LUN's block size)")
 	qd := fs.Int("qd", 16, "queue depth: commands in flight")
 	dur := fs.Duration("duration", 10*time.Second, "how long to run")
 	rw := fs.String("rw", "read", "read or write (write overwrites the LUN's data)")
 	pattern := fs.String("pattern", "random", "random or sequential")
-	conns := fs.Int("conns", 1, "connections of the session (MC/S); commands are spread over them")
-	if _, err := a.parse(fs, args); err != nil {
-		return err
+	conns := fs.IntP("conns", "c", 1, "connections of the session (MC/S); commands are spread over them")
+	return func(ctx context.Context, pos []string) error {
+		if err := tf.fromURL(a, pos, targetAuto); err != nil {
+			return err
+		}
+		if err := tf.lunFrom(lun); err != nil {
+			return err
+		}
+		return runPerf(ctx, a, &tf, *lun, *bsFlag, *qd, *dur, *rw, *pattern, *conns)
 	}
+}
+
+func runPerf(ctx context.Context, a *app, tf *targetFlags, lunv, bsv, qdv int, durv time.Duration, rwv, patternv string, connsv int) error {
+	lun, bsFlag, qd, dur, rw, pattern, conns := &lunv, &bsv, &qdv, &durv, &rwv, &patternv, &connsv
 	switch {
 	case *rw != "read" && *rw != "write":
 		return invalidArgf("--rw %q: want read or write", *rw)
@@ -70,7 +80,7 @@ func runPerf(ctx context.Context, a *app, args []string) error {
 	}
 	tf.conns = *conns
 	res := perfResult{Command: "perf", RW: *rw, Pattern: *pattern, BlockSize: *bsFlag, QueueDepth: *qd, Conns: *conns}
-	err := a.withSession(ctx, &tf, *conns, func(s *session.Session) error {
+	err := a.withSession(ctx, tf, *conns, func(s *session.Session) error {
 		res.Target = tf.target
 		l, err := diskLUN(ctx, s, *lun)
 		if err != nil {

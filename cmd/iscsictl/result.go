@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"strings"
@@ -12,6 +11,7 @@ import (
 	"github.com/goiscsi/iscsi/logout"
 	"github.com/goiscsi/iscsi/pdu"
 	"github.com/goiscsi/iscsi/session"
+	"github.com/spf13/pflag"
 )
 
 // logoutJSON is a logout result as --json prints it.
@@ -295,12 +295,12 @@ type logoutOptions struct {
 	timeoutName string
 }
 
-func (o *logoutOptions) register(fs *flag.FlagSet, defaultTimeout time.Duration) {
+func (o *logoutOptions) register(fs *pflag.FlagSet, defaultTimeout time.Duration) {
 	o.registerNamed(fs, "timeout", defaultTimeout)
 }
 
 // registerNamed registers the flags with the timeout flag called name.
-func (o *logoutOptions) registerNamed(fs *flag.FlagSet, name string, defaultTimeout time.Duration) {
+func (o *logoutOptions) registerNamed(fs *pflag.FlagSet, name string, defaultTimeout time.Duration) {
 	o.timeoutName = name
 	fs.StringVar(&o.strategy, "strategy", "per-connection", "logout strategy: per-connection (a Logout Request on every connection at once) or per-session (reason 0 on one connection per session)")
 	fs.DurationVar(&o.drain, "drain", 0, "let running commands finish for this long before the Logout Requests go out")

@@ -7,7 +7,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -15,6 +14,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/goiscsi/iscsi/session"
+	"github.com/spf13/pflag"
 )
 
 // peripheralTypes names the SCSI peripheral device types seen on iSCSI.
@@ -62,14 +62,22 @@ func diskLUN(ctx context.Context, s *session.Session, lun int) (int, error) {
 	return 0, fmt.Errorf("no disk among the target's LUNs %v; choose one with --lun", ls)
 }
 
-func runInquiry(ctx context.Context, a *app, args []string) error {
+func defInquiry(a *app, fs *pflag.FlagSet) runFunc {
 	var tf targetFlags
-	fs := a.flags("--portal HOST[:PORT] [--target NAME] [--lun N] [flags]")
 	tf.register(fs, a)
-	lun := fs.Int("lun", -1, "logical unit; -1 means every LUN the target reports")
-	if _, err := a.parse(fs, args); err != nil {
-		return err
+	lun := fs.IntP("lun", "l", -1, "logical unit; -1 means every LUN the target reports")
+	return func(ctx context.Context, pos []string) error {
+		if err := tf.fromURL(a, pos, targetAuto); err != nil {
+			return err
+		}
+		if err := tf.lunFrom(lun); err != nil {
+			return err
+		}
+		return runInquiry(ctx, a, &tf, lun)
 	}
+}
+
+func runInquiry(ctx context.Context, a *app, tf *targetFlags, lun *int) error {
 	type inqJSON struct {
 		LUN            int    `json:"lun"`
 		PeripheralType int    `json:"peripheralType"`
@@ -79,7 +87,7 @@ func runInquiry(ctx context.Context, a *app, args []string) error {
 		Revision       string `json:"revision"`
 	}
 	var out []inqJSON
-	err := a.withSession(ctx, &tf, 1, func(s *session.Session) error {
+	err := a.withSession(ctx, tf, 1, func(s *session.Session) error {
 		ls, err := luns(ctx, s, *lun)
 		if err != nil {
 			return err
@@ -111,14 +119,22 @@ func runInquiry(ctx context.Context, a *app, args []string) error {
 	return tw.Flush()
 }
 
-func runReadCap(ctx context.Context, a *app, args []string) error {
+func defReadCap(a *app, fs *pflag.FlagSet) runFunc {
 	var tf targetFlags
-	fs := a.flags("--portal HOST[:PORT] [--target NAME] [--lun N] [flags]")
 	tf.register(fs, a)
-	lun := fs.Int("lun", -1, "logical unit; -1 means every LUN the target reports that answers")
-	if _, err := a.parse(fs, args); err != nil {
-		return err
+	lun := fs.IntP("lun", "l", -1, "logical unit; -1 means every disk LUN the target reports")
+	return func(ctx context.Context, pos []string) error {
+		if err := tf.fromURL(a, pos, targetAuto); err != nil {
+			return err
+		}
+		if err := tf.lunFrom(lun); err != nil {
+			return err
+		}
+		return runReadCap(ctx, a, &tf, lun)
 	}
+}
+
+func runReadCap(ctx context.Context, a *app, tf *targetFlags, lun *int) error {
 	type capJSON struct {
 		LUN       int    `json:"lun"`
 		Blocks    uint64 `json:"blocks"`
@@ -126,7 +142,7 @@ func runReadCap(ctx context.Context, a *app, args []string) error {
 		Bytes     uint64 `json:"bytes"`
 	}
 	var out []capJSON
-	err := a.withSession(ctx, &tf, 1, func(s *session.Session) error {
+	err := a.withSession(ctx, tf, 1, func(s *session.Session) error {
 		ls, err := luns(ctx, s, *lun)
 		if err != nil {
 			return err
@@ -179,8 +195,8 @@ type ioFlags struct {
 	blocks int
 }
 
-func (f *ioFlags) register(fs *flag.FlagSet) {
-	fs.IntVar(&f.lun, "lun", -1, "logical unit; -1 means the first disk the target reports")
+func (f *ioFlags) register(fs *pflag.FlagSet) {
+	fs.IntVarP(&f.lun, "lun", "l", -1, "logical unit; -1 means the first disk the target reports")
 	fs.Uint64Var(&f.lba, "lba", 0, "first logical block")
 	fs.IntVar(&f.blocks, "blocks", 0, "number of blocks")
 }
@@ -210,22 +226,31 @@ func (f *ioFlags) prepare(ctx context.Context, s *session.Session, blocks int) (
 	return lun, bs, nil
 }
 
-func runRead(ctx context.Context, a *app, args []string) error {
+func defRead(a *app, fs *pflag.FlagSet) runFunc {
 	var tf targetFlags
 	var f ioFlags
-	fs := a.flags("--portal HOST[:PORT] [--target NAME] [--lun N] --lba LBA --blocks N [--out FILE] [flags]")
 	tf.register(fs, a)
 	f.register(fs)
-	out := fs.String("out", "", "write the data to this `file` (\"-\" for stdout); else print a hex dump")
-	if _, err := a.parse(fs, args); err != nil {
-		return err
+	out := fs.StringP("out", "o", "", "write the data to this `file` (\"-\" for stdout); else print a hex dump")
+	return func(ctx context.Context, pos []string) error {
+		if err := tf.fromURL(a, pos, targetAuto); err != nil {
+			return err
+		}
+		if err := tf.lunFrom(&f.lun); err != nil {
+			return err
+		}
+		return runRead(ctx, a, &tf, &f, out)
 	}
+}
+
+func runRead(ctx context.Context, a *app, tf *targetFlags, fp *ioFlags, out *string) error {
+	f := *fp
 	if f.blocks <= 0 {
 		return invalidArgf("--blocks must be at least 1")
 	}
 	var data []byte
 	var lun, bs int
-	err := a.withSession(ctx, &tf, 1, func(s *session.Session) error {
+	err := a.withSession(ctx, tf, 1, func(s *session.Session) error {
 		var err error
 		lun, bs, err = f.prepare(ctx, s, f.blocks)
 		if err != nil {
@@ -264,19 +289,29 @@ func runRead(ctx context.Context, a *app, args []string) error {
 	return d.Close()
 }
 
-func runWrite(ctx context.Context, a *app, args []string) error {
+func defWrite(a *app, fs *pflag.FlagSet) runFunc {
 	var tf targetFlags
 	var f ioFlags
-	fs := a.flags("--portal HOST[:PORT] [--target NAME] [--lun N] --lba LBA (--in FILE | --blocks N [--fill BYTE | --random]) [--verify] [flags]")
 	tf.register(fs, a)
 	f.register(fs)
-	in := fs.String("in", "", "write the contents of this `file` (a whole number of blocks; \"-\" for stdin)")
+	in := fs.StringP("in", "i", "", "write the contents of this `file` (a whole number of blocks; \"-\" for stdin)")
 	fill := fs.Int("fill", 0, "with --blocks: fill the blocks with this byte value")
 	random := fs.Bool("random", false, "with --blocks: write random data")
 	verify := fs.Bool("verify", false, "read the blocks back and compare")
-	if _, err := a.parse(fs, args); err != nil {
-		return err
+	return func(ctx context.Context, pos []string) error {
+		if err := tf.fromURL(a, pos, targetAuto); err != nil {
+			return err
+		}
+		if err := tf.lunFrom(&f.lun); err != nil {
+			return err
+		}
+		return runWrite(ctx, a, &tf, &f, *in, *fill, *random, *verify)
 	}
+}
+
+func runWrite(ctx context.Context, a *app, tf *targetFlags, fp *ioFlags, inv string, fillv int, randomv, verifyv bool) error {
+	f := *fp
+	in, fill, random, verify := &inv, &fillv, &randomv, &verifyv
 	var src []byte
 	switch {
 	case *in != "" && f.blocks != 0:
@@ -299,7 +334,7 @@ func runWrite(ctx context.Context, a *app, args []string) error {
 		return invalidArgf("--fill must be a byte value, 0 to 255")
 	}
 	var lun, bs int
-	err := a.withSession(ctx, &tf, 1, func(s *session.Session) error {
+	err := a.withSession(ctx, tf, 1, func(s *session.Session) error {
 		// The block size is known only now.
 		probe, err := diskLUN(ctx, s, f.lun)
 		if err != nil {

@@ -8,22 +8,19 @@ import (
 
 	"github.com/goiscsi/iscsi/agent/api"
 	"github.com/goiscsi/iscsi/initiator"
+	"github.com/spf13/pflag"
 )
 
 // runSessions lists the sessions the agent holds.
-func runSessions(ctx context.Context, a *app, args []string) error {
-	fs := a.flags("[--target NAME] [--params] [--socket PATH] [flags]")
+func defSessions(a *app, fs *pflag.FlagSet) runFunc {
 	af := &agentFlags{}
 	fs.StringVar(&af.socket, "socket", "", "the agent's Unix `socket` (default $"+envSocket+", else "+defaultSocket()+")")
-	target := fs.String("target", "", "only the sessions of this target `name`")
+	target := fs.StringP("target", "t", "", "only the sessions of this target `name`")
 	params := fs.Bool("params", false, "print every session's negotiated parameters")
-	pos, err := a.parse(fs, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) > 0 {
-		return invalidArgf("sessions takes no argument, got %q", pos[0])
-	}
+	return func(ctx context.Context, _ []string) error { return runSessions(ctx, a, af, target, params) }
+}
+
+func runSessions(ctx context.Context, a *app, af *agentFlags, target *string, params *bool) error {
 	if *target != "" {
 		n, err := initiator.NormalizeName(*target)
 		if err != nil {

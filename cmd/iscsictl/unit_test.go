@@ -124,7 +124,7 @@ func TestReadSecret(t *testing.T) {
 // into one file and decodes it.
 func TestPcapMux(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "x.pcap")
-	m, err := newPcapMux(path)
+	m, err := newPcapMux(path, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
