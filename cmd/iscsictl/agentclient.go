@@ -289,6 +289,18 @@ func (a *app) agentLogin(ctx context.Context, c *agentClient, fs *pflag.FlagSet,
 	if err := c.do(ctx, http.MethodPost, "/v1/sessions", req, &resp); err != nil {
 		return cliError(err, tf, chap != nil)
 	}
+	for _, s := range resp.Sessions {
+		if err := tf.requiredDigests(s.Params["HeaderDigest"] == "CRC32C", s.Params["DataDigest"] == "CRC32C"); err != nil {
+			// The agent keeps what it logged in to: it goes, as an
+			// in-process login's session would.
+			var out api.LogoutResponse
+			q := url.Values{"target": {resp.Target}}
+			if lerr := c.do(ctx, http.MethodDelete, "/v1/sessions/"+strconv.Itoa(int(s.TSIH))+"?"+q.Encode(), nil, &out); lerr != nil {
+				a.log.Warn("logging out of a session without the required digests", zap.Error(lerr))
+			}
+			return err
+		}
+	}
 	infos := make([]sessionInfo, len(resp.Sessions))
 	conns := 0
 	for i, s := range resp.Sessions {

@@ -288,6 +288,9 @@ func (c *connect) login(ctx context.Context, n, m int, isid func(i int) [6]byte)
 				return
 			}
 			out[i] = s
+			if err := c.tf.requiredDigests(s.Params().HeaderDigest, s.Params().DataDigest); err != nil {
+				errs[i] = err
+			}
 		}()
 	}
 	wg.Wait()
@@ -297,6 +300,18 @@ func (c *connect) login(ctx context.Context, n, m int, isid func(i int) [6]byte)
 		}
 	}
 	return out, nil
+}
+
+// requiredDigests checks what a session negotiated against
+// --header-digest=required and --data-digest=required.
+func (t *targetFlags) requiredDigests(header, data bool) error {
+	switch {
+	case t.headerDigest == digestRequired && !header:
+		return &exitErr{code: exitError, msg: fmt.Sprintf("the target at %s would not use CRC32C header digests, which --header-digest=required asks for (HeaderDigest=None was negotiated)", t.portal)}
+	case t.dataDigest == digestRequired && !data:
+		return &exitErr{code: exitError, msg: fmt.Sprintf("the target at %s would not use CRC32C data digests, which --data-digest=required asks for (DataDigest=None was negotiated)", t.portal)}
+	}
+	return nil
 }
 
 // quietLogout logs out of the target at the end of a command that is not
