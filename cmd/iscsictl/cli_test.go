@@ -139,10 +139,10 @@ func TestHelpMatchesREADME(t *testing.T) {
 
 func TestParseISCSIURL(t *testing.T) {
 	for in, want := range map[string]iscsiURL{
-		"iscsi://10.0.0.1/iqn.2001-04.com.example:disk1/2":        {portal: "10.0.0.1:3260", target: "iqn.2001-04.com.example:disk1", lun: 2},
-		"iscsi://host.example:3261/iqn.2001-04.com.example:d":     {portal: "host.example:3261", target: "iqn.2001-04.com.example:d", lun: -1},
-		"iscsi://[::1]:3262/iqn.2001-04.com.example:d/0":          {portal: "[::1]:3262", target: "iqn.2001-04.com.example:d", lun: 0},
-		"iscsi://alice@10.0.0.1/iqn.2001-04.com.example:d/1":      {user: "alice", portal: "10.0.0.1:3260", target: "iqn.2001-04.com.example:d", lun: 1},
+		"iscsi://10.0.0.1/iqn.2001-04.com.example:disk1/2":         {portal: "10.0.0.1:3260", target: "iqn.2001-04.com.example:disk1", lun: 2},
+		"iscsi://host.example:3261/iqn.2001-04.com.example:d":      {portal: "host.example:3261", target: "iqn.2001-04.com.example:d", lun: -1},
+		"iscsi://[::1]:3262/iqn.2001-04.com.example:d/0":           {portal: "[::1]:3262", target: "iqn.2001-04.com.example:d", lun: 0},
+		"iscsi://alice@10.0.0.1/iqn.2001-04.com.example:d/1":       {user: "alice", portal: "10.0.0.1:3260", target: "iqn.2001-04.com.example:d", lun: 1},
 		"iscsi://alice%s3cr%et@10.0.0.1/iqn.2001-04.com.example:d": {user: "alice", secret: "s3cr%et", hasSecret: true, portal: "10.0.0.1:3260", target: "iqn.2001-04.com.example:d", lun: -1},
 		"ISCSI://10.0.0.1":  {portal: "10.0.0.1:3260", lun: -1},
 		"iscsi://10.0.0.1/": {portal: "10.0.0.1:3260", lun: -1},
