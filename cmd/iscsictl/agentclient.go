@@ -304,7 +304,7 @@ func (a *app) agentLogin(ctx context.Context, c *agentClient, fs *pflag.FlagSet,
 	infos := make([]sessionInfo, len(resp.Sessions))
 	conns := 0
 	for i, s := range resp.Sessions {
-		infos[i] = sessionInfo{TSIH: s.TSIH, ISID: s.ISID, Portal: s.Portal, Connections: s.Connections, Params: s.Params}
+		infos[i] = sessionInfo{TSIH: hexTSIH(s.TSIH), ISID: isidFrom12(s.ISID), Portal: s.Portal, Connections: cidList(s.Connections), Params: s.Params}
 		conns += len(s.Connections)
 	}
 	if a.json {

@@ -55,19 +55,19 @@ func runDiscover(ctx context.Context, a *app, tf *targetFlags, pos []string) err
 
 // sessionInfo is a logged-in session as login prints it.
 type sessionInfo struct {
-	TSIH        uint16         `json:"tsih"`
+	TSIH        hexTSIH        `json:"tsih"`
 	ISID        string         `json:"isid"`
 	Portal      string         `json:"portal"`
-	Connections []uint16       `json:"connections"`
+	Connections []hexCID       `json:"connections"`
 	Params      map[string]any `json:"params"`
 }
 
 func describeSession(s *session.Session) sessionInfo {
 	isid := s.ISID()
-	info := sessionInfo{TSIH: s.TSIH(), ISID: fmt.Sprintf("%012x", isid[:]), Portal: s.Portal(), Connections: []uint16{},
+	info := sessionInfo{TSIH: hexTSIH(s.TSIH()), ISID: isidHex(isid), Portal: s.Portal(), Connections: []hexCID{},
 		Params: paramsMap(s.Params())}
 	for _, c := range s.Conns() {
-		info.Connections = append(info.Connections, c.CID())
+		info.Connections = append(info.Connections, hexCID(c.CID()))
 	}
 	return info
 }

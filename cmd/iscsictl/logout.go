@@ -211,7 +211,7 @@ type ioLoad struct {
 	refused atomic.Int64
 
 	mu      sync.Mutex
-	errs    map[string]int
+	errs    map[string]int // by message
 	stopped *ioLoadResult
 }
 
@@ -219,20 +219,27 @@ type ioLoad struct {
 type ioLoadResult struct {
 	Completed int64 `json:"completed"`
 	// Refused counts commands not sent because the logout had begun.
-	Refused int64          `json:"refused"`
-	Failed  int            `json:"failed"`
-	Errors  map[string]int `json:"errors"`
+	Refused int64 `json:"refused"`
+	// Failed is the sum of Errors' counts.
+	Failed int `json:"failed"`
+	// Errors group the failed commands by message, most frequent first.
+	Errors []errorCount `json:"errors"`
+	// Total is Completed + Failed + Refused: every command the load
+	// tried.
+	Total int64 `json:"total"`
+}
+
+// errorCount is how many commands failed with one message: the message
+// is a value, never a JSON key.
+type errorCount struct {
+	Message string `json:"message"`
+	Count   int    `json:"count"`
 }
 
 func (r *ioLoadResult) print(a *app) {
 	a.printf("I/O during the logout: %d commands completed, %d failed, %d not sent (logout begun)\n", r.Completed, r.Failed, r.Refused)
-	var msgs []string
-	for m := range r.Errors {
-		msgs = append(msgs, m)
-	}
-	sort.Strings(msgs)
-	for _, m := range msgs {
-		a.printf("  %4d x %s\n", r.Errors[m], safe(m))
+	for _, e := range r.Errors {
+		a.printf("  %4d x %s\n", e.Count, safe(e.Message))
 	}
 }
 
@@ -347,11 +354,18 @@ func (l *ioLoad) stop() *ioLoadResult {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.stopped == nil {
-		r := &ioLoadResult{Completed: l.done.Load(), Refused: l.refused.Load(), Errors: map[string]int{}}
+		r := &ioLoadResult{Completed: l.done.Load(), Refused: l.refused.Load(), Errors: []errorCount{}}
 		for m, n := range l.errs {
-			r.Errors[m] = n
+			r.Errors = append(r.Errors, errorCount{Message: m, Count: n})
 			r.Failed += n
 		}
+		r.Total = r.Completed + int64(r.Failed) + r.Refused
+		sort.Slice(r.Errors, func(i, j int) bool {
+			if r.Errors[i].Count != r.Errors[j].Count {
+				return r.Errors[i].Count > r.Errors[j].Count
+			}
+			return r.Errors[i].Message < r.Errors[j].Message
+		})
 		l.stopped = r
 	}
 	return l.stopped

@@ -11,6 +11,21 @@ import (
 	"github.com/spf13/pflag"
 )
 
+// agentSessionJSON is a session of the agent as `sessions --json` prints
+// it: the API's api.Session with the identifiers in the CLI's notation.
+type agentSessionJSON struct {
+	Target      string         `json:"target"`
+	Portal      string         `json:"portal"`
+	TSIH        hexTSIH        `json:"tsih"`
+	ISID        string         `json:"isid"`
+	Connections []hexCID       `json:"connections"`
+	State       string         `json:"state"`
+	Params      map[string]any `json:"params"`
+	Counters    api.Counters   `json:"counters"`
+	Node        string         `json:"node,omitempty"`
+	LoggedInAt  string         `json:"loggedInAt"`
+}
+
 // runSessions lists the sessions the agent holds.
 func defSessions(a *app, fs *pflag.FlagSet) runFunc {
 	af := &agentFlags{}
@@ -43,7 +58,12 @@ func runSessions(ctx context.Context, a *app, af *agentFlags, target *string, pa
 		}
 	}
 	if a.json {
-		a.printJSON(map[string]any{"command": "sessions", "apiVersion": resp.APIVersion, "agent": c.socket, "sessions": list})
+		out := make([]agentSessionJSON, len(list))
+		for i, s := range list {
+			out[i] = agentSessionJSON{Target: s.Target, Portal: s.Portal, TSIH: hexTSIH(s.TSIH), ISID: isidFrom12(s.ISID),
+				Connections: cidList(s.Connections), State: s.State, Params: s.Params, Counters: s.Counters, Node: s.Node, LoggedInAt: s.LoggedInAt}
+		}
+		a.printJSON(map[string]any{"command": "sessions", "apiVersion": resp.APIVersion, "agent": c.socket, "sessionCount": len(out), "sessions": out})
 		return nil
 	}
 	if len(list) == 0 {
@@ -61,7 +81,7 @@ func runSessions(ctx context.Context, a *app, af *agentFlags, target *string, pa
 		if node == "" {
 			node = "-"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t0x%04x\t%s\t%v\t%s\t%s\t%s\t%s\n", safe(s.Target), safe(s.Portal), s.TSIH, s.ISID,
+		fmt.Fprintf(tw, "%s\t%s\t0x%04x\t%s\t%v\t%s\t%s\t%s\t%s\n", safe(s.Target), safe(s.Portal), s.TSIH, isidFrom12(s.ISID),
 			s.Connections, s.State, sent, recv, safe(node))
 	}
 	tw.Flush()
