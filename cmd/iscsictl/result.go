@@ -29,9 +29,9 @@ type logoutJSON struct {
 	// LoggedOutOrGone is true for success and for "session not found".
 	LoggedOutOrGone bool         `json:"loggedOutOrGone"`
 	Commands        commandsJSON `json:"commands"`
-	DeadlineMs      float64         `json:"deadlineMs"`
-	DurationMs      float64         `json:"durationMs"`
-	Requested       bool            `json:"targetRequested,omitempty"`
+	DeadlineMs      float64      `json:"deadlineMs"`
+	DurationMs      float64      `json:"durationMs"`
+	Requested       bool         `json:"targetRequested,omitempty"`
 }
 
 type sessionJSON struct {
