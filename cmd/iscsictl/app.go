@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -158,7 +159,8 @@ func (a *app) exit(err error) int {
 		prefix += " " + a.name
 	}
 	fmt.Fprintf(a.stderr, "%s: %s\n", prefix, safe(msg))
-	if a.json {
+	var ee *exitErr
+	if a.json && !(errors.As(err, &ee) && ee.resultPrinted) {
 		a.printJSON(map[string]any{"command": a.name, "error": msg, "exitCode": code})
 	}
 	return code

@@ -27,6 +27,10 @@ const (
 	exitIncomplete = 4 // logout: some sessions did not log out (VDS_E_ISCSI_LOGOUT_INCOMPLETE)
 	exitInvalidArg = 5 // a malformed argument: bad flag, bad iSCSI name, LBA out of range (E_INVALIDARG)
 	exitCanceled   = 6 // logout: canceled (interrupted) before it ended (VDS_E_OPERATION_CANCELED)
+	// exitInterrupted is perf's status after Ctrl-C, as a shell gives a
+	// command that SIGINT ended (128+2); perf prints what it measured and
+	// logs out first.
+	exitInterrupted = 130
 )
 
 var exitCodes = []struct {
@@ -40,6 +44,7 @@ var exitCodes = []struct {
 	{exitIncomplete, "logout: some sessions logged out, some did not (VDS_E_ISCSI_LOGOUT_INCOMPLETE 0x80042710)"},
 	{exitInvalidArg, "invalid argument: unknown flag or command, malformed iSCSI name given, out-of-range LBA (E_INVALIDARG)"},
 	{exitCanceled, "logout: canceled by an interrupt before it ended (VDS_E_OPERATION_CANCELED 0x8004240D)"},
+	{exitInterrupted, "perf: interrupted (Ctrl-C); what it measured until then is printed, and it logged out"},
 }
 
 // outcomeExit maps a logout outcome to the exit status.
@@ -62,6 +67,9 @@ func outcomeExit(o logout.Outcome) int {
 type exitErr struct {
 	code int
 	msg  string
+	// resultPrinted: the command printed its result (--json: the one
+	// document), so the error is only said on stderr.
+	resultPrinted bool
 }
 
 func (e *exitErr) Error() string { return e.msg }

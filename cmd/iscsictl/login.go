@@ -3,6 +3,9 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -181,16 +184,50 @@ func runLogin(ctx context.Context, a *app, fs *pflag.FlagSet, tf *targetFlags, l
 		}
 	}
 	if *hold > 0 {
-		a.printf("\nHolding the sessions for %s\n", *hold)
+		a.printf("\nHolding the sessions for %s (Ctrl-C logs out now)\n", *hold)
+		t := time.NewTimer(*hold)
 		select {
-		case <-time.After(*hold):
+		case <-t.C:
 		case <-ctx.Done():
+			t.Stop()
+			a.printf("\nInterrupted: logging out (interrupt again to cut the logout short)\n")
 		}
 	}
 	op, err := c.in.LogoutFromTargetWith(tf.target, opts)
 	if err != nil {
 		return err
 	}
-	res := a.waitLogout(ctx, op, conns)
+	// The interrupt that ended the hold asked for this logout: only a
+	// second one cancels it.
+	lctx, stop := nextInterrupt(ctx)
+	defer stop()
+	res := a.waitLogout(lctx, op, conns)
 	return a.reportLogout(&res, opts.Strategy, map[string]any{"target": tf.target, "portal": tf.portal, "sessions": infos})
+}
+
+// nextInterrupt returns ctx while it is not done; once it is (the first
+// SIGINT or SIGTERM came), a context that the next one ends. main's
+// signal.NotifyContext keeps catching the signals after the first, so a
+// second one does not kill the process: it is seen here.
+func nextInterrupt(ctx context.Context) (context.Context, func()) {
+	if ctx.Err() == nil {
+		return ctx, func() {}
+	}
+	sigc := make(chan os.Signal, 1)
+	signal.Notify(sigc, os.Interrupt, syscall.SIGTERM)
+	nctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		select {
+		case <-sigc:
+			cancel()
+		case <-nctx.Done():
+		}
+	}()
+	return nctx, func() {
+		signal.Stop(sigc)
+		cancel()
+		<-done
+	}
 }
