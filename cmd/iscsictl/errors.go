@@ -93,6 +93,9 @@ type stepError struct {
 	target  string
 	timeout time.Duration // the bound of the step, for a deadline
 	chap    bool          // the login used CHAP
+	// chapUser and initiatorName are the CHAP user name and the initiator
+	// name of the login, for the hint of a failed authentication.
+	chapUser, initiatorName string
 	err     error
 }
 
@@ -169,7 +172,11 @@ func describe(err error) (int, string) {
 		}
 		return exitError, trimPrefixes(inner.Error()) + where()
 	case errors.As(err, &se):
-		return exitError, "SCSI command failed" + where() + ": " + trimPrefixes(se.Error())
+		msg := "SCSI command failed" + where() + ": " + trimPrefixes(se.Error())
+		if w := senseWords(se); w != "" {
+			msg += " (" + w + ")"
+		}
+		return exitError, msg
 	case errors.As(err, &rj):
 		return exitError, trimPrefixes(rj.Error()) + where()
 	case errors.As(err, &pe):
@@ -197,7 +204,15 @@ func loginMessage(st pdu.LoginStatus, step *stepError) string {
 	case pdu.LoginTargetRemoved:
 		return fmt.Sprintf("target %s was removed from portal %s %s", target, portal, code)
 	case pdu.LoginAuthFailed:
-		return "authentication failed " + code
+		switch {
+		case step != nil && !step.chap:
+			// No secret was given: the target asks for one.
+			return "authentication failed " + code + ": the target requires CHAP; give the secret with --chap-secret-file or $" + envCHAPSecret
+		case step != nil && step.chapUser != "" && step.chapUser == step.initiatorName:
+			return "authentication failed " + code + ": the CHAP user name was the initiator name " + step.chapUser +
+				" (the default); if the target knows another user name, give it with --chap-user"
+		}
+		return "authentication failed " + code + ": check the CHAP user name and secret"
 	case pdu.LoginAuthzFailed:
 		return fmt.Sprintf("not authorized to log in to target %s %s", target, code)
 	case pdu.LoginTooManyConnections:

@@ -163,6 +163,11 @@ func runReadCap(ctx context.Context, a *app, tf *targetFlags, lun *int) error {
 	if err != nil {
 		return err
 	}
+	if len(out) == 0 {
+		// Every LUN refused READ CAPACITY: controllers, enclosures, no
+		// disk. An empty table with status 0 would say nothing was wrong.
+		return &exitErr{code: exitError, msg: fmt.Sprintf("target %s has no disk LUN: none of its LUNs answers READ CAPACITY (LUN 0 of tgtd is its controller); a target with no backing store has nothing to read", tf.target)}
+	}
 	if a.json {
 		a.printJSON(map[string]any{"command": "readcap", "target": tf.target, "luns": out})
 		return nil
@@ -201,8 +206,32 @@ func (f *ioFlags) register(fs *pflag.FlagSet) {
 	fs.IntVar(&f.blocks, "blocks", 0, "number of blocks")
 }
 
-// maxTransfer bounds one read or write of the command line.
-const maxTransfer = 64 << 20
+// maxCommand is the most one SCSI command of read and write moves: a
+// larger transfer is split into commands of this size, below the maximum
+// transfer length of the targets met (8 MiB for tgtd's and iscsitest's
+// defaults, LIO's 8 MiB), and a unit of the progress bar.
+const maxCommand = 4 << 20
+
+// maxTransfer bounds a whole read or write of the command line: the data
+// is held in memory.
+const maxTransfer = 1 << 30
+
+// transfer runs op on the blocks from lba in commands of at most
+// maxCommand bytes, advancing the progress bar; it returns how many
+// commands it sent.
+func transfer(buf []byte, bs int, lba uint64, bar *progress, op func(lba uint64, chunk []byte) error) (int, error) {
+	per := max(maxCommand/bs, 1) * bs
+	n := 0
+	for off := 0; off < len(buf); off += per {
+		end := min(off+per, len(buf))
+		if err := op(lba+uint64(off/bs), buf[off:end]); err != nil {
+			return n, err
+		}
+		n++
+		bar.add(int64(end - off))
+	}
+	return n, nil
+}
 
 // prepare finds the LUN and its block size and checks the range.
 func (f *ioFlags) prepare(ctx context.Context, s *session.Session, blocks int) (lun int, bs int, err error) {
@@ -219,7 +248,7 @@ func (f *ioFlags) prepare(ctx context.Context, s *session.Session, blocks int) (
 	case blocks <= 0:
 		return 0, 0, invalidArgf("--blocks must be at least 1")
 	case blocks > maxTransfer/bs: // blocks*bs could overflow
-		return 0, 0, invalidArgf("%d blocks of %d bytes is more than the %d MiB one command moves", blocks, bs, maxTransfer>>20)
+		return 0, 0, invalidArgf("%d blocks of %d bytes is more than the %d GiB one read or write moves", blocks, bs, maxTransfer>>30)
 	case f.lba >= c.Blocks || uint64(blocks) > c.Blocks-f.lba:
 		return 0, 0, invalidArgf("blocks %d to %d are past the end of LUN %d (%d blocks)", f.lba, f.lba+uint64(blocks)-1, lun, c.Blocks)
 	}
@@ -249,7 +278,7 @@ func runRead(ctx context.Context, a *app, tf *targetFlags, fp *ioFlags, out *str
 		return invalidArgf("--blocks must be at least 1")
 	}
 	var data []byte
-	var lun, bs int
+	var lun, bs, commands int
 	err := a.withSession(ctx, tf, 1, func(s *session.Session) error {
 		var err error
 		lun, bs, err = f.prepare(ctx, s, f.blocks)
@@ -257,7 +286,12 @@ func runRead(ctx context.Context, a *app, tf *targetFlags, fp *ioFlags, out *str
 			return err
 		}
 		data = make([]byte, f.blocks*bs)
-		if err := s.Read(ctx, lun, f.lba, bs, data); err != nil {
+		bar := a.newProgress(int64(len(data)), "reading", true)
+		defer bar.finish()
+		commands, err = transfer(data, bs, f.lba, bar, func(lba uint64, chunk []byte) error {
+			return s.Read(ctx, lun, lba, bs, chunk)
+		})
+		if err != nil {
 			return &stepError{step: "READ", err: err}
 		}
 		return nil
@@ -277,7 +311,7 @@ func runRead(ctx context.Context, a *app, tf *targetFlags, fp *ioFlags, out *str
 	}
 	if a.json {
 		a.printJSON(map[string]any{"command": "read", "target": tf.target, "lun": lun, "lba": f.lba, "blocks": f.blocks,
-			"blockSize": bs, "bytes": len(data), "sha256": hex.EncodeToString(sum[:]), "out": *out})
+			"blockSize": bs, "bytes": len(data), "sha256": hex.EncodeToString(sum[:]), "out": *out, "commands": commands})
 		return nil
 	}
 	if *out != "" {
@@ -333,7 +367,7 @@ func runWrite(ctx context.Context, a *app, tf *targetFlags, fp *ioFlags, inv str
 	case *fill < 0 || *fill > 255:
 		return invalidArgf("--fill must be a byte value, 0 to 255")
 	}
-	var lun, bs int
+	var lun, bs, commands int
 	err := a.withSession(ctx, tf, 1, func(s *session.Session) error {
 		// The block size is known only now.
 		probe, err := diskLUN(ctx, s, f.lun)
@@ -366,14 +400,24 @@ func runWrite(ctx context.Context, a *app, tf *targetFlags, fp *ioFlags, inv str
 				}
 			}
 		}
-		if err := s.Write(ctx, lun, f.lba, bs, src); err != nil {
+		bar := a.newProgress(int64(len(src)), "writing", true)
+		commands, err = transfer(src, bs, f.lba, bar, func(lba uint64, chunk []byte) error {
+			return s.Write(ctx, lun, lba, bs, chunk)
+		})
+		bar.finish()
+		if err != nil {
 			return &stepError{step: "WRITE", err: err}
 		}
 		if !*verify {
 			return nil
 		}
 		got := make([]byte, len(src))
-		if err := s.Read(ctx, lun, f.lba, bs, got); err != nil {
+		bar = a.newProgress(int64(len(got)), "verifying", true)
+		_, err = transfer(got, bs, f.lba, bar, func(lba uint64, chunk []byte) error {
+			return s.Read(ctx, lun, lba, bs, chunk)
+		})
+		bar.finish()
+		if err != nil {
 			return &stepError{step: "reading back", err: err}
 		}
 		if i := firstDiff(src, got); i >= 0 {
@@ -387,7 +431,7 @@ func runWrite(ctx context.Context, a *app, tf *targetFlags, fp *ioFlags, inv str
 	sum := sha256.Sum256(src)
 	if a.json {
 		a.printJSON(map[string]any{"command": "write", "target": tf.target, "lun": lun, "lba": f.lba, "blocks": f.blocks,
-			"blockSize": bs, "bytes": len(src), "sha256": hex.EncodeToString(sum[:]), "verified": *verify})
+			"blockSize": bs, "bytes": len(src), "sha256": hex.EncodeToString(sum[:]), "verified": *verify, "commands": commands})
 		return nil
 	}
 	v := ""

@@ -284,7 +284,10 @@ func (c *connect) login(ctx context.Context, n, m int, isid func(i int) [6]byte)
 			s, err := c.in.Login(lctx, c.tf.portal, c.tf.target, o)
 			if err != nil {
 				errs[i] = &stepError{step: "logging in", portal: c.tf.portal, target: c.tf.target, timeout: c.tf.loginTimeout,
-					chap: c.chap != nil, err: err}
+					chap: c.chap != nil, initiatorName: c.tf.initiatorName, err: err}
+				if c.chap != nil {
+					errs[i].(*stepError).chapUser = c.chap.User
+				}
 				return
 			}
 			out[i] = s
