@@ -96,7 +96,7 @@ type stepError struct {
 	// chapUser and initiatorName are the CHAP user name and the initiator
 	// name of the login, for the hint of a failed authentication.
 	chapUser, initiatorName string
-	err     error
+	err                     error
 }
 
 func (e *stepError) Error() string { return e.step + ": " + e.err.Error() }
