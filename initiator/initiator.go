@@ -114,8 +114,8 @@ func (in *Initiator) sessionConfig(portal, target string, o LoginOptions) sessio
 	}
 }
 
-// Login opens a session to target at portal (host:port) with
-// o.Connections connections and adds it to the table. The target's name
+// Login opens a session to target at portal (host:port, or host alone
+// for port 3260) with o.Connections connections and adds it to the table. The target's name
 // goes on the wire in its normal form (NormalizeName).
 func (in *Initiator) Login(ctx context.Context, portal, target string, o LoginOptions) (*session.Session, error) {
 	key, err := NormalizeName(target)
@@ -131,6 +131,7 @@ func (in *Initiator) Login(ctx context.Context, portal, target string, o LoginOp
 	if closed {
 		return nil, errors.New("iscsi: initiator closed")
 	}
+	portal = withDefaultPort(portal)
 	s, err := session.Login(ctx, in.sessionConfig(portal, key, o))
 	if err != nil {
 		return nil, invalidArg(err)
@@ -152,12 +153,13 @@ func (in *Initiator) Login(ctx context.Context, portal, target string, o LoginOp
 	return s, nil
 }
 
-// Discover asks the target portal for its targets (SendTargets=All).
+// Discover asks the target portal (host:port, or host alone for port
+// 3260) for its targets (SendTargets=All).
 func (in *Initiator) Discover(ctx context.Context, portal string, chap *session.CHAP) ([]session.DiscoveredTarget, error) {
 	if portal == "" {
 		return nil, fmt.Errorf("%w: empty portal", ErrInvalidArg)
 	}
-	targets, err := session.Discover(ctx, in.sessionConfig(portal, "", LoginOptions{CHAP: chap}))
+	targets, err := session.Discover(ctx, in.sessionConfig(withDefaultPort(portal), "", LoginOptions{CHAP: chap}))
 	return targets, invalidArg(err)
 }
 
