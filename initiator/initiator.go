@@ -68,6 +68,14 @@ type LoginOptions struct {
 	Params *session.Params
 	// ISID, when non-zero, is the session's ISID.
 	ISID [6]byte
+	// LoginTimeout, when positive, bounds the login of each connection
+	// (the leading one, then each one added), within ctx's own deadline.
+	LoginTimeout time.Duration
+	// OnFewerConnections, when set, is told when the target allows fewer
+	// connections per session (its MaxConnections) than Connections asks:
+	// the session then has allowed connections, not an error. Without it
+	// a warning is logged.
+	OnFewerConnections func(allowed, asked int)
 }
 
 // Initiator logs in to targets and keeps their sessions.
@@ -132,14 +140,25 @@ func (in *Initiator) Login(ctx context.Context, portal, target string, o LoginOp
 		return nil, errors.New("iscsi: initiator closed")
 	}
 	portal = withDefaultPort(portal)
-	s, err := session.Login(ctx, in.sessionConfig(portal, key, o))
+	s, err := withLoginTimeout(ctx, o.LoginTimeout, func(ctx context.Context) (*session.Session, error) {
+		return session.Login(ctx, in.sessionConfig(portal, key, o))
+	})
 	if err != nil {
 		return nil, invalidArg(err)
 	}
-	for i := 1; i < o.Connections; i++ {
-		if _, err := s.AddConnection(ctx); err != nil {
+	conns := fewerConnections(o.Connections, s.Params().MaxConnections)
+	if conns < o.Connections {
+		if o.OnFewerConnections != nil {
+			o.OnFewerConnections(conns, o.Connections)
+		} else {
+			in.log.Warn("the target allows fewer connections per session than asked: logged in with what it allows",
+				zap.String("target", key), zap.Int("allowed", conns), zap.Int("asked", o.Connections))
+		}
+	}
+	for i := 1; i < conns; i++ {
+		if _, err := withLoginTimeout(ctx, o.LoginTimeout, s.AddConnection); err != nil {
 			s.Logout(ctx, session.LogoutOptions{Timeout: 5 * time.Second})
-			return nil, fmt.Errorf("iscsi: adding connection %d of %d: %w", i+1, o.Connections, err)
+			return nil, fmt.Errorf("iscsi: adding connection %d of %d: %w", i+1, conns, err)
 		}
 	}
 	in.mu.Lock()
