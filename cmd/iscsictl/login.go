@@ -202,7 +202,11 @@ func runLogin(ctx context.Context, a *app, fs *pflag.FlagSet, tf *targetFlags, l
 	lctx, stop := nextInterrupt(ctx)
 	defer stop()
 	res := a.waitLogout(lctx, op, conns)
-	return a.reportLogout(&res, opts.Strategy, map[string]any{"target": tf.target, "portal": tf.portal, "sessions": infos})
+	extra := map[string]any{"target": tf.target, "portal": tf.portal, "sessions": infos}
+	if n := c.allowed.Load(); n > 0 {
+		extra["connectionsAllowed"] = n
+	}
+	return a.reportLogout(&res, opts.Strategy, extra)
 }
 
 // nextInterrupt returns ctx while it is not done; once it is (the first

@@ -126,3 +126,19 @@ func TestBeyond64MiB(t *testing.T) {
 		t.Errorf("the file read differs from the one written at byte %d", firstDiff(got, data))
 	}
 }
+
+// TestFewerConnectionsCLI: --conns beyond the target's MaxConnections logs
+// in with what it allows and says so, where it used to fail.
+func TestFewerConnectionsCLI(t *testing.T) {
+	t.Parallel()
+	tg := cliTestTarget(t, iscsitest.Config{MaxConnections: 1})
+	r := iscsictl(t, "login", "iscsi://"+tg.Addr()+"/"+cliTarget, "--sessions", "2", "--conns", "2", "-j").want(t, exitOK)
+	v := r.json(t)
+	if path(t, v, "connectionsAllowed") != 1.0 || len(path(t, v, "sessions", 0, "connections").([]any)) != 1 ||
+		len(path(t, v, "sessions", 1, "connections").([]any)) != 1 || path(t, v, "logout", "outcome") != "success" {
+		t.Errorf("login --conns 2 where 1 is allowed: %v", v)
+	}
+	if strings.Count(r.stderr, "allows 1 connection(s) per session") != 1 {
+		t.Errorf("stderr %q", r.stderr)
+	}
+}

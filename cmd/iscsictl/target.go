@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/goiscsi/iscsi/initiator"
@@ -204,6 +205,11 @@ type connect struct {
 	tf   *targetFlags
 	in   *initiator.Initiator
 	chap *session.CHAP
+	// allowed is the connections per session the target allows when
+	// fewer than asked (its MaxConnections), else 0.
+	allowed atomic.Int32
+	// fewerOnce says so once.
+	fewerOnce sync.Once
 }
 
 // dial checks the flags and returns an initiator for them. With targetAuto
@@ -277,7 +283,14 @@ func (c *connect) login(ctx context.Context, n, m int, isid func(i int) [6]byte)
 			defer wg.Done()
 			lctx, cancel := context.WithTimeout(ctx, c.tf.loginTimeout*time.Duration(m))
 			defer cancel()
-			o := initiator.LoginOptions{Connections: m, CHAP: c.chap}
+			o := initiator.LoginOptions{Connections: m, CHAP: c.chap, LoginTimeout: c.tf.loginTimeout,
+				OnFewerConnections: func(allowed, asked int) {
+					c.allowed.Store(int32(allowed))
+					c.fewerOnce.Do(func() {
+						fmt.Fprintf(c.a.stderr, "iscsictl %s: the target allows %d connection(s) per session (MaxConnections=%d): each session has %d of the %d asked\n",
+							c.a.name, allowed, allowed, allowed, asked)
+					})
+				}}
 			if isid != nil {
 				o.ISID = isid(i)
 			}
