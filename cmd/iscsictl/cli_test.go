@@ -299,3 +299,46 @@ func TestDigestRequired(t *testing.T) {
 		t.Errorf("required: %v", path(t, v, "sessions", 0, "params"))
 	}
 }
+
+// TestDecodeAnyPort: what --pcap records of a target on any port, decode
+// reads without --port (it finds the login); --pcap-snaplen keeps the
+// headers only, and decode still finds the PDUs.
+func TestDecodeAnyPort(t *testing.T) {
+	t.Parallel()
+	tg := cliTestTarget(t, iscsitest.Config{})
+	dir := t.TempDir()
+	full, snap := filepath.Join(dir, "full.pcap"), filepath.Join(dir, "snap.pcap")
+	u := "iscsi://" + tg.Addr() + "/" + cliTarget + "/0"
+	iscsictl(t, "read", u, "--lba", "0", "--blocks", "64", "--out", os.DevNull, "--pcap", full).want(t, exitOK)
+	iscsictl(t, "read", u, "--lba", "0", "--blocks", "64", "--out", os.DevNull, "--pcap", snap, "--pcap-snaplen", "200").want(t, exitOK)
+	names := func(v map[string]any) map[string]int {
+		m := map[string]int{}
+		for _, p := range path(t, v, "pdus").([]any) {
+			m[p.(map[string]any)["name"].(string)]++
+		}
+		return m
+	}
+	v := iscsictl(t, "decode", full, "-j").want(t, exitOK).json(t)
+	n := names(v)
+	if n["Login Request"] == 0 || n["SCSI Command"] == 0 || n["Logout Response"] == 0 {
+		t.Errorf("decode without --port: %v", n)
+	}
+	if fs, ss := fileSize(t, full), fileSize(t, snap); ss*2 > fs {
+		t.Errorf("snap length 200: %d bytes, the whole capture %d", ss, fs)
+	}
+	v = iscsictl(t, "decode", snap, "-j").json(t)
+	if s := names(v); s["Login Request"] == 0 || s["SCSI Command"] != n["SCSI Command"] {
+		t.Errorf("decode of the cut capture: %v, whole: %v", s, n)
+	}
+	oneLine(t, iscsictl(t, "read", u, "--blocks", "1", "--pcap-snaplen", "200"), "--pcap-snaplen is for --pcap")
+	oneLine(t, iscsictl(t, "read", u, "--blocks", "1", "--pcap", full, "--pcap-snaplen", "20"), "--pcap-snaplen 20")
+}
+
+func fileSize(t *testing.T, p string) int64 {
+	t.Helper()
+	st, err := os.Stat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st.Size()
+}
