@@ -276,6 +276,12 @@ func (c *connect) discover(ctx context.Context) ([]session.DiscoveredTarget, err
 func (c *connect) login(ctx context.Context, n, m int, isid func(i int) [6]byte) ([]*session.Session, error) {
 	out := make([]*session.Session, n)
 	errs := make([]error, n)
+	// A bar for a login of many sessions, on a terminal.
+	var bar *progress
+	if n > 1 {
+		bar = c.a.newProgress(int64(n), "logging in", false)
+		defer bar.finish()
+	}
 	var wg sync.WaitGroup
 	for i := range n {
 		wg.Add(1)
@@ -304,6 +310,7 @@ func (c *connect) login(ctx context.Context, n, m int, isid func(i int) [6]byte)
 				return
 			}
 			out[i] = s
+			bar.add(1)
 			if err := c.tf.requiredDigests(s.Params().HeaderDigest, s.Params().DataDigest); err != nil {
 				errs[i] = err
 			}
