@@ -68,6 +68,14 @@ type LoginOptions struct {
 	Params *session.Params
 	// ISID, when non-zero, is the session's ISID.
 	ISID [6]byte
+	// LoginTimeout, when positive, bounds the login of each connection
+	// (the leading one, then each one added), within ctx's own deadline.
+	LoginTimeout time.Duration
+	// OnFewerConnections, when set, is told when the target allows fewer
+	// connections per session (its MaxConnections) than Connections asks:
+	// the session then has allowed connections, not an error. Without it
+	// a warning is logged.
+	OnFewerConnections func(allowed, asked int)
 }
 
 // Initiator logs in to targets and keeps their sessions.
@@ -114,8 +122,8 @@ func (in *Initiator) sessionConfig(portal, target string, o LoginOptions) sessio
 	}
 }
 
-// Login opens a session to target at portal (host:port) with
-// o.Connections connections and adds it to the table. The target's name
+// Login opens a session to target at portal (host:port, or host alone
+// for port 3260) with o.Connections connections and adds it to the table. The target's name
 // goes on the wire in its normal form (NormalizeName).
 func (in *Initiator) Login(ctx context.Context, portal, target string, o LoginOptions) (*session.Session, error) {
 	key, err := NormalizeName(target)
@@ -131,14 +139,26 @@ func (in *Initiator) Login(ctx context.Context, portal, target string, o LoginOp
 	if closed {
 		return nil, errors.New("iscsi: initiator closed")
 	}
-	s, err := session.Login(ctx, in.sessionConfig(portal, key, o))
+	portal = withDefaultPort(portal)
+	s, err := withLoginTimeout(ctx, o.LoginTimeout, func(ctx context.Context) (*session.Session, error) {
+		return session.Login(ctx, in.sessionConfig(portal, key, o))
+	})
 	if err != nil {
 		return nil, invalidArg(err)
 	}
-	for i := 1; i < o.Connections; i++ {
-		if _, err := s.AddConnection(ctx); err != nil {
+	conns := fewerConnections(o.Connections, s.Params().MaxConnections)
+	if conns < o.Connections {
+		if o.OnFewerConnections != nil {
+			o.OnFewerConnections(conns, o.Connections)
+		} else {
+			in.log.Warn("the target allows fewer connections per session than asked: logged in with what it allows",
+				zap.String("target", key), zap.Int("allowed", conns), zap.Int("asked", o.Connections))
+		}
+	}
+	for i := 1; i < conns; i++ {
+		if _, err := withLoginTimeout(ctx, o.LoginTimeout, s.AddConnection); err != nil {
 			s.Logout(ctx, session.LogoutOptions{Timeout: 5 * time.Second})
-			return nil, fmt.Errorf("iscsi: adding connection %d of %d: %w", i+1, o.Connections, err)
+			return nil, fmt.Errorf("iscsi: adding connection %d of %d: %w", i+1, conns, err)
 		}
 	}
 	in.mu.Lock()
@@ -152,12 +172,13 @@ func (in *Initiator) Login(ctx context.Context, portal, target string, o LoginOp
 	return s, nil
 }
 
-// Discover asks the target portal for its targets (SendTargets=All).
+// Discover asks the target portal (host:port, or host alone for port
+// 3260) for its targets (SendTargets=All).
 func (in *Initiator) Discover(ctx context.Context, portal string, chap *session.CHAP) ([]session.DiscoveredTarget, error) {
 	if portal == "" {
 		return nil, fmt.Errorf("%w: empty portal", ErrInvalidArg)
 	}
-	targets, err := session.Discover(ctx, in.sessionConfig(portal, "", LoginOptions{CHAP: chap}))
+	targets, err := session.Discover(ctx, in.sessionConfig(withDefaultPort(portal), "", LoginOptions{CHAP: chap}))
 	return targets, invalidArg(err)
 }
 

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -143,9 +142,9 @@ func TestAgentTgtd(t *testing.T) {
 	if len(list) != 3 {
 		t.Fatalf("sessions: %v", v)
 	}
-	tsihs := map[float64]bool{}
+	tsihs := map[string]bool{}
 	for i := range list {
-		tsihs[path(t, list, i, "tsih").(float64)] = true
+		tsihs[path(t, list, i, "tsih").(string)] = true
 		if path(t, list, i, "state") != "logged in" || path(t, list, i, "target") != tgtdTarget ||
 			path(t, list, i, "params", "MaxRecvDataSegmentLength") == nil || path(t, list, i, "counters", "bytesReceived").(float64) == 0 {
 			t.Errorf("session %d: %v", i, list[i])
@@ -176,7 +175,7 @@ func TestAgentTgtd(t *testing.T) {
 	var keep, drop string
 	for i := range 2 {
 		v := iscsictl(t, "login", "--socket", sock, "--portal", s.Addr, "--target", tgtdTarget, "--json").want(t, exitOK).json(t)
-		tsih := fmt.Sprintf("0x%04x", int(path(t, v, "sessions", 0, "tsih").(float64)))
+		tsih := path(t, v, "sessions", 0, "tsih").(string)
 		if i == 0 {
 			drop = tsih
 		} else {
@@ -184,12 +183,12 @@ func TestAgentTgtd(t *testing.T) {
 		}
 	}
 	v = iscsictl(t, "logout", "--socket", sock, "--session", drop, "--json").want(t, exitOK).json(t)
-	if path(t, v, "logout", "loggedOut") != 1.0 || fmt.Sprintf("0x%04x", int(path(t, v, "logout", "sessions", 0, "tsih").(float64))) != drop {
+	if path(t, v, "logout", "loggedOut") != 1.0 || path(t, v, "logout", "sessions", 0, "tsih") != drop {
 		t.Errorf("logout --session %s: %v", drop, v)
 	}
 	iscsictl(t, "logout", "--socket", sock, "--session", drop).want(t, exitNotFound)
 	v = iscsictl(t, "sessions", "--socket", sock, "--json").want(t, exitOK).json(t)
-	if l := path(t, v, "sessions").([]any); len(l) != 1 || fmt.Sprintf("0x%04x", int(path(t, l, 0, "tsih").(float64))) != keep {
+	if l := path(t, v, "sessions").([]any); len(l) != 1 || path(t, l, 0, "tsih") != keep {
 		t.Errorf("after logout --session: %v", v)
 	}
 	if n := tgtdNexus(t, s); n != 1 {

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -22,6 +21,7 @@ import (
 	"github.com/goiscsi/iscsi/initiator"
 	"github.com/goiscsi/iscsi/pdu"
 	"github.com/goiscsi/iscsi/session"
+	"github.com/spf13/pflag"
 	"go.uber.org/zap"
 )
 
@@ -55,7 +55,7 @@ type agentFlags struct {
 
 // agentFlags adds --socket and --no-agent to a command that can go through
 // the agent.
-func (a *app) agentFlags(fs *flag.FlagSet) *agentFlags {
+func (a *app) agentFlags(fs *pflag.FlagSet) *agentFlags {
 	af := &agentFlags{}
 	fs.StringVar(&af.socket, "socket", "", "the agent's Unix `socket` (default $"+envSocket+", else "+defaultSocket()+"); without a reachable agent the command runs in-process")
 	fs.BoolVar(&af.noAgent, "no-agent", false, "run in this process even if an agent is reachable")
@@ -261,14 +261,14 @@ func cliError(err error, tf *targetFlags, chap bool) error {
 
 // agentLogin logs in through the agent: the sessions stay with it. It
 // prints what login prints in-process, without the logout.
-func (a *app) agentLogin(ctx context.Context, c *agentClient, fs *flag.FlagSet, tf *targetFlags, n, m int, hold time.Duration) error {
+func (a *app) agentLogin(ctx context.Context, c *agentClient, fs *pflag.FlagSet, tf *targetFlags, n, m int, hold time.Duration) error {
 	if hold > 0 || a.pcapPath != "" {
 		return invalidArgf("--hold and --pcap are for a login in this process; the agent at %s keeps its sessions until a logout: add --no-agent", c.socket)
 	}
 	if err := tf.check(targetAuto); err != nil {
 		return err
 	}
-	if isSet(fs, "initiator-name") {
+	if fs.Changed("initiator-name") {
 		if name, err := initiator.NormalizeName(tf.initiatorName); err == nil && name != c.info.InitiatorName {
 			return invalidArgf("--initiator-name %s: the agent at %s logs in as %s", tf.initiatorName, c.socket, c.info.InitiatorName)
 		}
@@ -278,7 +278,7 @@ func (a *app) agentLogin(ctx context.Context, c *agentClient, fs *flag.FlagSet, 
 		return err
 	}
 	req := api.LoginRequest{Portal: tf.portal, Target: tf.target, Sessions: n, Connections: m,
-		HeaderDigest: tf.headerDigest, DataDigest: tf.dataDigest, LoginTimeoutMs: tf.loginTimeout.Milliseconds()}
+		HeaderDigest: tf.headerDigest != digestNone, DataDigest: tf.dataDigest != digestNone, LoginTimeoutMs: tf.loginTimeout.Milliseconds()}
 	if chap != nil {
 		// The secrets go to the agent on its 0600 socket; the user name
 		// defaults to the agent's initiator name, not this command's.
@@ -289,10 +289,22 @@ func (a *app) agentLogin(ctx context.Context, c *agentClient, fs *flag.FlagSet, 
 	if err := c.do(ctx, http.MethodPost, "/v1/sessions", req, &resp); err != nil {
 		return cliError(err, tf, chap != nil)
 	}
+	for _, s := range resp.Sessions {
+		if err := tf.requiredDigests(s.Params["HeaderDigest"] == "CRC32C", s.Params["DataDigest"] == "CRC32C"); err != nil {
+			// The agent keeps what it logged in to: it goes, as an
+			// in-process login's session would.
+			var out api.LogoutResponse
+			q := url.Values{"target": {resp.Target}}
+			if lerr := c.do(ctx, http.MethodDelete, "/v1/sessions/"+strconv.Itoa(int(s.TSIH))+"?"+q.Encode(), nil, &out); lerr != nil {
+				a.log.Warn("logging out of a session without the required digests", zap.Error(lerr))
+			}
+			return err
+		}
+	}
 	infos := make([]sessionInfo, len(resp.Sessions))
 	conns := 0
 	for i, s := range resp.Sessions {
-		infos[i] = sessionInfo{TSIH: s.TSIH, ISID: s.ISID, Portal: s.Portal, Connections: s.Connections, Params: s.Params}
+		infos[i] = sessionInfo{TSIH: hexTSIH(s.TSIH), ISID: isidFrom12(s.ISID), Portal: s.Portal, Connections: cidList(s.Connections), Params: s.Params}
 		conns += len(s.Connections)
 	}
 	if a.json {
@@ -326,19 +338,12 @@ func printParams(a *app, params map[string]any) {
 	tw.Flush()
 }
 
-// isSet reports whether the flag name was given on the command line.
-func isSet(fs *flag.FlagSet, name string) bool {
-	set := false
-	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
-	return set
-}
-
 // agentLogout logs out through the agent: of one session (tsih not empty)
 // or of every session of the target (LogoutFromTarget). The result is
 // printed as an in-process logout prints it, with the same exit status.
-func (a *app) agentLogout(ctx context.Context, c *agentClient, fs *flag.FlagSet, tf *targetFlags, lo *logoutOptions, tsih string) error {
+func (a *app) agentLogout(ctx context.Context, c *agentClient, fs *pflag.FlagSet, tf *targetFlags, lo *logoutOptions, tsih string) error {
 	for _, name := range []string{"portal", "sessions", "conns", "io", "io-write", "io-lun", "io-size", "io-depth", "pcap"} {
-		if isSet(fs, name) {
+		if fs.Changed(name) {
 			return invalidArgf("--%s opens sessions in this process to log out of; the agent at %s logs out of its own: add --no-agent", name, c.socket)
 		}
 	}

@@ -3,7 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
-	"flag"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/goiscsi/iscsi/initiator"
+	"github.com/spf13/pflag"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 )
@@ -28,6 +29,13 @@ type app struct {
 	logLevel  string
 	logFormat string
 	pcapPath  string
+	pcapSnap  int
+
+	// ran is set once a command's own code runs: an error before it is
+	// the command line's (status 5).
+	ran bool
+	// helpOnStdout is set by `iscsictl help COMMAND`.
+	helpOnStdout bool
 
 	log     *zap.Logger
 	pcap    *pcapMux
@@ -44,57 +52,35 @@ func newApp(name string, stdout, stderr io.Writer) *app {
 	return a
 }
 
-// flags returns the command's flag set with the flags every command has.
-func (a *app) flags(usage string) *flag.FlagSet {
-	fs := flag.NewFlagSet(a.name, flag.ContinueOnError)
-	fs.SetOutput(a.stderr)
-	fs.BoolVar(&a.json, "json", false, "print machine-readable JSON on stdout")
-	fs.StringVar(&a.logLevel, "log-level", "warn", "log level on stderr: debug, info, warn, error")
-	fs.StringVar(&a.logFormat, "log-format", "console", "log format on stderr: console or json")
-	fs.Usage = func() {
-		fmt.Fprintf(a.stderr, "Usage: iscsictl %s %s\n\nFlags:\n", a.name, usage)
-		fs.PrintDefaults()
-	}
-	return fs
-}
-
-// pcapFlag adds --pcap to a command that opens connections.
-func (a *app) pcapFlag(fs *flag.FlagSet) {
+// pcapFlag adds --pcap and --pcap-snaplen to a command that opens
+// connections.
+func (a *app) pcapFlag(fs *pflag.FlagSet) {
 	fs.StringVar(&a.pcapPath, "pcap", "", "record every connection's traffic into this pcap `file`")
+	fs.IntVar(&a.pcapSnap, "pcap-snaplen", 0, "with --pcap: record at most this many `bytes` of each packet (0: all of it; 128 keeps the headers: BHS and AHS, no data)")
 }
 
-// parse parses args, taking flags after positional arguments too, and sets
-// up logging and the pcap file. It returns the positional arguments.
-func (a *app) parse(fs *flag.FlagSet, args []string) ([]string, error) {
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			if err == flag.ErrHelp {
-				return nil, err
-			}
-			return nil, &exitErr{code: exitInvalidArg, msg: err.Error()}
-		}
-		args = fs.Args()
-		if len(args) == 0 {
-			break
-		}
-		pos = append(pos, args[0])
-		args = args[1:]
-	}
+// setup sets up logging and the pcap file of the parsed flags.
+func (a *app) setup() error {
 	log, err := newLogger(a.logLevel, a.logFormat, a.stderr)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	a.log = log
 	a.closers = append(a.closers, func() { log.Sync() })
+	if a.pcapSnap < 0 || a.pcapSnap > 0 && a.pcapSnap < minSnapLen {
+		return invalidArgf("--pcap-snaplen %d: want 0 (whole packets) or at least %d (the Ethernet, IP and TCP headers and a BHS)", a.pcapSnap, minSnapLen)
+	}
+	if a.pcapSnap > 0 && a.pcapPath == "" {
+		return invalidArgf("--pcap-snaplen is for --pcap")
+	}
 	if a.pcapPath != "" {
-		m, err := newPcapMux(a.pcapPath)
+		m, err := newPcapMux(a.pcapPath, a.pcapSnap)
 		if err != nil {
-			return nil, fmt.Errorf("--pcap: %w", err)
+			return fmt.Errorf("--pcap: %w", err)
 		}
 		a.pcap = m
 	}
-	return pos, nil
+	return nil
 }
 
 // newLogger builds the zap logger of --log-level and --log-format, writing
@@ -168,25 +154,53 @@ func (a *app) exit(err error) int {
 	}
 	// The message may quote a target: its name, a redirect address, text
 	// of its answers.
-	fmt.Fprintf(a.stderr, "iscsictl %s: %s\n", a.name, safe(msg))
-	if a.json {
+	prefix := "iscsictl"
+	if a.name != "" {
+		prefix += " " + a.name
+	}
+	fmt.Fprintf(a.stderr, "%s: %s\n", prefix, safe(msg))
+	var ee *exitErr
+	if a.json && !(errors.As(err, &ee) && ee.resultPrinted) {
 		a.printJSON(map[string]any{"command": a.name, "error": msg, "exitCode": code})
 	}
 	return code
 }
 
-// printJSON writes v as indented JSON on stdout. encoding/json escapes C0
-// controls in strings (as \u00XX) and replaces invalid UTF-8; safeOutput
-// escapes what it leaves raw (DEL, C1 controls, bidi overrides), so that
-// target text in the JSON cannot act on a terminal either.
+// jsonSchemaVersion is the version of the JSON documents the commands
+// print (docs/JSON.md); every document carries it as "schemaVersion".
+const jsonSchemaVersion = 1
+
+// printJSON writes v, a JSON object, as indented JSON on stdout, with
+// "schemaVersion" first. encoding/json escapes C0 controls in strings (as
+// \u00XX) and replaces invalid UTF-8; safeOutput escapes what it leaves raw
+// (DEL, C1 controls, bidi overrides), so that target text in the JSON
+// cannot act on a terminal either.
 func (a *app) printJSON(v any) {
-	var buf bytes.Buffer
-	enc := json.NewEncoder(&buf)
-	enc.SetIndent("", "  ")
-	if err := enc.Encode(v); err != nil {
+	b, err := json.Marshal(v)
+	if err == nil && (len(b) < 2 || b[0] != '{') {
+		err = fmt.Errorf("%T is not a JSON object", v)
+	}
+	if err != nil {
 		fmt.Fprintf(a.stderr, "iscsictl %s: encoding the JSON output: %v\n", a.name, err)
 		return
 	}
+	var raw bytes.Buffer
+	fmt.Fprintf(&raw, `{"schemaVersion":%d`, jsonSchemaVersion)
+	if !bytes.HasPrefix(b, []byte(`{"schemaVersion":`)) {
+		if len(b) > 2 {
+			raw.WriteByte(',')
+		}
+		raw.Write(b[1:])
+	} else if i := bytes.IndexAny(b, ",}"); i >= 0 {
+		// v has its own schemaVersion field: this one replaces it.
+		raw.Write(b[i:])
+	}
+	var buf bytes.Buffer
+	if err := json.Indent(&buf, raw.Bytes(), "", "  "); err != nil {
+		fmt.Fprintf(a.stderr, "iscsictl %s: encoding the JSON output: %v\n", a.name, err)
+		return
+	}
+	buf.WriteByte('\n')
 	a.stdout.Write(safeOutput(buf.Bytes(), "\n", true))
 }
 

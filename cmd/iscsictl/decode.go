@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -10,7 +11,31 @@ import (
 
 	"github.com/goiscsi/iscsi/capture"
 	"github.com/goiscsi/iscsi/pdu"
+	"github.com/spf13/pflag"
+	"go.uber.org/zap"
 )
+
+// detectPorts finds the target ports of the capture at path.
+func detectPorts(path string) ([]uint16, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	ports, err := capture.DetectPorts(f)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return ports, nil
+}
+
+// portsOrDefault is the ports decode used, for JSON.
+func portsOrDefault(p portList) []uint16 {
+	if len(p) == 0 {
+		return []uint16{3260}
+	}
+	return p
+}
 
 // portList is a repeatable --port flag that also takes comma-separated
 // lists.
@@ -23,6 +48,8 @@ func (p *portList) String() string {
 	}
 	return strings.Join(s, ",")
 }
+
+func (p *portList) Type() string { return "ports" }
 
 func (p *portList) Set(v string) error {
 	for _, f := range strings.Split(v, ",") {
@@ -50,18 +77,26 @@ type recordJSON struct {
 	Error         string  `json:"error,omitempty"`
 }
 
-func runDecode(ctx context.Context, a *app, args []string) error {
+func defDecode(a *app, fs *pflag.FlagSet) runFunc {
 	var ports portList
-	fs := a.flags("FILE.pcap [--port N[,N...]] [--header-digest] [--data-digest] [flags]")
-	fs.Var(&ports, "port", "TCP port(s) of the targets in the capture (default 3260); repeat or separate with commas")
+	fs.Var(&ports, "port", "TCP port(s) of the targets in the capture (default: the ports on which it shows a Login or a SCSI Command, else 3260); repeat or separate with commas")
 	hd := fs.Bool("header-digest", false, "the connections negotiated header digests")
 	dd := fs.Bool("data-digest", false, "the connections negotiated data digests")
-	pos, err := a.parse(fs, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) != 1 {
-		return invalidArgf("decode takes one capture file")
+	return func(ctx context.Context, pos []string) error { return runDecode(ctx, a, pos, ports, hd, dd) }
+}
+
+func runDecode(ctx context.Context, a *app, pos []string, ports portList, hd, dd *bool) error {
+	if len(ports) == 0 {
+		// No --port: the ports on which the capture shows a login (or a
+		// SCSI Command), so that a capture of a target on any port decodes.
+		found, err := detectPorts(pos[0])
+		if err != nil {
+			return err
+		}
+		if len(found) > 0 {
+			a.log.Info("iSCSI found in the capture", zap.Any("ports", found))
+			ports = found
+		}
 	}
 	rs, err := capture.ReadFile(pos[0], capture.Options{Ports: ports, HeaderDigest: *hd, DataDigest: *dd})
 	if err != nil && len(rs) == 0 {
@@ -83,7 +118,7 @@ func runDecode(ctx context.Context, a *app, args []string) error {
 			}
 			out = append(out, j)
 		}
-		v := map[string]any{"command": "decode", "file": pos[0], "pdus": out}
+		v := map[string]any{"command": "decode", "file": pos[0], "ports": portsOrDefault(ports), "pdus": out}
 		if err != nil {
 			v["error"] = trimPrefixes(err.Error())
 		}

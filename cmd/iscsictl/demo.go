@@ -14,6 +14,7 @@ import (
 	"github.com/goiscsi/iscsi/iscsitest"
 	"github.com/goiscsi/iscsi/pdu"
 	"github.com/goiscsi/iscsi/session"
+	"github.com/spf13/pflag"
 )
 
 // demoTarget is the name of the demo's in-memory target.
@@ -62,21 +63,25 @@ func demoISID(i int) [6]byte {
 // runDemo is the whole story with no set-up: an in-memory target, N sessions
 // of M connections, writes read back and compared, and a logout of the
 // target with a result per connection and the outcome.
-func runDemo(ctx context.Context, a *app, args []string) error {
+func defDemo(a *app, fs *pflag.FlagSet) runFunc {
 	var lo logoutOptions
 	var lf ioLoadFlags
-	fs := a.flags("[--sessions N] [--conns M] [--fail-sessions K --fault F] [flags]")
 	a.pcapFlag(fs)
-	n := fs.Int("sessions", 4, "sessions to log in")
-	m := fs.Int("conns", 2, "connections per session (MC/S)")
+	n := fs.IntP("sessions", "n", 4, "sessions to log in")
+	m := fs.IntP("conns", "c", 2, "connections per session (MC/S)")
 	failN := fs.Int("fail-sessions", 0, "how many sessions the target fails the logout of (the first K)")
 	fault := fs.String("fault", "cleanup-failed", "the fault of --fail-sessions: "+faultNames())
 	size := fs.Int("size", 256<<10, "bytes each session writes, reads back and compares")
 	lo.registerNamed(fs, "logout-timeout", 2*time.Second)
 	lf.register(fs)
-	if _, err := a.parse(fs, args); err != nil {
-		return err
+	return func(ctx context.Context, _ []string) error {
+		return runDemo(ctx, a, &lo, &lf, *n, *m, *failN, *fault, *size)
 	}
+}
+
+func runDemo(ctx context.Context, a *app, lo *logoutOptions, lfp *ioLoadFlags, nv, mv, failNv int, faultv string, sizev int) error {
+	lf := *lfp
+	n, m, failN, fault, size := &nv, &mv, &failNv, &faultv, &sizev
 	switch {
 	case *n < 1 || *m < 1 || *n > 1024 || *m > 64:
 		return invalidArgf("--sessions must be 1 to 1024 and --conns 1 to 64")
@@ -112,8 +117,7 @@ func runDemo(ctx context.Context, a *app, args []string) error {
 	if *failN > 0 {
 		a.printf("Fault: the target will %s for %d of %d sessions\n", f.describe, *failN, *n)
 	}
-	tf := targetFlags{portal: t.Addr(), target: demoTarget, initiatorName: defaultInitiatorName,
-		loginTimeout: 15 * time.Second, conns: *m}
+	tf := targetFlags{portal: t.Addr(), target: demoTarget, loginTimeout: 15 * time.Second, conns: *m, urlLUN: -1}
 	c, err := a.dial(ctx, &tf, targetRequired)
 	if err != nil {
 		return err

@@ -28,6 +28,10 @@ const (
 	exitIncomplete = 4 // logout: some sessions did not log out (VDS_E_ISCSI_LOGOUT_INCOMPLETE)
 	exitInvalidArg = 5 // a malformed argument: bad flag, bad iSCSI name, LBA out of range (E_INVALIDARG)
 	exitCanceled   = 6 // logout: canceled (interrupted) before it ended (VDS_E_OPERATION_CANCELED)
+	// exitInterrupted is perf's status after Ctrl-C, as a shell gives a
+	// command that SIGINT ended (128+2); perf prints what it measured and
+	// logs out first.
+	exitInterrupted = 130
 )
 
 var exitCodes = []struct {
@@ -41,6 +45,7 @@ var exitCodes = []struct {
 	{exitIncomplete, "logout: some sessions logged out, some did not (VDS_E_ISCSI_LOGOUT_INCOMPLETE 0x80042710)"},
 	{exitInvalidArg, "invalid argument: unknown flag or command, malformed iSCSI name given, out-of-range LBA (E_INVALIDARG)"},
 	{exitCanceled, "logout: canceled by an interrupt before it ended (VDS_E_OPERATION_CANCELED 0x8004240D)"},
+	{exitInterrupted, "perf: interrupted (Ctrl-C); what it measured until then is printed, and it logged out"},
 }
 
 // outcomeExit maps a logout outcome to the exit status (the agent's API
@@ -52,6 +57,9 @@ func outcomeExit(o logout.Outcome) int { return api.ExitCode(o) }
 type exitErr struct {
 	code int
 	msg  string
+	// resultPrinted: the command printed its result (--json: the one
+	// document), so the error is only said on stderr.
+	resultPrinted bool
 }
 
 func (e *exitErr) Error() string { return e.msg }
@@ -75,7 +83,10 @@ type stepError struct {
 	target  string
 	timeout time.Duration // the bound of the step, for a deadline
 	chap    bool          // the login used CHAP
-	err     error
+	// chapUser and initiatorName are the CHAP user name and the initiator
+	// name of the login, for the hint of a failed authentication.
+	chapUser, initiatorName string
+	err                     error
 }
 
 func (e *stepError) Error() string { return e.step + ": " + e.err.Error() }
@@ -151,7 +162,11 @@ func describe(err error) (int, string) {
 		}
 		return exitError, trimPrefixes(inner.Error()) + where()
 	case errors.As(err, &se):
-		return exitError, "SCSI command failed" + where() + ": " + trimPrefixes(se.Error())
+		msg := "SCSI command failed" + where() + ": " + trimPrefixes(se.Error())
+		if w := senseWords(se); w != "" {
+			msg += " (" + w + ")"
+		}
+		return exitError, msg
 	case errors.As(err, &rj):
 		return exitError, trimPrefixes(rj.Error()) + where()
 	case errors.As(err, &pe):
@@ -179,7 +194,15 @@ func loginMessage(st pdu.LoginStatus, step *stepError) string {
 	case pdu.LoginTargetRemoved:
 		return fmt.Sprintf("target %s was removed from portal %s %s", target, portal, code)
 	case pdu.LoginAuthFailed:
-		return "authentication failed " + code
+		switch {
+		case step != nil && !step.chap:
+			// No secret was given: the target asks for one.
+			return "authentication failed " + code + ": the target requires CHAP; give the secret with --chap-secret-file or $" + envCHAPSecret
+		case step != nil && step.chapUser != "" && step.chapUser == step.initiatorName:
+			return "authentication failed " + code + ": the CHAP user name was the initiator name " + step.chapUser +
+				" (the default); if the target knows another user name, give it with --chap-user"
+		}
+		return "authentication failed " + code + ": check the CHAP user name and secret"
 	case pdu.LoginAuthzFailed:
 		return fmt.Sprintf("not authorized to log in to target %s %s", target, code)
 	case pdu.LoginTooManyConnections:

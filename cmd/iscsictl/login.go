@@ -3,20 +3,27 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
 	"github.com/goiscsi/iscsi/session"
+	"github.com/spf13/pflag"
 )
 
-func runDiscover(ctx context.Context, a *app, args []string) error {
+func defDiscover(a *app, fs *pflag.FlagSet) runFunc {
 	var tf targetFlags
-	fs := a.flags("--portal HOST[:PORT] [flags]")
 	tf.register(fs, a)
-	if _, err := a.parse(fs, args); err != nil {
+	return func(ctx context.Context, pos []string) error { return runDiscover(ctx, a, &tf, pos) }
+}
+
+func runDiscover(ctx context.Context, a *app, tf *targetFlags, pos []string) error {
+	if err := tf.fromURL(a, pos, targetNone); err != nil {
 		return err
 	}
-	c, err := a.dial(ctx, &tf, targetNone)
+	c, err := a.dial(ctx, tf, targetNone)
 	if err != nil {
 		return err
 	}
@@ -51,19 +58,19 @@ func runDiscover(ctx context.Context, a *app, args []string) error {
 
 // sessionInfo is a logged-in session as login prints it.
 type sessionInfo struct {
-	TSIH        uint16         `json:"tsih"`
+	TSIH        hexTSIH        `json:"tsih"`
 	ISID        string         `json:"isid"`
 	Portal      string         `json:"portal"`
-	Connections []uint16       `json:"connections"`
+	Connections []hexCID       `json:"connections"`
 	Params      map[string]any `json:"params"`
 }
 
 func describeSession(s *session.Session) sessionInfo {
 	isid := s.ISID()
-	info := sessionInfo{TSIH: s.TSIH(), ISID: fmt.Sprintf("%012x", isid[:]), Portal: s.Portal(), Connections: []uint16{},
+	info := sessionInfo{TSIH: hexTSIH(s.TSIH()), ISID: isidHex(isid), Portal: s.Portal(), Connections: []hexCID{},
 		Params: paramsMap(s.Params())}
 	for _, c := range s.Conns() {
-		info.Connections = append(info.Connections, c.CID())
+		info.Connections = append(info.Connections, hexCID(c.CID()))
 	}
 	return info
 }
@@ -109,21 +116,27 @@ var paramOrder = []string{"HeaderDigest", "DataDigest", "MaxConnections", "Initi
 // runLogin logs in, prints the sessions (from the initiator's table) and
 // what was negotiated, and logs out: a process keeps no session once it
 // exits, so login is a check that a login works and what it negotiates.
-func runLogin(ctx context.Context, a *app, args []string) error {
+func defLogin(a *app, fs *pflag.FlagSet) runFunc {
 	var tf targetFlags
 	var lo logoutOptions
-	fs := a.flags("--portal HOST[:PORT] [--target NAME] [--sessions N --conns M] [flags]")
 	tf.register(fs, a)
 	lo.register(fs, 15*time.Second)
-	n := fs.Int("sessions", 1, "how many sessions to open")
-	m := fs.Int("conns", 1, "connections per session (MC/S)")
-	hold := fs.Duration("hold", 0, "keep the sessions open this long before logging out")
+	n := fs.IntP("sessions", "n", 1, "how many sessions to open")
+	m := fs.IntP("conns", "c", 1, "connections per session (MC/S)")
+	hold := fs.Duration("hold", 0, "keep the sessions open this long before logging out (Ctrl-C logs out at once; a second Ctrl-C cuts the logout short)")
 	af := a.agentFlags(fs)
-	if _, err := a.parse(fs, args); err != nil {
-		return err
+	return func(ctx context.Context, pos []string) error {
+		if err := tf.fromURL(a, pos, targetAuto); err != nil {
+			return err
+		}
+		return runLogin(ctx, a, fs, &tf, &lo, af, *n, *m, *hold)
 	}
+}
+
+func runLogin(ctx context.Context, a *app, fs *pflag.FlagSet, tf *targetFlags, lo *logoutOptions, af *agentFlags, nv, mv int, holdv time.Duration) error {
+	n, m, hold := &nv, &mv, &holdv
 	if ac, err := af.client(ctx, a); ac != nil || err != nil {
-		return agentOr(err, func() error { return a.agentLogin(ctx, ac, fs, &tf, *n, *m, *hold) })
+		return agentOr(err, func() error { return a.agentLogin(ctx, ac, fs, tf, *n, *m, *hold) })
 	}
 	if *n < 1 || *m < 1 {
 		return invalidArgf("--sessions and --conns must be at least 1")
@@ -133,7 +146,7 @@ func runLogin(ctx context.Context, a *app, args []string) error {
 	if err != nil {
 		return err
 	}
-	c, err := a.dial(ctx, &tf, targetAuto)
+	c, err := a.dial(ctx, tf, targetAuto)
 	if err != nil {
 		return err
 	}
@@ -171,16 +184,54 @@ func runLogin(ctx context.Context, a *app, args []string) error {
 		}
 	}
 	if *hold > 0 {
-		a.printf("\nHolding the sessions for %s\n", *hold)
+		a.printf("\nHolding the sessions for %s (Ctrl-C logs out now)\n", *hold)
+		t := time.NewTimer(*hold)
 		select {
-		case <-time.After(*hold):
+		case <-t.C:
 		case <-ctx.Done():
+			t.Stop()
+			a.printf("\nInterrupted: logging out (interrupt again to cut the logout short)\n")
 		}
 	}
 	op, err := c.in.LogoutFromTargetWith(tf.target, opts)
 	if err != nil {
 		return err
 	}
-	res := a.waitLogout(ctx, op, conns)
-	return a.reportLogout(&res, opts.Strategy, map[string]any{"target": tf.target, "portal": tf.portal, "sessions": infos})
+	// The interrupt that ended the hold asked for this logout: only a
+	// second one cancels it.
+	lctx, stop := nextInterrupt(ctx)
+	defer stop()
+	res := a.waitLogout(lctx, op, conns)
+	extra := map[string]any{"target": tf.target, "portal": tf.portal, "sessions": infos}
+	if n := c.allowed.Load(); n > 0 {
+		extra["connectionsAllowed"] = n
+	}
+	return a.reportLogout(&res, opts.Strategy, extra)
+}
+
+// nextInterrupt returns ctx while it is not done; once it is (the first
+// SIGINT or SIGTERM came), a context that the next one ends. main's
+// signal.NotifyContext keeps catching the signals after the first, so a
+// second one does not kill the process: it is seen here.
+func nextInterrupt(ctx context.Context) (context.Context, func()) {
+	if ctx.Err() == nil {
+		return ctx, func() {}
+	}
+	sigc := make(chan os.Signal, 1)
+	signal.Notify(sigc, os.Interrupt, syscall.SIGTERM)
+	nctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		select {
+		case <-sigc:
+			cancel()
+		case <-nctx.Done():
+		}
+	}()
+	return nctx, func() {
+		signal.Stop(sigc)
+		cancel()
+		<-done
+	}
 }

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"math/rand/v2"
 	"sort"
 	"strings"
@@ -15,6 +14,7 @@ import (
 	"github.com/goiscsi/iscsi/initiator"
 	"github.com/goiscsi/iscsi/logout"
 	"github.com/goiscsi/iscsi/session"
+	"github.com/spf13/pflag"
 	"go.uber.org/zap"
 )
 
@@ -26,31 +26,44 @@ import (
 // With --session N (the N-th session opened) or --tsih TSIH only that
 // session logs out, and with --cid only that connection of it; the sessions
 // left are then logged out quietly, after the result is printed.
-func runLogout(ctx context.Context, a *app, args []string) error {
+func defLogout(a *app, fs *pflag.FlagSet) runFunc {
 	var tf targetFlags
 	var lo logoutOptions
 	var lf ioLoadFlags
-	fs := a.flags("--target NAME [--portal HOST[:PORT] --sessions N --conns M] [--session N | --tsih TSIH [--cid CID]] [--io] [--strategy S] [--drain D] [--timeout D] [--deadline D] [--in-flight P] [--force] [--gone-ok] [flags]")
 	tf.register(fs, a)
 	lo.register(fs, 15*time.Second)
 	lf.register(fs)
-	n := fs.Int("sessions", 1, "sessions to open before logging out; 0 opens none (the outcome is then \"session not found\")")
-	m := fs.Int("conns", 1, "connections per session (MC/S)")
+	n := fs.IntP("sessions", "n", 1, "sessions to open before logging out; 0 opens none (the outcome is then \"session not found\")")
+	m := fs.IntP("conns", "c", 1, "connections per session (MC/S)")
 	af := a.agentFlags(fs)
 	sessionFlag := fs.String("session", "", "log out of the session with this `TSIH` only (decimal, or hex with 0x): the agent's, or without one, of the sessions this command opens (with --target)")
 	one := fs.Int("session-index", 0, "log out of the N-th session this command opens only (1 to --sessions; the table prints its TSIH)")
 	cid := fs.Int("cid", -1, "with --session or --session-index: log out of this connection only (reason 1; reason 0 if it is the session's last)")
 	goneOK := fs.Bool("gone-ok", false, "exit 0 when there is no session to log out of (the outcome printed stays \"session not found\")")
-	if _, err := a.parse(fs, args); err != nil {
-		return err
+	return func(ctx context.Context, pos []string) error {
+		if err := tf.fromURL(a, pos, targetRequired); err != nil {
+			return err
+		}
+		return runLogout(ctx, a, fs, &tf, &lo, &lf, af, logoutArgs{n: *n, m: *m, session: *sessionFlag, index: *one, cid: *cid, goneOK: *goneOK})
 	}
+}
+
+// logoutArgs are logout's flags that are not in a struct of their own.
+type logoutArgs struct {
+	n, m, index, cid int
+	session          string
+	goneOK           bool
+}
+
+func runLogout(ctx context.Context, a *app, fs *pflag.FlagSet, tf *targetFlags, lo *logoutOptions, lf *ioLoadFlags, af *agentFlags, la logoutArgs) error {
+	n, m, sessionFlag, one, cid, goneOK := &la.n, &la.m, &la.session, &la.index, &la.cid, &la.goneOK
 	// --session without --target names a session of the agent's.
 	agentSession := *sessionFlag
-	if isSet(fs, "target") {
+	if fs.Changed("target") || tf.target != "" {
 		agentSession = ""
 	}
 	if ac, err := af.clientFor(ctx, a, agentSession); ac != nil || err != nil {
-		return agentOr(err, func() error { return a.agentLogout(ctx, ac, fs, &tf, &lo, *sessionFlag) })
+		return agentOr(err, func() error { return a.agentLogout(ctx, ac, fs, tf, lo, *sessionFlag) })
 	}
 	tsihFlag := -1
 	if *sessionFlag != "" {
@@ -91,11 +104,14 @@ func runLogout(ctx context.Context, a *app, args []string) error {
 	conns := 0
 	if *n == 0 {
 		// Nothing to open, so no portal is needed.
+		if err := tf.resolveInitiatorName(); err != nil {
+			return err
+		}
 		if in, err = a.newInitiator(a.initiatorConfig(tf.initiatorName)); err != nil {
 			return err
 		}
 	} else {
-		if c, err = a.dial(ctx, &tf, targetRequired); err != nil {
+		if c, err = a.dial(ctx, tf, targetRequired); err != nil {
 			return err
 		}
 		in = c.in
@@ -107,7 +123,7 @@ func runLogout(ctx context.Context, a *app, args []string) error {
 		conns = *n * *m
 		a.printf("Logged in to %s at %s: %d session(s) x %d connection(s)\n", safe(tf.target), safe(tf.portal), *n, *m)
 		if lf.enabled {
-			if load, err = startIOLoad(ctx, a, ss, lf); err != nil {
+			if load, err = startIOLoad(ctx, a, ss, *lf); err != nil {
 				c.quietLogout(ctx)
 				return err
 			}
@@ -167,7 +183,7 @@ type ioLoadFlags struct {
 	depth   int
 }
 
-func (f *ioLoadFlags) register(fs *flag.FlagSet) {
+func (f *ioLoadFlags) register(fs *pflag.FlagSet) {
 	fs.BoolVar(&f.enabled, "io", false, "run I/O on every session while logging out (reads unless --io-write)")
 	fs.BoolVar(&f.write, "io-write", false, "with --io: write (random data) instead of reading")
 	fs.IntVar(&f.lun, "io-lun", -1, "with --io: logical unit; -1 means the first disk the target reports")
@@ -195,7 +211,7 @@ type ioLoad struct {
 	refused atomic.Int64
 
 	mu      sync.Mutex
-	errs    map[string]int
+	errs    map[string]int // by message
 	stopped *ioLoadResult
 }
 
@@ -203,20 +219,27 @@ type ioLoad struct {
 type ioLoadResult struct {
 	Completed int64 `json:"completed"`
 	// Refused counts commands not sent because the logout had begun.
-	Refused int64          `json:"refused"`
-	Failed  int            `json:"failed"`
-	Errors  map[string]int `json:"errors"`
+	Refused int64 `json:"refused"`
+	// Failed is the sum of Errors' counts.
+	Failed int `json:"failed"`
+	// Errors group the failed commands by message, most frequent first.
+	Errors []errorCount `json:"errors"`
+	// Total is Completed + Failed + Refused: every command the load
+	// tried.
+	Total int64 `json:"total"`
+}
+
+// errorCount is how many commands failed with one message: the message
+// is a value, never a JSON key.
+type errorCount struct {
+	Message string `json:"message"`
+	Count   int    `json:"count"`
 }
 
 func (r *ioLoadResult) print(a *app) {
 	a.printf("I/O during the logout: %d commands completed, %d failed, %d not sent (logout begun)\n", r.Completed, r.Failed, r.Refused)
-	var msgs []string
-	for m := range r.Errors {
-		msgs = append(msgs, m)
-	}
-	sort.Strings(msgs)
-	for _, m := range msgs {
-		a.printf("  %4d x %s\n", r.Errors[m], safe(m))
+	for _, e := range r.Errors {
+		a.printf("  %4d x %s\n", e.Count, safe(e.Message))
 	}
 }
 
@@ -331,11 +354,18 @@ func (l *ioLoad) stop() *ioLoadResult {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.stopped == nil {
-		r := &ioLoadResult{Completed: l.done.Load(), Refused: l.refused.Load(), Errors: map[string]int{}}
+		r := &ioLoadResult{Completed: l.done.Load(), Refused: l.refused.Load(), Errors: []errorCount{}}
 		for m, n := range l.errs {
-			r.Errors[m] = n
+			r.Errors = append(r.Errors, errorCount{Message: m, Count: n})
 			r.Failed += n
 		}
+		r.Total = r.Completed + int64(r.Failed) + r.Refused
+		sort.Slice(r.Errors, func(i, j int) bool {
+			if r.Errors[i].Count != r.Errors[j].Count {
+				return r.Errors[i].Count > r.Errors[j].Count
+			}
+			return r.Errors[i].Message < r.Errors[j].Message
+		})
 		l.stopped = r
 	}
 	return l.stopped

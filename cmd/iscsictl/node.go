@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -15,6 +14,7 @@ import (
 	"github.com/goiscsi/iscsi/agent/api"
 	"github.com/goiscsi/iscsi/agent/nodes"
 	"github.com/goiscsi/iscsi/initiator"
+	"github.com/spf13/pflag"
 )
 
 // portalList is a flag that may be given more than once.
@@ -22,6 +22,7 @@ type portalList []string
 
 func (p *portalList) String() string     { return strings.Join(*p, ",") }
 func (p *portalList) Set(v string) error { *p = append(*p, v); return nil }
+func (p *portalList) Type() string       { return "host[:port]" }
 
 // nodeBackend is where node records are: the agent's API when an agent is
 // reachable, else the store in --state-dir opened by this process (which
@@ -98,52 +99,25 @@ func nodeErr(err error) error {
 	return err
 }
 
-// runNode manages node records: add, list, show, delete.
-func runNode(ctx context.Context, a *app, args []string) error {
-	sub := ""
-	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
-		sub, args = args[0], args[1:]
-	}
-	switch sub {
-	case "add":
-		return runNodeAdd(ctx, a, args)
-	case "list", "ls":
-		return runNodeRead(ctx, a, args, true)
-	case "show":
-		return runNodeRead(ctx, a, args, false)
-	case "delete", "rm":
-		return runNodeDelete(ctx, a, args)
-	}
-	fs := a.flags("add|list|show|delete [flags]")
-	if _, err := a.parse(fs, args); err != nil {
-		return err
-	}
-	if sub == "" {
-		return invalidArgf("node: say add, list, show or delete")
-	}
-	return invalidArgf("node: unknown subcommand %q: want add, list, show or delete", sub)
-}
-
 // nodeCommon registers the flags every node subcommand has.
-func (a *app) nodeCommon(fs *flag.FlagSet) (*agentFlags, *string) {
+func (a *app) nodeCommon(fs *pflag.FlagSet) (*agentFlags, *string) {
 	af := &agentFlags{}
 	fs.StringVar(&af.socket, "socket", "", "the agent's Unix `socket` (default $"+envSocket+", else "+defaultSocket()+"); without an agent the records are read and written in --state-dir")
 	stateDir := fs.String("state-dir", defaultStateDir(), "the node records' `directory`, when no agent runs")
 	return af, stateDir
 }
 
-func runNodeAdd(ctx context.Context, a *app, args []string) error {
-	a.name = "node add"
-	fs := a.flags("--target NAME --portal HOST[:PORT] [--portal ...] [--startup automatic|manual] [flags]")
+func defNodeAdd(a *app, fs *pflag.FlagSet) runFunc {
 	af, stateDir := a.nodeCommon(fs)
 	var portals portalList
-	fs.Var(&portals, "portal", "target portal `host[:port]`; repeat for more, tried in order")
-	target := fs.String("target", "", "target `name`")
+	fs.VarP(&portals, "portal", "p", "target portal `host[:port]`; repeat for more, tried in order")
+	target := fs.StringP("target", "t", "", "target `name`")
 	startup := fs.String("startup", "manual", "automatic: the agent logs in at start; manual: only on request")
 	sessions := fs.Int("sessions", 1, "sessions to open")
 	conns := fs.Int("conns", 1, "connections per session")
-	hd := fs.Bool("header-digest", false, "offer CRC32C header digests")
-	dd := fs.Bool("data-digest", false, "offer CRC32C data digests")
+	var hdm, ddm digestMode
+	digestFlag(fs, &hdm, "header-digest", "header")
+	digestFlag(fs, &ddm, "data-digest", "data")
 	lt := fs.Duration("login-timeout", 15*time.Second, "bound on each login")
 	var au nodes.Auth
 	algs := ""
@@ -155,13 +129,36 @@ func runNodeAdd(ctx context.Context, a *app, args []string) error {
 	fs.StringVar(&au.TargetSecretEnv, "chap-target-secret-env", "", "mutual CHAP: the target's secret environment `variable`")
 	fs.BoolVar(&au.AllowShortSecret, "chap-allow-short-secret", false, "accept CHAP secrets shorter than 12 bytes")
 	fs.StringVar(&algs, "chap-algorithms", "", "CHAP algorithms to offer, in order: `list` of sha3-256, sha256, sha1, md5")
-	pos, err := a.parse(fs, args)
-	if err != nil {
-		return err
+	return func(ctx context.Context, pos []string) error {
+		if len(pos) > 0 {
+			u, err := parseISCSIURL(pos[0])
+			if err != nil {
+				return err
+			}
+			switch {
+			case u.hasSecret:
+				return invalidArgf("the URL has a CHAP secret: a node record keeps a reference to a secret, never the secret; give --chap-secret-file or --chap-secret-env")
+			case len(portals) > 0:
+				return invalidArgf("the portal is given twice: in the URL and with --portal; give one")
+			case u.target == "":
+				return invalidArgf("the URL names no target: iscsi://HOST[:PORT]/TARGET")
+			case *target != "" && *target != u.target:
+				return invalidArgf("the target is given twice: %s in the URL and %s with --target; give one", u.target, *target)
+			case u.lun >= 0:
+				return invalidArgf("a node record is a target, not a LUN: leave the /LUN out of the URL")
+			}
+			portals, *target = portalList{u.portal}, u.target
+			if u.user != "" {
+				au.User = u.user
+			}
+		}
+		hd, dd := hdm != digestNone, ddm != digestNone
+		return runNodeAdd(ctx, a, af, stateDir, portals, target, startup, sessions, conns, &hd, &dd, lt, au, algs)
 	}
-	if len(pos) > 0 {
-		return invalidArgf("node add takes no argument, got %q", pos[0])
-	}
+}
+
+func runNodeAdd(ctx context.Context, a *app, af *agentFlags, stateDir *string, portals portalList, target, startup *string, sessions, conns *int,
+	hd, dd *bool, lt *time.Duration, au nodes.Auth, algs string) error {
 	st, err := nodes.ParseStartup(*startup)
 	if err != nil {
 		return invalidArgf("--startup %q: want automatic or manual", *startup)
@@ -208,20 +205,19 @@ func runNodeAdd(ctx context.Context, a *app, args []string) error {
 	return nil
 }
 
-// runNodeRead lists the records, or shows one.
-func runNodeRead(ctx context.Context, a *app, args []string, all bool) error {
-	a.name = "node show"
-	usage := "NAME|--target NAME [flags]"
-	if all {
-		a.name, usage = "node list", "[flags]"
-	}
-	fs := a.flags(usage)
+func defNodeList(a *app, fs *pflag.FlagSet) runFunc { return defNodeRead(a, fs, true) }
+func defNodeShow(a *app, fs *pflag.FlagSet) runFunc { return defNodeRead(a, fs, false) }
+
+func defNodeRead(a *app, fs *pflag.FlagSet, all bool) runFunc {
 	af, stateDir := a.nodeCommon(fs)
-	target := fs.String("target", "", "target `name`")
-	pos, err := a.parse(fs, args)
-	if err != nil {
-		return err
+	target := fs.StringP("target", "t", "", "target `name`")
+	return func(ctx context.Context, pos []string) error {
+		return runNodeRead(ctx, a, af, stateDir, target, pos, all)
 	}
+}
+
+// runNodeRead lists the records, or shows one.
+func runNodeRead(ctx context.Context, a *app, af *agentFlags, stateDir, target *string, pos []string, all bool) error {
 	name, err := oneTarget(all, *target, pos)
 	if err != nil {
 		return err
@@ -304,15 +300,13 @@ func oneTarget(none bool, flagName string, pos []string) (string, error) {
 	return n, nil
 }
 
-func runNodeDelete(ctx context.Context, a *app, args []string) error {
-	a.name = "node delete"
-	fs := a.flags("NAME|--target NAME [flags]")
+func defNodeDelete(a *app, fs *pflag.FlagSet) runFunc {
 	af, stateDir := a.nodeCommon(fs)
-	target := fs.String("target", "", "target `name`")
-	pos, err := a.parse(fs, args)
-	if err != nil {
-		return err
-	}
+	target := fs.StringP("target", "t", "", "target `name`")
+	return func(ctx context.Context, pos []string) error { return runNodeDelete(ctx, a, af, stateDir, target, pos) }
+}
+
+func runNodeDelete(ctx context.Context, a *app, af *agentFlags, stateDir, target *string, pos []string) error {
 	name, err := oneTarget(false, *target, pos)
 	if err != nil {
 		return err

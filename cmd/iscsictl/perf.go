@@ -4,14 +4,14 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
-	"math"
 	mrand "math/rand/v2"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/HdrHistogram/hdrhistogram-go"
 	"github.com/goiscsi/iscsi/session"
+	"github.com/spf13/pflag"
 )
 
 // perfResult is what perf measured; --json prints it as is.
@@ -25,18 +25,28 @@ type perfResult struct {
 	QueueDepth  int     `json:"qd"`
 	Conns       int     `json:"conns"`
 	DurationSec float64 `json:"durationSec"`
-	IOs         int64   `json:"ios"`
-	Errors      int64   `json:"errors"`
-	FirstError  string  `json:"firstError,omitempty"`
-	IOPS        float64 `json:"iops"`
-	MBPerSec    float64 `json:"mbPerSec"` // 10^6 bytes per second
+	// IOs completed, Errors failed; Commands is their sum.
+	IOs        int64   `json:"ios"`
+	Errors     int64   `json:"errors"`
+	Commands   int64   `json:"commands"`
+	FirstError string  `json:"firstError,omitempty"`
+	IOPS       float64 `json:"iops"`
+	MBPerSec   float64 `json:"mbPerSec"` // 10^6 bytes per second
+	// Interrupted is true when Ctrl-C ended the run before --duration.
+	Interrupted bool `json:"interrupted"`
 	Latency     struct {
-		Mean float64 `json:"mean"`
-		P50  float64 `json:"p50"`
-		P99  float64 `json:"p99"`
-		P999 float64 `json:"p999"`
-		Max  float64 `json:"max"`
+		// Count is the I/Os in the histogram: IOs.
+		Count int64   `json:"count"`
+		Mean  float64 `json:"mean"`
+		Min   float64 `json:"min"`
+		P50   float64 `json:"p50"`
+		P90   float64 `json:"p90"`
+		P99   float64 `json:"p99"`
+		P999  float64 `json:"p999"`
+		Max   float64 `json:"max"`
 	} `json:"latencyUs"`
+	// Intervals are the run's seconds, as the text output prints them.
+	Intervals []perfInterval `json:"intervals"`
 	// CPU time of the whole process during the run, from getrusage.
 	CPUUserSec  float64 `json:"cpuUserSec"`
 	CPUSysSec   float64 `json:"cpuSysSec"`
@@ -44,20 +54,51 @@ type perfResult struct {
 	CPUMeasured bool    `json:"cpuMeasured"`
 }
 
-func runPerf(ctx context.Context, a *app, args []string) error {
+// perfInterval is one second of a perf run.
+type perfInterval struct {
+	Sec      int     `json:"sec"`
+	IOs      int64   `json:"ios"`
+	IOPS     float64 `json:"iops"`
+	MBPerSec float64 `json:"mbPerSec"`
+	P99Us    float64 `json:"p99Us"`
+}
+
+// Latencies go into HDR histograms from 1 µs to 1 min at 3 significant
+// digits: a fixed size (tens of KiB) however long the run, where keeping
+// every sample grew by 8 bytes an I/O.
+const (
+	histMinUs   = 1
+	histMaxUs   = 60_000_000
+	histSigFigs = 3
+)
+
+func newLatencyHist() *hdrhistogram.Histogram {
+	return hdrhistogram.New(histMinUs, histMaxUs, histSigFigs)
+}
+
+func defPerf(a *app, fs *pflag.FlagSet) runFunc {
 	var tf targetFlags
-	fs := a.flags("--portal HOST[:PORT] [--target NAME] [--lun N] [--bs BYTES] [--qd N] [--duration D] [--rw read|write] [--pattern random|sequential] [flags]")
 	tf.register(fs, a)
-	lun := fs.Int("lun", -1, "logical unit; -1 means the first disk the target reports")
+	lun := fs.IntP("lun", "l", -1, "logical unit; -1 means the first disk the target reports")
 	bsFlag := fs.Int("bs", 4096, "bytes per command (a multiple of the LUN's block size)")
 	qd := fs.Int("qd", 16, "queue depth: commands in flight")
 	dur := fs.Duration("duration", 10*time.Second, "how long to run")
 	rw := fs.String("rw", "read", "read or write (write overwrites the LUN's data)")
 	pattern := fs.String("pattern", "random", "random or sequential")
-	conns := fs.Int("conns", 1, "connections of the session (MC/S); commands are spread over them")
-	if _, err := a.parse(fs, args); err != nil {
-		return err
+	conns := fs.IntP("conns", "c", 1, "connections of the session (MC/S); commands are spread over them")
+	return func(ctx context.Context, pos []string) error {
+		if err := tf.fromURL(a, pos, targetAuto); err != nil {
+			return err
+		}
+		if err := tf.lunFrom(lun); err != nil {
+			return err
+		}
+		return runPerf(ctx, a, &tf, *lun, *bsFlag, *qd, *dur, *rw, *pattern, *conns)
 	}
+}
+
+func runPerf(ctx context.Context, a *app, tf *targetFlags, lunv, bsv, qdv int, durv time.Duration, rwv, patternv string, connsv int) error {
+	lun, bsFlag, qd, dur, rw, pattern, conns := &lunv, &bsv, &qdv, &durv, &rwv, &patternv, &connsv
 	switch {
 	case *rw != "read" && *rw != "write":
 		return invalidArgf("--rw %q: want read or write", *rw)
@@ -70,7 +111,7 @@ func runPerf(ctx context.Context, a *app, args []string) error {
 	}
 	tf.conns = *conns
 	res := perfResult{Command: "perf", RW: *rw, Pattern: *pattern, BlockSize: *bsFlag, QueueDepth: *qd, Conns: *conns}
-	err := a.withSession(ctx, &tf, *conns, func(s *session.Session) error {
+	err := a.withSession(ctx, tf, *conns, func(s *session.Session) error {
 		res.Target = tf.target
 		l, err := diskLUN(ctx, s, *lun)
 		if err != nil {
@@ -92,35 +133,64 @@ func runPerf(ctx context.Context, a *app, args []string) error {
 		}
 		a.printf("perf: %s %s, bs %d, qd %d, %d connection(s), %s on LUN %d of %s (%s)\n",
 			*pattern, *rw, *bsFlag, *qd, *conns, *dur, l, safe(tf.target), humanBytes(c.Bytes()))
-		return measure(ctx, s, l, blk, per, span, *dur, *qd, *rw == "write", *pattern == "random", &res)
+		if err := measure(ctx, a, s, l, blk, per, span, *dur, *qd, *rw == "write", *pattern == "random", &res); err != nil {
+			return err
+		}
+		// Printed before the logout, which may take a while.
+		a.printPerf(&res)
+		return nil
 	})
 	if err != nil {
 		return err
 	}
-	if a.json {
-		a.printJSON(res)
-		return nil
-	}
-	a.printf("%d I/Os in %.2f s: %.0f IOPS, %.1f MB/s\n", res.IOs, res.DurationSec, res.IOPS, res.MBPerSec)
-	a.printf("latency (µs): mean %.1f  p50 %.1f  p99 %.1f  p99.9 %.1f  max %.1f\n",
-		res.Latency.Mean, res.Latency.P50, res.Latency.P99, res.Latency.P999, res.Latency.Max)
-	if res.CPUMeasured {
-		a.printf("CPU: %.2f µs per I/O (user %.2f s, sys %.2f s)\n", res.CPUUsPerIO, res.CPUUserSec, res.CPUSysSec)
-	}
-	if res.Errors > 0 {
-		a.printf("%d I/Os failed; the first: %s\n", res.Errors, safe(res.FirstError))
+	if res.Interrupted {
+		// The session was logged out by withSession, after the result.
+		return &exitErr{code: exitInterrupted, msg: "interrupted: the result printed is what was measured until then", resultPrinted: true}
 	}
 	return nil
 }
 
-// measure runs qd workers for d and fills res.
-func measure(ctx context.Context, s *session.Session, lun, blk int, per, span uint64, d time.Duration, qd int, write, random bool, res *perfResult) error {
+// printPerf prints perf's result, as text or JSON.
+func (a *app) printPerf(res *perfResult) {
+	if a.json {
+		a.printJSON(res)
+	} else {
+		if res.Interrupted {
+			a.printf("interrupted after %.2f s: what was measured until then\n", res.DurationSec)
+		}
+		a.printf("%d I/Os in %.2f s: %.0f IOPS, %.1f MB/s\n", res.IOs, res.DurationSec, res.IOPS, res.MBPerSec)
+		a.printf("latency (µs): mean %.1f  min %.1f  p50 %.1f  p90 %.1f  p99 %.1f  p99.9 %.1f  max %.1f\n",
+			res.Latency.Mean, res.Latency.Min, res.Latency.P50, res.Latency.P90, res.Latency.P99, res.Latency.P999, res.Latency.Max)
+		if res.CPUMeasured {
+			a.printf("CPU: %.2f µs per I/O (user %.2f s, sys %.2f s)\n", res.CPUUsPerIO, res.CPUUserSec, res.CPUSysSec)
+		}
+		if res.Errors > 0 {
+			a.printf("%d I/Os failed; the first: %s\n", res.Errors, safe(res.FirstError))
+		}
+	}
+}
+
+// perfWorker is one worker's latencies: all of the run's, and the current
+// second's, which the ticker takes each second.
+type perfWorker struct {
+	mu       sync.Mutex
+	all, sec *hdrhistogram.Histogram
+}
+
+// measure runs qd workers for d, or until ctx ends (Ctrl-C), and fills
+// res; a line per second goes to stdout (text output).
+func measure(ctx context.Context, a *app, s *session.Session, lun, blk int, per, span uint64, d time.Duration, qd int, write, random bool, res *perfResult) error {
 	rctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
 	var next atomic.Uint64
 	var ios, errs atomic.Int64
 	var firstErr atomic.Value
-	lats := make([][]time.Duration, qd)
+	workers := make([]*perfWorker, qd)
+	for i := range workers {
+		workers[i] = &perfWorker{all: newLatencyHist(), sec: newLatencyHist()}
+	}
+	ioBytes := float64(int(per) * blk)
+	bar := a.newProgress(int64(d/time.Second), "perf", false)
 	var wg sync.WaitGroup
 	cpu0, cpuOK := processCPU()
 	start := time.Now()
@@ -128,12 +198,12 @@ func measure(ctx context.Context, s *session.Session, lun, blk int, per, span ui
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			pw := workers[w]
 			buf := make([]byte, int(per)*blk)
 			if write {
 				rand.Read(buf)
 			}
 			r := mrand.New(mrand.NewPCG(uint64(w), uint64(time.Now().UnixNano())))
-			mine := make([]time.Duration, 0, 1<<14)
 			for rctx.Err() == nil {
 				var idx uint64
 				if random {
@@ -156,39 +226,84 @@ func measure(ctx context.Context, s *session.Session, lun, blk int, per, span ui
 					firstErr.CompareAndSwap(nil, trimPrefixes(err.Error()))
 					continue
 				}
-				mine = append(mine, time.Since(t0))
+				us := max(time.Since(t0).Microseconds(), histMinUs)
+				pw.mu.Lock()
+				// A latency past the histogram's range counts as its top.
+				if pw.all.RecordValue(us) != nil {
+					pw.all.RecordValue(histMaxUs)
+				}
+				if pw.sec.RecordValue(us) != nil {
+					pw.sec.RecordValue(histMaxUs)
+				}
+				pw.mu.Unlock()
 				ios.Add(1)
 			}
-			lats[w] = mine
 		}()
 	}
+	// A line per second, as iscsi-perf prints.
+	tick := time.NewTicker(time.Second)
+	sec := newLatencyHist()
+	stopTicks := make(chan struct{})
+	ticksDone := make(chan struct{})
+	go func() {
+		defer close(ticksDone)
+		for n := 1; ; n++ {
+			select {
+			case <-stopTicks:
+				return
+			case <-tick.C:
+			}
+			sec.Reset()
+			for _, pw := range workers {
+				pw.mu.Lock()
+				sec.Merge(pw.sec)
+				pw.sec.Reset()
+				pw.mu.Unlock()
+			}
+			iv := perfInterval{Sec: n, IOs: sec.TotalCount(), IOPS: float64(sec.TotalCount()),
+				MBPerSec: float64(sec.TotalCount()) * ioBytes / 1e6, P99Us: float64(sec.ValueAtQuantile(99))}
+			res.Intervals = append(res.Intervals, iv)
+			bar.clear()
+			a.printf("%4d s: %8.0f IOPS  %8.1f MB/s  p99 %8.0f µs\n", iv.Sec, iv.IOPS, iv.MBPerSec, iv.P99Us)
+			bar.add(1)
+		}
+	}()
 	wg.Wait()
 	elapsed := time.Since(start)
+	tick.Stop()
+	close(stopTicks)
+	<-ticksDone
+	bar.finish()
 	cpu1, _ := processCPU()
 	if ctx.Err() != nil {
-		return ctx.Err()
+		// Ctrl-C: what was measured until then is the result.
+		res.Interrupted = true
 	}
-	all := slices.Concat(lats...)
-	slices.Sort(all)
+	all := newLatencyHist()
+	for _, pw := range workers {
+		all.Merge(pw.all)
+	}
 	res.DurationSec = elapsed.Seconds()
 	res.IOs = ios.Load()
 	res.Errors = errs.Load()
+	res.Commands = res.IOs + res.Errors
 	if e, ok := firstErr.Load().(string); ok {
 		res.FirstError = e
 	}
 	res.IOPS = float64(res.IOs) / res.DurationSec
-	res.MBPerSec = res.IOPS * float64(int(per)*blk) / 1e6
-	if len(all) > 0 {
-		var sum time.Duration
-		for _, l := range all {
-			sum += l
-		}
-		us := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 }
-		res.Latency.Mean = us(sum / time.Duration(len(all)))
-		res.Latency.P50 = us(percentile(all, 50))
-		res.Latency.P99 = us(percentile(all, 99))
-		res.Latency.P999 = us(percentile(all, 99.9))
-		res.Latency.Max = us(all[len(all)-1])
+	res.MBPerSec = res.IOPS * ioBytes / 1e6
+	if res.Intervals == nil {
+		res.Intervals = []perfInterval{}
+	}
+	res.Latency.Count = all.TotalCount()
+	if all.TotalCount() > 0 {
+		res.Latency.Mean = all.Mean()
+		res.Latency.Min = float64(all.Min())
+		res.Latency.P50 = float64(all.ValueAtQuantile(50))
+		res.Latency.P90 = float64(all.ValueAtQuantile(90))
+		res.Latency.P99 = float64(all.ValueAtQuantile(99))
+		res.Latency.P999 = float64(all.ValueAtQuantile(99.9))
+		res.Latency.Max = float64(all.Max())
 	}
 	if cpuOK {
 		res.CPUMeasured = true
@@ -202,16 +317,6 @@ func measure(ctx context.Context, s *session.Session, lun, blk int, per, span ui
 		return fmt.Errorf("every I/O failed; the first: %s", res.FirstError)
 	}
 	return nil
-}
-
-// percentile returns the p-th percentile of sorted (nearest rank).
-func percentile(sorted []time.Duration, p float64) time.Duration {
-	if len(sorted) == 0 {
-		return 0
-	}
-	// The epsilon keeps 99.9% of 1000 at rank 999 despite floating point.
-	rank := int(math.Ceil(p/100*float64(len(sorted))-1e-9)) - 1
-	return sorted[min(max(rank, 0), len(sorted)-1)]
 }
 
 // cpuTimes is the process's CPU time.

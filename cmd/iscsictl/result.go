@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"strings"
@@ -12,33 +11,37 @@ import (
 	"github.com/goiscsi/iscsi/logout"
 	"github.com/goiscsi/iscsi/pdu"
 	"github.com/goiscsi/iscsi/session"
+	"github.com/spf13/pflag"
 )
 
 // logoutJSON is a logout result as --json prints it.
 type logoutJSON struct {
-	Target    string        `json:"target"`
-	Outcome   string        `json:"outcome"`
-	HRESULT   string        `json:"hresult"`
-	ExitCode  int           `json:"exitCode"`
-	Strategy  string        `json:"strategy"`
-	Sessions  []sessionJSON `json:"sessions"`
-	LoggedOut int           `json:"loggedOut"`
+	Target   string        `json:"target"`
+	Outcome  string        `json:"outcome"`
+	HRESULT  string        `json:"hresult"`
+	ExitCode int           `json:"exitCode"`
+	Strategy string        `json:"strategy"`
+	Sessions []sessionJSON `json:"sessions"`
+	// SessionCount is len(Sessions) = LoggedOut + NotLoggedOut.
+	SessionCount int `json:"sessionCount"`
+	LoggedOut    int `json:"loggedOut"`
+	NotLoggedOut int `json:"notLoggedOut"`
 	// LoggedOutOrGone is true for success and for "session not found".
-	LoggedOutOrGone bool            `json:"loggedOutOrGone"`
-	Commands        logout.Commands `json:"commands"`
-	DeadlineMs      float64         `json:"deadlineMs"`
-	DurationMs      float64         `json:"durationMs"`
-	Requested       bool            `json:"targetRequested,omitempty"`
+	LoggedOutOrGone bool         `json:"loggedOutOrGone"`
+	Commands        commandsJSON `json:"commands"`
+	DeadlineMs      float64      `json:"deadlineMs"`
+	DurationMs      float64      `json:"durationMs"`
+	Requested       bool         `json:"targetRequested,omitempty"`
 }
 
 type sessionJSON struct {
-	TSIH      uint16          `json:"tsih"`
-	ISID      string          `json:"isid"`
-	LoggedOut bool            `json:"loggedOut"`
-	Forced    bool            `json:"forced"`
-	InUse     string          `json:"inUse,omitempty"`
-	Commands  logout.Commands `json:"commands"`
-	Conns     []connJSON      `json:"connections"`
+	TSIH      hexTSIH      `json:"tsih"`
+	ISID      string       `json:"isid"`
+	LoggedOut bool         `json:"loggedOut"`
+	Forced    bool         `json:"forced"`
+	InUse     string       `json:"inUse,omitempty"`
+	Commands  commandsJSON `json:"commands"`
+	Conns     []connJSON   `json:"connections"`
 }
 
 // stepJSON is one step of the ladder on a connection.
@@ -50,14 +53,14 @@ type stepJSON struct {
 	Time2Wait   *uint16                 `json:"time2wait,omitempty"`
 	Time2Retain *uint16                 `json:"time2retain,omitempty"`
 	Error       string                  `json:"error,omitempty"`
-	Commands    logout.Commands         `json:"commands"`
+	Commands    commandsJSON            `json:"commands"`
 	WaitedMs    float64                 `json:"waitedMs,omitempty"`
 	AtMs        float64                 `json:"atMs"`
 	DurationMs  float64                 `json:"durationMs"`
 }
 
 type connJSON struct {
-	CID            uint16                  `json:"cid"`
+	CID            hexCID                  `json:"cid"`
 	Reason         pdu.LogoutReason        `json:"reason"`
 	State          string                  `json:"state"`
 	Responded      bool                    `json:"responded"`
@@ -66,7 +69,7 @@ type connJSON struct {
 	Time2Retain    *uint16                 `json:"time2retain,omitempty"`
 	Error          string                  `json:"error,omitempty"`
 	FailedCommands int                     `json:"failedCommands"`
-	Commands       logout.Commands         `json:"commands"`
+	Commands       commandsJSON            `json:"commands"`
 	DurationMs     float64                 `json:"durationMs"`
 	Steps          []stepJSON              `json:"steps"`
 }
@@ -74,19 +77,20 @@ type connJSON struct {
 func toLogoutJSON(r *logout.Result, strategy logout.Strategy) logoutJSON {
 	out := logoutJSON{Target: r.Target, Outcome: r.Outcome.String(), HRESULT: fmt.Sprintf("0x%08X", r.HRESULT()),
 		ExitCode: outcomeExit(r.Outcome), Strategy: strategy.String(), Sessions: []sessionJSON{},
-		LoggedOut: r.LoggedOut(), LoggedOutOrGone: r.LoggedOutOrGone(), Commands: r.Commands,
+		SessionCount: len(r.Sessions), LoggedOut: r.LoggedOut(), NotLoggedOut: len(r.Sessions) - r.LoggedOut(),
+		LoggedOutOrGone: r.LoggedOutOrGone(), Commands: toCommandsJSON(r.Commands),
 		DeadlineMs: ms(r.Deadline), DurationMs: ms(r.Duration), Requested: r.Requested}
 	for _, s := range r.Sessions {
-		sj := sessionJSON{TSIH: s.TSIH, ISID: fmt.Sprintf("%012x", s.ISID[:]), LoggedOut: s.LoggedOut, Forced: s.Forced,
-			Commands: s.Commands, Conns: []connJSON{}}
+		sj := sessionJSON{TSIH: hexTSIH(s.TSIH), ISID: isidHex(s.ISID), LoggedOut: s.LoggedOut, Forced: s.Forced,
+			Commands: toCommandsJSON(s.Commands), Conns: []connJSON{}}
 		if s.InUse != nil {
 			sj.InUse = trimPrefixes(s.InUse.Error())
 		}
 		for _, c := range s.Conns {
-			cj := connJSON{CID: c.CID, Reason: c.Reason, State: c.State.String(), Responded: c.Responded,
-				FailedCommands: c.FailedCommands, Commands: c.Commands, DurationMs: ms(c.Duration), Steps: []stepJSON{}}
+			cj := connJSON{CID: hexCID(c.CID), Reason: c.Reason, State: c.State.String(), Responded: c.Responded,
+				FailedCommands: c.FailedCommands, Commands: toCommandsJSON(c.Commands), DurationMs: ms(c.Duration), Steps: []stepJSON{}}
 			for _, st := range c.Steps {
-				sj := stepJSON{Kind: st.Kind, State: st.State.String(), Commands: st.Commands, WaitedMs: ms(st.Waited),
+				sj := stepJSON{Kind: st.Kind, State: st.State.String(), Commands: toCommandsJSON(st.Commands), WaitedMs: ms(st.Waited),
 					AtMs: ms(st.At), DurationMs: ms(st.Duration)}
 				if st.Kind == logout.StepLogout {
 					reason := st.Reason
@@ -295,12 +299,12 @@ type logoutOptions struct {
 	timeoutName string
 }
 
-func (o *logoutOptions) register(fs *flag.FlagSet, defaultTimeout time.Duration) {
+func (o *logoutOptions) register(fs *pflag.FlagSet, defaultTimeout time.Duration) {
 	o.registerNamed(fs, "timeout", defaultTimeout)
 }
 
 // registerNamed registers the flags with the timeout flag called name.
-func (o *logoutOptions) registerNamed(fs *flag.FlagSet, name string, defaultTimeout time.Duration) {
+func (o *logoutOptions) registerNamed(fs *pflag.FlagSet, name string, defaultTimeout time.Duration) {
 	o.timeoutName = name
 	fs.StringVar(&o.strategy, "strategy", "per-connection", "logout strategy: per-connection (a Logout Request on every connection at once) or per-session (reason 0 on one connection per session)")
 	fs.DurationVar(&o.drain, "drain", 0, "let running commands finish for this long before the Logout Requests go out")

@@ -7,7 +7,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -15,6 +14,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/goiscsi/iscsi/session"
+	"github.com/spf13/pflag"
 )
 
 // peripheralTypes names the SCSI peripheral device types seen on iSCSI.
@@ -62,14 +62,22 @@ func diskLUN(ctx context.Context, s *session.Session, lun int) (int, error) {
 	return 0, fmt.Errorf("no disk among the target's LUNs %v; choose one with --lun", ls)
 }
 
-func runInquiry(ctx context.Context, a *app, args []string) error {
+func defInquiry(a *app, fs *pflag.FlagSet) runFunc {
 	var tf targetFlags
-	fs := a.flags("--portal HOST[:PORT] [--target NAME] [--lun N] [flags]")
 	tf.register(fs, a)
-	lun := fs.Int("lun", -1, "logical unit; -1 means every LUN the target reports")
-	if _, err := a.parse(fs, args); err != nil {
-		return err
+	lun := fs.IntP("lun", "l", -1, "logical unit; -1 means every LUN the target reports")
+	return func(ctx context.Context, pos []string) error {
+		if err := tf.fromURL(a, pos, targetAuto); err != nil {
+			return err
+		}
+		if err := tf.lunFrom(lun); err != nil {
+			return err
+		}
+		return runInquiry(ctx, a, &tf, lun)
 	}
+}
+
+func runInquiry(ctx context.Context, a *app, tf *targetFlags, lun *int) error {
 	type inqJSON struct {
 		LUN            int    `json:"lun"`
 		PeripheralType int    `json:"peripheralType"`
@@ -79,7 +87,7 @@ func runInquiry(ctx context.Context, a *app, args []string) error {
 		Revision       string `json:"revision"`
 	}
 	var out []inqJSON
-	err := a.withSession(ctx, &tf, 1, func(s *session.Session) error {
+	err := a.withSession(ctx, tf, 1, func(s *session.Session) error {
 		ls, err := luns(ctx, s, *lun)
 		if err != nil {
 			return err
@@ -111,14 +119,22 @@ func runInquiry(ctx context.Context, a *app, args []string) error {
 	return tw.Flush()
 }
 
-func runReadCap(ctx context.Context, a *app, args []string) error {
+func defReadCap(a *app, fs *pflag.FlagSet) runFunc {
 	var tf targetFlags
-	fs := a.flags("--portal HOST[:PORT] [--target NAME] [--lun N] [flags]")
 	tf.register(fs, a)
-	lun := fs.Int("lun", -1, "logical unit; -1 means every LUN the target reports that answers")
-	if _, err := a.parse(fs, args); err != nil {
-		return err
+	lun := fs.IntP("lun", "l", -1, "logical unit; -1 means every disk LUN the target reports")
+	return func(ctx context.Context, pos []string) error {
+		if err := tf.fromURL(a, pos, targetAuto); err != nil {
+			return err
+		}
+		if err := tf.lunFrom(lun); err != nil {
+			return err
+		}
+		return runReadCap(ctx, a, &tf, lun)
 	}
+}
+
+func runReadCap(ctx context.Context, a *app, tf *targetFlags, lun *int) error {
 	type capJSON struct {
 		LUN       int    `json:"lun"`
 		Blocks    uint64 `json:"blocks"`
@@ -126,7 +142,7 @@ func runReadCap(ctx context.Context, a *app, args []string) error {
 		Bytes     uint64 `json:"bytes"`
 	}
 	var out []capJSON
-	err := a.withSession(ctx, &tf, 1, func(s *session.Session) error {
+	err := a.withSession(ctx, tf, 1, func(s *session.Session) error {
 		ls, err := luns(ctx, s, *lun)
 		if err != nil {
 			return err
@@ -146,6 +162,11 @@ func runReadCap(ctx context.Context, a *app, args []string) error {
 	})
 	if err != nil {
 		return err
+	}
+	if len(out) == 0 {
+		// Every LUN refused READ CAPACITY: controllers, enclosures, no
+		// disk. An empty table with status 0 would say nothing was wrong.
+		return &exitErr{code: exitError, msg: fmt.Sprintf("target %s has no disk LUN: none of its LUNs answers READ CAPACITY (LUN 0 of tgtd is its controller); a target with no backing store has nothing to read", tf.target)}
 	}
 	if a.json {
 		a.printJSON(map[string]any{"command": "readcap", "target": tf.target, "luns": out})
@@ -179,14 +200,38 @@ type ioFlags struct {
 	blocks int
 }
 
-func (f *ioFlags) register(fs *flag.FlagSet) {
-	fs.IntVar(&f.lun, "lun", -1, "logical unit; -1 means the first disk the target reports")
+func (f *ioFlags) register(fs *pflag.FlagSet) {
+	fs.IntVarP(&f.lun, "lun", "l", -1, "logical unit; -1 means the first disk the target reports")
 	fs.Uint64Var(&f.lba, "lba", 0, "first logical block")
 	fs.IntVar(&f.blocks, "blocks", 0, "number of blocks")
 }
 
-// maxTransfer bounds one read or write of the command line.
-const maxTransfer = 64 << 20
+// maxCommand is the most one SCSI command of read and write moves: a
+// larger transfer is split into commands of this size, below the maximum
+// transfer length of the targets met (8 MiB for tgtd's and iscsitest's
+// defaults, LIO's 8 MiB), and a unit of the progress bar.
+const maxCommand = 4 << 20
+
+// maxTransfer bounds a whole read or write of the command line: the data
+// is held in memory.
+const maxTransfer = 1 << 30
+
+// transfer runs op on the blocks from lba in commands of at most
+// maxCommand bytes, advancing the progress bar; it returns how many
+// commands it sent.
+func transfer(buf []byte, bs int, lba uint64, bar *progress, op func(lba uint64, chunk []byte) error) (int, error) {
+	per := max(maxCommand/bs, 1) * bs
+	n := 0
+	for off := 0; off < len(buf); off += per {
+		end := min(off+per, len(buf))
+		if err := op(lba+uint64(off/bs), buf[off:end]); err != nil {
+			return n, err
+		}
+		n++
+		bar.add(int64(end - off))
+	}
+	return n, nil
+}
 
 // prepare finds the LUN and its block size and checks the range.
 func (f *ioFlags) prepare(ctx context.Context, s *session.Session, blocks int) (lun int, bs int, err error) {
@@ -203,36 +248,50 @@ func (f *ioFlags) prepare(ctx context.Context, s *session.Session, blocks int) (
 	case blocks <= 0:
 		return 0, 0, invalidArgf("--blocks must be at least 1")
 	case blocks > maxTransfer/bs: // blocks*bs could overflow
-		return 0, 0, invalidArgf("%d blocks of %d bytes is more than the %d MiB one command moves", blocks, bs, maxTransfer>>20)
+		return 0, 0, invalidArgf("%d blocks of %d bytes is more than the %d GiB one read or write moves", blocks, bs, maxTransfer>>30)
 	case f.lba >= c.Blocks || uint64(blocks) > c.Blocks-f.lba:
 		return 0, 0, invalidArgf("blocks %d to %d are past the end of LUN %d (%d blocks)", f.lba, f.lba+uint64(blocks)-1, lun, c.Blocks)
 	}
 	return lun, bs, nil
 }
 
-func runRead(ctx context.Context, a *app, args []string) error {
+func defRead(a *app, fs *pflag.FlagSet) runFunc {
 	var tf targetFlags
 	var f ioFlags
-	fs := a.flags("--portal HOST[:PORT] [--target NAME] [--lun N] --lba LBA --blocks N [--out FILE] [flags]")
 	tf.register(fs, a)
 	f.register(fs)
-	out := fs.String("out", "", "write the data to this `file` (\"-\" for stdout); else print a hex dump")
-	if _, err := a.parse(fs, args); err != nil {
-		return err
+	out := fs.StringP("out", "o", "", "write the data to this `file` (\"-\" for stdout); else print a hex dump")
+	return func(ctx context.Context, pos []string) error {
+		if err := tf.fromURL(a, pos, targetAuto); err != nil {
+			return err
+		}
+		if err := tf.lunFrom(&f.lun); err != nil {
+			return err
+		}
+		return runRead(ctx, a, &tf, &f, out)
 	}
+}
+
+func runRead(ctx context.Context, a *app, tf *targetFlags, fp *ioFlags, out *string) error {
+	f := *fp
 	if f.blocks <= 0 {
 		return invalidArgf("--blocks must be at least 1")
 	}
 	var data []byte
-	var lun, bs int
-	err := a.withSession(ctx, &tf, 1, func(s *session.Session) error {
+	var lun, bs, commands int
+	err := a.withSession(ctx, tf, 1, func(s *session.Session) error {
 		var err error
 		lun, bs, err = f.prepare(ctx, s, f.blocks)
 		if err != nil {
 			return err
 		}
 		data = make([]byte, f.blocks*bs)
-		if err := s.Read(ctx, lun, f.lba, bs, data); err != nil {
+		bar := a.newProgress(int64(len(data)), "reading", true)
+		defer bar.finish()
+		commands, err = transfer(data, bs, f.lba, bar, func(lba uint64, chunk []byte) error {
+			return s.Read(ctx, lun, lba, bs, chunk)
+		})
+		if err != nil {
 			return &stepError{step: "READ", err: err}
 		}
 		return nil
@@ -252,7 +311,7 @@ func runRead(ctx context.Context, a *app, args []string) error {
 	}
 	if a.json {
 		a.printJSON(map[string]any{"command": "read", "target": tf.target, "lun": lun, "lba": f.lba, "blocks": f.blocks,
-			"blockSize": bs, "bytes": len(data), "sha256": hex.EncodeToString(sum[:]), "out": *out})
+			"blockSize": bs, "bytes": len(data), "sha256": hex.EncodeToString(sum[:]), "out": *out, "commands": commands})
 		return nil
 	}
 	if *out != "" {
@@ -264,19 +323,29 @@ func runRead(ctx context.Context, a *app, args []string) error {
 	return d.Close()
 }
 
-func runWrite(ctx context.Context, a *app, args []string) error {
+func defWrite(a *app, fs *pflag.FlagSet) runFunc {
 	var tf targetFlags
 	var f ioFlags
-	fs := a.flags("--portal HOST[:PORT] [--target NAME] [--lun N] --lba LBA (--in FILE | --blocks N [--fill BYTE | --random]) [--verify] [flags]")
 	tf.register(fs, a)
 	f.register(fs)
-	in := fs.String("in", "", "write the contents of this `file` (a whole number of blocks; \"-\" for stdin)")
+	in := fs.StringP("in", "i", "", "write the contents of this `file` (a whole number of blocks; \"-\" for stdin)")
 	fill := fs.Int("fill", 0, "with --blocks: fill the blocks with this byte value")
 	random := fs.Bool("random", false, "with --blocks: write random data")
 	verify := fs.Bool("verify", false, "read the blocks back and compare")
-	if _, err := a.parse(fs, args); err != nil {
-		return err
+	return func(ctx context.Context, pos []string) error {
+		if err := tf.fromURL(a, pos, targetAuto); err != nil {
+			return err
+		}
+		if err := tf.lunFrom(&f.lun); err != nil {
+			return err
+		}
+		return runWrite(ctx, a, &tf, &f, *in, *fill, *random, *verify)
 	}
+}
+
+func runWrite(ctx context.Context, a *app, tf *targetFlags, fp *ioFlags, inv string, fillv int, randomv, verifyv bool) error {
+	f := *fp
+	in, fill, random, verify := &inv, &fillv, &randomv, &verifyv
 	var src []byte
 	switch {
 	case *in != "" && f.blocks != 0:
@@ -298,8 +367,8 @@ func runWrite(ctx context.Context, a *app, args []string) error {
 	case *fill < 0 || *fill > 255:
 		return invalidArgf("--fill must be a byte value, 0 to 255")
 	}
-	var lun, bs int
-	err := a.withSession(ctx, &tf, 1, func(s *session.Session) error {
+	var lun, bs, commands int
+	err := a.withSession(ctx, tf, 1, func(s *session.Session) error {
 		// The block size is known only now.
 		probe, err := diskLUN(ctx, s, f.lun)
 		if err != nil {
@@ -331,14 +400,24 @@ func runWrite(ctx context.Context, a *app, args []string) error {
 				}
 			}
 		}
-		if err := s.Write(ctx, lun, f.lba, bs, src); err != nil {
+		bar := a.newProgress(int64(len(src)), "writing", true)
+		commands, err = transfer(src, bs, f.lba, bar, func(lba uint64, chunk []byte) error {
+			return s.Write(ctx, lun, lba, bs, chunk)
+		})
+		bar.finish()
+		if err != nil {
 			return &stepError{step: "WRITE", err: err}
 		}
 		if !*verify {
 			return nil
 		}
 		got := make([]byte, len(src))
-		if err := s.Read(ctx, lun, f.lba, bs, got); err != nil {
+		bar = a.newProgress(int64(len(got)), "verifying", true)
+		_, err = transfer(got, bs, f.lba, bar, func(lba uint64, chunk []byte) error {
+			return s.Read(ctx, lun, lba, bs, chunk)
+		})
+		bar.finish()
+		if err != nil {
 			return &stepError{step: "reading back", err: err}
 		}
 		if i := firstDiff(src, got); i >= 0 {
@@ -352,7 +431,7 @@ func runWrite(ctx context.Context, a *app, args []string) error {
 	sum := sha256.Sum256(src)
 	if a.json {
 		a.printJSON(map[string]any{"command": "write", "target": tf.target, "lun": lun, "lba": f.lba, "blocks": f.blocks,
-			"blockSize": bs, "bytes": len(src), "sha256": hex.EncodeToString(sum[:]), "verified": *verify})
+			"blockSize": bs, "bytes": len(src), "sha256": hex.EncodeToString(sum[:]), "verified": *verify, "commands": commands})
 		return nil
 	}
 	v := ""

@@ -12,21 +12,28 @@ import (
 
 	"github.com/goiscsi/iscsi/agent"
 	"github.com/goiscsi/iscsi/logout"
+	"github.com/spf13/pflag"
 	"go.uber.org/zap"
 )
 
 // runServe runs the agent until SIGTERM or SIGINT, then logs out of every
 // target at once; a second signal cuts the logouts short. The exit status
 // is 0 only if every session logged out.
-func runServe(ctx context.Context, a *app, args []string) error {
-	fs := a.flags("[--socket PATH] [--state-dir DIR] [--initiator-name NAME] [--metrics-listen ADDR] [--listen-tcp ADDR --token-file FILE] [flags]")
+func defServe(a *app, fs *pflag.FlagSet) runFunc {
 	socket := fs.String("socket", "", "the Unix `socket` to listen on, mode 0600 (default $"+envSocket+", else "+defaultSocket()+")")
 	stateDir := fs.String("state-dir", defaultStateDir(), "`directory` of the node records")
-	name := fs.String("initiator-name", defaultInitiatorName, "the initiator's iSCSI `name`")
+	name := fs.String("initiator-name", "", "the initiator's iSCSI `name` (default: InitiatorName= of "+etcInitiatorName+", else one derived once from /etc/machine-id and kept in --state-dir)")
 	metricsAddr := fs.String("metrics-listen", "", "serve Prometheus metrics at http://`ADDR`/metrics (e.g. 127.0.0.1:9560); off by default")
 	tcpAddr := fs.String("listen-tcp", "", "also serve the API on TCP `ADDR`; needs --token-file")
 	tokenFile := fs.String("token-file", "", "bearer token `file` every request on --listen-tcp must present")
 	logoutTimeout := fs.Duration("logout-timeout", 15*time.Second, "at shutdown, wait this long for each Logout Response")
+	return func(ctx context.Context, _ []string) error {
+		return runServe(ctx, a, *socket, *stateDir, *name, *metricsAddr, *tcpAddr, *tokenFile, *logoutTimeout)
+	}
+}
+
+func runServe(ctx context.Context, a *app, socketv, stateDirv, namev, metricsAddrv, tcpAddrv, tokenFilev string, logoutTimeoutv time.Duration) error {
+	socket, stateDir, name, metricsAddr, tcpAddr, tokenFile, logoutTimeout := &socketv, &stateDirv, &namev, &metricsAddrv, &tcpAddrv, &tokenFilev, &logoutTimeoutv
 	// A second SIGTERM or SIGINT cuts the logouts short; the first is the
 	// one that ends ctx (main's signal.NotifyContext keeps catching them,
 	// so neither kills the process). Registered first thing, so that this
@@ -34,13 +41,6 @@ func runServe(ctx context.Context, a *app, args []string) error {
 	sigc := make(chan os.Signal, 2)
 	signal.Notify(sigc, syscall.SIGTERM, os.Interrupt)
 	defer signal.Stop(sigc)
-	pos, err := a.parse(fs, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) > 0 {
-		return invalidArgf("serve takes no argument, got %q", pos[0])
-	}
 	if *logoutTimeout <= 0 {
 		return invalidArgf("--logout-timeout must be positive")
 	}
@@ -68,6 +68,13 @@ func runServe(ctx context.Context, a *app, args []string) error {
 		sock = defaultSocket()
 	}
 
+	if *name == "" {
+		n, err := hostInitiatorName(*stateDir)
+		if err != nil {
+			return err
+		}
+		*name = n
+	}
 	ag, err := agent.New(agent.Config{InitiatorName: *name, StateDir: *stateDir, Logger: a.log,
 		ShutdownLogout: logout.Options{Timeout: *logoutTimeout}})
 	if err != nil {

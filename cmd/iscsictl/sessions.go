@@ -8,22 +8,34 @@ import (
 
 	"github.com/goiscsi/iscsi/agent/api"
 	"github.com/goiscsi/iscsi/initiator"
+	"github.com/spf13/pflag"
 )
 
+// agentSessionJSON is a session of the agent as `sessions --json` prints
+// it: the API's api.Session with the identifiers in the CLI's notation.
+type agentSessionJSON struct {
+	Target      string         `json:"target"`
+	Portal      string         `json:"portal"`
+	TSIH        hexTSIH        `json:"tsih"`
+	ISID        string         `json:"isid"`
+	Connections []hexCID       `json:"connections"`
+	State       string         `json:"state"`
+	Params      map[string]any `json:"params"`
+	Counters    api.Counters   `json:"counters"`
+	Node        string         `json:"node,omitempty"`
+	LoggedInAt  string         `json:"loggedInAt"`
+}
+
 // runSessions lists the sessions the agent holds.
-func runSessions(ctx context.Context, a *app, args []string) error {
-	fs := a.flags("[--target NAME] [--params] [--socket PATH] [flags]")
+func defSessions(a *app, fs *pflag.FlagSet) runFunc {
 	af := &agentFlags{}
 	fs.StringVar(&af.socket, "socket", "", "the agent's Unix `socket` (default $"+envSocket+", else "+defaultSocket()+")")
-	target := fs.String("target", "", "only the sessions of this target `name`")
+	target := fs.StringP("target", "t", "", "only the sessions of this target `name`")
 	params := fs.Bool("params", false, "print every session's negotiated parameters")
-	pos, err := a.parse(fs, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) > 0 {
-		return invalidArgf("sessions takes no argument, got %q", pos[0])
-	}
+	return func(ctx context.Context, _ []string) error { return runSessions(ctx, a, af, target, params) }
+}
+
+func runSessions(ctx context.Context, a *app, af *agentFlags, target *string, params *bool) error {
 	if *target != "" {
 		n, err := initiator.NormalizeName(*target)
 		if err != nil {
@@ -46,7 +58,12 @@ func runSessions(ctx context.Context, a *app, args []string) error {
 		}
 	}
 	if a.json {
-		a.printJSON(map[string]any{"command": "sessions", "apiVersion": resp.APIVersion, "agent": c.socket, "sessions": list})
+		out := make([]agentSessionJSON, len(list))
+		for i, s := range list {
+			out[i] = agentSessionJSON{Target: s.Target, Portal: s.Portal, TSIH: hexTSIH(s.TSIH), ISID: isidFrom12(s.ISID),
+				Connections: cidList(s.Connections), State: s.State, Params: s.Params, Counters: s.Counters, Node: s.Node, LoggedInAt: s.LoggedInAt}
+		}
+		a.printJSON(map[string]any{"command": "sessions", "apiVersion": resp.APIVersion, "agent": c.socket, "sessionCount": len(out), "sessions": out})
 		return nil
 	}
 	if len(list) == 0 {
@@ -64,7 +81,7 @@ func runSessions(ctx context.Context, a *app, args []string) error {
 		if node == "" {
 			node = "-"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t0x%04x\t%s\t%v\t%s\t%s\t%s\t%s\n", safe(s.Target), safe(s.Portal), s.TSIH, s.ISID,
+		fmt.Fprintf(tw, "%s\t%s\t0x%04x\t%s\t%v\t%s\t%s\t%s\t%s\n", safe(s.Target), safe(s.Portal), s.TSIH, isidFrom12(s.ISID),
 			s.Connections, s.State, sent, recv, safe(node))
 	}
 	tw.Flush()

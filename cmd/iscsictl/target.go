@@ -2,17 +2,18 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"os"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/goiscsi/iscsi/initiator"
 	"github.com/goiscsi/iscsi/logout"
 	"github.com/goiscsi/iscsi/session"
+	"github.com/spf13/pflag"
 	"go.uber.org/zap"
 )
 
@@ -22,18 +23,14 @@ const (
 	envCHAPTargetSecret = "ISCSI_CHAP_TARGET_SECRET"
 )
 
-// defaultInitiatorName is the initiator's name unless --initiator-name says
-// otherwise.
-const defaultInitiatorName = "iqn.2026-01.org.goiscsi:iscsictl"
-
 // targetFlags are the flags of the commands that talk to a real target.
 type targetFlags struct {
 	portal        string
 	target        string
 	initiatorName string
 	loginTimeout  time.Duration
-	headerDigest  bool
-	dataDigest    bool
+	headerDigest  digestMode
+	dataDigest    digestMode
 	// conns is the most connections a session of the command has; the
 	// initiator offers at least that MaxConnections.
 	conns int
@@ -44,15 +41,25 @@ type targetFlags struct {
 	chapTargetSecretFile string
 	chapAllowShort       bool
 	chapAlgorithms       string
+	allowSecretInURL     bool
+	// urlSecret is the CHAP secret of an iscsi:// URL (with
+	// --allow-secret-in-url only).
+	urlSecret string
+	// urlLUN is the LUN of an iscsi:// URL, -1 without one.
+	urlLUN int
+
+	fs *pflag.FlagSet
 }
 
-func (t *targetFlags) register(fs *flag.FlagSet, a *app) {
-	fs.StringVar(&t.portal, "portal", "", "target portal, `host[:port]` (port 3260 by default)")
-	fs.StringVar(&t.target, "target", "", "target `name` (iqn., eui. or naa.)")
-	fs.StringVar(&t.initiatorName, "initiator-name", defaultInitiatorName, "the initiator's iSCSI `name`")
+func (t *targetFlags) register(fs *pflag.FlagSet, a *app) {
+	t.fs, t.urlLUN = fs, -1
+	fs.StringVarP(&t.portal, "portal", "p", "", "target portal, `host[:port]` (port 3260 by default), or an iscsi:// URL")
+	fs.StringVarP(&t.target, "target", "t", "", "target `name` (iqn., eui. or naa.)")
+	fs.StringVar(&t.initiatorName, "initiator-name", "", "the initiator's iSCSI `name` (default: InitiatorName= of "+etcInitiatorName+", else one derived once from /etc/machine-id and kept in the state directory)")
 	fs.DurationVar(&t.loginTimeout, "login-timeout", 15*time.Second, "bound on each login")
-	fs.BoolVar(&t.headerDigest, "header-digest", false, "offer CRC32C header digests")
-	fs.BoolVar(&t.dataDigest, "data-digest", false, "offer CRC32C data digests")
+	digestFlag(fs, &t.headerDigest, "header-digest", "header")
+	digestFlag(fs, &t.dataDigest, "data-digest", "data")
+	fs.BoolVar(&t.allowSecretInURL, "allow-secret-in-url", false, "accept a CHAP secret in an iscsi://USER%SECRET@... URL (it shows in the process list and the shell's history; prefer --chap-secret-file)")
 	fs.StringVar(&t.chapUser, "chap-user", "", "CHAP user `name` (default: the initiator name, when a secret is given)")
 	fs.StringVar(&t.chapSecretFile, "chap-secret-file", "", "read the CHAP secret from this `file` (else $"+envCHAPSecret+")")
 	fs.StringVar(&t.chapTargetUser, "chap-target-user", "", "mutual CHAP: the `name` the target must give")
@@ -78,6 +85,9 @@ func (t *targetFlags) check(want targetWant) error {
 		return err
 	}
 	t.portal = p
+	if err := t.resolveInitiatorName(); err != nil {
+		return err
+	}
 	if _, err := initiator.NormalizeName(t.initiatorName); err != nil {
 		return fmt.Errorf("--initiator-name: %w", err)
 	}
@@ -94,6 +104,17 @@ func (t *targetFlags) check(want targetWant) error {
 	return nil
 }
 
+// resolveInitiatorName sets the host's initiator name when
+// --initiator-name is not given.
+func (t *targetFlags) resolveInitiatorName() error {
+	if t.initiatorName != "" {
+		return nil
+	}
+	name, err := hostInitiatorName(defaultStateDir())
+	t.initiatorName = name
+	return err
+}
+
 // chap returns the CHAP configuration of the flags and the environment, or
 // nil for no authentication. Secrets come only from files and the
 // environment: an argument would show in the process list and the shell's
@@ -102,6 +123,12 @@ func (t *targetFlags) chap() (*session.CHAP, error) {
 	secret, err := readSecret(t.chapSecretFile, envCHAPSecret)
 	if err != nil {
 		return nil, err
+	}
+	if t.urlSecret != "" {
+		if secret != "" && (t.chapSecretFile != "" || os.Getenv(envCHAPSecret) != "") {
+			return nil, invalidArgf("two CHAP secrets: one in the URL, one from --chap-secret-file or $%s", envCHAPSecret)
+		}
+		secret = t.urlSecret
 	}
 	tsecret, err := readSecret(t.chapTargetSecretFile, envCHAPTargetSecret)
 	if err != nil {
@@ -166,7 +193,7 @@ func readSecret(path, env string) (string, error) {
 // params returns the operational parameters to offer.
 func (t *targetFlags) params() *session.Params {
 	p := session.DefaultParams()
-	p.HeaderDigest, p.DataDigest = t.headerDigest, t.dataDigest
+	p.HeaderDigest, p.DataDigest = t.headerDigest != digestNone, t.dataDigest != digestNone
 	p.MaxConnections = max(p.MaxConnections, t.conns)
 	return &p
 }
@@ -178,6 +205,11 @@ type connect struct {
 	tf   *targetFlags
 	in   *initiator.Initiator
 	chap *session.CHAP
+	// allowed is the connections per session the target allows when
+	// fewer than asked (its MaxConnections), else 0.
+	allowed atomic.Int32
+	// fewerOnce says so once.
+	fewerOnce sync.Once
 }
 
 // dial checks the flags and returns an initiator for them. With targetAuto
@@ -244,6 +276,12 @@ func (c *connect) discover(ctx context.Context) ([]session.DiscoveredTarget, err
 func (c *connect) login(ctx context.Context, n, m int, isid func(i int) [6]byte) ([]*session.Session, error) {
 	out := make([]*session.Session, n)
 	errs := make([]error, n)
+	// A bar for a login of many sessions, on a terminal.
+	var bar *progress
+	if n > 1 {
+		bar = c.a.newProgress(int64(n), "logging in", false)
+		defer bar.finish()
+	}
 	var wg sync.WaitGroup
 	for i := range n {
 		wg.Add(1)
@@ -251,17 +289,31 @@ func (c *connect) login(ctx context.Context, n, m int, isid func(i int) [6]byte)
 			defer wg.Done()
 			lctx, cancel := context.WithTimeout(ctx, c.tf.loginTimeout*time.Duration(m))
 			defer cancel()
-			o := initiator.LoginOptions{Connections: m, CHAP: c.chap}
+			o := initiator.LoginOptions{Connections: m, CHAP: c.chap, LoginTimeout: c.tf.loginTimeout,
+				OnFewerConnections: func(allowed, asked int) {
+					c.allowed.Store(int32(allowed))
+					c.fewerOnce.Do(func() {
+						fmt.Fprintf(c.a.stderr, "iscsictl %s: the target allows %d connection(s) per session (MaxConnections=%d): each session has %d of the %d asked\n",
+							c.a.name, allowed, allowed, allowed, asked)
+					})
+				}}
 			if isid != nil {
 				o.ISID = isid(i)
 			}
 			s, err := c.in.Login(lctx, c.tf.portal, c.tf.target, o)
 			if err != nil {
 				errs[i] = &stepError{step: "logging in", portal: c.tf.portal, target: c.tf.target, timeout: c.tf.loginTimeout,
-					chap: c.chap != nil, err: err}
+					chap: c.chap != nil, initiatorName: c.tf.initiatorName, err: err}
+				if c.chap != nil {
+					errs[i].(*stepError).chapUser = c.chap.User
+				}
 				return
 			}
 			out[i] = s
+			bar.add(1)
+			if err := c.tf.requiredDigests(s.Params().HeaderDigest, s.Params().DataDigest); err != nil {
+				errs[i] = err
+			}
 		}()
 	}
 	wg.Wait()
@@ -271,6 +323,18 @@ func (c *connect) login(ctx context.Context, n, m int, isid func(i int) [6]byte)
 		}
 	}
 	return out, nil
+}
+
+// requiredDigests checks what a session negotiated against
+// --header-digest=required and --data-digest=required.
+func (t *targetFlags) requiredDigests(header, data bool) error {
+	switch {
+	case t.headerDigest == digestRequired && !header:
+		return &exitErr{code: exitError, msg: fmt.Sprintf("the target at %s would not use CRC32C header digests, which --header-digest=required asks for (HeaderDigest=None was negotiated)", t.portal)}
+	case t.dataDigest == digestRequired && !data:
+		return &exitErr{code: exitError, msg: fmt.Sprintf("the target at %s would not use CRC32C data digests, which --data-digest=required asks for (DataDigest=None was negotiated)", t.portal)}
+	}
+	return nil
 }
 
 // quietLogout logs out of the target at the end of a command that is not

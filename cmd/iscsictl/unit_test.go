@@ -88,18 +88,38 @@ func TestNormalizePortal(t *testing.T) {
 	}
 }
 
-func TestPercentile(t *testing.T) {
-	var d []time.Duration
-	for i := 1; i <= 1000; i++ {
-		d = append(d, time.Duration(i))
+// TestLatencyHistogram: perf's percentiles, now from the HDR histogram,
+// are what the nearest-rank percentiles of the samples were (the values of
+// TestPercentile, which tested the sorted-samples code this replaced), and
+// the histogram does not grow with the samples.
+func TestLatencyHistogram(t *testing.T) {
+	h := newLatencyHist()
+	if h.ValueAtQuantile(50) != 0 || h.TotalCount() != 0 {
+		t.Error("percentile of nothing")
 	}
-	for p, want := range map[float64]time.Duration{50: 500, 99: 990, 99.9: 999, 100: 1000, 0: 1} {
-		if got := percentile(d, p); got != want {
-			t.Errorf("percentile(%v) = %v, want %v", p, got, want)
+	size := h.ByteSize()
+	for i := int64(1); i <= 1000; i++ {
+		h.RecordValue(i)
+	}
+	for p, want := range map[float64]int64{50: 500, 99: 990, 99.9: 999, 100: 1000} {
+		if got := h.ValueAtQuantile(p); got != want {
+			t.Errorf("ValueAtQuantile(%v) = %v, want %v", p, got, want)
 		}
 	}
-	if percentile(nil, 50) != 0 {
-		t.Error("percentile of nothing")
+	// The 0th percentile of nearest rank is the least sample: perf
+	// prints it as min.
+	if got := h.Min(); got != 1 {
+		t.Errorf("Min() = %v, want 1", got)
+	}
+	for range 1000 {
+		h.RecordValues(123456, 1000)
+	}
+	if h.ByteSize() != size || h.TotalCount() != 1001000 {
+		t.Errorf("after 10^6 samples: %d bytes (was %d), count %d", h.ByteSize(), size, h.TotalCount())
+	}
+	// 3 significant digits: a long latency within 0.1%.
+	if got := h.Max(); got < 123456 || got > 123456+124 {
+		t.Errorf("max %d, want 123456 within 0.1%%", got)
 	}
 }
 
@@ -124,7 +144,7 @@ func TestReadSecret(t *testing.T) {
 // into one file and decodes it.
 func TestPcapMux(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "x.pcap")
-	m, err := newPcapMux(path)
+	m, err := newPcapMux(path, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
