@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -43,6 +44,18 @@ func logoutTarget(t *testing.T) (*iscsitest.Target, func() []logoutRecord) {
 		defer mu.Unlock()
 		return append([]logoutRecord(nil), got...)
 	}
+}
+
+// jsonID is an identifier of the JSON schema (docs/JSON.md): a "0x" hex
+// string, as an int.
+func jsonID(t *testing.T, v any) int {
+	t.Helper()
+	str, ok := v.(string)
+	n, err := strconv.ParseUint(strings.TrimPrefix(str, "0x"), 16, 32)
+	if !ok || !strings.HasPrefix(str, "0x") || err != nil {
+		t.Fatalf("JSON: %v is not a 0x identifier", v)
+	}
+	return int(n)
 }
 
 // jsonInt is a JSON number as an int.
@@ -112,7 +125,7 @@ func TestLogoutSingleSession(t *testing.T) {
 		if len(ss) != 1 {
 			t.Fatalf("%d sessions in the result, want 1: %v", len(ss), ss)
 		}
-		tsih := uint16(jsonInt(t, path(t, v, "logout", "sessions", 0, "tsih")))
+		tsih := uint16(jsonID(t, path(t, v, "logout", "sessions", 0, "tsih")))
 		if st := connStates(t, v, 0); len(st) != 1 || st[0] != "logged out" {
 			t.Errorf("connections %v, want one logged out", st)
 		}
@@ -159,11 +172,11 @@ func TestLogoutSingleConnection(t *testing.T) {
 		t.Errorf("outcome %v", got)
 	}
 	ss := path(t, v, "logout", "sessions").([]any)
-	if len(ss) != 1 || jsonInt(t, path(t, v, "logout", "sessions", 0, "tsih")) != 2 {
+	if len(ss) != 1 || jsonID(t, path(t, v, "logout", "sessions", 0, "tsih")) != 2 {
 		t.Fatalf("sessions in the result %v, want TSIH 2 alone", ss)
 	}
 	cs := path(t, v, "logout", "sessions", 0, "connections").([]any)
-	if len(cs) != 1 || jsonInt(t, path(t, v, "logout", "sessions", 0, "connections", 0, "cid")) != 0 ||
+	if len(cs) != 1 || jsonID(t, path(t, v, "logout", "sessions", 0, "connections", 0, "cid")) != 0 ||
 		jsonInt(t, path(t, v, "logout", "sessions", 0, "connections", 0, "reason")) != int(pdu.LogoutCloseConnection) ||
 		path(t, v, "logout", "sessions", 0, "connections", 0, "state") != "logged out" {
 		t.Fatalf("connections in the result %v, want CID 0 logged out with reason 1", cs)
