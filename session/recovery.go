@@ -537,11 +537,11 @@ func (s *Session) connForCommand(ctx context.Context, last error) (*Conn, uint64
 			if err == nil {
 				return c, gen, nil
 			}
-			if !errors.Is(err, ErrClosed) {
+			if !errors.Is(err, ErrClosed) && !s.connsEnding() {
 				return nil, 0, withLast(err, last)
 			}
-			// The last connection ended as we looked: the session is
-			// about to change state.
+			// The connections ended as we looked (none logging out):
+			// the session is about to hear of it and change state.
 		case sessionRecovering:
 			if s.cfg.Recovery.failFast() {
 				return nil, 0, withLast(ErrSessionRecovering, last)
@@ -570,6 +570,23 @@ func (s *Session) connForCommand(ctx context.Context, last error) (*Conn, uint64
 			timer.Reset(10 * time.Millisecond)
 		}
 	}
+}
+
+// connsEnding reports whether every connection of the session that takes
+// no command has ended without a logout: the session hears of it next.
+func (s *Session) connsEnding() bool {
+	for _, c := range s.Conns() {
+		if c.Active() {
+			continue
+		}
+		c.mu.Lock()
+		own := c.ownLogout
+		c.mu.Unlock()
+		if c.state() != connClosed || own || c.logoutAsked.Load() {
+			return false
+		}
+	}
+	return true
 }
 
 // withLast is err, with the error of the command's previous attempt if it

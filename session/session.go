@@ -217,9 +217,10 @@ func (s *Session) Close() error {
 
 // connEnded removes a connection that has ended from the session. The end
 // of the last connection without a logout loses the session, or, with
-// Config.Recovery, starts its recovery; with recovery, the loss of any
-// connection does (ERL 0 recovers the whole session: its other connections
-// are closed, and their commands go again after the reinstatement).
+// Config.Recovery, starts its recovery; with recovery, the unexpected loss
+// of any connection does (ERL 0 recovers the whole session: its other
+// connections are closed, and their commands go again after the
+// reinstatement), but for one the target said it drops (async event 2).
 func (s *Session) connEnded(c *Conn) {
 	c.mu.Lock()
 	err, own := c.err, c.ownLogout
@@ -241,10 +242,13 @@ func (s *Session) connEnded(c *Conn) {
 	}
 	var others []*Conn
 	switch {
-	case removed && s.recoverable(c, err, own):
+	case removed && s.recoverable(c, err, own) && (len(s.conns) == 0 || !errors.Is(err, ErrTargetDropped)):
 		// ERL 0: the session reinstates itself (recovery.go); it has
 		// not ended. Commands waiting for room in the window go and
-		// wait for the recovery instead.
+		// wait for the recovery instead. A connection lost while
+		// others are up takes them along: at ERL 0 the old tasks are
+		// only surely gone after a reinstatement. Not one the target
+		// said it drops (async event 2): the session goes on without it.
 		others = slices.Clone(s.conns)
 		s.startRecoveryLocked(err)
 		close(s.window)
