@@ -42,6 +42,8 @@ type perfResult struct {
 	CPUSysSec   float64 `json:"cpuSysSec"`
 	CPUUsPerIO  float64 `json:"cpuUsPerIO"`
 	CPUMeasured bool    `json:"cpuMeasured"`
+	// Recovery counts the session's reinstatements and retried commands.
+	Recovery recoveryCounts `json:"recovery"`
 }
 
 func runPerf(ctx context.Context, a *app, args []string) error {
@@ -55,6 +57,7 @@ func runPerf(ctx context.Context, a *app, args []string) error {
 	rw := fs.String("rw", "read", "read or write (write overwrites the LUN's data)")
 	pattern := fs.String("pattern", "random", "random or sequential")
 	conns := fs.Int("conns", 1, "connections of the session (MC/S); commands are spread over them")
+	tf.recoveryFlag(fs)
 	if _, err := a.parse(fs, args); err != nil {
 		return err
 	}
@@ -92,6 +95,7 @@ func runPerf(ctx context.Context, a *app, args []string) error {
 		}
 		a.printf("perf: %s %s, bs %d, qd %d, %d connection(s), %s on LUN %d of %s (%s)\n",
 			*pattern, *rw, *bsFlag, *qd, *conns, *dur, l, safe(tf.target), humanBytes(c.Bytes()))
+		defer func() { res.Recovery = countRecovery(s) }()
 		return measure(ctx, s, l, blk, per, span, *dur, *qd, *rw == "write", *pattern == "random", &res)
 	})
 	if err != nil {

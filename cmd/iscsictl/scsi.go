@@ -216,6 +216,7 @@ func runRead(ctx context.Context, a *app, args []string) error {
 	fs := a.flags("--portal HOST[:PORT] [--target NAME] [--lun N] --lba LBA --blocks N [--out FILE] [flags]")
 	tf.register(fs, a)
 	f.register(fs)
+	tf.recoveryFlag(fs)
 	out := fs.String("out", "", "write the data to this `file` (\"-\" for stdout); else print a hex dump")
 	if _, err := a.parse(fs, args); err != nil {
 		return err
@@ -270,6 +271,7 @@ func runWrite(ctx context.Context, a *app, args []string) error {
 	fs := a.flags("--portal HOST[:PORT] [--target NAME] [--lun N] --lba LBA (--in FILE | --blocks N [--fill BYTE | --random]) [--verify] [flags]")
 	tf.register(fs, a)
 	f.register(fs)
+	tf.recoveryFlag(fs)
 	in := fs.String("in", "", "write the contents of this `file` (a whole number of blocks; \"-\" for stdin)")
 	fill := fs.Int("fill", 0, "with --blocks: fill the blocks with this byte value")
 	random := fs.Bool("random", false, "with --blocks: write random data")

@@ -44,6 +44,11 @@ type targetFlags struct {
 	chapTargetSecretFile string
 	chapAllowShort       bool
 	chapAlgorithms       string
+	// replacementTimeout is --replacement-timeout (recovery.go), on the
+	// commands that have the flag (hasRecoveryFlag); the others keep the
+	// initiator's default.
+	replacementTimeout time.Duration
+	hasRecoveryFlag    bool
 }
 
 func (t *targetFlags) register(fs *flag.FlagSet, a *app) {
@@ -193,6 +198,7 @@ func (a *app) dial(ctx context.Context, tf *targetFlags, want targetWant) (*conn
 	}
 	cfg := a.initiatorConfig(tf.initiatorName)
 	cfg.Params = tf.params()
+	tf.applyRecovery(&cfg)
 	in, err := a.newInitiator(cfg)
 	if err != nil {
 		return nil, err
