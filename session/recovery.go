@@ -258,13 +258,23 @@ func (s *Session) endLocked() {
 	}
 }
 
-// recoverable reports whether the end of c, the session's last connection,
-// starts a recovery: the session has one configured and not stopped, and
-// c ended without a logout or Close (err is c's error, own whether a
-// logout ran on it). Called with s.mu held.
+// recoverable reports whether the end of c starts a recovery: the session
+// has one configured and not stopped, c ended without a logout or Close
+// (err is c's error, own whether a logout ran on it), and no logout runs on
+// the session's other connections. Called with s.mu held.
 func (s *Session) recoverable(c *Conn, err error, own bool) bool {
-	return s.cfg.Recovery != nil && !s.rec.off && s.state == sessionUp && !own && !c.logoutAsked.Load() &&
-		c.state() != connLoggedOut && !errors.Is(err, ErrClosed) && !errors.Is(err, ErrLoggedOut)
+	if s.cfg.Recovery == nil || s.rec.off || s.state != sessionUp || own || c.logoutAsked.Load() ||
+		c.state() == connLoggedOut || errors.Is(err, ErrClosed) || errors.Is(err, ErrLoggedOut) {
+		return false
+	}
+	for _, o := range s.conns {
+		// A logout runs on another connection (reason 0 closes this one
+		// at the target): the end is the logout's, not a loss.
+		if st := o.state(); st != connUp && st != connClosed {
+			return false
+		}
+	}
+	return true
 }
 
 // startRecoveryLocked moves the session to recovering and starts the
