@@ -397,7 +397,9 @@ func (a *Agent) describe(target string, s *session.Session) api.Session {
 			active++
 		}
 	}
-	switch {
+	switch st := s.State(); {
+	case st == session.SessionRecovering || st == session.SessionFailed || st == session.SessionLost:
+		out.State = st.String() // "recovering", "failed", "lost"
 	case len(conns) == 0:
 		out.State = "ended"
 	case active == len(conns):

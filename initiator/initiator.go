@@ -56,6 +56,9 @@ type Config struct {
 	// once the session has left the table. It runs on the logout's
 	// goroutine.
 	OnTargetLogout func(*logout.Result)
+	// Recovery: see recovery.go (ReplacementTimeout, NoRecovery,
+	// NoRetryWrites, OnState).
+	RecoveryConfig
 }
 
 // LoginOptions are per-login settings.
@@ -118,7 +121,7 @@ func (in *Initiator) sessionConfig(portal, target string, o LoginOptions) sessio
 		InitiatorName: in.name, InitiatorAlias: in.cfg.Alias, TargetName: target, Portal: portal,
 		ISID: o.ISID, CHAP: o.CHAP, Params: params, Dial: in.cfg.Dial, WrapConn: in.cfg.WrapConn,
 		NOPInterval: in.cfg.NOPInterval, NOPTimeout: in.cfg.NOPTimeout, Logger: in.log,
-		OnAsync: in.onAsync,
+		OnAsync: in.onAsync, Recovery: in.recovery(), OnState: in.onState,
 	}
 }
 
@@ -191,7 +194,10 @@ func invalidArg(err error) error {
 	return err
 }
 
-// Sessions returns the sessions to target that still have a connection up.
+// Sessions returns the sessions to target in the table: up, recovering,
+// failed or lost (Session.State says which). A session leaves the table only
+// when a logout logged it out, Force or Close closed it, or its user closed
+// it (Session.Close).
 func (in *Initiator) Sessions(target string) []*session.Session {
 	key, err := NormalizeName(target)
 	if err != nil {
@@ -202,14 +208,15 @@ func (in *Initiator) Sessions(target string) []*session.Session {
 	return in.liveLocked(key)
 }
 
-// liveLocked drops sessions that have no connection left and returns the
-// rest. A dropped session's goroutines end by themselves, as its
-// connections have; it is closed outside the lock, which a reader goroutine
-// may be waiting for.
+// liveLocked drops sessions that were logged out or closed and returns the
+// rest: a session that lost its connections (recovering, failed, lost)
+// stays until a logout or the user removes it. A dropped session's
+// goroutines end by themselves, as its connections have; it is closed
+// outside the lock, which a reader goroutine may be waiting for.
 func (in *Initiator) liveLocked(key string) []*session.Session {
 	var live []*session.Session
 	for _, s := range in.sessions[key] {
-		if len(s.Conns()) > 0 {
+		if st := s.State(); st != session.SessionLoggedOut && st != session.SessionClosed {
 			live = append(live, s)
 		} else {
 			in.wg.Add(1)

@@ -225,6 +225,14 @@ func (a adapted) Conns() []Conn {
 // Adapt returns s as a Session of the engine.
 func Adapt(s *session.Session) Session { return adapted{s} }
 
+// connector is a session that may have no connection (recovering, failed,
+// lost) and can get one to be logged out: Adapt's.
+type connector interface {
+	ConnectForLogout(ctx context.Context) (*session.Conn, error)
+	State() session.SessionState
+	Recovery() session.RecoveryInfo
+}
+
 // Operation is a logout in progress. Its methods are safe for concurrent use.
 type Operation struct {
 	target   string
@@ -274,7 +282,17 @@ func start(target string, sessions []Session, opts Options, only *uint16) *Opera
 	plans := make([]plan, len(sessions))
 	for i, s := range sessions {
 		conns[i] = s.Conns()
-		plans[i] = plan{reason: pdu.LogoutCloseSession, ladder: opts.Strategy == PerSession || len(conns[i]) == 1}
+		plans[i] = plan{reason: pdu.LogoutCloseSession, ladder: opts.Strategy == PerSession || len(conns[i]) <= 1}
+		var state session.SessionState
+		if cn, ok := s.(connector); ok {
+			state = cn.State()
+			// No connection left: one reconnect, then reason 0 on it
+			// (reconnect), the connection's result in slot 0.
+			switch state {
+			case session.SessionRecovering, session.SessionFailed, session.SessionLost:
+				plans[i].reconnect = len(conns[i]) == 0 && only == nil
+			}
+		}
 		if only != nil {
 			// One connection: reason 1 unless it is the session's last.
 			plans[i].ladder = false
@@ -286,12 +304,16 @@ func start(target string, sessions []Session, opts Options, only *uint16) *Opera
 			plans[i].reason = pdu.LogoutCloseConnection
 		}
 		op.total += len(conns[i])
-		sr := SessionResult{TSIH: s.TSIH(), ISID: s.ISID(), Conns: make([]ConnResult, len(conns[i]))}
+		sr := SessionResult{TSIH: s.TSIH(), ISID: s.ISID(), Conns: make([]ConnResult, len(conns[i])), State: state}
 		for j, c := range conns[i] {
 			sr.Conns[j] = ConnResult{CID: c.CID(), Reason: plans[i].reason, State: ConnNotAttempted}
 		}
+		if plans[i].reconnect {
+			sr.Conns = []ConnResult{{Reason: pdu.LogoutCloseSession, State: ConnNotAttempted}}
+			op.total++
+		}
 		op.res.Sessions[i] = sr
-		op.connDone[i] = make([]bool, len(conns[i]))
+		op.connDone[i] = make([]bool, len(sr.Conns))
 	}
 	op.deadline = time.Now().Add(opts.bound())
 	go op.run(ctx, sessions, conns, plans, opts)
@@ -321,6 +343,9 @@ type plan struct {
 	// connection at once.
 	ladder bool
 	reason pdu.LogoutReason
+	// reconnect: the session has no connection; one is made to log it
+	// out (ConnectForLogout).
+	reconnect bool
 }
 
 func (op *Operation) run(ctx context.Context, sessions []Session, conns [][]Conn, plans []plan, opts Options) {
@@ -357,6 +382,8 @@ func (op *Operation) run(ctx context.Context, sessions []Session, conns [][]Conn
 					op.setConn(i, j, ConnResult{CID: conns[i][j].CID(), Reason: plans[i].reason, State: ConnNotAttempted,
 						Err: fmt.Errorf("%w: %w", ErrInUse, inUse[i])})
 				}
+			} else if plans[i].reconnect && !op.reconnect(ctx, i, s.(connector), conns, deadline) {
+				// Unreachable: recorded; nothing to log out.
 			} else {
 				l := &ladder{op: op, ctx: ctx, i: i, cs: conns[i], opts: opts, start: start, deadline: deadline}
 				l.run(plans[i])
@@ -401,6 +428,38 @@ func (op *Operation) run(ctx context.Context, sessions []Session, conns [][]Conn
 	}
 	op.final = res
 	close(op.done)
+}
+
+// reconnect gives session i, which has no connection, one to be logged out
+// on, within half of what is left of the deadline (the logout gets the
+// rest). On failure it records the session's one connection result as
+// ConnUnreachable, with how long the target may keep the session.
+func (op *Operation) reconnect(ctx context.Context, i int, s connector, conns [][]Conn, deadline time.Time) bool {
+	begin := time.Now()
+	rctx, cancel := context.WithDeadline(ctx, begin.Add(time.Until(deadline)/2))
+	c, err := s.ConnectForLogout(rctx)
+	cancel()
+	if err == nil {
+		conns[i] = []Conn{c}
+		op.mu.Lock()
+		op.res.Sessions[i].Conns[0].CID = c.CID()
+		op.mu.Unlock()
+		return true
+	}
+	info := s.Recovery()
+	if !info.RetainUntil.IsZero() {
+		err = fmt.Errorf("%w; the target may keep the session until %s (Time2Wait %v, Time2Retain %v after its loss)",
+			err, info.RetainUntil.Format(time.RFC3339), info.Time2Wait, info.Time2Retain)
+	}
+	state := ConnUnreachable
+	if ctx.Err() != nil {
+		state = ConnCanceled
+	}
+	op.mu.Lock()
+	op.res.Sessions[i].RetainUntil = info.RetainUntil
+	op.mu.Unlock()
+	op.setConn(i, 0, ConnResult{Reason: pdu.LogoutCloseSession, State: state, Err: err, Duration: time.Since(begin)})
+	return false
 }
 
 // clone returns a copy of r that shares no slice with it.

@@ -41,6 +41,11 @@ const (
 	// ladder's last step closed it (TCP), as the deadline left no time for
 	// one or a refusal's Time2Wait did not fit in it.
 	ConnClosed
+	// ConnUnreachable: the session had no connection left (it was
+	// recovering, had failed or was lost) and the one reconnect to log it
+	// out failed: Err wraps session.ErrTargetUnreachable. The target may
+	// keep the session until SessionResult.RetainUntil.
+	ConnUnreachable
 )
 
 var connStateNames = [...]string{
@@ -54,6 +59,7 @@ var connStateNames = [...]string{
 	ConnNotAttempted:      "not attempted",
 	ConnError:             "error",
 	ConnClosed:            "closed",
+	ConnUnreachable:       "unreachable",
 }
 
 // String names the state.
@@ -224,6 +230,14 @@ type SessionResult struct {
 	// Commands adds up the connections' Commands.
 	Commands Commands
 	Conns    []ConnResult
+	// State is the session's state when the operation began (up,
+	// recovering, failed, lost), for a *session.Session (Adapt).
+	State session.SessionState
+	// RetainUntil, for a session with no connection that was not logged
+	// out (the target unreachable), is when the target has surely dropped
+	// it: the loss of its connections plus Time2Wait and Time2Retain. Until
+	// then the target may keep it (and its reservations).
+	RetainUntil time.Time
 }
 
 // Result is the outcome of logging out of one target.

@@ -142,12 +142,15 @@ func TestFaultAsyncConnectionDropUnknownCID(t *testing.T) {
 
 // Async event 3 (the target drops every connection) with a command in
 // flight → the command fails with session.ErrTargetDropped, saying its
-// outcome is unknown; every connection closes and the session ends.
+// outcome is unknown; every connection closes and the session ends. This
+// is the session without recovery (NoRecovery): with it, on by default,
+// the session reinstates itself and the read goes again (session's
+// TestRecovery* tests).
 func TestFaultAsyncSessionDrop(t *testing.T) {
 	cmds := make(chan *iscsitest.Event, 8)
 	hook := iscsitest.Chain(observe(iscsitest.OpcodeIs(pdu.OpSCSICommand), cmds),
 		iscsitest.When(iscsitest.OpcodeIs(pdu.OpSCSICommand), iscsitest.Drop))
-	e := newMem(t, hook, nil, initiator.Config{})
+	e := newMem(t, hook, nil, initiator.Config{RecoveryConfig: initiator.RecoveryConfig{NoRecovery: true}})
 	s := e.login(t, 1, 2)[0]
 	read := make(chan error, 1)
 	go func() { read <- s.Read(context.Background(), 0, 0, 512, make([]byte, 512)) }()

@@ -49,6 +49,16 @@ type Config struct {
 	OnAsync func(c *Conn, ev AsyncEvent) bool
 	// MaxRedirects bounds login redirections followed; default 4.
 	MaxRedirects int
+	// Recovery, when set, makes the session recover from the loss of its
+	// last connection (ERL 0 session reinstatement, see RecoveryConfig);
+	// nil leaves a lost session lost (SessionLost), its commands failing.
+	Recovery *RecoveryConfig
+	// OnState, if set, receives every change of the session's state
+	// (SessionState), in order, once the session's lock is released: from
+	// the goroutine that made the change (a connection's reader, the
+	// recovery, the caller of Close or Logout). It must not block; it may
+	// call the session's methods.
+	OnState func(s *Session, ev StateEvent)
 }
 
 func (c *Config) params() Params {

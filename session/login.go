@@ -39,7 +39,9 @@ func (s *Session) connect(ctx context.Context, cid uint16, leading bool) (*Conn,
 	timeout := s.cfg.loginTimeout()
 	lctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
+	s.mu.Lock()
 	addr := s.portal
+	s.mu.Unlock()
 	retried := false
 	for redirects := 0; ; {
 		at := &loginAttempt{}
@@ -56,7 +58,9 @@ func (s *Session) connect(ctx context.Context, cid uint16, leading bool) (*Conn,
 			redirects++
 			addr = rd.addr
 			if leading {
+				s.mu.Lock() // Portal reads it while a recovery logs in
 				s.portal = addr
+				s.mu.Unlock()
 			}
 			continue
 		}
@@ -351,7 +355,9 @@ func (l *loginState) operational() (Params, error) {
 				if resp.TSIH == 0 {
 					return Params{}, &pdu.ProtocolError{Op: pdu.OpLoginResponse, Field: "TSIH", Value: 0, Reason: "final login response without a TSIH"}
 				}
+				s.mu.Lock() // TSIH reads it while a recovery logs in
 				s.tsih = resp.TSIH
+				s.mu.Unlock()
 			}
 			return neg.finish()
 		}
@@ -364,7 +370,9 @@ func (l *loginState) operational() (Params, error) {
 func (l *loginState) fullFeature(params Params) *Conn {
 	s := l.s
 	if l.leading {
+		s.mu.Lock() // Params reads it while a recovery logs in
 		s.params = params
+		s.mu.Unlock()
 	} else {
 		// The session-wide keys were settled on the leading connection;
 		// digests and segment lengths are this connection's own.

@@ -395,6 +395,7 @@ func (s *Session) markLoggedOut(res LogoutResult) {
 		s.logoutRes = res
 	}
 	s.mu.Unlock()
+	s.flushEvents()
 }
 
 // setLogoutResult is markLoggedOut with the logout's final result.
@@ -404,6 +405,7 @@ func (s *Session) setLogoutResult(res LogoutResult) {
 		s.logoutRes = res
 	}
 	s.mu.Unlock()
+	s.flushEvents()
 }
 
 // LoggedOut reports whether the session ended with a successful logout.
@@ -417,19 +419,33 @@ func (s *Session) LoggedOut() bool {
 // it. The error is nil only if the target answered success. If the session
 // already logged out (the target asked for it), Logout returns that logout's
 // result.
+//
+// Logout stops the session's recovery first (StopRecovery). A session with
+// no connection left (recovering, failed or lost) is reconnected once
+// within ctx to be logged out (ConnectForLogout), so that the target drops
+// it; if the target cannot be reached the error wraps ErrTargetUnreachable
+// and the target may keep the session until Time2Retain (Recovery).
 func (s *Session) Logout(ctx context.Context, opts LogoutOptions) (LogoutResult, error) {
 	opts.Reason = pdu.LogoutCloseSession
 	defer s.Close()
+	s.StopRecovery()
 	for {
 		c := s.logoutConn()
 		if c == nil {
 			s.mu.Lock()
-			res, ok := s.logoutRes, s.state == sessionLoggedOut
+			res, st := s.logoutRes, s.state
 			s.mu.Unlock()
-			if ok {
+			switch st {
+			case sessionLoggedOut:
 				return res, nil
+			case sessionFailed, sessionLost:
+				var err error
+				if c, err = s.ConnectForLogout(ctx); err != nil {
+					return LogoutResult{Reason: opts.Reason, Err: err}, err
+				}
+			default:
+				return LogoutResult{}, ErrClosed
 			}
-			return LogoutResult{}, ErrClosed
 		}
 		res := c.Logout(ctx, opts)
 		switch {

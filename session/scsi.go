@@ -40,12 +40,22 @@ type Result struct {
 // status. A status other than GOOD returns the Result and a *SCSIError. If ctx
 // ends first, the task is aborted at the target and the error says the
 // command's outcome is unknown: a write is done only when Execute returns nil.
+//
+// With Config.Recovery, a command that failed because the session lost its
+// last connection, and one submitted while the session recovers, waits for
+// the reinstatement (within ctx and the replacement timeout) and is sent
+// again on the new session (see RecoveryConfig: writes too, unless
+// NoRetryWrites; never a command that ended with a SCSI status or a
+// Reject); once the recovery gives up it fails with ErrSessionFailed.
 func (s *Session) Execute(ctx context.Context, cmd *Command) (*Result, error) {
 	if len(cmd.CDB) == 0 || len(cmd.CDB) > 16 {
 		return nil, fmt.Errorf("iscsi: CDB of %d bytes: want 1 to 16", len(cmd.CDB))
 	}
 	if len(cmd.Read) > 0 && len(cmd.Write) > 0 {
 		return nil, errors.New("iscsi: bidirectional commands are not supported")
+	}
+	if s.cfg.Recovery != nil {
+		return s.executeRecovering(ctx, cmd)
 	}
 	c, err := s.pickConn()
 	if err != nil {

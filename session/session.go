@@ -38,7 +38,7 @@ type Session struct {
 	// all are every connection ever started, for Close to wait for.
 	all       []*Conn
 	nextCID   uint16
-	state     sessionState  // state.go
+	state     SessionState  // state.go
 	logoutRes LogoutResult  // the logout that ended the session
 	ended     chan struct{} // closed when the last connection has ended
 	// challenges are the CHAP challenges this session sent, on any
@@ -46,6 +46,13 @@ type Session struct {
 	challenges [][]byte
 	// chapAvoid is a CHAP algorithm the target got wrong (tgtd's 7).
 	chapAvoid int
+
+	// rec is the recovery's bookkeeping (recovery.go); events are the
+	// state changes OnState has yet to get, delivering is set while one
+	// goroutine delivers them (flushEvents).
+	rec        recovery
+	events     []StateEvent
+	delivering bool
 
 	itt atomic.Uint32
 	rr  atomic.Uint32
@@ -80,9 +87,13 @@ func Login(ctx context.Context, cfg Config) (*Session, error) {
 	if err != nil {
 		return nil, err
 	}
+	s.mu.Lock()
 	s.conns = append(s.conns, c)
 	s.all = append(s.all, c)
 	s.nextCID = 1
+	s.rec.want = 1
+	s.rec.changed = make(chan struct{})
+	s.mu.Unlock()
 	c.start()
 	s.log.Debug("session logged in", zap.Uint16("tsih", s.tsih))
 	return s, nil
@@ -99,8 +110,12 @@ func RandomISID() [6]byte {
 // AddConnection logs a new connection in to the session (MC/S) and returns it.
 func (s *Session) AddConnection(ctx context.Context) (*Conn, error) {
 	s.mu.Lock()
-	if s.state == sessionClosed || s.state == sessionLoggedOut {
+	if s.state != sessionUp {
+		st := s.state
 		s.mu.Unlock()
+		if st == sessionRecovering || st == sessionFailed || st == sessionLost {
+			return nil, fmt.Errorf("iscsi: session is %s: %w", st, ErrClosed)
+		}
 		return nil, ErrClosed
 	}
 	if len(s.conns) >= s.params.MaxConnections {
@@ -115,31 +130,30 @@ func (s *Session) AddConnection(ctx context.Context) (*Conn, error) {
 		return nil, err
 	}
 	s.mu.Lock()
-	if s.state == sessionClosed || s.state == sessionLoggedOut {
+	if s.state != sessionUp {
 		s.mu.Unlock()
 		c.Close()
 		return nil, ErrClosed
 	}
 	s.conns = append(s.conns, c)
+	s.rec.want = max(s.rec.want, len(s.conns))
+	s.notifyLocked()
 	// Close waits for the connections whose goroutines may still run;
 	// forget those that are over, or a session that replaces its
 	// connections for months would keep them all.
-	s.all = slices.DeleteFunc(s.all, func(o *Conn) bool {
-		select {
-		case <-o.exited:
-			return true
-		default:
-			return false
-		}
-	})
-	s.all = append(s.all, c)
+	s.all = append(slices.DeleteFunc(s.all, connExited), c)
 	s.mu.Unlock()
 	c.start()
 	return c, nil
 }
 
-// TSIH returns the target's session handle.
-func (s *Session) TSIH() uint16 { return s.tsih }
+// TSIH returns the target's session handle; a reinstatement (recovery)
+// changes it.
+func (s *Session) TSIH() uint16 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.tsih
+}
 
 // ISID returns the initiator's session ID.
 func (s *Session) ISID() [6]byte { return s.isid }
@@ -148,10 +162,18 @@ func (s *Session) ISID() [6]byte { return s.isid }
 func (s *Session) TargetName() string { return s.cfg.TargetName }
 
 // Portal returns the address the session's connections go to.
-func (s *Session) Portal() string { return s.portal }
+func (s *Session) Portal() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.portal
+}
 
 // Params returns the negotiated parameters.
-func (s *Session) Params() Params { return s.params }
+func (s *Session) Params() Params {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.params
+}
 
 // Conns returns the session's connections that are still up.
 func (s *Session) Conns() []*Conn {
@@ -160,18 +182,29 @@ func (s *Session) Conns() []*Conn {
 	return append([]*Conn(nil), s.conns...)
 }
 
-// Ended is closed when the session has no connection left.
+// Ended is closed when the session has no connection left and will get
+// none by itself: lost, failed (a recovery that gave up), logged out or
+// closed. A session that recovers (SessionRecovering) has not ended.
 func (s *Session) Ended() <-chan struct{} { return s.ended }
 
-// Close closes every connection at once, without logging out, and waits for
-// every goroutine of the session, those of connections that ended before
-// too. Commands still running fail. Close must not be called from
-// Config.OnAsync, which runs on a connection's reader.
+// Close closes every connection at once, without logging out, stops a
+// recovery, and waits for every goroutine of the session, those of
+// connections that ended before too. Commands still running fail. Close
+// must not be called from Config.OnAsync, which runs on a connection's
+// reader, nor from Config.OnState.
 func (s *Session) Close() error {
 	s.mu.Lock()
 	s.moveTo(sessionClosed)
+	s.rec.off = true
+	if r := s.rec.run; r != nil {
+		r.cancel()
+	}
+	if len(s.conns) == 0 {
+		s.endLocked()
+	}
 	conns := append([]*Conn(nil), s.all...)
 	s.mu.Unlock()
+	s.flushEvents()
 	for _, c := range conns {
 		c.Close()
 	}
@@ -179,18 +212,45 @@ func (s *Session) Close() error {
 	return nil
 }
 
-// connEnded removes a connection that has ended from the session.
+// connEnded removes a connection that has ended from the session. The end
+// of the last connection without a logout loses the session, or, with
+// Config.Recovery, starts its recovery; with recovery, the unexpected loss
+// of any connection does (ERL 0 recovers the whole session: its other
+// connections are closed, and their commands go again after the
+// reinstatement), but for one the target said it drops (async event 2).
 func (s *Session) connEnded(c *Conn) {
+	c.mu.Lock()
+	err, own := c.err, c.ownLogout
+	c.mu.Unlock()
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	removed := false
 	for i, x := range s.conns {
 		if x == c {
 			// Copy: pickConn reads the old slice without the lock.
 			s.conns = slices.Delete(slices.Clone(s.conns), i, i+1)
+			if own || errors.Is(err, ErrClosed) || errors.Is(err, ErrLoggedOut) {
+				// Ended on purpose: a reinstatement does not bring it back.
+				s.rec.want = max(1, s.rec.want-1)
+			}
+			s.notifyLocked()
+			removed = true
 			break
 		}
 	}
-	if len(s.conns) == 0 {
+	var others []*Conn
+	switch {
+	case removed && s.recoverable(c, err, own) && (len(s.conns) == 0 || !errors.Is(err, ErrTargetDropped)):
+		// ERL 0: the session reinstates itself (recovery.go); it has
+		// not ended. Commands waiting for room in the window go and
+		// wait for the recovery instead. A connection lost while
+		// others are up takes them along: at ERL 0 the old tasks are
+		// only surely gone after a reinstatement. Not one the target
+		// said it drops (async event 2): the session goes on without it.
+		others = slices.Clone(s.conns)
+		s.startRecoveryLocked(err)
+		close(s.window)
+		s.window = make(chan struct{})
+	case len(s.conns) == 0 && s.state != sessionRecovering:
 		select {
 		case <-s.ended:
 		default:
@@ -208,6 +268,11 @@ func (s *Session) connEnded(c *Conn) {
 			close(s.window)
 			s.window = make(chan struct{})
 		}
+	}
+	s.mu.Unlock()
+	s.flushEvents()
+	for _, o := range others {
+		o.fail(fmt.Errorf("iscsi: connection %d of the session was lost (%v); ERL 0 recovers the whole session: %w", c.cid, err, ErrConnReset))
 	}
 }
 

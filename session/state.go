@@ -1,6 +1,11 @@
 package session
 
-import "fmt"
+import (
+	"fmt"
+	"time"
+
+	"go.uber.org/zap"
+)
 
 // connState is where a connection is in its life. Every change goes through
 // (*Conn).moveTo, under c.mu, and is checked against connMoves; the state
@@ -88,60 +93,113 @@ func (c *Conn) moveToLocking(next connState) bool {
 	return c.moveTo(next)
 }
 
-// sessionState is where a session is in its life, under s.mu; moves are
-// checked against sessionMoves. Recovery (reconnecting a lost session) will
-// add its states here.
+// SessionState is where a session is in its life, under s.mu; moves are
+// checked against sessionMoves and each one is an event (Config.OnState)
+// and a log line.
 //
-//	up ──► lost        (its last connection ended without a logout)
-//	up | lost ──► closed (Close, without a logout)
-//	up | lost | closed ──► loggedOut (a logout the target answered with success;
-//	                                 from closed when the answer crossed Close)
-type sessionState uint8
+//	up ──► lost        (its last connection ended without a logout; no recovery)
+//	up ──► recovering  (the same, with Config.Recovery: reinstatement runs)
+//	recovering ──► up  (reinstated: a new TSIH, the same Session)
+//	recovering ──► failed (the replacement timeout passed, or a logout stopped it)
+//	failed ──► up      (a logout's reconnect, to log the session out)
+//	any but loggedOut ──► closed (Close, without a logout)
+//	any ──► loggedOut  (a logout the target answered with success; from
+//	                    closed when the answer crossed Close)
+type SessionState uint8
 
+// The states of a session. Recovery (Config.Recovery) adds recovering and
+// failed to the life of a session that has none: up, then lost, logged out
+// or closed.
 const (
-	// sessionUp: logged in; it has connections, or is adding its first.
-	sessionUp sessionState = iota
-	// sessionLost: its last connection ended without a logout (a reset,
-	// a dead peer, the target dropped it); the target may keep it until
-	// Time2Retain.
-	sessionLost
-	// sessionLoggedOut: a logout the target answered with success ended
+	// SessionUp: logged in; it has connections, or is adding its first.
+	SessionUp SessionState = iota
+	// SessionLost: its last connection ended without a logout (a reset,
+	// a dead peer, the target dropped it) and the session does not
+	// recover; the target may keep it until Time2Retain.
+	SessionLost
+	// SessionLoggedOut: a logout the target answered with success ended
 	// it (reason 0, or reason 1 on its last connection).
-	sessionLoggedOut
-	// sessionClosed: Close ended it without a logout.
-	sessionClosed
+	SessionLoggedOut
+	// SessionClosed: Close ended it without a logout.
+	SessionClosed
+	// SessionRecovering: its last connection ended without a logout and
+	// the session reconnects and reinstates itself (ERL 0, RFC 7143
+	// §6.3.5); commands wait for it (Recovery.ReplacementTimeout).
+	SessionRecovering
+	// SessionFailed: recovery gave up (the replacement timeout passed, or
+	// a logout stopped it and could not reach the target); commands fail
+	// at once with ErrSessionFailed.
+	SessionFailed
+)
+
+// Internal names of the states, as the rest of the package spells them.
+const (
+	sessionUp         = SessionUp
+	sessionLost       = SessionLost
+	sessionLoggedOut  = SessionLoggedOut
+	sessionClosed     = SessionClosed
+	sessionRecovering = SessionRecovering
+	sessionFailed     = SessionFailed
 )
 
 var sessionStateNames = [...]string{
-	sessionUp:        "up",
-	sessionLost:      "lost",
-	sessionLoggedOut: "logged out",
-	sessionClosed:    "closed",
+	sessionUp:         "up",
+	sessionLost:       "lost",
+	sessionLoggedOut:  "logged out",
+	sessionClosed:     "closed",
+	sessionRecovering: "recovering",
+	sessionFailed:     "failed",
 }
 
-func (s sessionState) String() string {
+// String names the state: "up", "lost", "logged out", "closed",
+// "recovering", "failed".
+func (s SessionState) String() string {
 	if int(s) < len(sessionStateNames) {
 		return sessionStateNames[s]
 	}
-	return fmt.Sprintf("sessionState(%d)", uint8(s))
+	return fmt.Sprintf("SessionState(%d)", uint8(s))
+}
+
+// MarshalText encodes the state as its String, for JSON.
+func (s SessionState) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
+
+// Ended reports a state the session does not leave by itself: lost,
+// failed, logged out or closed. A failed or lost session still leaves it
+// for a logout.
+func (s SessionState) Ended() bool {
+	return s != SessionUp && s != SessionRecovering
 }
 
 var sessionMoves = [...]uint8{
-	sessionUp:        1<<sessionLost | 1<<sessionLoggedOut | 1<<sessionClosed,
-	sessionLost:      1<<sessionLoggedOut | 1<<sessionClosed,
-	sessionLoggedOut: 0,
-	sessionClosed:    1 << sessionLoggedOut,
+	sessionUp:         1<<sessionLost | 1<<sessionLoggedOut | 1<<sessionClosed | 1<<sessionRecovering,
+	sessionLost:       1<<sessionLoggedOut | 1<<sessionClosed | 1<<sessionUp,
+	sessionLoggedOut:  0,
+	sessionClosed:     1 << sessionLoggedOut,
+	sessionRecovering: 1<<sessionUp | 1<<sessionFailed | 1<<sessionLoggedOut | 1<<sessionClosed,
+	sessionFailed:     1<<sessionUp | 1<<sessionLoggedOut | 1<<sessionClosed,
 }
 
 // moveTo moves the session to next if its state allows it, and reports
-// whether it did. The caller holds s.mu.
-func (s *Session) moveTo(next sessionState) bool {
+// whether it did. The caller holds s.mu. The move is logged at once and
+// queued for Config.OnState, which flushEvents delivers once s.mu is
+// released.
+func (s *Session) moveTo(next SessionState) bool {
 	if s.state == next {
 		return true
 	}
 	if sessionMoves[s.state]&(1<<next) == 0 {
 		return false
 	}
+	from := s.state
 	s.state = next
+	ev := StateEvent{From: from, To: next, At: time.Now(), TSIH: s.tsih, Recovery: s.recoveryLocked()}
+	s.notifyLocked()
+	if s.log != nil {
+		s.log.Info("session state", zap.Stringer("from", ev.From), zap.Stringer("to", ev.To), zap.Uint16("tsih", ev.TSIH),
+			zap.Int("attempts", ev.Recovery.Attempts), zap.NamedError("lastError", ev.Recovery.LastErr))
+	}
+	if s.cfg.OnState != nil {
+		s.events = append(s.events, ev)
+	}
 	return true
 }

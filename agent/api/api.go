@@ -51,7 +51,9 @@ type Session struct {
 	Connections []uint16 `json:"connections"`
 	// State is "logged in" (every connection takes commands), "logging
 	// out" (some connection no longer takes commands: a logout runs or the
-	// connection is ending) or "ended" (no connection left).
+	// connection is ending), "recovering" (it lost its connections and
+	// reinstates itself), "failed" (its recovery gave up), "lost" (it lost
+	// its connections, without recovery) or "ended" (no connection left).
 	State string `json:"state"`
 	// Params are the negotiated parameters by their RFC 7143 keys.
 	Params   map[string]any `json:"params"`

@@ -52,6 +52,8 @@ type perfResult struct {
 	CPUSysSec   float64 `json:"cpuSysSec"`
 	CPUUsPerIO  float64 `json:"cpuUsPerIO"`
 	CPUMeasured bool    `json:"cpuMeasured"`
+	// Recovery counts the session's reinstatements and retried commands.
+	Recovery recoveryCounts `json:"recovery"`
 }
 
 // perfInterval is one second of a perf run.
@@ -86,6 +88,7 @@ func defPerf(a *app, fs *pflag.FlagSet) runFunc {
 	rw := fs.String("rw", "read", "read or write (write overwrites the LUN's data)")
 	pattern := fs.String("pattern", "random", "random or sequential")
 	conns := fs.IntP("conns", "c", 1, "connections of the session (MC/S); commands are spread over them")
+	tf.recoveryFlag(fs)
 	return func(ctx context.Context, pos []string) error {
 		if err := tf.fromURL(a, pos, targetAuto); err != nil {
 			return err
@@ -133,7 +136,9 @@ func runPerf(ctx context.Context, a *app, tf *targetFlags, lunv, bsv, qdv int, d
 		}
 		a.printf("perf: %s %s, bs %d, qd %d, %d connection(s), %s on LUN %d of %s (%s)\n",
 			*pattern, *rw, *bsFlag, *qd, *conns, *dur, l, safe(tf.target), humanBytes(c.Bytes()))
-		if err := measure(ctx, a, s, l, blk, per, span, *dur, *qd, *rw == "write", *pattern == "random", &res); err != nil {
+		err = measure(ctx, a, s, l, blk, per, span, *dur, *qd, *rw == "write", *pattern == "random", &res)
+		res.Recovery = countRecovery(s)
+		if err != nil {
 			return err
 		}
 		// Printed before the logout, which may take a while.

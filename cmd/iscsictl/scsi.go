@@ -260,6 +260,7 @@ func defRead(a *app, fs *pflag.FlagSet) runFunc {
 	var f ioFlags
 	tf.register(fs, a)
 	f.register(fs)
+	tf.recoveryFlag(fs)
 	out := fs.StringP("out", "o", "", "write the data to this `file` (\"-\" for stdout); else print a hex dump")
 	return func(ctx context.Context, pos []string) error {
 		if err := tf.fromURL(a, pos, targetAuto); err != nil {
@@ -328,6 +329,7 @@ func defWrite(a *app, fs *pflag.FlagSet) runFunc {
 	var f ioFlags
 	tf.register(fs, a)
 	f.register(fs)
+	tf.recoveryFlag(fs)
 	in := fs.StringP("in", "i", "", "write the contents of this `file` (a whole number of blocks; \"-\" for stdin)")
 	fill := fs.Int("fill", 0, "with --blocks: fill the blocks with this byte value")
 	random := fs.Bool("random", false, "with --blocks: write random data")

@@ -49,6 +49,11 @@ type targetFlags struct {
 	urlLUN int
 
 	fs *pflag.FlagSet
+	// replacementTimeout is --replacement-timeout (recovery.go), on the
+	// commands that have the flag (hasRecoveryFlag); the others keep the
+	// initiator's default.
+	replacementTimeout time.Duration
+	hasRecoveryFlag    bool
 }
 
 func (t *targetFlags) register(fs *pflag.FlagSet, a *app) {
@@ -225,6 +230,7 @@ func (a *app) dial(ctx context.Context, tf *targetFlags, want targetWant) (*conn
 	}
 	cfg := a.initiatorConfig(tf.initiatorName)
 	cfg.Params = tf.params()
+	tf.applyRecovery(&cfg)
 	in, err := a.newInitiator(cfg)
 	if err != nil {
 		return nil, err
