@@ -435,10 +435,13 @@ func (s *Session) Logout(ctx context.Context, opts LogoutOptions) (LogoutResult,
 			s.mu.Lock()
 			res, st := s.logoutRes, s.state
 			s.mu.Unlock()
-			switch st {
-			case sessionLoggedOut:
+			switch {
+			case st == sessionLoggedOut:
 				return res, nil
-			case sessionFailed, sessionLost:
+			case st == sessionFailed || st == sessionLost && s.cfg.Recovery != nil:
+				// A session that recovers reconnects once to log out,
+				// so that the target drops it; one without recovery
+				// ends with its connections, as it always did.
 				var err error
 				if c, err = s.ConnectForLogout(ctx); err != nil {
 					return LogoutResult{Reason: opts.Reason, Err: err}, err
