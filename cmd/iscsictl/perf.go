@@ -92,6 +92,10 @@ func runPerf(ctx context.Context, a *app, args []string) error {
 		}
 		a.printf("perf: %s %s, bs %d, qd %d, %d connection(s), %s on LUN %d of %s (%s)\n",
 			*pattern, *rw, *bsFlag, *qd, *conns, *dur, l, safe(tf.target), humanBytes(c.Bytes()))
+		if *qd > 1 {
+			// Many commands in flight: Submit, no goroutine per command.
+			return measureAsync(ctx, s, l, blk, per, span, *dur, *qd, *rw == "write", *pattern == "random", &res)
+		}
 		return measure(ctx, s, l, blk, per, span, *dur, *qd, *rw == "write", *pattern == "random", &res)
 	})
 	if err != nil {
