@@ -80,6 +80,8 @@ type Conn struct {
 	role readerRole
 	// direct is set on a TCP connection: commands may read for themselves.
 	direct bool
+	// as is the state of Submit's calls (submit.go).
+	as asyncConn
 }
 
 type nopPing struct {

@@ -101,6 +101,11 @@ func (c *Conn) processDataIn(h *pdu.BHS) error {
 			t.mu.Unlock()
 			return &pdu.ProtocolError{Op: pdu.OpSCSIDataIn, Field: "DataSegmentLength", Value: uint64(n), Reason: fmt.Sprintf("data past the expected length %d", len(t.readBuf))}
 		}
+		if c.as.inBatch && (c.as.src == nil || c.as.src.Buffered() < n) {
+			// The data may have to be waited for: what completions
+			// queued goes out first.
+			c.endBatch()
+		}
 		if err := c.r.ReadData(t.readBuf[off : off+n]); err != nil {
 			t.mu.Unlock()
 			return err
@@ -108,6 +113,10 @@ func (c *Conn) processDataIn(h *pdu.BHS) error {
 		t.received += n
 	}
 	t.mu.Unlock()
+	if d.HasStatus && t.call != nil {
+		c.callStatus(t, pdu.RespCommandCompleted, d.Status, d.ResidualCount, d.Underflow, d.Overflow, nil)
+		return nil
+	}
 	if d.HasStatus {
 		t.complete(nil, func() {
 			t.response, t.status = pdu.RespCommandCompleted, d.Status
@@ -132,6 +141,8 @@ func (c *Conn) processSCSIResponse(h *pdu.BHS) error {
 	switch {
 	case err != nil:
 		return err
+	case t != nil && t.call != nil:
+		c.callStatus(t, r.Response, r.Status, r.ResidualCount, r.Underflow, r.Overflow, senseOf(data))
 	case t != nil:
 		t.scsiResponse(&r, data)
 	default:
@@ -173,12 +184,46 @@ func (c *Conn) processR2T(h *pdu.BHS) error {
 	case n > uint64(c.params.MaxBurstLength):
 		return &pdu.ProtocolError{Op: pdu.OpR2T, Field: "DesiredDataTransferLength", Value: n, Reason: fmt.Sprintf("exceeds MaxBurstLength %d", c.params.MaxBurstLength)}
 	}
+	if t.call != nil {
+		return c.answerCallR2T(t, &r)
+	}
 	select {
 	case t.r2ts <- r:
 		return nil
 	default:
 		return &pdu.ProtocolError{Op: pdu.OpR2T, Field: "R2TSN", Value: uint64(r.R2TSN), Reason: "more R2Ts outstanding than MaxOutstandingR2T"}
 	}
+}
+
+// callStatus ends a Call's task with the target's status, on the reader
+// (finishCall runs its Done here).
+func (c *Conn) callStatus(t *task, response, status uint8, residual uint32, under, over bool, sense []byte) {
+	if !t.fin.CompareAndSwap(false, true) {
+		return
+	}
+	t.response, t.status, t.sense = response, status, sense
+	t.residual, t.under, t.over = residual, under, over
+	t.err = nil
+	c.finishCall(t, true)
+}
+
+// answerCallR2T queues the Data-Out an R2T for a Call asks for. The reader
+// does not write (endBatch writes it without waiting), and no goroutine
+// waits for the R2T.
+func (c *Conn) answerCallR2T(t *task, r *pdu.R2T) error {
+	c.beginBatch()
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.state() >= connLogoutSent {
+		return nil // processR2T's own check raced a logout: it ends the task
+	}
+	off, n := int(r.BufferOffset), int(r.DesiredDataTransferLength)
+	if err := c.appendDataOut(t, t.call.Cmd.Write, off, n, r.TTT); err != nil {
+		c.w.Discard()
+		return err
+	}
+	t.markSent(off, n)
+	return nil
 }
 
 // processNOPIn completes the keepalive's NOP-Out it answers, and passes a

@@ -152,8 +152,10 @@ func (s *Session) loginAt(ctx context.Context, addr string, cid uint16, leading 
 		}
 		dmu.Unlock()
 	})
+	src := sockio.ReaderOf(nc)
 	l := &loginState{s: s, nc: nc, cid: cid, leading: leading, at: at,
-		r: pdu.NewReader(sockio.ReaderOf(nc), pdu.ReaderConfig{From: pdu.FromTarget}), w: pdu.NewWriter(sockio.WriterOf(nc))}
+		r: pdu.NewReader(src, pdu.ReaderConfig{From: pdu.FromTarget}), w: pdu.NewWriter(sockio.WriterOf(nc))}
+	l.src, _ = src.(*sockio.Reader)
 	c, err := l.run()
 	dmu.Lock()
 	loginOver = true
@@ -182,7 +184,9 @@ type loginState struct {
 	leading bool
 	at      *loginAttempt
 	r       *pdu.Reader
-	w       *pdu.Writer
+	// src is what r reads, when it is a socket reader (submit.go).
+	src *sockio.Reader
+	w   *pdu.Writer
 
 	itt       uint32
 	expStatSN uint32
@@ -386,6 +390,7 @@ func (l *loginState) fullFeature(params Params) *Conn {
 		HeaderDigest: params.HeaderDigest, DataDigest: params.DataDigest})
 	l.w.SetDigests(params.HeaderDigest, params.DataDigest)
 	c := newConn(s, l.cid, l.nc, l.r, l.w, l.expStatSN, params)
+	c.as.src = l.src
 	s.log.Debug("connection logged in", zap.Uint16("cid", l.cid), zap.Uint16("tsih", s.tsih),
 		zap.Bool("headerDigest", params.HeaderDigest), zap.Bool("dataDigest", params.DataDigest))
 	return c

@@ -5,6 +5,8 @@ import (
 	"os"
 	"sync"
 	"time"
+
+	"github.com/goiscsi/iscsi/pdu"
 )
 
 // The reader role. One goroutine at a time reads a connection's PDUs and
@@ -88,6 +90,7 @@ func (c *Conn) takeRole(cmd *task) bool {
 // releaseRole gives the role up, waking the reader goroutine if tasks other
 // than cmd's wait (at once) or may come (after readIdle).
 func (c *Conn) releaseRole(cmd *task) {
+	c.endBatch()
 	c.role.mu.Lock()
 	c.role.held, c.role.cmd, c.role.stop = false, nil, false
 	if c.role.deadlineSet {
@@ -113,6 +116,12 @@ func (c *Conn) leaveIfIdle() bool {
 	if !c.direct || c.state() >= connLogoutSent {
 		return false
 	}
+	if c.othersWait(nil) {
+		return false
+	}
+	// What completions queued goes out before the role is given up (and
+	// before role.mu: writers take it under wmu).
+	c.endBatch()
 	c.role.mu.Lock()
 	defer c.role.mu.Unlock()
 	if c.othersWait(nil) {
@@ -223,6 +232,11 @@ func (c *Conn) readPDUs(t *task) bool {
 				c.releaseRole(t)
 				return true
 			}
+		}
+		if c.as.inBatch && (c.as.src == nil || c.as.src.Buffered() < pdu.BHSLen) {
+			// The next header may have to be waited for: what the
+			// completions queued goes out first.
+			c.endBatch()
 		}
 		h, err := c.r.Next()
 		if t != nil && c.pastBoundary(err) {

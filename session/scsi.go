@@ -266,7 +266,8 @@ func (c *Conn) appendDataOut(t *task, data []byte, off, n int, ttt uint32) error
 	var dataSN uint32
 	for end := off + n; off < end; dataSN++ {
 		m := min(seg, end-off)
-		d := &pdu.DataOut{Final: off+m == end, LUN: t.lun, ITT: t.itt, TTT: ttt,
+		d := &c.as.dout
+		*d = pdu.DataOut{Final: off+m == end, LUN: t.lun, ITT: t.itt, TTT: ttt,
 			ExpStatSN: c.expStatSN.Load(), DataSN: dataSN, BufferOffset: uint32(off)}
 		if err := c.w.Append(d, nil, data[off:off+m]); err != nil {
 			return err
@@ -318,15 +319,27 @@ func (c *Conn) abandon(t *task, sent bool) {
 }
 
 func (t *task) result(cmd *Command) (*Result, error) {
+	res := new(Result)
+	err := t.resultInto(cmd, res)
+	if _, scsi := err.(*SCSIError); err != nil && !scsi {
+		return nil, err
+	}
+	return res, err
+}
+
+// resultInto fills res with how command cmd ended and returns its error;
+// res is left zero when the command has no result (its error says why).
+func (t *task) resultInto(cmd *Command, res *Result) error {
+	*res = Result{}
 	if t.err != nil {
 		var rj *RejectError
 		if errors.As(t.err, &rj) && rj.Op == pdu.OpSCSICommand || errors.Is(t.err, ErrNotSent) {
 			// The target refused the command itself: it did not run it.
-			return nil, t.err
+			return t.err
 		}
 		// Whatever ended the connection (a reset, a logout, a protocol
 		// error in another PDU), a command sent is in an unknown state.
-		return nil, fmt.Errorf("%w: %w", ErrOutcomeUnknown, t.err)
+		return fmt.Errorf("%w: %w", ErrOutcomeUnknown, t.err)
 	}
 	n := max(len(cmd.Read), len(cmd.Write))
 	switch {
@@ -339,18 +352,19 @@ func (t *task) result(cmd *Command) (*Result, error) {
 	if len(cmd.Read) > 0 && t.received < n {
 		n = t.received
 	}
-	res := &Result{Status: t.status, Sense: t.sense, N: n, Underflow: t.under, Overflow: t.over}
+	*res = Result{Status: t.status, Sense: t.sense, N: n, Underflow: t.under, Overflow: t.over}
 	if t.response != pdu.RespCommandCompleted || t.status != pdu.StatusGood {
-		return res, &SCSIError{Response: t.response, Status: t.status, Sense: t.sense}
+		return &SCSIError{Response: t.response, Status: t.status, Sense: t.sense}
 	}
 	// GOOD is believed for a write only for the data that went out: what
 	// the target did not take, less the residual it owned up to, makes the
 	// write a failure whatever its status says. (A read says in N how much
 	// came in; Session.Read fails a short one.)
 	if want := len(cmd.Write) - int(t.residual); t.writeLen > 0 && t.wrote < len(cmd.Write) && (!t.under || t.wrote < want) {
-		return nil, &ShortTransferError{Done: t.wrote, Want: max(0, want)}
+		*res = Result{}
+		return &ShortTransferError{Done: t.wrote, Want: max(0, want)}
 	}
-	return res, nil
+	return nil
 }
 
 // TaskManagement sends a task management function (pdu.TMFAbortTask,

@@ -32,9 +32,16 @@ var requestOp = [...]pdu.Opcode{
 type task struct {
 	itt  uint32
 	kind taskKind
+	// done is closed when the task ends, except for a Call's task that
+	// is reused (submit.go): its channel stays open for its next use.
 	done chan struct{}
-	once sync.Once
-	err  error
+	// fin is set by whoever ends the task, once.
+	fin atomic.Bool
+	err error
+	// call is the Call of a task submitted with Submit, and conn its
+	// connection; nil for Execute's.
+	call *Call
+	conn *Conn
 
 	// SCSI command state. mu is held while the reader copies Data-In into
 	// readBuf, so that a caller giving up can wait for the copy to end.
@@ -75,27 +82,34 @@ type task struct {
 }
 
 // complete ends the task once: set records its result, err its failure.
-// Whatever set writes is visible to the waiter after done is closed.
-func (t *task) complete(err error, set func()) {
-	t.once.Do(func() {
-		if set != nil {
-			set()
-		}
-		t.err = err
-		close(t.done)
-	})
+// Whatever set writes is visible to the waiter after done is closed, or to
+// a Call's Done. It reports whether this call ended the task.
+func (t *task) complete(err error, set func()) bool {
+	if !t.fin.CompareAndSwap(false, true) {
+		return false
+	}
+	if set != nil {
+		set()
+	}
+	t.err = err
+	if t.call != nil {
+		t.conn.finishCall(t, false)
+		return true
+	}
+	close(t.done)
+	return true
+}
+
+// reset readies a Call's finished task for its next use; nothing else
+// holds it (finishCall).
+func (t *task) reset() {
+	done, spans := t.done, t.spans[:0]
+	*t = task{kind: taskSCSI, done: done, spans: spans}
 }
 
 // scsiResponse completes a command from a SCSI Response.
 func (t *task) scsiResponse(r *pdu.SCSIResponse, data []byte) {
-	var sense []byte
-	if len(data) >= 2 {
-		n := int(data[0])<<8 | int(data[1])
-		if n > len(data)-2 {
-			n = len(data) - 2
-		}
-		sense = append([]byte(nil), data[2:2+n]...)
-	}
+	sense := senseOf(data)
 	t.complete(nil, func() {
 		t.response, t.status, t.sense = r.Response, r.Status, sense
 		t.residual, t.under, t.over = r.ResidualCount, r.Underflow, r.Overflow
@@ -138,4 +152,13 @@ func (t *task) setRequest(cmdSN uint32) {
 	t.mu.Lock()
 	t.cmdSN, t.sent = cmdSN, true
 	t.mu.Unlock()
+}
+
+// senseOf copies the sense data of a SCSI Response's data segment.
+func senseOf(data []byte) []byte {
+	if len(data) < 2 {
+		return nil
+	}
+	n := min(int(data[0])<<8|int(data[1]), len(data)-2)
+	return append([]byte(nil), data[2:2+n]...)
 }

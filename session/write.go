@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"sync/atomic"
 
-	"github.com/goiscsi/iscsi/internal/sockio"
 	"github.com/goiscsi/iscsi/pdu"
 )
 
@@ -72,11 +71,24 @@ func (c *Conn) flushLocked(wait bool) error {
 		}
 	}
 	c.flushing = true
+	return c.flushLoop()
+}
+
+// flushLoop writes what is queued until nothing is, with wmu released
+// during each write, then clears flushing. The caller holds wmu and has set
+// flushing. What a write of the reader's could not send (connWriter.rest)
+// goes first.
+func (c *Conn) flushLoop() error {
 	var err error
-	for c.w.Buffered() > 0 {
+	if cw := c.as.cw; cw != nil && len(cw.rest) > 0 {
+		c.wseq++
+		c.wmu.Unlock()
+		err = cw.writeRest()
+		c.wmu.Lock()
+	}
+	for err == nil && c.w.Buffered() > 0 {
 		if c.wspare == nil {
-			c.wspare = pdu.NewWriter(sockio.WriterOf(c.nc))
-			c.wspare.SetDigests(c.params.HeaderDigest, c.params.DataDigest)
+			c.wspare = c.newShimWriter()
 		}
 		batch := c.w
 		c.w, c.wspare = c.wspare, batch
@@ -84,10 +96,14 @@ func (c *Conn) flushLocked(wait bool) error {
 		c.wmu.Unlock()
 		err = batch.Flush()
 		c.wmu.Lock()
-		if err != nil {
-			c.w.Discard()
-			break
+		if err == nil && !c.isShim(c.wspare) {
+			// The writer login made writes straight to the socket: the
+			// reader's writes that do not wait need the connection's own.
+			c.wspare = c.newShimWriter()
 		}
+	}
+	if err != nil {
+		c.w.Discard()
 	}
 	c.flushing = false
 	c.wdone.Broadcast()

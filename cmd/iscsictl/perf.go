@@ -136,7 +136,12 @@ func runPerf(ctx context.Context, a *app, tf *targetFlags, lunv, bsv, qdv int, d
 		}
 		a.printf("perf: %s %s, bs %d, qd %d, %d connection(s), %s on LUN %d of %s (%s)\n",
 			*pattern, *rw, *bsFlag, *qd, *conns, *dur, l, safe(tf.target), humanBytes(c.Bytes()))
-		err = measure(ctx, a, s, l, blk, per, span, *dur, *qd, *rw == "write", *pattern == "random", &res)
+		if *qd > 1 {
+			// Many commands in flight: Submit, no goroutine per command.
+			err = measureAsync(ctx, a, s, l, blk, per, span, *dur, *qd, *rw == "write", *pattern == "random", &res)
+		} else {
+			err = measure(ctx, a, s, l, blk, per, span, *dur, *qd, *rw == "write", *pattern == "random", &res)
+		}
 		res.Recovery = countRecovery(s)
 		if err != nil {
 			return err
@@ -182,28 +187,17 @@ type perfWorker struct {
 	all, sec *hdrhistogram.Histogram
 }
 
-// measure runs qd workers for d, or until ctx ends (Ctrl-C), and fills
-// res; a line per second goes to stdout (text output).
 func measure(ctx context.Context, a *app, s *session.Session, lun, blk int, per, span uint64, d time.Duration, qd int, write, random bool, res *perfResult) error {
 	rctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
 	var next atomic.Uint64
-	var ios, errs atomic.Int64
-	var firstErr atomic.Value
-	workers := make([]*perfWorker, qd)
-	for i := range workers {
-		workers[i] = &perfWorker{all: newLatencyHist(), sec: newLatencyHist()}
-	}
-	ioBytes := float64(int(per) * blk)
-	bar := a.newProgress(int64(d/time.Second), "perf", false)
+	m := newPerfRun(a, qd, per, blk, d)
 	var wg sync.WaitGroup
-	cpu0, cpuOK := processCPU()
-	start := time.Now()
 	for w := range qd {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			pw := workers[w]
+			pw := m.workers[w]
 			buf := make([]byte, int(per)*blk)
 			if write {
 				rand.Read(buf)
@@ -227,76 +221,125 @@ func measure(ctx context.Context, a *app, s *session.Session, lun, blk int, per,
 					if rctx.Err() != nil {
 						break // the run ended mid-command
 					}
-					errs.Add(1)
-					firstErr.CompareAndSwap(nil, trimPrefixes(err.Error()))
+					m.fail(trimPrefixes(err.Error()))
 					continue
 				}
-				us := max(time.Since(t0).Microseconds(), histMinUs)
-				pw.mu.Lock()
-				// A latency past the histogram's range counts as its top.
-				if pw.all.RecordValue(us) != nil {
-					pw.all.RecordValue(histMaxUs)
-				}
-				if pw.sec.RecordValue(us) != nil {
-					pw.sec.RecordValue(histMaxUs)
-				}
-				pw.mu.Unlock()
-				ios.Add(1)
+				pw.record(time.Since(t0))
+				m.ios.Add(1)
 			}
 		}()
 	}
-	// A line per second, as iscsi-perf prints.
-	tick := time.NewTicker(time.Second)
-	sec := newLatencyHist()
-	stopTicks := make(chan struct{})
-	ticksDone := make(chan struct{})
-	go func() {
-		defer close(ticksDone)
-		for n := 1; ; n++ {
-			select {
-			case <-stopTicks:
-				return
-			case <-tick.C:
-			}
-			sec.Reset()
-			for _, pw := range workers {
-				pw.mu.Lock()
-				sec.Merge(pw.sec)
-				pw.sec.Reset()
-				pw.mu.Unlock()
-			}
-			iv := perfInterval{Sec: n, IOs: sec.TotalCount(), IOPS: float64(sec.TotalCount()),
-				MBPerSec: float64(sec.TotalCount()) * ioBytes / 1e6, P99Us: float64(sec.ValueAtQuantile(99))}
-			res.Intervals = append(res.Intervals, iv)
-			bar.clear()
-			a.printf("%4d s: %8.0f IOPS  %8.1f MB/s  p99 %8.0f µs\n", iv.Sec, iv.IOPS, iv.MBPerSec, iv.P99Us)
-			bar.add(1)
-		}
-	}()
 	wg.Wait()
-	elapsed := time.Since(start)
-	tick.Stop()
-	close(stopTicks)
-	<-ticksDone
-	bar.finish()
+	return m.finish(ctx, res)
+}
+
+// perfRun is what a run of perf measures, shared by its workers (measure,
+// measureAsync): a latency histogram per worker, the counts, and the line
+// per second that a goroutine prints while it runs.
+type perfRun struct {
+	a        *app
+	workers  []*perfWorker
+	ioBytes  float64
+	ios      atomic.Int64
+	errs     atomic.Int64
+	firstErr atomic.Value
+	cpu0     cpuTimes
+	cpuOK    bool
+	start    time.Time
+	res      []perfInterval
+	bar      *progress
+	tick     *time.Ticker
+	stop     chan struct{}
+	done     chan struct{}
+}
+
+// newPerfRun starts the clock, the CPU count and the line per second.
+func newPerfRun(a *app, qd int, per uint64, blk int, d time.Duration) *perfRun {
+	m := &perfRun{a: a, workers: make([]*perfWorker, qd), ioBytes: float64(int(per) * blk),
+		stop: make(chan struct{}), done: make(chan struct{})}
+	for i := range m.workers {
+		m.workers[i] = &perfWorker{all: newLatencyHist(), sec: newLatencyHist()}
+	}
+	m.bar = a.newProgress(int64(d/time.Second), "perf", false)
+	m.cpu0, m.cpuOK = processCPU()
+	m.start = time.Now()
+	m.tick = time.NewTicker(time.Second)
+	go m.perSecond()
+	return m
+}
+
+// record adds one I/O's latency.
+func (pw *perfWorker) record(d time.Duration) {
+	us := max(d.Microseconds(), histMinUs)
+	pw.mu.Lock()
+	// A latency past the histogram's range counts as its top.
+	if pw.all.RecordValue(us) != nil {
+		pw.all.RecordValue(histMaxUs)
+	}
+	if pw.sec.RecordValue(us) != nil {
+		pw.sec.RecordValue(histMaxUs)
+	}
+	pw.mu.Unlock()
+}
+
+// fail counts a failed I/O, keeping the first error.
+func (m *perfRun) fail(msg string) {
+	m.errs.Add(1)
+	m.firstErr.CompareAndSwap(nil, msg)
+}
+
+// perSecond prints a line per second, as iscsi-perf does.
+func (m *perfRun) perSecond() {
+	defer close(m.done)
+	sec := newLatencyHist()
+	for n := 1; ; n++ {
+		select {
+		case <-m.stop:
+			return
+		case <-m.tick.C:
+		}
+		sec.Reset()
+		for _, pw := range m.workers {
+			pw.mu.Lock()
+			sec.Merge(pw.sec)
+			pw.sec.Reset()
+			pw.mu.Unlock()
+		}
+		iv := perfInterval{Sec: n, IOs: sec.TotalCount(), IOPS: float64(sec.TotalCount()),
+			MBPerSec: float64(sec.TotalCount()) * m.ioBytes / 1e6, P99Us: float64(sec.ValueAtQuantile(99))}
+		m.res = append(m.res, iv)
+		m.bar.clear()
+		m.a.printf("%4d s: %8.0f IOPS  %8.1f MB/s  p99 %8.0f µs\n", iv.Sec, iv.IOPS, iv.MBPerSec, iv.P99Us)
+		m.bar.add(1)
+	}
+}
+
+// finish stops the clock and fills res; ctx ended (Ctrl-C) marks the run
+// interrupted, what was measured until then its result.
+func (m *perfRun) finish(ctx context.Context, res *perfResult) error {
+	elapsed := time.Since(m.start)
+	m.tick.Stop()
+	close(m.stop)
+	<-m.done
+	m.bar.finish()
 	cpu1, _ := processCPU()
 	if ctx.Err() != nil {
-		// Ctrl-C: what was measured until then is the result.
 		res.Interrupted = true
 	}
 	all := newLatencyHist()
-	for _, pw := range workers {
+	for _, pw := range m.workers {
 		all.Merge(pw.all)
 	}
+	res.Intervals = m.res
 	res.DurationSec = elapsed.Seconds()
-	res.IOs = ios.Load()
-	res.Errors = errs.Load()
+	res.IOs = m.ios.Load()
+	res.Errors = m.errs.Load()
 	res.Commands = res.IOs + res.Errors
-	if e, ok := firstErr.Load().(string); ok {
+	if e, ok := m.firstErr.Load().(string); ok {
 		res.FirstError = e
 	}
 	res.IOPS = float64(res.IOs) / res.DurationSec
-	res.MBPerSec = res.IOPS * ioBytes / 1e6
+	res.MBPerSec = res.IOPS * m.ioBytes / 1e6
 	if res.Intervals == nil {
 		res.Intervals = []perfInterval{}
 	}
@@ -310,10 +353,10 @@ func measure(ctx context.Context, a *app, s *session.Session, lun, blk int, per,
 		res.Latency.P999 = float64(all.ValueAtQuantile(99.9))
 		res.Latency.Max = float64(all.Max())
 	}
-	if cpuOK {
+	if m.cpuOK {
 		res.CPUMeasured = true
-		res.CPUUserSec = (cpu1.user - cpu0.user).Seconds()
-		res.CPUSysSec = (cpu1.sys - cpu0.sys).Seconds()
+		res.CPUUserSec = (cpu1.user - m.cpu0.user).Seconds()
+		res.CPUSysSec = (cpu1.sys - m.cpu0.sys).Seconds()
 		if res.IOs > 0 {
 			res.CPUUsPerIO = (res.CPUUserSec + res.CPUSysSec) * 1e6 / float64(res.IOs)
 		}

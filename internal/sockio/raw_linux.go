@@ -121,3 +121,68 @@ func (w *Writer) tryWrite(fd uintptr) bool {
 	w.pending = nil
 	return true
 }
+
+// TryWriteBuffers writes as much of the non-empty buffers of bufs as the
+// socket takes now, without waiting for room, and returns how many bytes
+// went out: fewer than the whole when the socket is full. A goroutine that
+// must never wait on a write (a connection's reader) writes with it and
+// hands the rest to one that may wait. It allocates nothing.
+func (w *Writer) TryWriteBuffers(bufs [][]byte) (int, error) {
+	iov := w.iov[:0]
+	total := 0
+	for _, b := range bufs {
+		if len(b) > 0 {
+			iov = append(iov, iovec{})
+			setIovec(&iov[len(iov)-1], b)
+			total += len(b)
+		}
+	}
+	w.iov = iov
+	if len(iov) == 0 {
+		return 0, nil
+	}
+	w.pending, w.werrno, w.tryN = iov, 0, 0
+	err := w.rc.Write(w.tryOnceFn)
+	errno, n := w.werrno, w.tryN
+	w.pending = nil
+	clear(w.iov)
+	switch {
+	case err != nil:
+		var oe *net.OpError
+		if errors.As(err, &oe) {
+			oe.Op = "write"
+		}
+		return n, err
+	case errno != 0:
+		return n, &net.OpError{Op: "write", Net: "tcp", Source: w.c.LocalAddr(), Addr: w.c.RemoteAddr(), Err: os.NewSyscallError("writev", errno)}
+	}
+	return n, nil
+}
+
+// tryOnce is the RawConn.Write callback of TryWriteBuffers: it writes
+// w.pending until done, an error or a full socket, and never asks to wait.
+func (w *Writer) tryOnce(fd uintptr) bool {
+	iov := w.pending
+	for len(iov) > 0 {
+		n, e := writevFD(fd, iov[:min(len(iov), maxIovecs)])
+		if e == syscall.EAGAIN {
+			return true
+		}
+		if e != 0 {
+			w.werrno = e
+			return true
+		}
+		w.tryN += n
+		for n > 0 {
+			l := int(iov[0].Len)
+			if n < l {
+				b := unsafe.Slice(iov[0].Base, l)
+				setIovec(&iov[0], b[n:])
+				break
+			}
+			n -= l
+			iov = iov[1:]
+		}
+	}
+	return true
+}

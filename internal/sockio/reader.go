@@ -216,3 +216,29 @@ func (s *Reader) Discard(n int) (int, error) {
 	}
 	return done, nil
 }
+
+// Buffered returns how many bytes are buffered, read from the socket and
+// not yet consumed: a reader that finds fewer than a header's worth knows
+// its next read may wait for the network.
+func (s *Reader) Buffered() int { return s.w - s.r }
+
+// SetLowWater sets the socket's SO_RCVLOWAT to n bytes (at least 1): the
+// kernel then reports the socket readable, and wakes a reader waiting for
+// it, only once n bytes are queued (or the connection ends). Lowering it
+// wakes a waiting reader at once if enough is queued (tcp_set_rcvlowat
+// signals the socket), which is what a watchdog that drops it back to 1
+// relies on. It is safe to call from any goroutine.
+func (s *Reader) SetLowWater(n int) error {
+	if !rawIO {
+		return nil
+	}
+	n = max(n, 1)
+	var serr error
+	err := s.rc.Control(func(fd uintptr) {
+		serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVLOWAT, n)
+	})
+	if err != nil {
+		return err
+	}
+	return serr
+}

@@ -402,3 +402,31 @@ func TestNoAllocs(t *testing.T) {
 		t.Fatalf("%v allocations per PDU, want 0", n)
 	}
 }
+
+// TestSetLowWater: the socket's SO_RCVLOWAT takes the value asked for, and
+// at least 1.
+func TestSetLowWater(t *testing.T) {
+	c, _ := tcpPair(t)
+	r := NewReader(c)
+	if r == nil {
+		t.Skip("no raw I/O here")
+	}
+	get := func() int {
+		rc, _ := c.SyscallConn()
+		var v int
+		var gerr error
+		rc.Control(func(fd uintptr) { v, gerr = syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVLOWAT) })
+		if gerr != nil {
+			t.Fatal(gerr)
+		}
+		return v
+	}
+	for _, c := range []struct{ set, want int }{{4096, 4096}, {0, 1}, {33 << 10, 33 << 10}, {1, 1}} {
+		if err := r.SetLowWater(c.set); err != nil {
+			t.Fatal(err)
+		}
+		if got := get(); got != c.want {
+			t.Errorf("SetLowWater(%d): SO_RCVLOWAT %d, want %d", c.set, got, c.want)
+		}
+	}
+}

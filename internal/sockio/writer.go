@@ -20,6 +20,10 @@ type Writer struct {
 	writeFn func(fd uintptr) bool
 	pending []iovec
 	werrno  syscall.Errno
+	// tryOnceFn is tryOnce as a func value, for TryWriteBuffers; tryN is
+	// how much it wrote.
+	tryOnceFn func(fd uintptr) bool
+	tryN      int
 }
 
 // NewWriter returns a Writer of c, or nil where there is none: off Linux, or
@@ -34,6 +38,7 @@ func NewWriter(c *net.TCPConn) *Writer {
 	}
 	w := &Writer{c: c, rc: rc}
 	w.writeFn = w.tryWrite
+	w.tryOnceFn = w.tryOnce
 	return w
 }
 
