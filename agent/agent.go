@@ -388,7 +388,7 @@ func (a *Agent) sessions() []api.Session {
 func (a *Agent) describe(target string, s *session.Session) api.Session {
 	isid := s.ISID()
 	out := api.Session{Target: target, Portal: s.Portal(), TSIH: s.TSIH(), ISID: fmt.Sprintf("%012x", isid[:]),
-		Connections: []uint16{}, Params: paramsMap(s.Params())}
+		Connections: []uint16{}, Params: api.Params(s.Params())}
 	conns := s.Conns()
 	active := 0
 	for _, c := range conns {

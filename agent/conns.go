@@ -7,7 +7,6 @@ import (
 	"sync"
 
 	"github.com/goiscsi/iscsi/agent/api"
-	"github.com/goiscsi/iscsi/session"
 )
 
 // connSet is the TCP connections dialed for one session, for their byte
@@ -69,39 +68,6 @@ func (s *connSet) counters() api.Counters {
 	clear(s.conns[len(keep):])
 	s.conns = keep
 	return c
-}
-
-// paramsMap names the negotiated parameters with their RFC 7143 keys, as
-// `iscsictl login --json` prints them.
-func paramsMap(p session.Params) map[string]any {
-	digest := func(on bool) string {
-		if on {
-			return "CRC32C"
-		}
-		return "None"
-	}
-	m := map[string]any{
-		"HeaderDigest":                   digest(p.HeaderDigest),
-		"DataDigest":                     digest(p.DataDigest),
-		"MaxConnections":                 p.MaxConnections,
-		"InitialR2T":                     p.InitialR2T,
-		"ImmediateData":                  p.ImmediateData,
-		"MaxRecvDataSegmentLength":       p.MaxRecvDataSegmentLength,
-		"TargetMaxRecvDataSegmentLength": p.TargetMaxRecvDataSegmentLength,
-		"MaxBurstLength":                 p.MaxBurstLength,
-		"FirstBurstLength":               p.FirstBurstLength,
-		"DefaultTime2Wait":               p.DefaultTime2Wait,
-		"DefaultTime2Retain":             p.DefaultTime2Retain,
-		"MaxOutstandingR2T":              p.MaxOutstandingR2T,
-		"DataPDUInOrder":                 p.DataPDUInOrder,
-		"DataSequenceInOrder":            p.DataSequenceInOrder,
-		"ErrorRecoveryLevel":             p.ErrorRecoveryLevel,
-		"TargetPortalGroupTag":           p.TargetPortalGroupTag,
-	}
-	if p.TargetAlias != "" {
-		m["TargetAlias"] = p.TargetAlias
-	}
-	return m
 }
 
 func sortedTargets(ts []string) []string {

@@ -18,6 +18,7 @@ import (
 	"github.com/goiscsi/iscsi/agent/nodes"
 	"github.com/goiscsi/iscsi/logout"
 	"github.com/goiscsi/iscsi/pdu"
+	"github.com/goiscsi/iscsi/session"
 )
 
 // Version is the API version in every path (/v1/...) and in APIVersion
@@ -416,4 +417,37 @@ type NodeResponse struct {
 	Node       nodes.Node `json:"node"`
 	// Created is true when a POST or PUT made a new record.
 	Created bool `json:"created,omitempty"`
+}
+
+// Params names a session's negotiated parameters with their RFC 7143 keys,
+// as the agent's session list and `iscsictl login --json` print them.
+func Params(p session.Params) map[string]any {
+	digest := func(on bool) string {
+		if on {
+			return "CRC32C"
+		}
+		return "None"
+	}
+	m := map[string]any{
+		"HeaderDigest":                   digest(p.HeaderDigest),
+		"DataDigest":                     digest(p.DataDigest),
+		"MaxConnections":                 p.MaxConnections,
+		"InitialR2T":                     p.InitialR2T,
+		"ImmediateData":                  p.ImmediateData,
+		"MaxRecvDataSegmentLength":       p.MaxRecvDataSegmentLength,
+		"TargetMaxRecvDataSegmentLength": p.TargetMaxRecvDataSegmentLength,
+		"MaxBurstLength":                 p.MaxBurstLength,
+		"FirstBurstLength":               p.FirstBurstLength,
+		"DefaultTime2Wait":               p.DefaultTime2Wait,
+		"DefaultTime2Retain":             p.DefaultTime2Retain,
+		"MaxOutstandingR2T":              p.MaxOutstandingR2T,
+		"DataPDUInOrder":                 p.DataPDUInOrder,
+		"DataSequenceInOrder":            p.DataSequenceInOrder,
+		"ErrorRecoveryLevel":             p.ErrorRecoveryLevel,
+		"TargetPortalGroupTag":           p.TargetPortalGroupTag,
+	}
+	if p.TargetAlias != "" {
+		m["TargetAlias"] = p.TargetAlias
+	}
+	return m
 }

@@ -9,6 +9,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/goiscsi/iscsi/agent/api"
 	"github.com/goiscsi/iscsi/session"
 	"github.com/spf13/pflag"
 )
@@ -68,43 +69,11 @@ type sessionInfo struct {
 func describeSession(s *session.Session) sessionInfo {
 	isid := s.ISID()
 	info := sessionInfo{TSIH: hexTSIH(s.TSIH()), ISID: isidHex(isid), Portal: s.Portal(), Connections: []hexCID{},
-		Params: paramsMap(s.Params())}
+		Params: api.Params(s.Params())}
 	for _, c := range s.Conns() {
 		info.Connections = append(info.Connections, hexCID(c.CID()))
 	}
 	return info
-}
-
-// paramsMap names the negotiated parameters with their RFC 7143 keys.
-func paramsMap(p session.Params) map[string]any {
-	digest := func(on bool) string {
-		if on {
-			return "CRC32C"
-		}
-		return "None"
-	}
-	m := map[string]any{
-		"HeaderDigest":                   digest(p.HeaderDigest),
-		"DataDigest":                     digest(p.DataDigest),
-		"MaxConnections":                 p.MaxConnections,
-		"InitialR2T":                     p.InitialR2T,
-		"ImmediateData":                  p.ImmediateData,
-		"MaxRecvDataSegmentLength":       p.MaxRecvDataSegmentLength,
-		"TargetMaxRecvDataSegmentLength": p.TargetMaxRecvDataSegmentLength,
-		"MaxBurstLength":                 p.MaxBurstLength,
-		"FirstBurstLength":               p.FirstBurstLength,
-		"DefaultTime2Wait":               p.DefaultTime2Wait,
-		"DefaultTime2Retain":             p.DefaultTime2Retain,
-		"MaxOutstandingR2T":              p.MaxOutstandingR2T,
-		"DataPDUInOrder":                 p.DataPDUInOrder,
-		"DataSequenceInOrder":            p.DataSequenceInOrder,
-		"ErrorRecoveryLevel":             p.ErrorRecoveryLevel,
-		"TargetPortalGroupTag":           p.TargetPortalGroupTag,
-	}
-	if p.TargetAlias != "" {
-		m["TargetAlias"] = p.TargetAlias
-	}
-	return m
 }
 
 // paramOrder is the order login prints parameters in.
