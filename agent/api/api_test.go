@@ -74,3 +74,17 @@ func TestParseTSIH(t *testing.T) {
 		}
 	}
 }
+
+// Every connection state the logout engine names survives the API: a
+// logout through the agent that closed a connection (the ladder's TCP
+// close) or met an unreachable session decodes.
+func TestConnStatesRoundTrip(t *testing.T) {
+	for _, st := range []logout.ConnState{logout.ConnLoggedOut, logout.ConnClosedWithSession, logout.ConnRefused,
+		logout.ConnTimeout, logout.ConnReset, logout.ConnRejected, logout.ConnCanceled, logout.ConnNotAttempted,
+		logout.ConnError, logout.ConnClosed, logout.ConnUnreachable} {
+		got, ok := parseConnState(st.String())
+		if !ok || got != st {
+			t.Errorf("%q: %v, %v", st.String(), got, ok)
+		}
+	}
+}
