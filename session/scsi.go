@@ -131,21 +131,18 @@ func (c *Conn) execute(ctx context.Context, cmd *Command) (*Result, error) {
 	}
 }
 
-// sendCommand sends t's SCSI Command with its immediate and unsolicited
-// data, waiting for room in the CmdSN window. sent reports that the command
-// (or part of it) may have reached the target.
-func (c *Conn) sendCommand(ctx context.Context, t *task, cmd *Command) (sent bool, err error) {
-	s, p := c.s, &c.params
+// commandPDU fills req, t's SCSI Command for cmd, and returns the
+// immediate data it carries and how much of the write goes unsolicited (the
+// immediate data, then Data-Out up to FirstBurstLength).
+func (c *Conn) commandPDU(req *pdu.SCSICommand, t *task, cmd *Command) (immediate []byte, unsolicited int) {
+	p := &c.params
 	attr := cmd.Attr
 	if attr == 0 {
 		attr = pdu.AttrSimple
 	}
-	req := &pdu.SCSICommand{Final: true, Read: len(cmd.Read) > 0, Write: t.writeLen > 0, Attr: attr,
+	*req = pdu.SCSICommand{Final: true, Read: len(cmd.Read) > 0, Write: t.writeLen > 0, Attr: attr,
 		LUN: t.lun, ITT: t.itt, ExpectedDataTransferLength: uint32(max(len(cmd.Read), t.writeLen))}
 	copy(req.CDB[:], cmd.CDB)
-	// Immediate data, then unsolicited Data-Out, up to FirstBurstLength.
-	var immediate []byte
-	unsolicited := 0
 	if t.writeLen > 0 {
 		first := min(t.writeLen, p.FirstBurstLength)
 		if p.ImmediateData {
@@ -158,6 +155,16 @@ func (c *Conn) sendCommand(ctx context.Context, t *task, cmd *Command) (sent boo
 		}
 		req.Final = unsolicited == len(immediate)
 	}
+	return immediate, unsolicited
+}
+
+// sendCommand sends t's SCSI Command with its immediate and unsolicited
+// data, waiting for room in the CmdSN window. sent reports that the command
+// (or part of it) may have reached the target.
+func (c *Conn) sendCommand(ctx context.Context, t *task, cmd *Command) (sent bool, err error) {
+	s := c.s
+	req := new(pdu.SCSICommand)
+	immediate, unsolicited := c.commandPDU(req, t, cmd)
 	for {
 		c.wmu.Lock()
 		if st := c.state(); st >= connLogoutSent {

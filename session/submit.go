@@ -292,29 +292,8 @@ func (c *Conn) sendBacklog(wait <-chan struct{}) {
 // appendCommand queues t's SCSI Command with CmdSN sn and its immediate and
 // unsolicited data. The caller holds wmu.
 func (c *Conn) appendCommand(t *task, cmd *Command, sn uint32) error {
-	p := &c.params
-	attr := cmd.Attr
-	if attr == 0 {
-		attr = pdu.AttrSimple
-	}
 	req := &c.as.req
-	*req = pdu.SCSICommand{Final: true, Read: len(cmd.Read) > 0, Write: t.writeLen > 0, Attr: attr,
-		LUN: t.lun, ITT: t.itt, ExpectedDataTransferLength: uint32(max(len(cmd.Read), t.writeLen))}
-	copy(req.CDB[:], cmd.CDB)
-	var immediate []byte
-	unsolicited := 0
-	if t.writeLen > 0 {
-		first := min(t.writeLen, p.FirstBurstLength)
-		if p.ImmediateData {
-			immediate = cmd.Write[:min(first, p.TargetMaxRecvDataSegmentLength)]
-		}
-		if !p.InitialR2T {
-			unsolicited = first
-		} else {
-			unsolicited = len(immediate)
-		}
-		req.Final = unsolicited == len(immediate)
-	}
+	immediate, unsolicited := c.commandPDU(req, t, cmd)
 	t.setRequest(sn)
 	req.CmdSN = sn
 	req.ExpStatSN = c.expStatSN.Load()
