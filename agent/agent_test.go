@@ -155,7 +155,7 @@ func TestAgentAPI(t *testing.T) {
 	var lo api.LogoutResponse
 	path := "/v1/sessions/" + strings.TrimSpace(jsonNum(first.TSIH)) + "?timeoutMs=5000"
 	if s := c.do("DELETE", path, nil, &lo); s != 200 || lo.Logout.Outcome != "success" || lo.Logout.LoggedOut != 1 ||
-		lo.Logout.Sessions[0].TSIH != first.TSIH || lo.Error != nil {
+		uint16(lo.Logout.Sessions[0].TSIH) != first.TSIH || lo.Error != nil {
 		t.Fatalf("session logout: %d %+v", s, lo)
 	}
 	if s := c.do("GET", "/v1/sessions", nil, &ss); s != 200 || len(ss.Sessions) != 1 || ss.Sessions[0].TSIH == first.TSIH {
@@ -170,9 +170,45 @@ func TestAgentAPI(t *testing.T) {
 	// The target's logout, then the same again.
 	lo = api.LogoutResponse{}
 	tpath := "/v1/targets/" + iscsitest.DefaultName + "/logout"
-	if s := c.do("POST", tpath, api.LogoutRequest{TimeoutMs: 5000}, &lo); s != 200 || lo.Logout.Outcome != "success" ||
+	var raw json.RawMessage
+	status := c.do("POST", tpath, api.LogoutRequest{TimeoutMs: 5000}, &raw)
+	if err := json.Unmarshal(raw, &lo); err != nil {
+		t.Fatalf("target logout: %v: %s", err, raw)
+	}
+	if status != 200 || lo.Logout.Outcome != "success" ||
 		lo.Logout.HRESULT != "0x00000000" || lo.Logout.LoggedOut != 1 || lo.Logout.ExitCode != 0 {
-		t.Fatalf("target logout: %d %+v", s, lo)
+		t.Fatalf("target logout: %d %+v", status, lo)
+	}
+	// The answer is iscsictl logout --json's result: identifiers as 0x
+	// strings, the deadline, the counts, each connection's ladder steps.
+	var wire struct {
+		Logout struct {
+			SessionCount int     `json:"sessionCount"`
+			DeadlineMs   float64 `json:"deadlineMs"`
+			Commands     *struct {
+				Total int `json:"total"`
+			} `json:"commands"`
+			Sessions []struct {
+				TSIH  string `json:"tsih"`
+				ISID  string `json:"isid"`
+				Conns []struct {
+					CID   string `json:"cid"`
+					Steps []struct {
+						Kind  string `json:"kind"`
+						State string `json:"state"`
+					} `json:"steps"`
+				} `json:"connections"`
+			} `json:"sessions"`
+		} `json:"logout"`
+	}
+	if err := json.Unmarshal(raw, &wire); err != nil {
+		t.Fatalf("target logout: %v: %s", err, raw)
+	}
+	if w := wire.Logout; w.SessionCount != 1 || w.DeadlineMs <= 0 || w.Commands == nil || len(w.Sessions) != 1 ||
+		!strings.HasPrefix(w.Sessions[0].TSIH, "0x") || len(w.Sessions[0].TSIH) != 6 || len(w.Sessions[0].ISID) != 14 ||
+		len(w.Sessions[0].Conns) != 1 || w.Sessions[0].Conns[0].CID != "0x0000" || len(w.Sessions[0].Conns[0].Steps) != 1 ||
+		w.Sessions[0].Conns[0].Steps[0].Kind != "logout" || w.Sessions[0].Conns[0].Steps[0].State != "logged out" {
+		t.Fatalf("target logout's JSON is not the documented shape: %s", raw)
 	}
 	if n := liveSessions(tg); n != 0 {
 		t.Errorf("the target still has %d sessions", n)

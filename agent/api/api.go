@@ -17,7 +17,6 @@ import (
 
 	"github.com/goiscsi/iscsi/agent/nodes"
 	"github.com/goiscsi/iscsi/logout"
-	"github.com/goiscsi/iscsi/pdu"
 	"github.com/goiscsi/iscsi/session"
 )
 
@@ -177,42 +176,6 @@ type LogoutResponse struct {
 	Error      *Error `json:"error,omitempty"`
 }
 
-// Logout is a logout result, in the shape `iscsictl logout --json` prints
-// under "logout".
-type Logout struct {
-	Target     string          `json:"target"`
-	Outcome    string          `json:"outcome"`
-	HRESULT    string          `json:"hresult"`
-	ExitCode   int             `json:"exitCode"`
-	Strategy   string          `json:"strategy"`
-	Sessions   []LogoutSession `json:"sessions"`
-	LoggedOut  int             `json:"loggedOut"`
-	DurationMs float64         `json:"durationMs"`
-}
-
-// LogoutSession is one session of a Logout.
-type LogoutSession struct {
-	TSIH      uint16       `json:"tsih"`
-	ISID      string       `json:"isid"`
-	LoggedOut bool         `json:"loggedOut"`
-	Forced    bool         `json:"forced"`
-	Conns     []LogoutConn `json:"connections"`
-}
-
-// LogoutConn is one connection of a LogoutSession.
-type LogoutConn struct {
-	CID            uint16                  `json:"cid"`
-	Reason         pdu.LogoutReason        `json:"reason"`
-	State          string                  `json:"state"`
-	Responded      bool                    `json:"responded"`
-	Response       *pdu.LogoutResponseCode `json:"response,omitempty"`
-	Time2Wait      *uint16                 `json:"time2wait,omitempty"`
-	Time2Retain    *uint16                 `json:"time2retain,omitempty"`
-	Error          string                  `json:"error,omitempty"`
-	FailedCommands int                     `json:"failedCommands"`
-	DurationMs     float64                 `json:"durationMs"`
-}
-
 // ExitCode is the iscsictl exit status of a logout outcome: 0 success, 2
 // session not found, 3 failed, 4 incomplete, 6 canceled.
 func ExitCode(o logout.Outcome) int {
@@ -244,82 +207,6 @@ func TrimPrefixes(s string) string {
 	return s
 }
 
-// NewLogout encodes a logout result.
-func NewLogout(r *logout.Result, strategy logout.Strategy) Logout {
-	out := Logout{Target: r.Target, Outcome: r.Outcome.String(), HRESULT: HRESULT(r.HRESULT()),
-		ExitCode: ExitCode(r.Outcome), Strategy: strategy.String(), Sessions: []LogoutSession{},
-		LoggedOut: r.LoggedOut(), DurationMs: ms(r.Duration)}
-	for _, s := range r.Sessions {
-		sj := LogoutSession{TSIH: s.TSIH, ISID: fmt.Sprintf("%012x", s.ISID[:]), LoggedOut: s.LoggedOut, Forced: s.Forced, Conns: []LogoutConn{}}
-		for _, c := range s.Conns {
-			cj := LogoutConn{CID: c.CID, Reason: c.Reason, State: c.State.String(), Responded: c.Responded,
-				FailedCommands: c.FailedCommands, DurationMs: ms(c.Duration)}
-			if c.Responded {
-				resp, t2w, t2r := c.Response, c.Time2Wait, c.Time2Retain
-				cj.Response, cj.Time2Wait, cj.Time2Retain = &resp, &t2w, &t2r
-			}
-			if c.Err != nil {
-				cj.Error = TrimPrefixes(c.Err.Error())
-			}
-			sj.Conns = append(sj.Conns, cj)
-		}
-		out.Sessions = append(out.Sessions, sj)
-	}
-	return out
-}
-
-// Result decodes l back into a logout result and its strategy, the
-// connections' errors as text. It refuses what no logout.Result encodes
-// to: an unknown outcome, state or strategy, a malformed ISID.
-func (l *Logout) Result() (*logout.Result, logout.Strategy, error) {
-	var strategy logout.Strategy
-	switch l.Strategy {
-	case logout.PerConnection.String():
-		strategy = logout.PerConnection
-	case logout.PerSession.String():
-		strategy = logout.PerSession
-	default:
-		return nil, 0, fmt.Errorf("logout result: unknown strategy %q", l.Strategy)
-	}
-	r := &logout.Result{Target: l.Target, Duration: fromMs(l.DurationMs)}
-	outcome, ok := parseOutcome(l.Outcome)
-	if !ok {
-		return nil, 0, fmt.Errorf("logout result: unknown outcome %q", l.Outcome)
-	}
-	r.Outcome = outcome
-	for _, s := range l.Sessions {
-		sr := logout.SessionResult{TSIH: s.TSIH, LoggedOut: s.LoggedOut, Forced: s.Forced}
-		isid, err := ParseISID(s.ISID)
-		if err != nil {
-			return nil, 0, fmt.Errorf("logout result: %w", err)
-		}
-		sr.ISID = isid
-		for _, c := range s.Conns {
-			st, ok := parseConnState(c.State)
-			if !ok {
-				return nil, 0, fmt.Errorf("logout result: unknown connection state %q", c.State)
-			}
-			cr := logout.ConnResult{CID: c.CID, Reason: c.Reason, State: st, Responded: c.Responded,
-				FailedCommands: c.FailedCommands, Duration: fromMs(c.DurationMs)}
-			if c.Response != nil {
-				cr.Response = *c.Response
-			}
-			if c.Time2Wait != nil {
-				cr.Time2Wait = *c.Time2Wait
-			}
-			if c.Time2Retain != nil {
-				cr.Time2Retain = *c.Time2Retain
-			}
-			if c.Error != "" {
-				cr.Err = errors.New(c.Error)
-			}
-			sr.Conns = append(sr.Conns, cr)
-		}
-		r.Sessions = append(r.Sessions, sr)
-	}
-	return r, strategy, nil
-}
-
 func fromMs(v float64) time.Duration { return time.Duration(v*1000+0.5) * time.Microsecond }
 
 func parseOutcome(s string) (logout.Outcome, bool) {
@@ -341,22 +228,6 @@ func parseConnState(s string) (logout.ConnState, bool) {
 		}
 	}
 	return 0, false
-}
-
-// ParseISID parses 12 hex digits.
-func ParseISID(s string) ([6]byte, error) {
-	var id [6]byte
-	if len(s) != 12 {
-		return id, fmt.Errorf("ISID %q: want 12 hex digits", s)
-	}
-	for i := range id {
-		b, err := strconv.ParseUint(s[2*i:2*i+2], 16, 8)
-		if err != nil {
-			return id, fmt.Errorf("ISID %q: want 12 hex digits", s)
-		}
-		id[i] = byte(b)
-	}
-	return id, nil
 }
 
 // ParseTSIH parses a TSIH in decimal or with 0x in hex.

@@ -1,11 +1,6 @@
 package main
 
-import (
-	"encoding/json"
-	"fmt"
-
-	"github.com/goiscsi/iscsi/logout"
-)
+import "github.com/goiscsi/iscsi/agent/api"
 
 // The JSON documents write every protocol identifier in one notation: a
 // string of "0x" and lower-case hex digits, zero-padded to the field's
@@ -14,15 +9,12 @@ import (
 // way. (An HRESULT keeps Microsoft's upper-case digits: it is a status
 // code, not an identifier.)
 
-// hexTSIH is a TSIH in JSON.
-type hexTSIH uint16
-
-func (v hexTSIH) MarshalJSON() ([]byte, error) { return json.Marshal(fmt.Sprintf("0x%04x", uint16(v))) }
-
-// hexCID is a CID in JSON.
-type hexCID uint16
-
-func (v hexCID) MarshalJSON() ([]byte, error) { return json.Marshal(fmt.Sprintf("0x%04x", uint16(v))) }
+// hexTSIH and hexCID are the agent API's identifiers in JSON (one
+// encoder for both documents).
+type (
+	hexTSIH = api.HexTSIH
+	hexCID  = api.HexCID
+)
 
 // cidList converts CIDs for JSON; never nil, so that it is [] rather than
 // null.
@@ -35,7 +27,7 @@ func cidList(cids []uint16) []hexCID {
 }
 
 // isidHex is an ISID in JSON notation.
-func isidHex(isid [6]byte) string { return fmt.Sprintf("0x%012x", isid[:]) }
+func isidHex(isid [6]byte) string { return api.ISIDHex(isid) }
 
 // isidFrom12 takes an ISID of 12 hex digits (the agent API's) into the
 // JSON notation.
@@ -44,17 +36,4 @@ func isidFrom12(s string) string {
 		return "0x" + s
 	}
 	return s
-}
-
-// commandsJSON counts the commands in flight at a logout by how they
-// ended; total is their sum.
-type commandsJSON struct {
-	Completed int `json:"completed"`
-	Aborted   int `json:"aborted"`
-	Unknown   int `json:"unknown"`
-	Total     int `json:"total"`
-}
-
-func toCommandsJSON(c logout.Commands) commandsJSON {
-	return commandsJSON{Completed: c.Completed, Aborted: c.Aborted, Unknown: c.Unknown, Total: c.Total()}
 }

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/goiscsi/iscsi/agent/api"
 	"github.com/goiscsi/iscsi/logout"
 	"github.com/goiscsi/iscsi/pdu"
 )
@@ -58,7 +59,7 @@ func TestLogoutTableLadder(t *testing.T) {
 // --json has the steps with their reason, response and timing, the counts
 // at every level, and the in-use reason.
 func TestLogoutJSONLadder(t *testing.T) {
-	raw, err := json.Marshal(toLogoutJSON(ladderResult(), logout.PerSession))
+	raw, err := json.Marshal(api.NewLogout(ladderResult(), logout.PerSession))
 	if err != nil {
 		t.Fatal(err)
 	}

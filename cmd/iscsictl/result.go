@@ -8,116 +8,12 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/goiscsi/iscsi/agent/api"
 	"github.com/goiscsi/iscsi/logout"
 	"github.com/goiscsi/iscsi/pdu"
 	"github.com/goiscsi/iscsi/session"
 	"github.com/spf13/pflag"
 )
-
-// logoutJSON is a logout result as --json prints it.
-type logoutJSON struct {
-	Target   string        `json:"target"`
-	Outcome  string        `json:"outcome"`
-	HRESULT  string        `json:"hresult"`
-	ExitCode int           `json:"exitCode"`
-	Strategy string        `json:"strategy"`
-	Sessions []sessionJSON `json:"sessions"`
-	// SessionCount is len(Sessions) = LoggedOut + NotLoggedOut.
-	SessionCount int `json:"sessionCount"`
-	LoggedOut    int `json:"loggedOut"`
-	NotLoggedOut int `json:"notLoggedOut"`
-	// LoggedOutOrGone is true for success and for "session not found".
-	LoggedOutOrGone bool         `json:"loggedOutOrGone"`
-	Commands        commandsJSON `json:"commands"`
-	DeadlineMs      float64      `json:"deadlineMs"`
-	DurationMs      float64      `json:"durationMs"`
-	Requested       bool         `json:"targetRequested,omitempty"`
-}
-
-type sessionJSON struct {
-	TSIH      hexTSIH      `json:"tsih"`
-	ISID      string       `json:"isid"`
-	LoggedOut bool         `json:"loggedOut"`
-	Forced    bool         `json:"forced"`
-	InUse     string       `json:"inUse,omitempty"`
-	Commands  commandsJSON `json:"commands"`
-	Conns     []connJSON   `json:"connections"`
-}
-
-// stepJSON is one step of the ladder on a connection.
-type stepJSON struct {
-	Kind        logout.StepKind         `json:"kind"`
-	Reason      *pdu.LogoutReason       `json:"reason,omitempty"`
-	State       string                  `json:"state"`
-	Response    *pdu.LogoutResponseCode `json:"response,omitempty"`
-	Time2Wait   *uint16                 `json:"time2wait,omitempty"`
-	Time2Retain *uint16                 `json:"time2retain,omitempty"`
-	Error       string                  `json:"error,omitempty"`
-	Commands    commandsJSON            `json:"commands"`
-	WaitedMs    float64                 `json:"waitedMs,omitempty"`
-	AtMs        float64                 `json:"atMs"`
-	DurationMs  float64                 `json:"durationMs"`
-}
-
-type connJSON struct {
-	CID            hexCID                  `json:"cid"`
-	Reason         pdu.LogoutReason        `json:"reason"`
-	State          string                  `json:"state"`
-	Responded      bool                    `json:"responded"`
-	Response       *pdu.LogoutResponseCode `json:"response,omitempty"`
-	Time2Wait      *uint16                 `json:"time2wait,omitempty"`
-	Time2Retain    *uint16                 `json:"time2retain,omitempty"`
-	Error          string                  `json:"error,omitempty"`
-	FailedCommands int                     `json:"failedCommands"`
-	Commands       commandsJSON            `json:"commands"`
-	DurationMs     float64                 `json:"durationMs"`
-	Steps          []stepJSON              `json:"steps"`
-}
-
-func toLogoutJSON(r *logout.Result, strategy logout.Strategy) logoutJSON {
-	out := logoutJSON{Target: r.Target, Outcome: r.Outcome.String(), HRESULT: fmt.Sprintf("0x%08X", r.HRESULT()),
-		ExitCode: outcomeExit(r.Outcome), Strategy: strategy.String(), Sessions: []sessionJSON{},
-		SessionCount: len(r.Sessions), LoggedOut: r.LoggedOut(), NotLoggedOut: len(r.Sessions) - r.LoggedOut(),
-		LoggedOutOrGone: r.LoggedOutOrGone(), Commands: toCommandsJSON(r.Commands),
-		DeadlineMs: ms(r.Deadline), DurationMs: ms(r.Duration), Requested: r.Requested}
-	for _, s := range r.Sessions {
-		sj := sessionJSON{TSIH: hexTSIH(s.TSIH), ISID: isidHex(s.ISID), LoggedOut: s.LoggedOut, Forced: s.Forced,
-			Commands: toCommandsJSON(s.Commands), Conns: []connJSON{}}
-		if s.InUse != nil {
-			sj.InUse = trimPrefixes(s.InUse.Error())
-		}
-		for _, c := range s.Conns {
-			cj := connJSON{CID: hexCID(c.CID), Reason: c.Reason, State: c.State.String(), Responded: c.Responded,
-				FailedCommands: c.FailedCommands, Commands: toCommandsJSON(c.Commands), DurationMs: ms(c.Duration), Steps: []stepJSON{}}
-			for _, st := range c.Steps {
-				sj := stepJSON{Kind: st.Kind, State: st.State.String(), Commands: toCommandsJSON(st.Commands), WaitedMs: ms(st.Waited),
-					AtMs: ms(st.At), DurationMs: ms(st.Duration)}
-				if st.Kind == logout.StepLogout {
-					reason := st.Reason
-					sj.Reason = &reason
-				}
-				if st.Responded {
-					resp, t2w, t2r := st.Response, st.Time2Wait, st.Time2Retain
-					sj.Response, sj.Time2Wait, sj.Time2Retain = &resp, &t2w, &t2r
-				}
-				if st.Err != nil {
-					sj.Error = trimPrefixes(st.Err.Error())
-				}
-				cj.Steps = append(cj.Steps, sj)
-			}
-			if c.Responded {
-				resp, t2w, t2r := c.Response, c.Time2Wait, c.Time2Retain
-				cj.Response, cj.Time2Wait, cj.Time2Retain = &resp, &t2w, &t2r
-			}
-			if c.Err != nil {
-				cj.Error = trimPrefixes(c.Err.Error())
-			}
-			sj.Conns = append(sj.Conns, cj)
-		}
-		out.Sessions = append(out.Sessions, sj)
-	}
-	return out
-}
 
 // printLogout writes the logout result as a table: one line per connection,
 // grouped by session, then the outcome with its HRESULT.
@@ -343,11 +239,12 @@ func (o *logoutOptions) options() (logout.Options, error) {
 		AbortTimeout: o.abortTimeout, Force: o.force}, nil
 }
 
-// report prints a logout result (JSON or table) and returns the error for
-// its outcome.
+// reportLogout prints a logout result (JSON or table) and returns the
+// error for its outcome. The JSON is the agent API's encoding (api.Logout):
+// one schema whether the logout ran here or in the agent.
 func (a *app) reportLogout(res *logout.Result, strategy logout.Strategy, extra map[string]any) error {
 	if a.json {
-		v := map[string]any{"command": a.name, "logout": toLogoutJSON(res, strategy)}
+		v := map[string]any{"command": a.name, "logout": api.NewLogout(res, strategy)}
 		for k, x := range extra {
 			v[k] = x
 		}
