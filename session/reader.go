@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/goiscsi/iscsi/internal/sockio"
 	"github.com/goiscsi/iscsi/pdu"
 )
 
@@ -238,6 +239,11 @@ func (c *Conn) readPDUs(t *task) bool {
 			// completions queued goes out first.
 			c.endBatch()
 		}
+		if src := c.as.src; src != nil && src.Buffered() < pdu.BHSLen {
+			// The next header may have to be waited for: let the
+			// kernel gather a few responses first when many are due.
+			src.Coalesce(c.coalesceMark())
+		}
 		h, err := c.r.Next()
 		if t != nil && c.pastBoundary(err) {
 			// Our context ended while we waited between PDUs.
@@ -339,4 +345,51 @@ func (c *Conn) readLoop() {
 			return
 		}
 	}
+}
+
+// Adaptive receive coalescing. With many commands outstanding the reader
+// asks the kernel (SO_RCVLOWAT, through sockio.Reader.Coalesce) to wake it
+// only once a few responses' worth of bytes are queued: one wake-up, one
+// read and one pass of the dispatcher then take several responses, where
+// loopback TCP would otherwise wake it for nearly each. The mark is a
+// quarter of what is due at most (min(coalesceMax, outstanding/4)
+// responses of 48 bytes plus the calls' mean read length), so that when the
+// target answers at its usual pace the mark is passed long before the last
+// response; when it is not (a target answering one command at a time, a
+// lone NOP-In, an asynchronous message or a Logout Response while commands
+// wait, a short read), sockio's watchdog drops the mark to 1 once no read
+// has brought data for sockio.CoalesceWait: a PDU waits about 2 ms at most.
+// Below coalesceMin outstanding commands the mark is 1: a low queue depth
+// gets no added latency. The mark changes (a system call) only when its
+// value does: at a steady queue depth, not per I/O.
+
+// coalesceMax is the most responses the mark asks for; coalesceMin the
+// fewest outstanding commands for a mark above 1 byte. A mark is at least
+// two responses and at most sockio.MaxCoalesce bytes: responses larger
+// than half of that are not gathered.
+const (
+	coalesceMax = 8
+	coalesceMin = 8
+)
+
+// coalesceMark returns the SO_RCVLOWAT the reader should wait with.
+func (c *Conn) coalesceMark() int {
+	c.mu.Lock()
+	n, calls, data := c.scsiCount, c.as.calls, c.as.readOut
+	c.mu.Unlock()
+	if n < coalesceMin {
+		return 1
+	}
+	per := pdu.BHSLen
+	if calls > 0 && data > 0 {
+		per += data / calls
+	}
+	// Large responses are not gathered: a few take a wake-up each
+	// anyway, and a mark that a response's tail stays below would hold
+	// it until the watchdog.
+	k := min(coalesceMax, n/4, sockio.MaxCoalesce/per)
+	if k < 2 {
+		return 1
+	}
+	return k * per
 }

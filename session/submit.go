@@ -60,6 +60,11 @@ var errCanceled = errors.New("iscsi: command canceled by its caller")
 // asyncConn is a connection's state for Submit and for the reader's
 // batching of the writes its completions cause.
 type asyncConn struct {
+	// calls counts the calls in the task table and readOut the bytes
+	// they read, for the receive mark (coalesceMark); guarded by the
+	// Conn's mu. A connection's end empties the table and leaves them:
+	// nothing reads it then.
+	calls, readOut int
 	// free holds the tasks of finished calls for reuse; guarded by the
 	// Conn's mu. A task is put back only by the reader that completed it
 	// with the target's status, while the connection was up: nothing else
@@ -172,6 +177,8 @@ func (c *Conn) registerCall(call *Call) (*task, error) {
 	t.writeLen = len(cmd.Write)
 	c.tasks[itt] = t
 	c.scsiCount++
+	c.as.calls++
+	c.as.readOut += len(cmd.Read)
 	call.conn, call.itt = c, itt
 	return t, nil
 }
@@ -226,6 +233,11 @@ func (c *Conn) sendCall(t *task) error {
 
 // unregister drops a task that never went out and will not complete.
 func (c *Conn) unregister(t *task) {
+	c.mu.Lock()
+	if c.tasks[t.itt] == t {
+		c.callGoneLocked(t)
+	}
+	c.mu.Unlock()
 	c.remove(t.itt)
 	t.call.conn = nil
 }
@@ -361,6 +373,7 @@ func (c *Conn) Cancel(call *Call) bool {
 func (c *Conn) finishCall(t *task, onReader bool) {
 	c.mu.Lock()
 	if c.tasks[t.itt] == t {
+		c.callGoneLocked(t)
 		delete(c.tasks, t.itt)
 		c.scsiCount--
 		if c.scsiCount == 0 && c.idle != nil {
@@ -389,6 +402,13 @@ func (c *Conn) finishCall(t *task, onReader bool) {
 	}
 	c.beginBatch()
 	call.Done(call)
+}
+
+// callGoneLocked counts call task t out of the task table. The caller
+// holds mu.
+func (c *Conn) callGoneLocked(t *task) {
+	c.as.calls--
+	c.as.readOut -= len(t.readBuf)
 }
 
 // deliverLate runs Done for a call that ended without its status.

@@ -7,7 +7,9 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
+	"time"
 )
 
 // readBufSize is the read buffer of a connection: PDUs that arrive together
@@ -46,6 +48,22 @@ type Reader struct {
 	dst    []byte
 	n      int
 	errno  syscall.Errno
+
+	// reads counts the reads that brought data, for the watchdog of
+	// Coalesce; lowat is the socket's SO_RCVLOWAT as Coalesce and the
+	// watchdog set it (0 and 1 both mean 1, the kernel's default);
+	// lowatSets counts the setsockopt calls that set it.
+	reads     atomic.Uint64
+	lowat     atomic.Int32
+	lowatSets atomic.Uint64
+	// lw is the watchdog's state, guarded by lwMu, which also orders the
+	// setsockopt calls so that lowat is what the socket has.
+	lwMu sync.Mutex
+	lw   struct {
+		timer *time.Timer
+		set   bool   // the timer runs
+		seen  uint64 // reads when it was last armed
+	}
 }
 
 // NewReader returns a Reader of c, or nil where there is none: off Linux, or
@@ -92,6 +110,9 @@ func (s *Reader) sysRead(p []byte) (int, error) {
 	err := s.rc.Read(s.readFn)
 	n, errno := s.n, s.errno
 	s.dst = nil
+	if n > 0 {
+		s.reads.Add(1)
+	}
 	if (err != nil || errno != 0 || n == 0) && s.buf != nil && s.r == s.w {
 		// The connection is over: its buffer serves another.
 		readBufs.Put(s.buf)
@@ -241,4 +262,88 @@ func (s *Reader) SetLowWater(n int) error {
 		return err
 	}
 	return serr
+}
+
+// CoalesceWait is how long a socket whose SO_RCVLOWAT Coalesce raised may
+// go without a read bringing data before the watchdog drops it back to 1
+// byte: a reader waits at most about twice that for what is queued below
+// the mark (the watchdog checks every CoalesceWait).
+const CoalesceWait = time.Millisecond
+
+// MaxCoalesce is the highest mark Coalesce sets. It keeps the mark well
+// under the socket's receive buffer: the kernel caps the mark at half of
+// it, and a mark above that grows the buffer and clamps the window to it.
+const MaxCoalesce = 32 << 10
+
+// Coalesce sets the socket's SO_RCVLOWAT to n bytes (1 to MaxCoalesce)
+// unless it is that already: the system call is made only when the mark
+// changes. Above 1 the kernel wakes a reader only once n bytes are queued,
+// so one wake-up and one read take several PDUs; a watchdog then drops
+// the mark back to 1 once no read has brought data for CoalesceWait, so
+// that a reader never waits long for bytes that are all the peer will
+// send (a lone response, a peer answering one command at a time). The
+// caller, which knows what it expects, sets it to 1 when it expects
+// little. It is safe to call from any goroutine; a socket that refuses
+// the option is left as it is.
+func (s *Reader) Coalesce(n int) {
+	n = min(max(n, 1), MaxCoalesce)
+	if max(int(s.lowat.Load()), 1) == n {
+		return
+	}
+	s.lwMu.Lock()
+	defer s.lwMu.Unlock()
+	if max(int(s.lowat.Load()), 1) == n || s.setLowWaterLocked(n) != nil {
+		return
+	}
+	if n > 1 && !s.lw.set {
+		s.lw.set = true
+		s.lw.seen = s.reads.Load()
+		if s.lw.timer == nil {
+			s.lw.timer = time.AfterFunc(CoalesceWait, s.watchdog)
+		} else {
+			s.lw.timer.Reset(CoalesceWait)
+		}
+	}
+}
+
+// watchdog runs CoalesceWait after Coalesce raised the mark, and every
+// CoalesceWait while it stays raised and reads bring data; once none has
+// since the last check, it drops the mark to 1 (which wakes a waiting
+// reader if anything is queued: the kernel checks the socket when the
+// mark changes).
+func (s *Reader) watchdog() {
+	s.lwMu.Lock()
+	defer s.lwMu.Unlock()
+	if s.lowat.Load() <= 1 {
+		s.lw.set = false
+		return
+	}
+	if r := s.reads.Load(); r != s.lw.seen {
+		s.lw.seen = r
+		s.lw.timer.Reset(CoalesceWait)
+		return
+	}
+	s.lw.set = false
+	s.setLowWaterLocked(1)
+}
+
+// LowWater returns the socket's SO_RCVLOWAT as Coalesce and its watchdog
+// last set it, and how many times they set it (each a system call).
+func (s *Reader) LowWater() (n int, sets uint64) {
+	return max(int(s.lowat.Load()), 1), s.lowatSets.Load()
+}
+
+// setLowWaterLocked sets SO_RCVLOWAT to n and records it. The caller holds
+// lwMu. The mark is recorded before the system call: a reader woken by it
+// (a lower mark wakes a reader if enough is queued) must see the new mark
+// when it asks for another, or it would take the old one for the
+// socket's and not set it.
+func (s *Reader) setLowWaterLocked(n int) error {
+	s.lowatSets.Add(1)
+	old := s.lowat.Swap(int32(n))
+	if err := s.SetLowWater(n); err != nil {
+		s.lowat.Store(old)
+		return err
+	}
+	return nil
 }
