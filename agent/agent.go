@@ -612,23 +612,7 @@ func (a *Agent) Serve(ln net.Listener, remote bool, token string) error {
 	if remote && token == "" {
 		return errors.New("agent: a TCP listener needs a token")
 	}
-	srv := &http.Server{Handler: a.handler(remote, token), ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog: zap.NewStdLog(a.log)}
-	a.mu.Lock()
-	if a.closing {
-		a.mu.Unlock()
-		return errors.New("agent: shutting down")
-	}
-	a.servers = append(a.servers, srv)
-	a.srvWG.Add(1)
-	a.mu.Unlock()
-	go func() {
-		defer a.srvWG.Done()
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			a.log.Warn("API server", zap.Error(err))
-		}
-	}()
-	return nil
+	return a.serve(ln, a.handler(remote, token), "API server")
 }
 
 // ServeMetrics serves the Prometheus metrics on ln (GET /metrics) until
@@ -636,7 +620,13 @@ func (a *Agent) Serve(ln net.Listener, remote bool, token string) error {
 func (a *Agent) ServeMetrics(ln net.Listener) error {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", a.metrics.Handler())
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: zap.NewStdLog(a.log)}
+	return a.serve(ln, mux, "metrics server")
+}
+
+// serve runs an HTTP server of h on ln until Shutdown, which closes it and
+// waits for it (srvWG); none starts once Shutdown has begun.
+func (a *Agent) serve(ln net.Listener, h http.Handler, what string) error {
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ErrorLog: zap.NewStdLog(a.log)}
 	a.mu.Lock()
 	if a.closing {
 		a.mu.Unlock()
@@ -648,7 +638,7 @@ func (a *Agent) ServeMetrics(ln net.Listener) error {
 	go func() {
 		defer a.srvWG.Done()
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			a.log.Warn("metrics server", zap.Error(err))
+			a.log.Warn(what, zap.Error(err))
 		}
 	}()
 	return nil
