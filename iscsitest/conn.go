@@ -57,6 +57,10 @@ type Conn struct {
 	loggedOut atomic.Bool
 	done      chan struct{} // closed when the reader has ended
 
+	// kept is what the connection sent that a SNACK may ask for again,
+	// at ErrorRecoveryLevel 1; guarded by outMu (snack.go).
+	kept retained
+
 	nopMu      sync.Mutex
 	nopTTT     uint32
 	nopPending bool
@@ -89,6 +93,8 @@ type outItem struct {
 	done       chan error
 	// release, when set, is released once the item is written or dropped.
 	release *lunView
+	// resend marks a PDU sent again for a SNACK (snack.go).
+	resend bool
 }
 
 func newConn(t *Target, nc net.Conn) *Conn {
@@ -221,6 +227,7 @@ func (c *Conn) enqueueItem(p pdu.PDU, ahs, data []byte, wait bool, rel *lunView)
 	it := outItem{kind: itemPDU, ahs: ahs, data: data, done: done, release: rel}
 	p.MarshalBHS(&it.h)
 	it.h.SetLengths(len(ahs), len(data))
+	c.retainLocked(p, &it)
 	c.outQ = append(c.outQ, it)
 	c.outCond.Signal()
 	c.outMu.Unlock()
@@ -295,6 +302,7 @@ func (c *Conn) writeLoop() {
 	w := pdu.NewWriter(sockio.WriterOf(c.nc))
 	var waiters []chan error
 	var releases []*lunView
+	var hdig, ddig bool // the digests the writer is set to
 	flush := func() error {
 		c.nc.SetWriteDeadline(time.Now().Add(c.t.Config.WriteTimeout))
 		err := w.Flush()
@@ -332,7 +340,7 @@ func (c *Conn) writeLoop() {
 			}
 			switch it.kind {
 			case itemPDU:
-				w.AppendRaw(&it.h, it.ahs, it.data)
+				c.appendOut(w, &it, hdig, ddig)
 				if it.done != nil {
 					waiters = append(waiters, it.done)
 				}
@@ -344,6 +352,7 @@ func (c *Conn) writeLoop() {
 			case itemDigests:
 				if err = flush(); err == nil {
 					w.SetDigests(it.hdig, it.ddig)
+					hdig, ddig = it.hdig, it.ddig
 				}
 			case itemFIN:
 				err = flush()

@@ -35,6 +35,10 @@ type task struct {
 	next  uint32
 	r2tSN uint32
 	r2ts  map[uint32]*r2t
+	// missing are the ranges (offset, length) whose Data-Out failed the
+	// data digest at ErrorRecoveryLevel 1: asked for again with a
+	// recovery R2T.
+	missing [][2]uint32
 }
 
 // r2t is an outstanding R2T: a sequence of Data-Out the target asked for.
@@ -164,7 +168,15 @@ func (s *session) dataOut(c *Conn, in *inPDU, v *pdu.DataOut) {
 			delete(tk.r2ts, v.TTT)
 		}
 	}
-	if in.badDigest {
+	if in.badDigest && s.params.ErrorRecoveryLevel >= 1 {
+		// RFC 7143 §7.8 at ERL 1: reject the PDU, ask for its data again
+		// with a recovery R2T.
+		s.t.count(func(st *Stats) { st.DigestErrors++ })
+		c.reject(pdu.RejectDataDigestError, &in.h)
+		if n > 0 {
+			tk.missing = append(tk.missing, [2]uint32{at, n})
+		}
+	} else if in.badDigest {
 		// RFC 7143 §7.8: reject the PDU, end the task with CHECK CONDITION
 		// once its data is all in.
 		s.t.count(func(st *Stats) { st.DigestErrors++ })
@@ -189,7 +201,19 @@ func (s *session) advance(tk *task) {
 		}
 		return
 	}
-	if len(tk.r2ts) == 0 && tk.next >= tk.need {
+	p := &s.params
+	for len(tk.missing) > 0 && len(tk.r2ts) < p.MaxOutstandingR2T {
+		// A recovery R2T for data that failed its digest.
+		m := tk.missing[0]
+		tk.missing = tk.missing[1:]
+		ttt := s.newTTT()
+		tk.r2ts[ttt] = &r2t{off: m[0], length: m[1]}
+		tk.c.enqueue(&pdu.R2T{LUN: tk.lunF, ITT: tk.itt, TTT: ttt, R2TSN: tk.r2tSN, BufferOffset: m[0],
+			DesiredDataTransferLength: m[1]}, nil, nil, false)
+		tk.r2tSN++
+		s.t.count(func(st *Stats) { st.Resent++ })
+	}
+	if len(tk.r2ts) == 0 && len(tk.missing) == 0 && tk.next >= tk.need {
 		s.endTask(tk)
 		res := result{status: pdu.StatusGood, wantOut: tk.wantOut}
 		if tk.buf != nil {
@@ -201,7 +225,6 @@ func (s *session) advance(tk *task) {
 		s.respond(tk.c, tk.itt, tk.read, true, tk.edtl, res, tk.r2tSN)
 		return
 	}
-	p := &s.params
 	for len(tk.r2ts) < p.MaxOutstandingR2T && tk.next < tk.need {
 		length := min(uint32(p.MaxBurstLength), tk.need-tk.next)
 		ttt := s.newTTT()

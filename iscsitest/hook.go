@@ -1,6 +1,9 @@
 package iscsitest
 
 import (
+	"encoding/binary"
+	"hash/crc32"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -40,6 +43,7 @@ const (
 	actRespond
 	actLogout
 	actReject
+	actBadData
 )
 
 // Action is what the target does with a PDU a Hook saw.
@@ -118,6 +122,9 @@ func (c *Conn) runHook(in *inPDU, p pdu.PDU) bool {
 func (c *Conn) apply(a Action, in *inPDU, p pdu.PDU) bool {
 	switch a.kind {
 	case actContinue:
+		return false
+	case actBadData:
+		in.badDigest = true
 		return false
 	case actDrop:
 		return true
@@ -290,4 +297,70 @@ func Once(h Hook) Hook {
 		}
 		return Continue
 	}
+}
+
+// DigestFault selects outgoing PDUs whose digests the target corrupts, to
+// test an initiator's recovery: it sees each PDU's header as it is about to
+// be written (resend tells a PDU sent again for a SNACK) and answers which
+// digest to corrupt. A digest not negotiated on the connection is not
+// there to corrupt.
+type DigestFault func(h *pdu.BHS, resend bool) Corrupt
+
+// Corrupt says which digests of a PDU a DigestFault corrupts.
+type Corrupt struct {
+	Header, Data bool
+}
+
+// CorruptNth returns a DigestFault that corrupts c on the nth (from 1) PDU
+// that m matches (nil matches every PDU), resends not counted, and on no
+// other.
+func CorruptNth(m func(h *pdu.BHS) bool, n int, c Corrupt) DigestFault {
+	var seen atomic.Int64
+	return func(h *pdu.BHS, resend bool) Corrupt {
+		if resend || (m != nil && !m(h)) {
+			return Corrupt{}
+		}
+		if seen.Add(1) == int64(n) {
+			return c
+		}
+		return Corrupt{}
+	}
+}
+
+// BadDataDigest is an Action that handles the PDU as if its data digest
+// had not matched (the initiator's data corrupted on the way): a Data-Out
+// is rejected with "data digest error" and, at ErrorRecoveryLevel 1, asked
+// for again with a recovery R2T; at 0 its command ends with CHECK
+// CONDITION.
+var BadDataDigest = Action{kind: actBadData}
+
+// appendOut queues one PDU on the writer, corrupting its digests as the
+// target's DigestFault says.
+func (c *Conn) appendOut(w *pdu.Writer, it *outItem, hdig, ddig bool) {
+	f := c.t.Config.DigestFault
+	var bad Corrupt
+	if f != nil && c.sess.Load() != nil {
+		bad = f(&it.h, it.resend)
+	}
+	bad.Header = bad.Header && hdig
+	bad.Data = bad.Data && ddig && len(it.data) > 0
+	if !bad.Header && !bad.Data {
+		w.AppendRaw(&it.h, it.ahs, it.data)
+		return
+	}
+	c.t.count(func(s *Stats) { s.DigestsCorrupted++ })
+	// The writer computes the digests; the corrupt ones are written as
+	// part of the AHS or the data instead, with that digest turned off.
+	ahs, data := it.ahs, it.data
+	if bad.Header {
+		crc := crc32.Update(crc32.Checksum(it.h[:], castagnoli), castagnoli, it.ahs)
+		ahs = binary.LittleEndian.AppendUint32(slices.Clone(it.ahs), ^crc)
+	}
+	if bad.Data {
+		padded := append(slices.Clone(it.data), make([]byte, -len(it.data)&3)...)
+		data = binary.LittleEndian.AppendUint32(padded, ^crc32.Checksum(padded, castagnoli))
+	}
+	w.SetDigests(hdig && !bad.Header, ddig && !bad.Data)
+	w.AppendRaw(&it.h, ahs, data)
+	w.SetDigests(hdig, ddig)
 }

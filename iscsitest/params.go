@@ -31,6 +31,8 @@ func (l *login) ours(key string) string {
 		return strconv.Itoa(c.FirstBurstLength)
 	case "MaxOutstandingR2T":
 		return strconv.Itoa(c.MaxOutstandingR2T)
+	case "ErrorRecoveryLevel":
+		return strconv.Itoa(c.ErrorRecoveryLevel)
 	case "iSCSIProtocolLevel":
 		return "1" // RFC 7143
 	}

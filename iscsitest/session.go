@@ -235,8 +235,7 @@ func (s *session) handle(c *Conn, in *inPDU, p pdu.PDU) {
 	case *pdu.LogoutRequest:
 		s.logout(c, v, nil)
 	case *pdu.SNACKRequest:
-		// SNACK needs ErrorRecoveryLevel 1 or more.
-		c.reject(pdu.RejectProtocolError, &in.h)
+		s.snack(c, in, v)
 	default:
 		c.protocolError(&in.h, pdu.RejectProtocolError, in.h.Opcode().String()+" in full feature phase")
 	}

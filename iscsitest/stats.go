@@ -27,6 +27,9 @@ type Stats struct {
 	// ProtocolErrors counts connections the target dropped for an error of
 	// the initiator.
 	ProtocolErrors int
+	// DigestsCorrupted counts PDUs sent with a digest the DigestFault
+	// corrupted; Resent PDUs sent again for a SNACK or a recovery R2T.
+	DigestsCorrupted, Resent int
 }
 
 func newStats() Stats {

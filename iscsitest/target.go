@@ -90,9 +90,17 @@ type Config struct {
 	// random one, so initiators cannot assume it.
 	InitialStatSN uint32
 
+	// ErrorRecoveryLevel is the highest level the target negotiates (the
+	// minimum of both offers): 0 (the default) or 1, at which it keeps
+	// what it sent for resending and answers SNACKs (snack.go).
+	ErrorRecoveryLevel int
+
 	// Hook, if set, sees every PDU the target receives before the target
 	// handles it and may replace the handling.
 	Hook Hook
+	// DigestFault, if set, sees every PDU the target sends in full feature
+	// phase, resends included, and may corrupt its digests (hook.go).
+	DigestFault DigestFault
 	// Logger receives the target's log; default none.
 	Logger *zap.Logger
 }
@@ -209,6 +217,7 @@ func withDefaults(c Config) Config {
 	def(&c.MaxBurstLength, 262144)
 	def(&c.MaxOutstandingR2T, 1)
 	def(&c.QueueDepth, 32)
+	c.ErrorRecoveryLevel = min(max(c.ErrorRecoveryLevel, 0), 1)
 	def(&c.MaxTransferLength, 8<<20)
 	c.MaxRecvDataSegmentLength = min(max(c.MaxRecvDataSegmentLength, 512), pdu.MaxDataSegmentLength)
 	c.MaxBurstLength = min(max(c.MaxBurstLength, 512), pdu.MaxDataSegmentLength)

@@ -21,6 +21,25 @@ type ReaderConfig struct {
 	MaxDataSegmentLength int
 	HeaderDigest         bool
 	DataDigest           bool
+	// DataDigestInStep makes a data digest error not sticky (ErrorRecoveryLevel
+	// 1 and up): the header was good, so the whole segment and its digest
+	// were read and the stream is in step. ReadData and Data then return
+	// the *DigestError and later calls go on; the caller discards the data
+	// and asks for it again (a Data SNACK). Off, a data digest error fails
+	// the Reader as any other error does (ErrorRecoveryLevel 0).
+	DataDigestInStep bool
+	// SkipBadHeader makes a header digest error not sticky once
+	// (ErrorRecoveryLevel 1 and up): Next returns the *DigestError and the
+	// next call skips the data segment the bad header announced, trusting
+	// its DataSegmentLength if it is within MaxDataSegmentLength. RFC 7143
+	// §7.8 warns that this length may be the corrupted field, and asks for
+	// a sync and steering layer to find the next PDU; this Reader has none
+	// (markers are gone from RFC 7143), and checks the skip instead: the
+	// header that follows must pass its own digest, a 32-bit check of
+	// where the skip landed. A second header digest error in a row (the
+	// skip landed wrong, or the line is bad) fails the Reader. Only with
+	// HeaderDigest.
+	SkipBadHeader bool
 }
 
 // Reader reads PDUs from a byte stream. Next reads a header; the data segment
@@ -53,6 +72,12 @@ type Reader struct {
 	skipping bool
 	skipLeft int
 	skipCRC  uint32
+	// inStep is DataDigestInStep as the current header was read.
+	inStep bool
+	// badHeader is set when the current PDU is one whose header failed its
+	// digest and was skipped (SkipBadHeader): its data digest is not
+	// checked, and another bad header before a good one is fatal.
+	badHeader bool
 }
 
 // NewReader returns a Reader of r. A BufferedSource (a *bufio.Reader, say)
@@ -130,9 +155,20 @@ func (r *Reader) Next() (*BHS, error) {
 		}
 		want := updateCRC(CRC32C(h[:]), r.ahs[:r.nahs])
 		if got := getDigest(r.scratch[:]); got != want {
-			return nil, r.fail(&DigestError{Op: op, Got: got, Want: want})
+			derr := &DigestError{Op: op, Got: got, Want: want}
+			n := h.DataSegmentLength()
+			if !r.cfg.SkipBadHeader || r.badHeader || n > r.cfg.MaxDataSegmentLength {
+				return nil, r.fail(derr)
+			}
+			// Skipped on the length it claims; the next header's digest
+			// checks that the skip landed on a PDU.
+			r.r.Discard(hlen)
+			r.badHeader = true
+			r.dataLen, r.unread, r.ddig, r.inStep = n, n > 0, r.cfg.DataDigest, true
+			return nil, derr
 		}
 	}
+	r.badHeader = false
 	if !op.Valid() {
 		return nil, r.fail(&ProtocolError{Op: op, Field: "Opcode", Value: uint64(op), Reason: "undefined opcode"})
 	}
@@ -162,6 +198,7 @@ func (r *Reader) Next() (*BHS, error) {
 	r.r.Discard(hlen)
 	r.unread = r.dataLen > 0
 	r.ddig = r.cfg.DataDigest
+	r.inStep = r.cfg.DataDigestInStep
 	return h, nil
 }
 
@@ -219,10 +256,19 @@ func (r *Reader) ReadData(p []byte) error {
 		return r.fail(unexpected(err))
 	}
 	if got := getDigest(r.scratch[:]); got != want {
-		return r.fail(&DigestError{Op: r.hdr.Opcode(), Data: true, Got: got, Want: want})
+		derr := &DigestError{Op: r.hdr.Opcode(), Data: true, Got: got, Want: want}
+		if r.inStep {
+			return derr // all of it was read: the stream is in step
+		}
+		return r.fail(derr)
 	}
 	return nil
 }
+
+// Failed returns the error that ended the stream (io.EOF included), nil
+// while it is in step (a data digest error with DataDigestInStep, or a header skipped
+// with SkipBadHeader, leaves it in step).
+func (r *Reader) Failed() error { return r.err }
 
 // Data reads the current PDU's data segment into a buffer the Reader owns,
 // valid until the next call to Next. It returns nil when there is none.
@@ -275,7 +321,7 @@ func (r *Reader) skipData() error {
 		}
 		got := getDigest(b)
 		r.r.Discard(DigestLen)
-		if got != r.skipCRC {
+		if got != r.skipCRC && !r.badHeader && !r.inStep {
 			r.skipping, r.unread = false, false
 			return &DigestError{Op: r.hdr.Opcode(), Data: true, Got: got, Want: r.skipCRC}
 		}

@@ -82,6 +82,8 @@ type Conn struct {
 	direct bool
 	// as is the state of Submit's calls (submit.go).
 	as asyncConn
+	// snack is the within-connection recovery at ERL 1 (snack.go).
+	snack snackState
 }
 
 type nopPing struct {
@@ -215,6 +217,7 @@ func (c *Conn) fail(err error) {
 		close(c.closing)
 		c.nc.Close()
 	})
+	c.stopSNACKs()
 	for _, t := range tasks {
 		t.complete(err, nil)
 	}

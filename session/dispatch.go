@@ -36,6 +36,11 @@ func (c *Conn) dispatch(h *pdu.BHS) error {
 	// advances past those that carry status.
 	c.s.updateWindow(sn.ExpCmdSN, sn.MaxCmdSN)
 	if status {
+		if c.erl1() {
+			if err := c.statSNGap(sn.StatSN); err != nil {
+				return err
+			}
+		}
 		c.updateStatSN(sn.StatSN)
 	}
 	switch op {
@@ -86,11 +91,21 @@ func (c *Conn) processDataIn(h *pdu.BHS) error {
 		return nil
 	}
 	// Every Data-In of a command counts, with data or not (RFC 7143 §11.7.5).
+	if d.DataSN != t.dataSN && c.erl1() {
+		// A gap (a Data-In whose header was skipped) is asked for;
+		// Data-In past a gap already asked for, and resends already had,
+		// are discarded (snack.go).
+		var err error
+		if pdu.SerialLess(t.dataSN, d.DataSN) {
+			err = c.askData(t, t.dataSN)
+		}
+		t.mu.Unlock()
+		return err
+	}
 	if d.DataSN != t.dataSN {
 		t.mu.Unlock()
 		return &pdu.ProtocolError{Op: pdu.OpSCSIDataIn, Field: "DataSN", Value: uint64(d.DataSN), Reason: fmt.Sprintf("expected %d", t.dataSN)}
 	}
-	t.dataSN++
 	if n > 0 {
 		off := int(d.BufferOffset)
 		switch {
@@ -107,12 +122,26 @@ func (c *Conn) processDataIn(h *pdu.BHS) error {
 			c.endBatch()
 		}
 		if err := c.r.ReadData(t.readBuf[off : off+n]); err != nil {
+			if c.recoverable(err, true) {
+				// Discarded, and asked for again.
+				c.snack.dataErrs.Add(1)
+				err = c.askData(t, d.DataSN)
+			}
 			t.mu.Unlock()
 			return err
 		}
 		t.received += n
 	}
+	t.dataSN++
+	var held *dataGap
+	if c.erl1() {
+		held = c.dataIn(t, d.DataSN)
+	}
 	t.mu.Unlock()
+	if held != nil {
+		c.finishHeld(t, held)
+		return nil
+	}
 	if d.HasStatus && t.call != nil {
 		c.callStatus(t, pdu.RespCommandCompleted, d.Status, d.ResidualCount, d.Underflow, d.Overflow, nil)
 		return nil
@@ -138,6 +167,13 @@ func (c *Conn) processSCSIResponse(h *pdu.BHS) error {
 		return err
 	}
 	t, err := c.answering(pdu.OpSCSIResponse, r.ITT, taskSCSI)
+	if err == nil && t != nil {
+		// At ERL 1 a read's response waits for Data-In still missing.
+		var held bool
+		if held, err = c.holdResponse(t, &r, data); held {
+			return nil
+		}
+	}
 	switch {
 	case err != nil:
 		return err
@@ -354,6 +390,9 @@ func (c *Conn) processReject(h *pdu.BHS) error {
 	var rh pdu.BHS
 	copy(rh[:], data)
 	c.log.Debug("target rejected a PDU", zap.Stringer("op", rh.Opcode()), zap.Stringer("reason", rj.Reason))
+	if done, err := c.rejectedAtERL1(&rj, &rh); done {
+		return err
+	}
 	if t := c.rejected(&rh); t != nil {
 		c.remove(t.itt)
 		t.complete(&RejectError{Reason: rj.Reason, Op: rh.Opcode()}, nil)

@@ -138,7 +138,14 @@ func TestDataInHostile(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			s, f := fakeSession(t, testConfig(), faketarget.Login{})
+			// ERL 0: every one is a protocol error. (At ERL 1 a DataSN
+			// that skips is a lost Data-In, asked for again:
+			// TestDataInSkipAtERL1.)
+			cfg := testConfig()
+			p := DefaultParams()
+			p.ErrorRecoveryLevel = 0
+			cfg.Params = &p
+			s, f := fakeSession(t, cfg, faketarget.Login{})
 			cmd := readCmd(512)
 			ch := goExecute(context.Background(), s, cmd)
 			c := f.Expect(pdu.OpSCSICommand).PDU.(*pdu.SCSICommand)
@@ -152,6 +159,35 @@ func TestDataInHostile(t *testing.T) {
 			<-s.Ended()
 			faketarget.AsProtocolError(t, s.all[0].Err(), pdu.OpSCSIDataIn, tt.field)
 		})
+	}
+}
+
+// TestDataInSkipAtERL1: at ERL 1 a DataSN that skips is a Data-In lost,
+// not a protocol error: the initiator asks for it with a Data SNACK from
+// the missing DataSN, and completes the read with what the target sends
+// again.
+func TestDataInSkipAtERL1(t *testing.T) {
+	s, f := fakeSession(t, testConfig(), faketarget.Login{})
+	if s.Params().ErrorRecoveryLevel != 1 {
+		t.Fatalf("ErrorRecoveryLevel %d, want 1", s.Params().ErrorRecoveryLevel)
+	}
+	cmd := readCmd(512)
+	ch := goExecute(context.Background(), s, cmd)
+	c := f.Expect(pdu.OpSCSICommand).PDU.(*pdu.SCSICommand)
+	first, second := bytes.Repeat([]byte{0x11}, 256), bytes.Repeat([]byte{0x22}, 256)
+	f.Send(&pdu.DataIn{ITT: c.ITT, TTT: 0xffffffff, SeqNums: f.Seq(false), DataSN: 0}, first)
+	f.Send(&pdu.DataIn{Final: true, HasStatus: true, ITT: c.ITT, TTT: 0xffffffff, SeqNums: f.Seq(true), DataSN: 2, BufferOffset: 256}, second)
+	sn := f.Expect(pdu.OpSNACKRequest).PDU.(*pdu.SNACKRequest)
+	if sn.Type != pdu.SNACKData || sn.ITT != c.ITT || sn.BegRun != 1 || sn.RunLength != 0 {
+		t.Fatalf("SNACK %+v, want a Data SNACK for ITT %#x from DataSN 1", sn, c.ITT)
+	}
+	f.Send(&pdu.DataIn{ITT: c.ITT, TTT: 0xffffffff, SeqNums: f.Seq(false), DataSN: 1, BufferOffset: 256}, second[:128])
+	f.Send(&pdu.DataIn{Final: true, HasStatus: true, ITT: c.ITT, TTT: 0xffffffff, SeqNums: f.Seq(true), DataSN: 2, BufferOffset: 384}, second[:128])
+	if r := waitExec(t, ch); r.err != nil {
+		t.Fatalf("read after the SNACK: %v", r.err)
+	}
+	if !bytes.Equal(cmd.Read, append(append([]byte(nil), first...), second...)) {
+		t.Fatal("the read's data are not what the target sent")
 	}
 }
 

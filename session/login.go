@@ -386,8 +386,7 @@ func (l *loginState) fullFeature(params Params) *Conn {
 		params.MaxRecvDataSegmentLength = own.MaxRecvDataSegmentLength
 		params.TargetMaxRecvDataSegmentLength = own.TargetMaxRecvDataSegmentLength
 	}
-	l.r.SetConfig(pdu.ReaderConfig{From: pdu.FromTarget, MaxDataSegmentLength: params.MaxRecvDataSegmentLength,
-		HeaderDigest: params.HeaderDigest, DataDigest: params.DataDigest})
+	l.r.SetConfig(readerConfig(params))
 	l.w.SetDigests(params.HeaderDigest, params.DataDigest)
 	c := newConn(s, l.cid, l.nc, l.r, l.w, l.expStatSN, params)
 	c.as.src = l.src

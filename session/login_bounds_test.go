@@ -3,7 +3,9 @@ package session
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -249,14 +251,13 @@ func TestLoginTransitChecked(t *testing.T) {
 
 // TestLoginRefusesUnimplementedErrorRecoveryLevel: an ErrorRecoveryLevel
 // the package does not implement is refused before anything is dialed,
-// never offered; 0 is still offered and logs in.
+// never offered; every level up to implementedERL is offered as asked, and
+// the target's answer is the session's.
 func TestLoginRefusesUnimplementedErrorRecoveryLevel(t *testing.T) {
 	for _, c := range []struct {
 		erl  int
 		want string
 	}{
-		{1, "ErrorRecoveryLevel 1 is not implemented: the highest is 0"},
-		{2, "ErrorRecoveryLevel 2 is not implemented: the highest is 0"},
 		{-1, "ErrorRecoveryLevel -1 is outside 0-2"},
 		{3, "ErrorRecoveryLevel 3 is outside 0-2"},
 	} {
@@ -275,15 +276,36 @@ func TestLoginRefusesUnimplementedErrorRecoveryLevel(t *testing.T) {
 			t.Errorf("ErrorRecoveryLevel %d: %d connections dialed, want none", c.erl, dials)
 		}
 	}
-	cfg := testConfig()
-	p := DefaultParams()
-	p.ErrorRecoveryLevel = maxErrorRecoveryLevel
-	cfg.Params = &p
-	s, f := fakeSession(t, cfg, faketarget.Login{})
-	if v, ok := pdu.Lookup(f.LoginKeys(), "ErrorRecoveryLevel"); !ok || v != "0" {
-		t.Errorf("offered ErrorRecoveryLevel=%q (%v), want 0", v, ok)
+	for erl := implementedERL + 1; erl <= 2; erl++ {
+		cfg := testConfig()
+		p := DefaultParams()
+		p.ErrorRecoveryLevel = erl
+		cfg.Params = &p
+		err := fakeLoginErrN(t, cfg, new(int), func(f *faketarget.Target) error { return f.ServeLogin(faketarget.Login{}) })
+		if want := fmt.Sprintf("ErrorRecoveryLevel %d is not implemented: the highest is %d", erl, implementedERL); !errors.Is(err, ErrInvalidConfig) || !strings.Contains(err.Error(), want) {
+			t.Errorf("ErrorRecoveryLevel %d: %v; want ErrInvalidConfig saying %q", erl, err, want)
+		}
 	}
+	if DefaultParams().ErrorRecoveryLevel != implementedERL {
+		t.Errorf("DefaultParams offers ErrorRecoveryLevel %d, want the implemented %d", DefaultParams().ErrorRecoveryLevel, implementedERL)
+	}
+	for erl := 0; erl <= implementedERL; erl++ {
+		cfg := testConfig()
+		p := DefaultParams()
+		p.ErrorRecoveryLevel = erl
+		cfg.Params = &p
+		s, f := fakeSession(t, cfg, faketarget.Login{})
+		if v, ok := pdu.Lookup(f.LoginKeys(), "ErrorRecoveryLevel"); !ok || v != strconv.Itoa(erl) {
+			t.Errorf("offered ErrorRecoveryLevel=%q (%v), want %d", v, ok, erl)
+		}
+		// The fake target echoes the offer.
+		if s.Params().ErrorRecoveryLevel != erl {
+			t.Errorf("offer %d: negotiated ErrorRecoveryLevel %d", erl, s.Params().ErrorRecoveryLevel)
+		}
+	}
+	// A target that does less answers less: its answer decides.
+	s, _ := fakeSession(t, testConfig(), faketarget.Login{Answers: map[string]string{"ErrorRecoveryLevel": "0"}})
 	if s.Params().ErrorRecoveryLevel != 0 {
-		t.Errorf("negotiated ErrorRecoveryLevel %d", s.Params().ErrorRecoveryLevel)
+		t.Errorf("target answered 0: negotiated ErrorRecoveryLevel %d", s.Params().ErrorRecoveryLevel)
 	}
 }

@@ -29,8 +29,12 @@ type Params struct {
 	MaxOutstandingR2T              int
 	DataPDUInOrder                 bool
 	DataSequenceInOrder            bool
-	// ErrorRecoveryLevel may be offered up to what the package implements,
-	// 0: Login refuses a higher one with ErrInvalidConfig.
+	// ErrorRecoveryLevel may be offered up to what the package implements
+	// (implementedERL, which DefaultParams offers): Login refuses a higher
+	// one with ErrInvalidConfig. The target's answer (the minimum of both)
+	// is the session's: at 1, a data digest error on a Data-In is recovered
+	// with a SNACK, and a Data-Out the target rejects for its data digest is
+	// sent again (snack.go).
 	ErrorRecoveryLevel int
 	// TargetPortalGroupTag and TargetAlias are what the target declared.
 	TargetPortalGroupTag int
@@ -40,10 +44,10 @@ type Params struct {
 // DefaultParams are the initiator's default offers: RFC 7143 defaults, except
 // a larger receive segment and burst, ImmediateData with InitialR2T=No to
 // save a round trip per write where the target agrees, and
-// DefaultTime2Retain 0 (as open-iscsi offers). At ErrorRecoveryLevel 0
-// nothing is ever recovered, and a retain time only keeps a session's state
-// at the target after its connections ended: LIO keeps a session whose last
-// connection logged out with reason 1 for that long.
+// DefaultTime2Retain 0 (as open-iscsi offers), and the highest
+// ErrorRecoveryLevel the package implements. A retain time only keeps a
+// session's state at the target after its connections ended: LIO keeps a
+// session whose last connection logged out with reason 1 for that long.
 func DefaultParams() Params {
 	return Params{
 		MaxConnections:                 4,
@@ -58,15 +62,14 @@ func DefaultParams() Params {
 		MaxOutstandingR2T:              1,
 		DataPDUInOrder:                 true,
 		DataSequenceInOrder:            true,
-		ErrorRecoveryLevel:             0,
+		ErrorRecoveryLevel:             implementedERL,
 	}
 }
 
-// maxErrorRecoveryLevel is the highest ErrorRecoveryLevel this package
-// implements: it recovers nothing (no SNACK, no task or connection
-// recovery), so it offers no more than 0. A change that implements a
-// recovery class raises it.
-const maxErrorRecoveryLevel = 0
+// implementedERL is the highest ErrorRecoveryLevel this package implements,
+// and so offers by default: 1, within-connection recovery with SNACK
+// (snack.go). A change that implements a higher recovery class raises it.
+const implementedERL = 1
 
 // ErrInvalidConfig is wrapped by the errors about a Config the package
 // cannot log in with, such as a parameter it does not implement.
@@ -78,8 +81,8 @@ func (p Params) check() error {
 	if p.ErrorRecoveryLevel < 0 || p.ErrorRecoveryLevel > 2 {
 		return fmt.Errorf("%w: ErrorRecoveryLevel %d is outside 0-2 (RFC 7143 §13.20)", ErrInvalidConfig, p.ErrorRecoveryLevel)
 	}
-	if p.ErrorRecoveryLevel > maxErrorRecoveryLevel {
-		return fmt.Errorf("%w: ErrorRecoveryLevel %d is not implemented: the highest is %d", ErrInvalidConfig, p.ErrorRecoveryLevel, maxErrorRecoveryLevel)
+	if p.ErrorRecoveryLevel > implementedERL {
+		return fmt.Errorf("%w: ErrorRecoveryLevel %d is not implemented: the highest is %d", ErrInvalidConfig, p.ErrorRecoveryLevel, implementedERL)
 	}
 	return nil
 }

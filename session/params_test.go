@@ -3,6 +3,7 @@ package session
 import (
 	"errors"
 	"reflect"
+	"strconv"
 	"testing"
 
 	"github.com/goiscsi/iscsi/internal/faketarget"
@@ -45,7 +46,7 @@ func TestNegotiationOffers(t *testing.T) {
 	}
 	want := map[string]string{
 		"HeaderDigest": "None", "DataDigest": "None", "MaxRecvDataSegmentLength": "262144",
-		"DefaultTime2Wait": "2", "DefaultTime2Retain": "0", "ErrorRecoveryLevel": "0",
+		"DefaultTime2Wait": "2", "DefaultTime2Retain": "0", "ErrorRecoveryLevel": strconv.Itoa(implementedERL),
 		"MaxConnections": "4", "InitialR2T": "No", "ImmediateData": "Yes", "MaxBurstLength": "1048576",
 		"FirstBurstLength": "262144", "MaxOutstandingR2T": "1", "DataPDUInOrder": "Yes", "DataSequenceInOrder": "Yes",
 	}
@@ -60,7 +61,7 @@ func TestNegotiationOffers(t *testing.T) {
 		got[p.Key] = p.Value
 	}
 	want = map[string]string{"HeaderDigest": "CRC32C,None", "DataDigest": "None", "MaxRecvDataSegmentLength": "262144",
-		"DefaultTime2Wait": "2", "DefaultTime2Retain": "0", "ErrorRecoveryLevel": "0"}
+		"DefaultTime2Wait": "2", "DefaultTime2Retain": "0", "ErrorRecoveryLevel": strconv.Itoa(implementedERL)}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("discovery offers %v\nwant %v", got, want)
 	}
@@ -150,6 +151,8 @@ func TestNegotiationRefused(t *testing.T) {
 	noImm.ImmediateData = false
 	r2t := DefaultParams()
 	r2t.InitialR2T = true
+	erl0 := DefaultParams()
+	erl0.ErrorRecoveryLevel = 0
 	tests := []struct {
 		name    string
 		offer   Params
@@ -162,7 +165,7 @@ func TestNegotiationRefused(t *testing.T) {
 		{"a list as answer", crc, kvs("DataDigest", "CRC32C,None"), "DataDigest"},
 		{"min above our offer", none, kvs("MaxBurstLength", "2097152"), "MaxBurstLength"},
 		{"MaxConnections above our offer", none, kvs("MaxConnections", "8"), "MaxConnections"},
-		{"ErrorRecoveryLevel above our offer", none, kvs("ErrorRecoveryLevel", "1"), "ErrorRecoveryLevel"},
+		{"ErrorRecoveryLevel above our offer", erl0, kvs("ErrorRecoveryLevel", "1"), "ErrorRecoveryLevel"},
 		{"max below our offer", none, kvs("DefaultTime2Wait", "1"), "DefaultTime2Wait"},
 		{"MaxRecvDataSegmentLength under 512", none, kvs("MaxRecvDataSegmentLength", "511"), "MaxRecvDataSegmentLength"},
 		{"MaxRecvDataSegmentLength over 2^24-1", none, kvs("MaxRecvDataSegmentLength", "16777216"), "MaxRecvDataSegmentLength"},

@@ -250,6 +250,9 @@ func (c *Conn) readPDUs(t *task) bool {
 			c.releaseRole(t)
 			return true
 		}
+		if err != nil && c.headerSkipped(err) {
+			continue // ERL 1: what the PDU carried is found missing later
+		}
 		if err != nil {
 			c.fail(c.readErr(err))
 			c.releaseRole(t)
