@@ -247,8 +247,12 @@ func (c *Conn) flushFor(t *task, wait bool) error {
 
 // writeCancelGrace is how long a write that holds a command whose caller
 // gave up may go on before the connection is failed to end it: a PDU half
-// written cannot be taken back, and the caller's memory is in it.
-const writeCancelGrace = 250 * time.Millisecond
+// written cannot be taken back, and the caller's memory is in it. It is
+// readCancelGrace's second: at 250 ms, a busy machine (2 cores, the race
+// detector, the target in the same process, five test runs at once) failed
+// healthy connections in TestGroupCommitWrites/wrapped=true, whose writes
+// go through a capture tap.
+const writeCancelGrace = time.Second
 
 // cancel runs when command t's context ends: it stops the command reading
 // for itself, and if the command's goroutine is in a write (the target
