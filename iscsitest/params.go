@@ -33,6 +33,8 @@ func (l *login) ours(key string) string {
 		return strconv.Itoa(c.MaxOutstandingR2T)
 	case "iSCSIProtocolLevel":
 		return "1" // RFC 7143
+	case "ErrorRecoveryLevel":
+		return strconv.Itoa(min(max(c.ErrorRecoveryLevel, 0), 2))
 	}
 	d, _ := pdu.LookupKey(key)
 	return d.Default

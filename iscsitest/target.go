@@ -42,6 +42,11 @@ type Config struct {
 	CHAPAlgorithms []int
 	// MaxConnections is the most connections per session; default 4.
 	MaxConnections int
+	// ErrorRecoveryLevel is the highest level the target accepts
+	// (negotiated by minimum); default 0. At 2 it does connection
+	// recovery: Logout reason 2, connection reinstatement and TASK
+	// REASSIGN (erl2.go).
+	ErrorRecoveryLevel int
 
 	// MaxRecvDataSegmentLength is what the target declares and enforces on
 	// received PDUs; default 8192.

@@ -30,7 +30,8 @@ type Params struct {
 	DataPDUInOrder                 bool
 	DataSequenceInOrder            bool
 	// ErrorRecoveryLevel may be offered up to what the package implements,
-	// 0: Login refuses a higher one with ErrInvalidConfig.
+	// 2 (connection recovery, connrecovery.go); the target's answer
+	// decides the level in force.
 	ErrorRecoveryLevel int
 	// TargetPortalGroupTag and TargetAlias are what the target declared.
 	TargetPortalGroupTag int
@@ -63,10 +64,8 @@ func DefaultParams() Params {
 }
 
 // maxErrorRecoveryLevel is the highest ErrorRecoveryLevel this package
-// implements: it recovers nothing (no SNACK, no task or connection
-// recovery), so it offers no more than 0. A change that implements a
-// recovery class raises it.
-const maxErrorRecoveryLevel = 0
+// implements: 2, connection recovery (TASK REASSIGN, connrecovery.go).
+const maxErrorRecoveryLevel = 2
 
 // ErrInvalidConfig is wrapped by the errors about a Config the package
 // cannot log in with, such as a parameter it does not implement.
