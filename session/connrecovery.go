@@ -171,6 +171,7 @@ func (s *Session) holdForReassign(c *Conn, err error, tasks map[uint32]*task) ma
 			// fail with ErrNotSent and go again), are not moved.
 			continue
 		}
+		t.held.Store(true)
 		held = append(held, t)
 		delete(tasks, itt)
 	}
@@ -291,9 +292,9 @@ func (s *Session) recoverConn(old *Conn, held []*task, since time.Time, bound ti
 			// say). If the target never got it, its CmdSN is a gap the
 			// target waits on before any later command: fill it.
 			t.mu.Lock()
-			sn := t.cmdSN
+			sn, sent := t.cmdSN, t.sent
 			t.mu.Unlock()
-			if s.unacknowledged(sn) {
+			if sent && s.unacknowledged(sn) {
 				if err := nc.plugGap(sn); err != nil {
 					s.log.Info("ERL 2: CmdSN gap not filled", zap.Uint32("cmdsn", sn), zap.Error(err))
 				}

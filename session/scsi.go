@@ -108,9 +108,11 @@ func (c *Conn) execute(ctx context.Context, cmd *Command) (*Result, error) {
 		defer stop()
 	}
 	sent, err := c.sendCommand(ctx, t, cmd)
-	if err != nil {
+	if err != nil && !(sent && t.held.Load()) {
 		return nil, err
 	}
+	// A command whose write failed as its connection was lost at ERL 2
+	// is held to move to another connection (connrecovery.go): wait.
 
 	if t.writeLen == 0 {
 		// Read the response here if nobody else reads (reader.go).

@@ -77,6 +77,8 @@ type task struct {
 	// home is the connection the task moved to by TASK REASSIGN
 	// (connrecovery.go); nil while it is on the one it was sent on.
 	home atomic.Pointer[Conn]
+	// held is set once ERL 2 connection recovery holds the task.
+	held atomic.Bool
 	// cmd is an Execute command's own, for its retry on another
 	// connection when the target never got it (connrecovery.go).
 	cmd *Command
