@@ -243,6 +243,10 @@ func (s *session) advance(tk *task) {
 // LUN memory a READ's data points into is released once its last PDU is
 // written.
 func (s *session) respond(c *Conn, itt uint32, read, write bool, edtl uint32, res result, expDataSN uint32) {
+	if s.params.ErrorRecoveryLevel >= 2 {
+		// Kept until acknowledged, for TASK REASSIGN (erl2.go).
+		defer s.keep(c, s.keepResponse(itt, read, write, edtl, res, expDataSN))
+	}
 	size := uint32(res.dataLen())
 	var over, under bool
 	var resid uint32
@@ -287,7 +291,9 @@ func (s *session) respond(c *Conn, itt uint32, read, write bool, edtl uint32, re
 			d.HasStatus, d.Status, d.Overflow, d.Underflow, d.ResidualCount = true, res.status, over, under, resid
 			release = res.view
 		}
-		c.enqueueData(d, res.dataAt(off, n), release)
+		if dataSN >= s.replayFrom {
+			c.enqueueData(d, res.dataAt(off, n), release)
+		}
 		off += n
 		dataSN++
 	}

@@ -31,10 +31,10 @@ func (l *login) ours(key string) string {
 		return strconv.Itoa(c.FirstBurstLength)
 	case "MaxOutstandingR2T":
 		return strconv.Itoa(c.MaxOutstandingR2T)
-	case "ErrorRecoveryLevel":
-		return strconv.Itoa(c.ErrorRecoveryLevel)
 	case "iSCSIProtocolLevel":
 		return "1" // RFC 7143
+	case "ErrorRecoveryLevel":
+		return strconv.Itoa(min(max(c.ErrorRecoveryLevel, 0), 2))
 	}
 	d, _ := pdu.LookupKey(key)
 	return d.Default

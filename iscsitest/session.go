@@ -59,6 +59,11 @@ type session struct {
 	failed bool
 	retain *time.Timer
 	later  []func()
+	// erl2 is the connection recovery's state (erl2.go).
+	erl2 erl2State
+	// replayFrom is the first DataSN respond sends (a TASK REASSIGN's
+	// ExpDataSN); 0 but while erl2.go replays a read.
+	replayFrom uint32
 }
 
 func newSession(t *Target, l *login, tsih uint16) *session {
@@ -128,6 +133,9 @@ func (s *session) submit(c *Conn, in *inPDU, p pdu.PDU, f handler) {
 	if s.ended {
 		return
 	}
+	if s.params.ErrorRecoveryLevel >= 2 {
+		s.acked(c, in) // erl2.go
+	}
 	if !carriesCmdSN(in.h.Opcode()) || in.h.Immediate() {
 		f(s, c, in, p)
 		return
@@ -170,7 +178,11 @@ func (s *session) drainPending() {
 		s.expCmdSN.Store(exp + 1)
 		select {
 		case <-q.c.done:
-			continue
+			if s.params.ErrorRecoveryLevel < 2 {
+				continue
+			}
+			// ERL 2: the command came; it runs, and what it answers
+			// is kept for a TASK REASSIGN (erl2.go).
 		default:
 		}
 		q.f(s, q.c, &q.in, q.p)
@@ -306,7 +318,11 @@ func (s *session) logout(c *Conn, req *pdu.LogoutRequest, a *Action) {
 		c.enqueue(resp, nil, nil, false)
 		o.finish()
 	case pdu.LogoutRemoveForRecovery:
-		// Connection recovery needs ErrorRecoveryLevel 2; this target does 0.
+		if s.params.ErrorRecoveryLevel >= 2 {
+			s.logoutForRecovery(c, req, resp) // erl2.go
+			return
+		}
+		// Connection recovery needs ErrorRecoveryLevel 2.
 		resp.Response = pdu.LogoutRecoveryUnsupported
 		resp.Time2Wait = uint16(s.params.DefaultTime2Wait)
 		resp.Time2Retain = uint16(s.params.DefaultTime2Retain)
@@ -359,7 +375,7 @@ func (s *session) connGone(c *Conn) {
 	if s.conns[c.cid] == c {
 		delete(s.conns, c.cid)
 	}
-	s.abortTasks(func(tk *task) bool { return tk.c == c })
+	s.dropConnTasks(c) // erl2.go: kept for reassignment at ERL 2
 	switch {
 	case len(s.conns) > 0 || s.ended || s.failed:
 	case c.loggedOut.Load() || s.params.DefaultTime2Retain == 0:
@@ -406,7 +422,7 @@ func (s *session) addConn(c *Conn) (old *Conn, ok bool) {
 		s.retain.Stop()
 	}
 	if old != nil {
-		s.abortTasks(func(tk *task) bool { return tk.c == old })
+		s.dropConnTasks(old) // erl2.go: kept for reassignment at ERL 2
 	}
 	s.conns[c.cid] = c
 	return old, true

@@ -42,6 +42,12 @@ type Config struct {
 	CHAPAlgorithms []int
 	// MaxConnections is the most connections per session; default 4.
 	MaxConnections int
+	// ErrorRecoveryLevel is the highest level the target accepts
+	// (negotiated by minimum); default 0. At 1 or more it keeps what it
+	// sent for resending and answers SNACKs (snack.go); at 2 it also does
+	// connection recovery: Logout reason 2, connection reinstatement and
+	// TASK REASSIGN (erl2.go).
+	ErrorRecoveryLevel int
 
 	// MaxRecvDataSegmentLength is what the target declares and enforces on
 	// received PDUs; default 8192.
@@ -89,11 +95,6 @@ type Config struct {
 	// InitialStatSN is the first StatSN of every connection; 0 picks a
 	// random one, so initiators cannot assume it.
 	InitialStatSN uint32
-
-	// ErrorRecoveryLevel is the highest level the target negotiates (the
-	// minimum of both offers): 0 (the default) or 1, at which it keeps
-	// what it sent for resending and answers SNACKs (snack.go).
-	ErrorRecoveryLevel int
 
 	// Hook, if set, sees every PDU the target receives before the target
 	// handles it and may replace the handling.

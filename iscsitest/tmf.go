@@ -59,6 +59,10 @@ func (s *session) taskMgmt(c *Conn, in *inPDU, v *pdu.TaskMgmtRequest) {
 			return
 		}
 	case pdu.TMFTaskReassign:
+		if s.params.ErrorRecoveryLevel >= 2 {
+			s.taskReassign(c, v, resp) // erl2.go
+			return
+		}
 		resp.Response = pdu.TMFReassignUnsupported
 	default:
 		resp.Response = pdu.TMFNotSupported

@@ -218,6 +218,9 @@ func (c *Conn) fail(err error) {
 		c.nc.Close()
 	})
 	c.stopSNACKs()
+	// At ErrorRecoveryLevel 2 the tasks of a connection lost while others
+	// are up move to another (connrecovery.go) rather than fail.
+	tasks = c.s.holdForReassign(c, err, tasks)
 	for _, t := range tasks {
 		t.complete(err, nil)
 	}

@@ -224,7 +224,7 @@ func (c *Conn) processR2T(h *pdu.BHS) error {
 		return c.answerCallR2T(t, &r)
 	}
 	select {
-	case t.r2ts <- r:
+	case t.r2ts <- r2tIn{r: r, c: c}:
 		return nil
 	default:
 		return &pdu.ProtocolError{Op: pdu.OpR2T, Field: "R2TSN", Value: uint64(r.R2TSN), Reason: "more R2Ts outstanding than MaxOutstandingR2T"}
@@ -326,8 +326,9 @@ func (c *Conn) processLogoutResponse(h *pdu.BHS) error {
 		return &pdu.ProtocolError{Op: pdu.OpLogoutResponse, Field: "InitiatorTaskTag", Value: uint64(r.ITT), Reason: "no Logout Request with this tag"}
 	}
 	c.remove(r.ITT)
-	if r.Response == pdu.LogoutSuccess {
-		// The target closes the connection next: that end is the
+	if r.Response == pdu.LogoutSuccess && t.logoutReason != pdu.LogoutRemoveForRecovery {
+		// Reason 2 removes another connection (connrecovery.go); this
+		// one goes on. Otherwise the target closes the connection next: that end is the
 		// logout's, not a reset, and the session is over before anyone
 		// sees the connection go (Session.Ended).
 		c.loggedOut()

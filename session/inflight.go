@@ -197,7 +197,7 @@ func (c *Conn) taskManagement(ctx context.Context, req *pdu.TaskMgmtRequest, whi
 	if ownRef {
 		req.RefCmdSN = req.CmdSN
 	}
-	if req.Function != pdu.TMFAbortTask {
+	if req.Function != pdu.TMFAbortTask && req.Function != pdu.TMFTaskReassign {
 		req.RefTaskTag, req.RefCmdSN = pdu.ReservedTag, 0
 	}
 	t.setRequest(req.CmdSN)

@@ -377,6 +377,7 @@ func (l *loginState) fullFeature(params Params) *Conn {
 		s.mu.Lock() // Params reads it while a recovery logs in
 		s.params = params
 		s.mu.Unlock()
+		s.erl2.Store(params.ErrorRecoveryLevel >= 2)
 	} else {
 		// The session-wide keys were settled on the leading connection;
 		// digests and segment lengths are this connection's own.

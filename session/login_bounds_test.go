@@ -3,7 +3,6 @@ package session
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net"
 	"strconv"
 	"strings"
@@ -274,16 +273,6 @@ func TestLoginRefusesUnimplementedErrorRecoveryLevel(t *testing.T) {
 		}
 		if dials != 0 {
 			t.Errorf("ErrorRecoveryLevel %d: %d connections dialed, want none", c.erl, dials)
-		}
-	}
-	for erl := implementedERL + 1; erl <= 2; erl++ {
-		cfg := testConfig()
-		p := DefaultParams()
-		p.ErrorRecoveryLevel = erl
-		cfg.Params = &p
-		err := fakeLoginErrN(t, cfg, new(int), func(f *faketarget.Target) error { return f.ServeLogin(faketarget.Login{}) })
-		if want := fmt.Sprintf("ErrorRecoveryLevel %d is not implemented: the highest is %d", erl, implementedERL); !errors.Is(err, ErrInvalidConfig) || !strings.Contains(err.Error(), want) {
-			t.Errorf("ErrorRecoveryLevel %d: %v; want ErrInvalidConfig saying %q", erl, err, want)
 		}
 	}
 	if DefaultParams().ErrorRecoveryLevel != implementedERL {

@@ -486,3 +486,36 @@ func (s *Session) logoutConn() *Conn {
 	}
 	return nil
 }
+
+// logoutForRecovery sends, on c, a Logout Request with reason 2 ("remove
+// the connection for recovery", RFC 7143 §11.14.1) for the connection cid,
+// lost, of the session at ErrorRecoveryLevel 2, and waits for the response
+// until ctx ends. c goes on: only cid is removed, and its tasks wait at the
+// target for TASK REASSIGN (connrecovery.go).
+func (c *Conn) logoutForRecovery(ctx context.Context, cid uint16) (pdu.LogoutResponse, error) {
+	t := c.s.newTask(taskLogout)
+	t.logoutReason = pdu.LogoutRemoveForRecovery
+	if err := c.register(t, false); err != nil {
+		return pdu.LogoutResponse{}, err
+	}
+	req := &pdu.LogoutRequest{Immediate: true, ReasonCode: pdu.LogoutRemoveForRecovery, ITT: t.itt, CID: cid,
+		CmdSN: c.s.currentCmdSN(), ExpStatSN: c.expStatSN.Load()}
+	t.setRequest(req.CmdSN)
+	stop := c.watchWrite(ctx, req.Opcode())
+	err := c.send(req, nil)
+	stop()
+	if err != nil {
+		c.remove(t.itt)
+		return pdu.LogoutResponse{}, fmt.Errorf("iscsi: logout (reason 2) for connection %d: %w", cid, err)
+	}
+	select {
+	case <-t.done:
+		if t.err != nil {
+			return pdu.LogoutResponse{}, fmt.Errorf("iscsi: logout (reason 2) for connection %d: %w", cid, t.err)
+		}
+		return t.logoutResp, nil
+	case <-ctx.Done():
+		c.remove(t.itt)
+		return pdu.LogoutResponse{}, fmt.Errorf("iscsi: no Logout Response (reason 2) for connection %d: %w", cid, ctx.Err())
+	}
+}

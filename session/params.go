@@ -30,11 +30,13 @@ type Params struct {
 	DataPDUInOrder                 bool
 	DataSequenceInOrder            bool
 	// ErrorRecoveryLevel may be offered up to what the package implements
-	// (implementedERL, which DefaultParams offers): Login refuses a higher
-	// one with ErrInvalidConfig. The target's answer (the minimum of both)
-	// is the session's: at 1, a data digest error on a Data-In is recovered
-	// with a SNACK, and a Data-Out the target rejects for its data digest is
-	// sent again (snack.go).
+	// (implementedERL, 2, which DefaultParams offers): Login refuses a
+	// higher one with ErrInvalidConfig. The target's answer (the minimum of
+	// both) is the session's: at 1, a data digest error on a Data-In is
+	// recovered with a SNACK, and a Data-Out the target rejects for its
+	// data digest is sent again (snack.go); at 2, the commands of a
+	// connection lost while others are up move to another with TASK
+	// REASSIGN (connrecovery.go), which needs DefaultTime2Retain > 0.
 	ErrorRecoveryLevel int
 	// TargetPortalGroupTag and TargetAlias are what the target declared.
 	TargetPortalGroupTag int
@@ -67,9 +69,10 @@ func DefaultParams() Params {
 }
 
 // implementedERL is the highest ErrorRecoveryLevel this package implements,
-// and so offers by default: 1, within-connection recovery with SNACK
-// (snack.go). A change that implements a higher recovery class raises it.
-const implementedERL = 1
+// and so offers by default: 2, connection recovery (TASK REASSIGN,
+// connrecovery.go) on top of 1, within-connection recovery with SNACK
+// (snack.go).
+const implementedERL = 2
 
 // ErrInvalidConfig is wrapped by the errors about a Config the package
 // cannot log in with, such as a parameter it does not implement.
@@ -80,9 +83,6 @@ var ErrInvalidConfig = errors.New("iscsi: invalid configuration")
 func (p Params) check() error {
 	if p.ErrorRecoveryLevel < 0 || p.ErrorRecoveryLevel > 2 {
 		return fmt.Errorf("%w: ErrorRecoveryLevel %d is outside 0-2 (RFC 7143 §13.20)", ErrInvalidConfig, p.ErrorRecoveryLevel)
-	}
-	if p.ErrorRecoveryLevel > implementedERL {
-		return fmt.Errorf("%w: ErrorRecoveryLevel %d is not implemented: the highest is %d", ErrInvalidConfig, p.ErrorRecoveryLevel, implementedERL)
 	}
 	return nil
 }

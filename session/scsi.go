@@ -54,6 +54,9 @@ func (s *Session) Execute(ctx context.Context, cmd *Command) (*Result, error) {
 	if len(cmd.Read) > 0 && len(cmd.Write) > 0 {
 		return nil, errors.New("iscsi: bidirectional commands are not supported")
 	}
+	if s.erl2.Load() {
+		return s.executeERL2(ctx, cmd)
+	}
 	if s.cfg.Recovery != nil {
 		return s.executeRecovering(ctx, cmd)
 	}
@@ -77,8 +80,9 @@ func (c *Conn) execute(ctx context.Context, cmd *Command) (*Result, error) {
 	t.lun = pdu.MakeLUN(cmd.LUN)
 	t.readBuf = cmd.Read
 	t.writeLen = len(cmd.Write)
+	t.cmd = cmd
 	if t.writeLen > 0 {
-		t.r2ts = make(chan pdu.R2T, c.params.MaxOutstandingR2T)
+		t.r2ts = make(chan r2tIn, c.params.MaxOutstandingR2T)
 	}
 	if err := c.register(t, false); err != nil {
 		switch {
@@ -94,7 +98,7 @@ func (c *Conn) execute(ctx context.Context, cmd *Command) (*Result, error) {
 	sent, finished := false, false
 	defer func() {
 		if !finished {
-			c.abandon(t, sent)
+			t.on(c).abandon(t, sent)
 		}
 	}()
 	if ctx.Done() != nil {
@@ -104,9 +108,11 @@ func (c *Conn) execute(ctx context.Context, cmd *Command) (*Result, error) {
 		defer stop()
 	}
 	sent, err := c.sendCommand(ctx, t, cmd)
-	if err != nil {
+	if err != nil && !(sent && t.held.Load()) {
 		return nil, err
 	}
+	// A command whose write failed as its connection was lost at ERL 2
+	// is held to move to another connection (connrecovery.go): wait.
 
 	if t.writeLen == 0 {
 		// Read the response here if nobody else reads (reader.go).
@@ -119,11 +125,13 @@ func (c *Conn) execute(ctx context.Context, cmd *Command) (*Result, error) {
 		select {
 		case <-t.done:
 			finished = true
-			c.settle(t)
+			t.on(c).settle(t)
 			return t.result(cmd)
 		case r := <-t.r2ts:
 			if ctx.Err() == nil {
-				c.answerR2T(t, cmd.Write, &r)
+				// On the connection the R2T came on: one that ended
+				// (the task moved since, connrecovery.go) sends nothing.
+				r.c.answerR2T(t, cmd.Write, &r.r)
 			}
 		case <-ctx.Done():
 			return nil, fmt.Errorf("%w (command abandoned): %w", ErrOutcomeUnknown, ctx.Err())

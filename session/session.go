@@ -54,6 +54,12 @@ type Session struct {
 	events     []StateEvent
 	delivering bool
 
+	// crec is the ERL 2 connection recovery's bookkeeping
+	// (connrecovery.go), under mu; erl2 is set once ErrorRecoveryLevel 2
+	// is in force.
+	crec connRecoveries
+	erl2 atomic.Bool
+
 	itt atomic.Uint32
 	rr  atomic.Uint32
 	wg  sync.WaitGroup // goroutines the session itself starts
@@ -195,6 +201,7 @@ func (s *Session) Ended() <-chan struct{} { return s.ended }
 func (s *Session) Close() error {
 	s.mu.Lock()
 	s.moveTo(sessionClosed)
+	s.stopConnRecoveryLocked()
 	s.rec.off = true
 	if r := s.rec.run; r != nil {
 		r.cancel()
@@ -239,6 +246,9 @@ func (s *Session) connEnded(c *Conn) {
 	}
 	var others []*Conn
 	switch {
+	case removed && s.startConnRecoveryLocked(c, err):
+		// ERL 2: the session stays up; c's commands move to another
+		// connection (connrecovery.go).
 	case removed && s.recoverable(c, err, own) && (len(s.conns) == 0 || !errors.Is(err, ErrTargetDropped)):
 		// ERL 0: the session reinstates itself (recovery.go); it has
 		// not ended. Commands waiting for room in the window go and

@@ -66,7 +66,7 @@ type task struct {
 	// goroutine; cancel fails the connection if the caller gives up then.
 	flushing atomic.Bool
 	dataSN   uint32
-	r2ts     chan pdu.R2T
+	r2ts     chan r2tIn
 	status   uint8
 	response uint8
 	sense    []byte
@@ -74,11 +74,37 @@ type task struct {
 	under    bool
 	over     bool
 
+	// home is the connection the task moved to by TASK REASSIGN
+	// (connrecovery.go); nil while it is on the one it was sent on.
+	home atomic.Pointer[Conn]
+	// held is set once ERL 2 connection recovery holds the task.
+	held atomic.Bool
+	// cmd is an Execute command's own, for its retry on another
+	// connection when the target never got it (connrecovery.go).
+	cmd *Command
+
 	tmfResp      pdu.TMResponse
 	logoutReason pdu.LogoutReason
 	logoutResp   pdu.LogoutResponse
 	textResp     pdu.TextResponse
 	text         []byte
+}
+
+// r2tIn is an R2T with the connection it came on: a write answers it
+// there, and an R2T of a connection that ended before its task moved
+// (connrecovery.go) is answered nowhere.
+type r2tIn struct {
+	r pdu.R2T
+	c *Conn
+}
+
+// on returns the connection the task is on now: c, the one it was sent
+// on, unless a TASK REASSIGN moved it.
+func (t *task) on(c *Conn) *Conn {
+	if h := t.home.Load(); h != nil {
+		return h
+	}
+	return c
 }
 
 // complete ends the task once: set records its result, err its failure.

@@ -1,0 +1,480 @@
+package session
+
+// ERL 2 connection recovery (RFC 7143 §6.2.2 allegiance reassignment, §7.2,
+// §11.5.1 TASK REASSIGN, §11.14 Logout reason 2). When one connection of a
+// session negotiated at ErrorRecoveryLevel 2 is lost (a reset, a dead peer;
+// not Close, not a logout) while another is up, the session stays up:
+//
+//  1. the lost connection's commands that went out are held, not failed
+//     (holdForReassign, from Conn.fail);
+//  2. on a surviving connection, a Logout Request with reason 2 ("remove the
+//     connection for recovery") for the lost CID tells the target the
+//     connection is gone; after the response's Time2Wait
+//  3. a replacement connection is logged in (a new CID), or, failing that,
+//     a surviving one is used;
+//  4. each held command is moved there with TASK MANAGEMENT function TASK
+//     REASSIGN (8): registered on the new connection first, so that the
+//     Data-In, R2Ts and status the target sends again after its response
+//     find it. A read asks for the Data-In from ExpDataSN = the DataSN after
+//     the last one it got (it got them all in order before it, §11.5.1); a
+//     write answers the R2Ts the target sends again on the new connection
+//     (an R2T of the lost connection is answered nowhere: r2tIn), so no
+//     data goes twice on a connection and none is lost.
+//
+// A command the target does not take back (any response but "function
+// complete", no response, or a step before failing) ends with a
+// *ReassignError: its outcome is unknown. Every wait is bounded by the
+// negotiated DefaultTime2Wait + DefaultTime2Retain (at least
+// minConnRecovery): after it the target has dropped the tasks anyway. At
+// ErrorRecoveryLevel < 2, or when the lost connection was the last one,
+// nothing here runs: the commands fail as before (ErrOutcomeUnknown), and
+// Config.Recovery's ERL 0 session recovery takes over.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/goiscsi/iscsi/pdu"
+	"go.uber.org/zap"
+)
+
+// minConnRecovery is the least time a connection recovery may take, so that
+// a Time2Wait + Time2Retain of a second leaves room for a login.
+const minConnRecovery = 2 * time.Second
+
+// notSentRetries bounds how often Execute sends again, at ERL 2, a command
+// that never went out because its connection ended as it was sent.
+const notSentRetries = 4
+
+// ErrConnRecovery is matched by every *ReassignError.
+var ErrConnRecovery = errors.New("iscsi: connection recovery (ERL 2)")
+
+// ReassignError fails a command whose connection was lost at
+// ErrorRecoveryLevel 2 and that could not be moved to another connection.
+type ReassignError struct {
+	// CID is the connection that was lost.
+	CID uint16
+	// Step is what failed: "logout" (reason 2 on a surviving
+	// connection), "connection" (none left to move to) or "reassign".
+	Step string
+	// Responded is set when the target answered TASK REASSIGN, with
+	// Response its answer (pdu.TMFReassignUnsupported,
+	// pdu.TMFNotSupported, pdu.TMFNoSuchTask, ...).
+	Responded bool
+	Response  pdu.TMResponse
+	// Err is why the step failed when the target gave no answer to it, or
+	// the Logout Response error.
+	Err error
+	// OutcomeUnknown is set for a command that went out before the loss:
+	// the target may have run it, in part or whole. It is always set for
+	// commands held for reassignment (those not sent go again instead).
+	OutcomeUnknown bool
+}
+
+func (e *ReassignError) Error() string {
+	msg := fmt.Sprintf("iscsi: command of lost connection %d not moved (ERL 2 connection recovery, step %s)", e.CID, e.Step)
+	if e.Responded {
+		msg += fmt.Sprintf(": target answered TASK REASSIGN with %q", e.Response)
+	}
+	if e.Err != nil {
+		msg += ": " + e.Err.Error()
+	}
+	if e.OutcomeUnknown {
+		msg += "; its outcome on the target is unknown"
+	}
+	return msg
+}
+
+// Unwrap returns ErrConnRecovery, ErrOutcomeUnknown when the outcome is
+// unknown, and Err.
+func (e *ReassignError) Unwrap() []error {
+	errs := []error{ErrConnRecovery}
+	if e.OutcomeUnknown {
+		errs = append(errs, ErrOutcomeUnknown)
+	}
+	if e.Err != nil {
+		errs = append(errs, e.Err)
+	}
+	return errs
+}
+
+// ConnRecoveryInfo counts what ERL 2 connection recovery did in a session's
+// life (Session.ConnRecovery).
+type ConnRecoveryInfo struct {
+	// Recoveries counts connections lost and recovered from; Replaced
+	// those for which a new connection was logged in.
+	Recoveries, Replaced int
+	// Moved counts commands the target took back on another connection;
+	// Failed those that ended with a *ReassignError.
+	Moved, Failed int
+	// Running is the number of recoveries under way.
+	Running int
+	// LastDuration is how long the last recovery took, from the loss to
+	// the last command moved.
+	LastDuration time.Duration
+}
+
+// connRecoveries is a session's ERL 2 bookkeeping, under s.mu.
+type connRecoveries struct {
+	held  map[*Conn][]*task
+	info  ConnRecoveryInfo
+	ctx   context.Context
+	close context.CancelFunc
+}
+
+// ConnRecovery returns what ERL 2 connection recovery has done so far.
+func (s *Session) ConnRecovery() ConnRecoveryInfo {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.crec.info
+}
+
+// connRecoveryWanted reports whether the loss of c, with err, is one ERL 2
+// recovers: negotiated ErrorRecoveryLevel 2 and a retain time, the session
+// up, c ended without a logout or Close, and another connection up. Called
+// with s.mu held; own is whether a logout ran on c.
+func (s *Session) connRecoveryWanted(c *Conn, err error, own bool) bool {
+	if s.params.ErrorRecoveryLevel < 2 || s.params.DefaultTime2Retain == 0 || s.state != sessionUp || own ||
+		c.logoutAsked.Load() || c.state() == connLoggedOut || errors.Is(err, ErrClosed) || errors.Is(err, ErrLoggedOut) {
+		return false
+	}
+	if _, ok := s.crec.held[c]; ok {
+		return false
+	}
+	in, other := false, false
+	for _, o := range s.conns {
+		in = in || o == c
+		other = other || o != c && o.Active()
+	}
+	return in && other
+}
+
+// holdForReassign takes, out of tasks (those of c, which failed with err),
+// the SCSI commands that went out and may move to another connection, when
+// connRecoveryWanted; connEnded then starts the recovery. It returns the
+// tasks left to fail.
+func (s *Session) holdForReassign(c *Conn, err error, tasks map[uint32]*task) map[uint32]*task {
+	c.mu.Lock()
+	own := c.ownLogout
+	c.mu.Unlock()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.connRecoveryWanted(c, err, own) {
+		return tasks
+	}
+	var held []*task
+	for itt, t := range tasks {
+		if t.kind != taskSCSI || t.call != nil || t.fin.Load() || !t.wasSent() {
+			// Submit's calls, and commands that never went out (they
+			// fail with ErrNotSent and go again), are not moved.
+			continue
+		}
+		t.held.Store(true)
+		held = append(held, t)
+		delete(tasks, itt)
+	}
+	if s.crec.held == nil {
+		s.crec.held = make(map[*Conn][]*task)
+	}
+	s.crec.held[c] = held
+	return tasks
+}
+
+// startConnRecoveryLocked starts the recovery of c if holdForReassign
+// chose it; it reports whether it did. Called by connEnded with s.mu held.
+func (s *Session) startConnRecoveryLocked(c *Conn, err error) bool {
+	held, ok := s.crec.held[c]
+	if !ok || s.state != sessionUp {
+		return false
+	}
+	if s.crec.ctx == nil {
+		s.crec.ctx, s.crec.close = context.WithCancel(context.Background())
+	}
+	s.crec.info.Running++
+	t2w := time.Duration(s.params.DefaultTime2Wait) * time.Second
+	t2r := time.Duration(s.params.DefaultTime2Retain) * time.Second
+	s.log.Info("connection lost: ERL 2 connection recovery", zap.Uint16("cid", c.cid), zap.Int("commands", len(held)), zap.Error(err))
+	s.wg.Add(1)
+	go s.recoverConn(c, held, time.Now(), max(t2w+t2r, minConnRecovery))
+	return true
+}
+
+// stopConnRecoveryLocked stops the running connection recoveries (Close).
+func (s *Session) stopConnRecoveryLocked() {
+	if s.crec.close != nil {
+		s.crec.close()
+	}
+}
+
+// recoverConn moves the commands held from the lost connection old to
+// another connection; whatever it cannot move fails with a *ReassignError.
+func (s *Session) recoverConn(old *Conn, held []*task, since time.Time, bound time.Duration) {
+	defer s.wg.Done()
+	s.mu.Lock()
+	base := s.crec.ctx
+	s.mu.Unlock()
+	ctx, cancel := context.WithDeadline(base, since.Add(bound))
+	defer cancel()
+	moved, failed, replaced := 0, 0, false
+	defer func() {
+		s.mu.Lock()
+		delete(s.crec.held, old)
+		in := &s.crec.info
+		in.Running--
+		in.Recoveries++
+		in.Moved += moved
+		in.Failed += failed
+		if replaced {
+			in.Replaced++
+		}
+		in.LastDuration = time.Since(since)
+		s.mu.Unlock()
+	}()
+	fail := func(ts []*task, e *ReassignError) {
+		for _, t := range ts {
+			ee := *e
+			ee.OutcomeUnknown = true
+			if t.complete(&ee, nil) {
+				failed++
+			}
+		}
+	}
+	// Nothing of the lost connection touches a held command once its
+	// reader, and the commands that read for themselves, have stopped.
+	if !waitDone(ctx, old.readerDone) || !waitCmds(ctx, old) {
+		fail(held, &ReassignError{CID: old.cid, Step: "connection", Err: fmt.Errorf("the lost connection's reader did not stop: %w", ctx.Err())})
+		return
+	}
+	sur := s.activeConn(nil)
+	if sur == nil {
+		fail(held, &ReassignError{CID: old.cid, Step: "connection", Err: errors.New("no connection of the session is up")})
+		return
+	}
+	resp, err := sur.logoutForRecovery(ctx, old.cid)
+	switch {
+	case err != nil:
+		fail(held, &ReassignError{CID: old.cid, Step: "logout", Err: err})
+		return
+	case resp.Response == pdu.LogoutSuccess && resp.Time2Retain == 0 && len(held) > 0:
+		fail(held, &ReassignError{CID: old.cid, Step: "logout", Err: errors.New("the target keeps nothing of the connection (Time2Retain 0)")})
+		return
+	case resp.Response == pdu.LogoutSuccess, resp.Response == pdu.LogoutCIDNotFound:
+		// CID not found: the target saw the loss first and holds the
+		// connection's tasks for recovery on its own.
+	default:
+		fail(held, &ReassignError{CID: old.cid, Step: "logout", Err: &LogoutResponseError{Response: resp.Response, Time2Wait: resp.Time2Wait, Time2Retain: resp.Time2Retain}})
+		return
+	}
+	// The Logout Response's Time2Wait is the least wait before the
+	// connection's tasks may move (§11.15.2).
+	if !sleepCtx(ctx, time.Duration(resp.Time2Wait)*time.Second) {
+		fail(held, &ReassignError{CID: old.cid, Step: "logout", Err: fmt.Errorf("waiting Time2Wait (%d s): %w", resp.Time2Wait, ctx.Err())})
+		return
+	}
+	nc, err := s.AddConnection(ctx)
+	if err == nil {
+		replaced = true
+	} else {
+		s.log.Info("ERL 2: no replacement connection, moving commands to one still up", zap.Uint16("cid", old.cid), zap.Error(err))
+		if nc = s.activeConn(nil); nc == nil {
+			fail(held, &ReassignError{CID: old.cid, Step: "connection", Err: fmt.Errorf("no connection of the session is up; replacement: %w", err)})
+			return
+		}
+	}
+	for _, t := range held {
+		switch e := nc.reassign(ctx, t); {
+		case e == nil:
+			moved++
+		case e.Err != nil && errors.Is(e.Err, errReassignSkipped):
+			// Its caller gave up (a write to the lost socket failed,
+			// say). If the target never got it, its CmdSN is a gap the
+			// target waits on before any later command: fill it.
+			t.mu.Lock()
+			sn, sent := t.cmdSN, t.sent
+			t.mu.Unlock()
+			if sent && s.unacknowledged(sn) {
+				if err := nc.plugGap(sn); err != nil {
+					s.log.Info("ERL 2: CmdSN gap not filled", zap.Uint32("cmdsn", sn), zap.Error(err))
+				}
+			}
+		default:
+			e.CID = old.cid
+			fail([]*task{t}, e)
+		}
+	}
+	s.log.Info("ERL 2 connection recovery done", zap.Uint16("lost", old.cid), zap.Uint16("to", nc.cid),
+		zap.Int("moved", moved), zap.Int("failed", failed), zap.Duration("took", time.Since(since)))
+}
+
+// errReassignSkipped marks a command that ended (its caller gave up) before
+// it could move.
+var errReassignSkipped = errors.New("command ended before its reassignment")
+
+// reassign moves t to c with TASK REASSIGN; nil when the target took it.
+func (c *Conn) reassign(ctx context.Context, t *task) *ReassignError {
+	t.mu.Lock()
+	if t.dead || t.fin.Load() {
+		t.mu.Unlock()
+		return &ReassignError{Err: errReassignSkipped}
+	}
+	expDataSN := uint32(0)
+	if t.writeLen == 0 {
+		// The Data-In up to here came in order into the buffer: the
+		// target sends again from the first one missing (§11.5.1).
+		expDataSN = t.dataSN
+	}
+	refCmdSN := t.cmdSN
+	t.home.Store(c)
+	t.mu.Unlock()
+	if err := c.register(t, false); err != nil {
+		return &ReassignError{Step: "reassign", Err: err}
+	}
+	t.mu.Lock()
+	dead := t.dead
+	t.mu.Unlock()
+	if dead {
+		// Settled as it moved, from the old connection's map.
+		c.remove(t.itt)
+		return &ReassignError{Err: errReassignSkipped}
+	}
+	req := &pdu.TaskMgmtRequest{Immediate: true, Function: pdu.TMFTaskReassign, LUN: t.lun, RefTaskTag: t.itt,
+		RefCmdSN: refCmdSN, ExpDataSN: expDataSN}
+	resp, err := c.taskManagement(ctx, req, false, false)
+	if err == nil && resp == pdu.TMFNoSuchTask && t.cmd != nil && c.s.unacknowledged(refCmdSN) {
+		// The command never reached the target (its CmdSN is not
+		// acknowledged: a gap the target waits to fill). It goes again,
+		// same ITT and CmdSN, on c: a retry (§6.2.1), not a new command.
+		if err = c.retry(t, refCmdSN); err == nil {
+			c.ensureReader()
+			return nil
+		}
+	}
+	switch {
+	case err != nil:
+		c.remove(t.itt)
+		return &ReassignError{Step: "reassign", Err: err}
+	case resp != pdu.TMFComplete:
+		c.remove(t.itt)
+		return &ReassignError{Step: "reassign", Responded: true, Response: resp}
+	}
+	// What the target sends again comes on c: its reader must run.
+	c.ensureReader()
+	return nil
+}
+
+// unacknowledged reports whether the target has not yet received the
+// command of CmdSN sn: it is at or past ExpCmdSN.
+func (s *Session) unacknowledged(sn uint32) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return pdu.SerialLessEq(s.expCmdSN, sn)
+}
+
+// retry sends t's SCSI Command again on c with its ITT and CmdSN, and its
+// immediate and unsolicited data: the target never got it.
+func (c *Conn) retry(t *task, cmdSN uint32) error {
+	req := new(pdu.SCSICommand)
+	immediate, unsolicited := c.commandPDU(req, t, t.cmd)
+	req.CmdSN = cmdSN
+	t.mu.Lock()
+	t.wrote, t.spans, t.received, t.dataSN = 0, t.spans[:0], 0, 0
+	t.mu.Unlock()
+	c.wmu.Lock()
+	if c.state() >= connLogoutSent {
+		c.wmu.Unlock()
+		return fmt.Errorf("%w: the new connection is logging out or ended", ErrNotSent)
+	}
+	req.ExpStatSN = c.expStatSN.Load()
+	err := c.w.Append(req, nil, immediate)
+	if err == nil && unsolicited > len(immediate) {
+		err = c.appendDataOut(t, t.cmd.Write, len(immediate), unsolicited-len(immediate), pdu.ReservedTag)
+	}
+	if err != nil {
+		c.w.Discard()
+		c.wmu.Unlock()
+		return err
+	}
+	t.markSent(0, unsolicited)
+	err = c.flushFor(t, true)
+	c.wmu.Unlock()
+	if err != nil {
+		c.fail(c.writeErr(err))
+		return err
+	}
+	return nil
+}
+
+// plugGap sends on c a NOP-Out, not immediate, with CmdSN sn: the number
+// of a command the target never got and that is not sent again, so that
+// the commands after it are not held at the target for ever (RFC 7143
+// §4.2.2.1 delivers commands in CmdSN order). Its NOP-In is not waited for.
+func (c *Conn) plugGap(sn uint32) error {
+	t := c.s.newTask(taskNOP)
+	if err := c.register(t, false); err != nil {
+		return err
+	}
+	out := &pdu.NOPOut{ITT: t.itt, TTT: pdu.ReservedTag, CmdSN: sn, ExpStatSN: c.expStatSN.Load()}
+	t.setRequest(sn)
+	if err := c.post(out, nil); err != nil {
+		c.remove(t.itt)
+		return err
+	}
+	return nil
+}
+
+// activeConn returns a connection of the session that takes commands, not
+// except.
+func (s *Session) activeConn(except *Conn) *Conn {
+	for _, o := range s.Conns() {
+		if o != except && o.Active() {
+			return o
+		}
+	}
+	return nil
+}
+
+// waitDone waits for ch within ctx.
+func waitDone(ctx context.Context, ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// waitCmds waits, within ctx, for the commands that read for themselves on
+// c (its socket is closed: their reads end at once).
+func waitCmds(ctx context.Context, c *Conn) bool {
+	done := make(chan struct{})
+	go func() {
+		c.role.cmds.Wait()
+		close(done)
+	}()
+	return waitDone(ctx, done)
+}
+
+// executeERL2 is Session.Execute at ErrorRecoveryLevel 2: a command that
+// never went out because its connection ended as it was sent goes again on
+// another (those that went out move by TASK REASSIGN instead).
+func (s *Session) executeERL2(ctx context.Context, cmd *Command) (*Result, error) {
+	for i := 0; ; i++ {
+		var res *Result
+		var err error
+		if s.cfg.Recovery != nil {
+			res, err = s.executeRecovering(ctx, cmd)
+		} else {
+			c, perr := s.pickConn()
+			if perr != nil {
+				return nil, perr
+			}
+			res, err = c.execute(ctx, cmd)
+		}
+		if err == nil || i >= notSentRetries || ctx.Err() != nil || !errors.Is(err, ErrNotSent) ||
+			errors.Is(err, errLoggingOut) || s.State() != sessionUp || s.activeConn(nil) == nil {
+			return res, err
+		}
+	}
+}

@@ -1,0 +1,238 @@
+package session
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/goiscsi/iscsi/iscsitest"
+	"github.com/goiscsi/iscsi/pdu"
+)
+
+// erl2Session logs in to an in-memory target at ErrorRecoveryLevel 2 with
+// n connections.
+func erl2Session(t *testing.T, tcfg iscsitest.Config, n int, rc *RecoveryConfig) (*iscsitest.Target, *Session) {
+	t.Helper()
+	tcfg.ErrorRecoveryLevel, tcfg.MaxConnections = 2, 4
+	tcfg.QueueDepth = 128
+	tg := newTestTarget(t, tcfg)
+	cfg := testTargetConfig(tg, nil)
+	p := DefaultParams()
+	p.ErrorRecoveryLevel, p.DefaultTime2Retain, p.DefaultTime2Wait = 2, 20, 0
+	cfg.Params = &p
+	cfg.Recovery = rc
+	s := mustLogin(t, interopCtx(t), cfg)
+	t.Cleanup(func() { s.Close() })
+	if got := s.Params().ErrorRecoveryLevel; got != 2 {
+		t.Fatalf("ErrorRecoveryLevel negotiated %d, want 2", got)
+	}
+	for i := 1; i < n; i++ {
+		if _, err := s.AddConnection(interopCtx(t)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return tg, s
+}
+
+// erl2Load runs writers that each own a region of blocks, write it and
+// read it back, until stop is closed; it returns the acknowledged content
+// of every region and the errors met.
+func erl2Load(ctx context.Context, s *Session, workers, blocks int, stop <-chan struct{}) (func() (map[int][]byte, []error), *atomic.Int64) {
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	acked := map[int][]byte{}
+	var errs []error
+	var ops atomic.Int64
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			lba := uint64(w * blocks)
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				data := bytes.Repeat([]byte{byte(w), byte(i), byte(i >> 8), 0x5a}, blocks*512/4)
+				err := s.Write(ctx, 0, lba, 512, data)
+				if err == nil {
+					mu.Lock()
+					acked[w] = data
+					mu.Unlock()
+					back := make([]byte, len(data))
+					if err = s.Read(ctx, 0, lba, 512, back); err == nil && !bytes.Equal(back, data) {
+						err = fmt.Errorf("worker %d: read back differs from the write just acknowledged", w)
+					}
+				}
+				ops.Add(1)
+				if err != nil {
+					mu.Lock()
+					errs = append(errs, err)
+					mu.Unlock()
+					if ctx.Err() != nil {
+						return
+					}
+				}
+			}
+		}()
+	}
+	return func() (map[int][]byte, []error) {
+		wg.Wait()
+		return acked, errs
+	}, &ops
+}
+
+// waitOps waits until the load has done n more operations.
+func waitOps(t *testing.T, ops *atomic.Int64, n int64) {
+	t.Helper()
+	target := ops.Load() + n
+	deadline := time.Now().Add(20 * time.Second)
+	for ops.Load() < target {
+		if time.Now().After(deadline) {
+			t.Fatalf("I/O stalled: %d operations, want %d", ops.Load(), target)
+		}
+		time.Sleep(time.Millisecond) // polling a counter: no signal to wait on
+	}
+}
+
+func TestERL2ConnLossMovesCommands(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		cfg  iscsitest.Config
+	}{
+		{"status in Data-In", iscsitest.Config{}},
+		{"separate status, R2T writes", iscsitest.Config{SeparateReadStatus: true, InitialR2T: true, MaxBurstLength: 8192}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tg, s := erl2Session(t, tc.cfg, 4, nil)
+			ctx := interopCtx(t)
+			stop := make(chan struct{})
+			wait, ops := erl2Load(ctx, s, 16, 64, stop)
+			waitOps(t, ops, 200)
+			// Cut one connection from the initiator's side mid-I/O.
+			victim := s.Conns()[1]
+			inflight := len(victim.inFlight())
+			victim.nc.Close()
+			waitOps(t, ops, 400)
+			close(stop)
+			acked, errs := wait()
+			for _, err := range errs {
+				t.Errorf("I/O failed: %v", err)
+			}
+			info := s.ConnRecovery()
+			t.Logf("in flight at the cut %d; recovery %+v", inflight, info)
+			if info.Recoveries != 1 || info.Failed != 0 {
+				t.Errorf("connection recoveries %d, failed %d: want 1 and 0", info.Recoveries, info.Failed)
+			}
+			if s.State() != SessionUp {
+				t.Errorf("session %s, want up", s.State())
+			}
+			if n := len(s.Conns()); n != 4 {
+				t.Errorf("%d connections after the recovery, want 4 (a replacement)", n)
+			}
+			lun := tg.LUNData(0)
+			for w, data := range acked {
+				if !bytes.Equal(lun[w*64*512:w*64*512+len(data)], data) {
+					t.Errorf("worker %d: the LUN does not hold the last acknowledged write", w)
+				}
+			}
+			if st := tg.Stats(); st.LogoutRequests[pdu.LogoutRemoveForRecovery] != 1 {
+				t.Errorf("Logout reason 2 requests %d, want 1", st.LogoutRequests[pdu.LogoutRemoveForRecovery])
+			}
+			mustLogout(t, ctx, s)
+		})
+	}
+}
+
+func TestERL2TargetRefusesReassign(t *testing.T) {
+	// The target holds SCSI commands on connection 1 until it is cut,
+	// then refuses TASK REASSIGN.
+	release := make(chan struct{})
+	hook := func(ev *iscsitest.Event) iscsitest.Action {
+		switch v := ev.PDU.(type) {
+		case *pdu.TaskMgmtRequest:
+			if v.Function == pdu.TMFTaskReassign {
+				return iscsitest.Respond(&pdu.TaskMgmtResponse{ITT: v.ITT, Response: pdu.TMFReassignUnsupported}, nil)
+			}
+		case *pdu.SCSICommand:
+			if ev.CID == 1 {
+				<-release
+			}
+		}
+		return iscsitest.Continue
+	}
+	tg, s := erl2Session(t, iscsitest.Config{Hook: hook}, 2, nil)
+	_ = tg
+	ctx := interopCtx(t)
+	c1 := s.Conns()[1]
+	errc := make(chan error, 1)
+	go func() {
+		buf := make([]byte, 4096)
+		_, err := c1.Execute(ctx, &Command{CDB: read10(0, 8), Read: buf})
+		errc <- err
+	}()
+	waitFor(t, func() bool { return len(c1.inFlight()) == 1 })
+	c1.nc.Close()
+	close(release)
+	var err error
+	select {
+	case err = <-errc:
+	case <-ctx.Done():
+		t.Fatal("the command held on the lost connection never ended")
+	}
+	var re *ReassignError
+	if !errors.As(err, &re) || !re.OutcomeUnknown || !errors.Is(err, ErrOutcomeUnknown) {
+		t.Fatalf("error %v: want a *ReassignError with its outcome unknown", err)
+	}
+	if re.Step == "reassign" && (!re.Responded || re.Response != pdu.TMFReassignUnsupported) {
+		t.Errorf("ReassignError %+v: want the target's answer %q", re, pdu.TMFReassignUnsupported)
+	}
+	if s.State() != SessionUp {
+		t.Errorf("session %s, want up", s.State())
+	}
+	// The session goes on on the other connections.
+	buf := make([]byte, 512)
+	if err := s.Read(ctx, 0, 0, 512, buf); err != nil {
+		t.Fatalf("I/O after the refused reassignment: %v", err)
+	}
+}
+
+func TestERL2LastConnGoesToSessionRecovery(t *testing.T) {
+	_, s := erl2Session(t, iscsitest.Config{}, 1, &RecoveryConfig{ReplacementTimeout: 20 * time.Second, MinBackoff: time.Millisecond, MaxBackoff: 10 * time.Millisecond})
+	ctx := interopCtx(t)
+	tsih := s.TSIH()
+	s.Conns()[0].nc.Close()
+	buf := make([]byte, 4096)
+	if err := s.Read(ctx, 0, 0, 512, buf); err != nil {
+		t.Fatalf("read across the session recovery: %v", err)
+	}
+	ri := s.Recovery()
+	if ri.Reconnects != 1 || s.TSIH() == tsih {
+		t.Errorf("reconnects %d, TSIH %#x (was %#x): want an ERL 0 reinstatement", ri.Reconnects, s.TSIH(), tsih)
+	}
+	if info := s.ConnRecovery(); info.Recoveries != 0 {
+		t.Errorf("ERL 2 connection recoveries %d for the last connection, want 0", info.Recoveries)
+	}
+}
+
+// waitFor polls cond for up to 10 s.
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met in 10 s")
+		}
+		time.Sleep(time.Millisecond) // polling internal state: no signal
+	}
+}
+
+func read10(lba uint32, blocks uint16) []byte {
+	return []byte{0x28, 0, byte(lba >> 24), byte(lba >> 16), byte(lba >> 8), byte(lba), 0, byte(blocks >> 8), byte(blocks), 0}
+}
