@@ -218,7 +218,7 @@ func withDefaults(c Config) Config {
 	def(&c.MaxBurstLength, 262144)
 	def(&c.MaxOutstandingR2T, 1)
 	def(&c.QueueDepth, 32)
-	c.ErrorRecoveryLevel = min(max(c.ErrorRecoveryLevel, 0), 1)
+	c.ErrorRecoveryLevel = min(max(c.ErrorRecoveryLevel, 0), 2)
 	def(&c.MaxTransferLength, 8<<20)
 	c.MaxRecvDataSegmentLength = min(max(c.MaxRecvDataSegmentLength, 512), pdu.MaxDataSegmentLength)
 	c.MaxBurstLength = min(max(c.MaxBurstLength, 512), pdu.MaxDataSegmentLength)

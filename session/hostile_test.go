@@ -167,7 +167,11 @@ func TestDataInHostile(t *testing.T) {
 // the missing DataSN, and completes the read with what the target sends
 // again.
 func TestDataInSkipAtERL1(t *testing.T) {
-	s, f := fakeSession(t, testConfig(), faketarget.Login{})
+	cfg := testConfig()
+	p := DefaultParams()
+	p.ErrorRecoveryLevel = 1
+	cfg.Params = &p
+	s, f := fakeSession(t, cfg, faketarget.Login{})
 	if s.Params().ErrorRecoveryLevel != 1 {
 		t.Fatalf("ErrorRecoveryLevel %d, want 1", s.Params().ErrorRecoveryLevel)
 	}

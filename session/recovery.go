@@ -375,8 +375,10 @@ func (s *Session) reinstated(r *recoveryRun, c *Conn) {
 	s.rec.run = nil
 	want := s.rec.want
 	s.moveTo(sessionUp)
-	s.mu.Unlock()
+	// Started under mu: a Close that follows must find its goroutines
+	// counted (c.wg), or its Wait races their Add.
 	c.start()
+	s.mu.Unlock()
 	s.flushEvents()
 	s.log.Info("session reinstated", zap.Uint16("tsih", s.TSIH()), zap.Int("connections", want))
 	for i := 1; i < want; i++ {
@@ -477,8 +479,8 @@ func (s *Session) ConnectForLogout(ctx context.Context) (*Conn, error) {
 	s.conns = []*Conn{c}
 	s.all = append(slices.DeleteFunc(s.all, connExited), c)
 	s.nextCID = 1
+	c.start() // under mu, as in reinstated
 	s.mu.Unlock()
-	c.start()
 	s.log.Info("reconnected to log the session out", zap.Uint16("tsih", s.TSIH()))
 	return c, nil
 }

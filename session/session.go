@@ -148,8 +148,8 @@ func (s *Session) AddConnection(ctx context.Context) (*Conn, error) {
 	// forget those that are over, or a session that replaces its
 	// connections for months would keep them all.
 	s.all = append(slices.DeleteFunc(s.all, connExited), c)
+	c.start() // under mu, as in reinstated
 	s.mu.Unlock()
-	c.start()
 	return c, nil
 }
 
