@@ -33,6 +33,14 @@ func (l *login) ours(key string) string {
 		return strconv.Itoa(c.MaxOutstandingR2T)
 	case "iSCSIProtocolLevel":
 		return "1" // RFC 7143
+	case "DefaultTime2Wait":
+		if c.DefaultTime2Wait != nil {
+			return strconv.Itoa(*c.DefaultTime2Wait)
+		}
+	case "DefaultTime2Retain":
+		if c.DefaultTime2Retain != nil {
+			return strconv.Itoa(*c.DefaultTime2Retain)
+		}
 	}
 	d, _ := pdu.LookupKey(key)
 	return d.Default
