@@ -5,7 +5,8 @@ package session
 // own ISID and TSIH 0, which makes the target close what it kept of the old
 // session (its tasks end there), and goes on as the same *Session with a new
 // TSIH and new connections. Commands that failed with the loss, and commands
-// submitted meanwhile, wait for it and are sent again (executeRecovering).
+// submitted meanwhile, wait for it and are sent again (executeRecovering;
+// for Submit's calls, submitRecovering, lostCall and resend).
 
 import (
 	"context"
@@ -59,10 +60,10 @@ var (
 // SessionRecovering; if the target cannot be reached before the
 // replacement timeout, SessionFailed.
 //
-// Commands (Session.Execute) that failed because the connection was lost,
-// and commands submitted while the session recovers, wait for the
-// reinstatement (within their context and the replacement timeout) and are
-// sent again on the new session. A write is retried too: after the
+// Commands (Session.Execute, and calls of Session.Submit) that failed
+// because the connection was lost, and commands submitted while the
+// session recovers, wait for the reinstatement (within their context and
+// the replacement timeout) and are sent again on the new session. A write is retried too: after the
 // reinstatement the old session's tasks are gone at the target, so the
 // write sent again cannot be overtaken by the old one; NoRetryWrites turns
 // that off. A command that ended with a SCSI status, a Reject, its own
