@@ -35,6 +35,14 @@ func (l *login) ours(key string) string {
 		return "1" // RFC 7143
 	case "ErrorRecoveryLevel":
 		return strconv.Itoa(min(max(c.ErrorRecoveryLevel, 0), 2))
+	case "DefaultTime2Wait":
+		if c.DefaultTime2Wait != nil {
+			return strconv.Itoa(*c.DefaultTime2Wait)
+		}
+	case "DefaultTime2Retain":
+		if c.DefaultTime2Retain != nil {
+			return strconv.Itoa(*c.DefaultTime2Retain)
+		}
 	}
 	d, _ := pdu.LookupKey(key)
 	return d.Default

@@ -95,6 +95,13 @@ type Config struct {
 	// InitialStatSN is the first StatSN of every connection; 0 picks a
 	// random one, so initiators cannot assume it.
 	InitialStatSN uint32
+	// DefaultTime2Wait and DefaultTime2Retain, when set, are the target's
+	// values of those keys in seconds (0 to 3600); nil means RFC 7143's
+	// defaults, 2 and 20. Time2Wait is negotiated by maximum and
+	// Time2Retain by minimum, so 0 lets an initiator that offers 0
+	// reconnect at once, and Time2Retain bounds how long the target keeps
+	// a session whose connections failed (a pointer, since 0 is a value).
+	DefaultTime2Wait, DefaultTime2Retain *int
 
 	// Hook, if set, sees every PDU the target receives before the target
 	// handles it and may replace the handling.
@@ -235,6 +242,11 @@ func withDefaults(c Config) Config {
 	for _, d := range slices.Concat(c.HeaderDigests, c.DataDigests) {
 		if d != "None" && d != "CRC32C" {
 			panic(fmt.Sprintf("iscsitest: unknown digest %q", d))
+		}
+	}
+	for _, v := range []*int{c.DefaultTime2Wait, c.DefaultTime2Retain} {
+		if v != nil && (*v < 0 || *v > 3600) {
+			panic(fmt.Sprintf("iscsitest: DefaultTime2Wait/DefaultTime2Retain %d out of 0..3600", *v))
 		}
 	}
 	if c.NopInTimeout <= 0 {

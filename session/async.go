@@ -43,7 +43,7 @@ func (c *Conn) asyncEvent(a *pdu.AsyncMessage, data []byte) error {
 		}
 		for _, o := range s.Conns() {
 			if o.cid == a.Parameter1 {
-				o.fail(ErrTargetDropped)
+				s.dropping(a.Parameter2, a.Parameter3, func() { o.fail(ErrTargetDropped) })
 				return nil
 			}
 		}
@@ -52,9 +52,11 @@ func (c *Conn) asyncEvent(a *pdu.AsyncMessage, data []byte) error {
 		if s.cfg.OnAsync != nil {
 			s.cfg.OnAsync(c, ev)
 		}
-		for _, o := range s.Conns() {
-			o.fail(ErrTargetDropped)
-		}
+		s.dropping(a.Parameter2, a.Parameter3, func() {
+			for _, o := range s.Conns() {
+				o.fail(ErrTargetDropped)
+			}
+		})
 	default:
 		if s.cfg.OnAsync != nil {
 			s.cfg.OnAsync(c, ev)
@@ -122,3 +124,20 @@ func (s *Session) logoutOnRequest(c *Conn, parameter3 uint16) {
 // LogoutRequested reports whether the target asked this connection to log
 // out (async event 1).
 func (c *Conn) LogoutRequested() bool { return c.logoutAsked.Load() }
+
+// dropping runs drop, which fails connections the target said it drops
+// (async event 2 or 3), with the event's Time2Wait (Parameter2) and
+// Time2Retain (Parameter3, seconds) in place of the negotiated ones for the
+// recovery the drop starts, if it starts one (RFC 7143 §11.9.1). The
+// session hears of each connection's end within drop (Conn.fail).
+func (s *Session) dropping(time2Wait, time2Retain uint16, drop func()) {
+	s.mu.Lock()
+	s.rec.dropping = true
+	s.rec.dropT2W = time.Duration(time2Wait) * time.Second
+	s.rec.dropT2R = time.Duration(time2Retain) * time.Second
+	s.mu.Unlock()
+	drop()
+	s.mu.Lock()
+	s.rec.dropping = false
+	s.mu.Unlock()
+}

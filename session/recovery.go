@@ -5,7 +5,8 @@ package session
 // own ISID and TSIH 0, which makes the target close what it kept of the old
 // session (its tasks end there), and goes on as the same *Session with a new
 // TSIH and new connections. Commands that failed with the loss, and commands
-// submitted meanwhile, wait for it and are sent again (executeRecovering).
+// submitted meanwhile, wait for it and are sent again (executeRecovering;
+// for Submit's calls, submitRecovering, lostCall and resend).
 
 import (
 	"context"
@@ -59,10 +60,10 @@ var (
 // SessionRecovering; if the target cannot be reached before the
 // replacement timeout, SessionFailed.
 //
-// Commands (Session.Execute) that failed because the connection was lost,
-// and commands submitted while the session recovers, wait for the
-// reinstatement (within their context and the replacement timeout) and are
-// sent again on the new session. A write is retried too: after the
+// Commands (Session.Execute, and calls of Session.Submit) that failed
+// because the connection was lost, and commands submitted while the
+// session recovers, wait for the reinstatement (within their context and
+// the replacement timeout) and are sent again on the new session. A write is retried too: after the
 // reinstatement the old session's tasks are gone at the target, so the
 // write sent again cannot be overtaken by the old one; NoRetryWrites turns
 // that off. A command that ended with a SCSI status, a Reject, its own
@@ -176,6 +177,13 @@ type recovery struct {
 	// changed is closed and replaced at every state change and every
 	// connection that leaves the session.
 	changed chan struct{}
+	// t2w and t2r are the current (or last) recovery's Time2Wait and
+	// Time2Retain: the negotiated defaults, or what the target's Async
+	// Message announcing the drop said (dropT2W, dropT2R, set while
+	// dropping is, for the recovery that drop starts).
+	t2w, t2r         time.Duration
+	dropping         bool
+	dropT2W, dropT2R time.Duration
 }
 
 // recoveryRun is one recovery's goroutine: cancel stops it, done is closed
@@ -205,6 +213,9 @@ func (s *Session) recoveryLocked() RecoveryInfo {
 	ri := RecoveryInfo{State: s.state, Since: r.since, Cause: r.cause, Attempts: r.attempts, LastErr: r.lastErr,
 		Deadline: r.deadline, Reconnects: r.reconnects, Retries: r.retries,
 		Time2Wait: time.Duration(s.params.DefaultTime2Wait) * time.Second, Time2Retain: time.Duration(s.params.DefaultTime2Retain) * time.Second}
+	if !r.since.IsZero() {
+		ri.Time2Wait, ri.Time2Retain = r.t2w, r.t2r
+	}
 	if s.state == sessionRecovering {
 		ri.NextTry = r.nextTry
 	}
@@ -285,7 +296,15 @@ func (s *Session) startRecoveryLocked(cause error) {
 	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	r := &recoveryRun{ctx: ctx, cancel: cancel, done: make(chan struct{})}
 	s.rec.since, s.rec.cause, s.rec.attempts, s.rec.lastErr, s.rec.deadline, s.rec.run = now, cause, 0, nil, deadline, r
-	s.rec.nextTry = now.Add(time.Duration(s.params.DefaultTime2Wait) * time.Second)
+	s.rec.t2w = time.Duration(s.params.DefaultTime2Wait) * time.Second
+	s.rec.t2r = time.Duration(s.params.DefaultTime2Retain) * time.Second
+	if s.rec.dropping {
+		// The target announced the drop (async event 2 or 3) with its
+		// own Time2Wait and Time2Retain for it (RFC 7143 §11.9.1).
+		s.rec.t2w, s.rec.t2r = s.rec.dropT2W, s.rec.dropT2R
+		s.rec.dropping = false
+	}
+	s.rec.nextTry = now.Add(s.rec.t2w)
 	s.moveTo(sessionRecovering)
 	s.wg.Add(1)
 	go s.recoverLoop(r)
@@ -301,7 +320,14 @@ func (s *Session) recoverLoop(r *recoveryRun) {
 	s.mu.Lock()
 	wait := time.Until(s.rec.nextTry)
 	s.mu.Unlock()
-	// DefaultTime2Wait is the least time before a reconnect (§13.15).
+	// DefaultTime2Wait, or the Time2Wait of the target's Async Message
+	// announcing the drop, is the least time before a reconnect (§13.15,
+	// §11.9.1); the replacement timeout bounds it (r.ctx). Time2Retain
+	// does not end the recovery: it is how long the target keeps the old
+	// session's state, which an ERL 0 reinstatement ends anyway (its
+	// commands go again as new tasks), and a login after it simply opens
+	// the session anew. It is reported (RecoveryInfo.RetainUntil) for a
+	// logout that cannot reach the target.
 	if !sleepCtx(r.ctx, wait) {
 		s.recoveryEnded(r)
 		return
@@ -667,4 +693,153 @@ func lossError(err error) bool {
 		return false
 	}
 	return errors.Is(err, ErrOutcomeUnknown) || errors.Is(err, ErrNotSent)
+}
+
+// submitRecovering is Session.Submit with recovery. On the steady path it
+// is pickConn and the send, with the session's reinstatement count read
+// under the same lock: nothing allocated. A call no connection takes now
+// waits for the session's recovery on a goroutine (resend), or fails at
+// once when it cannot wait.
+func (s *Session) submitRecovering(call *Call) error {
+	c, gen, err := s.connGen()
+	if err == nil {
+		call.sess, call.gen = s, gen
+		if err = c.submitCall(call); err == nil {
+			return nil
+		}
+	}
+	call.sess = s
+	s.mu.Lock()
+	st, lastErr := s.state, s.rec.lastErr
+	s.mu.Unlock()
+	switch {
+	case st == sessionRecovering && s.cfg.Recovery.failFast():
+		return withLast(ErrSessionRecovering, nil)
+	case st == sessionRecovering, st == sessionUp && s.connsEnding():
+		// The session recovers, or is about to hear its connections
+		// ended: the call waits for what follows.
+		s.retryCall(call, nil, nil)
+		return nil
+	case st == sessionFailed:
+		return withLast(fmt.Errorf("%w (%v)", ErrSessionFailed, lastErr), nil)
+	}
+	return err
+}
+
+// connGen is pickConn, with the session's reinstatements so far read under
+// the same lock.
+func (s *Session) connGen() (*Conn, uint64, error) {
+	s.mu.Lock()
+	conns, gen := s.conns, s.rec.gen
+	loggedOut := s.state == sessionLoggedOut
+	s.mu.Unlock()
+	n := len(conns)
+	if n == 0 {
+		if loggedOut {
+			return nil, 0, errLoggingOut
+		}
+		return nil, 0, ErrClosed
+	}
+	start := int(s.rr.Add(1))
+	for i := 0; i < n; i++ {
+		if c := conns[(start+i)%n]; c.Active() {
+			return c, gen, nil
+		}
+	}
+	return nil, 0, errLoggingOut
+}
+
+// lostCall takes call, submitted with Session.Submit, which failed on c
+// without its status (call.Err set), to be sent again after the
+// reinstatement, if its error is one a loss causes and the policy allows
+// it; it reports whether it took it (Done then runs later). It runs on the
+// goroutine that delivers the call's end (deliverLate): the decision,
+// which waits for the session to hear of c's end, is made on another.
+func (s *Session) lostCall(c *Conn, call *Call) bool {
+	err := call.Err
+	if !lossError(err) || errors.Is(err, errCanceled) {
+		return false
+	}
+	if len(call.Cmd.Write) > 0 && errors.Is(err, ErrOutcomeUnknown) && s.cfg.Recovery.NoRetryWrites {
+		return false
+	}
+	s.retryCall(call, err, c)
+	return true
+}
+
+// retryUA sends call again when it met the UNIT ATTENTION with which the
+// target reports a reinstatement (see executeRecovering): the command was
+// not performed. It runs on the reader that completed the call and reports
+// whether it took the call (Done then runs later).
+func (s *Session) retryUA(call *Call) bool {
+	if call.gen == 0 || int(call.ua) >= unitAttentionRetries || !reinstatementUA(call.Err) {
+		return false
+	}
+	call.ua++
+	call.Err, call.Result = nil, Result{}
+	c, gen, err := s.connGen()
+	if err == nil {
+		call.gen = gen
+		if err = c.submitCall(call); err == nil {
+			return true
+		}
+	}
+	s.retryCall(call, nil, nil)
+	return true
+}
+
+// retryCall sends call again on a goroutine of the session (resend), or,
+// once the session is closed, ends it at once with last (or ErrClosed).
+// lost is the connection whose loss failed the call with last, nil for a
+// call that was not sent.
+func (s *Session) retryCall(call *Call, last error, lost *Conn) {
+	s.mu.Lock()
+	if s.state == sessionClosed {
+		// Close waits for the session's goroutines: start no more.
+		s.mu.Unlock()
+		call.Err = withLast(ErrClosed, last)
+		call.Done(call)
+		return
+	}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	go s.resend(call, last, lost)
+}
+
+// resend is retryCall's goroutine: it decides whether a call the loss of
+// lost failed goes again (retryAfterLoss, as Execute), then waits for the
+// session to be up again (connForCommand: within the replacement timeout)
+// and sends the call; a call that cannot go runs its Done here.
+func (s *Session) resend(call *Call, last error, lost *Conn) {
+	defer s.wg.Done()
+	ctx := context.Background()
+	if lost != nil {
+		if !s.retryAfterLoss(ctx, lost, call.gen, &call.Cmd, last) {
+			call.Done(call)
+			return
+		}
+		s.mu.Lock()
+		s.rec.retries++
+		s.mu.Unlock()
+	}
+	for {
+		c, gen, err := s.connForCommand(ctx, last)
+		if err == nil {
+			call.gen, call.Err, call.Result = gen, nil, Result{}
+			if err = c.submitCall(call); err == nil {
+				return
+			}
+			if c.Err() != nil && !errors.Is(err, errLoggingOut) {
+				// The connection ended as the call went: the session
+				// hears of it next, and connForCommand waits for that.
+				continue
+			}
+			err = withLast(err, last)
+		} else if last == nil {
+			err = withLast(err, nil) // never sent: say so
+		}
+		call.Err = err
+		call.Done(call)
+		return
+	}
 }

@@ -52,6 +52,13 @@ type Call struct {
 
 	conn *Conn
 	itt  uint32
+	// sess is the session that sends the call again after a
+	// reinstatement (Session.Submit with Config.Recovery), nil otherwise;
+	// gen is the session's reinstatements when the call was last sent, ua
+	// how often it went again for a UNIT ATTENTION reporting one.
+	sess *Session
+	gen  uint64
+	ua   uint8
 }
 
 // errCanceled ends a call its caller canceled.
@@ -100,6 +107,19 @@ type asyncConn struct {
 // Submit sends call.Cmd on one of the session's connections and returns
 // without waiting for it: call.Done runs when it has ended. An error means
 // the command was not sent, and Done will not run.
+//
+// With Config.Recovery, a call rides through a reinstatement as Execute's
+// commands do (see RecoveryConfig): one that failed because the session
+// lost its last connection, and one submitted while the session recovers,
+// waits for the reinstatement and is sent again on the new session (a
+// write too, unless NoRetryWrites; never one that ended with a SCSI status
+// or a Reject); once the recovery gives up, Done runs with ErrSessionFailed.
+// Submit then returns nil while the session recovers, and an error at once
+// only when the call cannot wait (the session failed, closed or logged
+// out, or ReplacementTimeout is negative). A call waiting for the
+// reinstatement cannot be canceled (Conn.Cancel reports false); Close ends
+// it (Done runs before Close returns). Its Done may run on a goroutine of
+// the session.
 func (s *Session) Submit(call *Call) error {
 	if err := checkCommand(&call.Cmd); err != nil {
 		return err
@@ -107,11 +127,16 @@ func (s *Session) Submit(call *Call) error {
 	if call.Done == nil {
 		return errors.New("iscsi: Submit: Call.Done is nil")
 	}
+	if s.cfg.Recovery != nil {
+		call.ua = 0
+		return s.submitRecovering(call)
+	}
+	call.sess = nil
 	c, err := s.pickConn()
 	if err != nil {
 		return err
 	}
-	return c.Submit(call)
+	return c.submitCall(call)
 }
 
 func checkCommand(cmd *Command) error {
@@ -124,7 +149,9 @@ func checkCommand(cmd *Command) error {
 	return nil
 }
 
-// Submit sends call.Cmd on this connection; see Session.Submit.
+// Submit sends call.Cmd on this connection; see Session.Submit. A call
+// submitted on a connection is not sent again by a recovery: the loss of
+// the connection ends it.
 func (c *Conn) Submit(call *Call) error {
 	if err := checkCommand(&call.Cmd); err != nil {
 		return err
@@ -132,6 +159,12 @@ func (c *Conn) Submit(call *Call) error {
 	if call.Done == nil {
 		return errors.New("iscsi: Submit: Call.Done is nil")
 	}
+	call.sess = nil
+	return c.submitCall(call)
+}
+
+// submitCall registers and sends a checked call on c.
+func (c *Conn) submitCall(call *Call) error {
 	t, err := c.registerCall(call)
 	if err != nil {
 		if errors.Is(err, ErrLoggedOut) {
@@ -401,6 +434,9 @@ func (c *Conn) finishCall(t *task, onReader bool) {
 		c.mu.Unlock()
 	}
 	c.beginBatch()
+	if call.Err != nil && call.sess != nil && call.sess.retryUA(call) {
+		return
+	}
 	call.Done(call)
 }
 
@@ -434,6 +470,9 @@ func (c *Conn) deliverLate(t *task, call *Call) {
 	call.Err = t.resultInto(&call.Cmd, &call.Result)
 	if call.Err != nil && !t.sent && !errors.Is(call.Err, ErrNotSent) {
 		call.Err = fmt.Errorf("%w: %w", ErrNotSent, t.err)
+	}
+	if call.sess != nil && call.Err != nil && call.sess.lostCall(c, call) {
+		return
 	}
 	call.Done(call)
 }

@@ -280,7 +280,9 @@ func runRead(ctx context.Context, a *app, tf *targetFlags, fp *ioFlags, out *str
 	}
 	var data []byte
 	var lun, bs, commands int
+	var rc recoveryCounts
 	err := a.withSession(ctx, tf, 1, func(s *session.Session) error {
+		defer func() { rc = countRecovery(s) }()
 		var err error
 		lun, bs, err = f.prepare(ctx, s, f.blocks)
 		if err != nil {
@@ -312,7 +314,8 @@ func runRead(ctx context.Context, a *app, tf *targetFlags, fp *ioFlags, out *str
 	}
 	if a.json {
 		a.printJSON(map[string]any{"command": "read", "target": tf.target, "lun": lun, "lba": f.lba, "blocks": f.blocks,
-			"blockSize": bs, "bytes": len(data), "sha256": hex.EncodeToString(sum[:]), "out": *out, "commands": commands})
+			"blockSize": bs, "bytes": len(data), "sha256": hex.EncodeToString(sum[:]), "out": *out, "commands": commands,
+			"recovery": rc})
 		return nil
 	}
 	if *out != "" {
@@ -370,7 +373,9 @@ func runWrite(ctx context.Context, a *app, tf *targetFlags, fp *ioFlags, inv str
 		return invalidArgf("--fill must be a byte value, 0 to 255")
 	}
 	var lun, bs, commands int
+	var rc recoveryCounts
 	err := a.withSession(ctx, tf, 1, func(s *session.Session) error {
+		defer func() { rc = countRecovery(s) }()
 		// The block size is known only now.
 		probe, err := diskLUN(ctx, s, f.lun)
 		if err != nil {
@@ -433,7 +438,8 @@ func runWrite(ctx context.Context, a *app, tf *targetFlags, fp *ioFlags, inv str
 	sum := sha256.Sum256(src)
 	if a.json {
 		a.printJSON(map[string]any{"command": "write", "target": tf.target, "lun": lun, "lba": f.lba, "blocks": f.blocks,
-			"blockSize": bs, "bytes": len(src), "sha256": hex.EncodeToString(sum[:]), "verified": *verify, "commands": commands})
+			"blockSize": bs, "bytes": len(src), "sha256": hex.EncodeToString(sum[:]), "verified": *verify, "commands": commands,
+			"recovery": rc})
 		return nil
 	}
 	v := ""
