@@ -77,6 +77,7 @@ func (c *Conn) execute(ctx context.Context, cmd *Command) (*Result, error) {
 	t.lun = pdu.MakeLUN(cmd.LUN)
 	t.readBuf = cmd.Read
 	t.writeLen = len(cmd.Write)
+	t.cmd = cmd
 	if t.writeLen > 0 {
 		t.r2ts = make(chan pdu.R2T, c.params.MaxOutstandingR2T)
 	}

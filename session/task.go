@@ -67,6 +67,11 @@ type task struct {
 	flushing atomic.Bool
 	dataSN   uint32
 	r2ts     chan pdu.R2T
+	// r2tSN is the R2TSN the next R2T of a write carries (ERL 1; the
+	// reader's); cmd is Execute's command, for a retry (a Call's is
+	// call.Cmd).
+	r2tSN    uint32
+	cmd      *Command
 	status   uint8
 	response uint8
 	sense    []byte
@@ -114,6 +119,14 @@ func (t *task) scsiResponse(r *pdu.SCSIResponse, data []byte) {
 		t.response, t.status, t.sense = r.Response, r.Status, sense
 		t.residual, t.under, t.over = r.ResidualCount, r.Underflow, r.Overflow
 	})
+}
+
+// command returns the SCSI command of a SCSI task.
+func (t *task) command() *Command {
+	if t.call != nil {
+		return &t.call.Cmd
+	}
+	return t.cmd
 }
 
 // markSent records data[off:off+n] of a write as sent.
