@@ -7,7 +7,8 @@ import (
 )
 
 // Within-connection recovery, ErrorRecoveryLevel 1: at that level a
-// connection keeps the Data-In, R2T and status PDUs it sent (copies, within
+// connection keeps the Data-In, R2T and status PDUs (SCSI Response, NOP-In
+// answering a NOP-Out, Text Response) it sent (copies, within
 // maxKeptBytes and maxKeptPDUs: the oldest go first) and answers a SNACK by
 // sending again the ones it asks for, unchanged (the same DataSN, R2TSN and
 // StatSN: RFC 7143 §11.16). A SNACK for what is no longer kept, or at ERL 0,
@@ -51,6 +52,13 @@ func (c *Conn) retainLocked(p pdu.PDU, it *outItem) {
 	case *pdu.R2T:
 		k.itt, k.sn = v.ITT, v.R2TSN
 	case *pdu.SCSIResponse:
+		k.itt, k.status, k.statSN = v.ITT, true, v.StatSN
+	case *pdu.NOPIn:
+		if v.ITT == pdu.ReservedTag {
+			return // a ping takes no StatSN: it is not asked for again
+		}
+		k.itt, k.status, k.statSN = v.ITT, true, v.StatSN
+	case *pdu.TextResponse:
 		k.itt, k.status, k.statSN = v.ITT, true, v.StatSN
 	default:
 		return

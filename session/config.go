@@ -47,6 +47,10 @@ type Config struct {
 	// logout; false lets the session log the connection out by itself
 	// before the target's deadline.
 	OnAsync func(c *Conn, ev AsyncEvent) bool
+	// SNACKTimeout bounds how long a SNACK (ErrorRecoveryLevel 1) waits
+	// for the PDUs it asked for before the connection is failed with
+	// ErrRecoveryFailed; 0 means 5 s.
+	SNACKTimeout time.Duration
 	// MaxRedirects bounds login redirections followed; default 4.
 	MaxRedirects int
 	// Recovery, when set, makes the session recover from the loss of its

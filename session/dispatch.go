@@ -162,8 +162,8 @@ func (c *Conn) processSCSIResponse(h *pdu.BHS) error {
 	if err := r.UnmarshalBHS(h); err != nil {
 		return err
 	}
-	data, err := c.r.Data()
-	if err != nil {
+	data, lost, err := c.statusData(h)
+	if err != nil || lost {
 		return err
 	}
 	t, err := c.answering(pdu.OpSCSIResponse, r.ITT, taskSCSI)
@@ -220,6 +220,12 @@ func (c *Conn) processR2T(h *pdu.BHS) error {
 	case n > uint64(c.params.MaxBurstLength):
 		return &pdu.ProtocolError{Op: pdu.OpR2T, Field: "DesiredDataTransferLength", Value: n, Reason: fmt.Sprintf("exceeds MaxBurstLength %d", c.params.MaxBurstLength)}
 	}
+	if c.erl1() {
+		// ERL 1: a gap in R2TSN asks for the R2Ts missing (snack.go).
+		if ok, err := c.r2tInOrder(t, &r); !ok || err != nil {
+			return err
+		}
+	}
 	if t.call != nil {
 		return c.answerCallR2T(t, &r)
 	}
@@ -270,9 +276,15 @@ func (c *Conn) processNOPIn(h *pdu.BHS) error {
 	if err := n.UnmarshalBHS(h); err != nil {
 		return err
 	}
-	data, err := c.r.Data()
-	if err != nil {
+	data, lost, err := c.statusData(h)
+	if err != nil || lost {
 		return err
+	}
+	if n.ITT != pdu.ReservedTag && c.erl1() {
+		// Every PDU sent before it is in: a write's lost last R2T shows.
+		if err := c.probeR2Ts(); err != nil {
+			return err
+		}
 	}
 	if n.ITT != pdu.ReservedTag {
 		t, err := c.answering(pdu.OpNOPIn, n.ITT, taskNOP)
@@ -348,8 +360,8 @@ func (c *Conn) processTextResponse(h *pdu.BHS) error {
 	if err := r.UnmarshalBHS(h); err != nil {
 		return err
 	}
-	data, err := c.r.Data()
-	if err != nil {
+	data, lost, err := c.statusData(h)
+	if err != nil || lost {
 		return err
 	}
 	t, err := c.answering(pdu.OpTextResponse, r.ITT, taskText)
@@ -368,8 +380,8 @@ func (c *Conn) processAsync(h *pdu.BHS) error {
 	if err := a.UnmarshalBHS(h); err != nil {
 		return err
 	}
-	data, err := c.r.Data()
-	if err != nil {
+	data, lost, err := c.statusData(h)
+	if err != nil || lost {
 		return err
 	}
 	return c.asyncEvent(&a, data)
@@ -381,8 +393,8 @@ func (c *Conn) processReject(h *pdu.BHS) error {
 	if err := rj.UnmarshalBHS(h); err != nil {
 		return err
 	}
-	data, err := c.r.Data()
-	if err != nil {
+	data, lost, err := c.statusData(h)
+	if err != nil || lost {
 		return err
 	}
 	if len(data) < pdu.BHSLen {

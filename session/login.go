@@ -391,6 +391,11 @@ func (l *loginState) fullFeature(params Params) *Conn {
 	l.w.SetDigests(params.HeaderDigest, params.DataDigest)
 	c := newConn(s, l.cid, l.nc, l.r, l.w, l.expStatSN, params)
 	c.as.src = l.src
+	if l.src != nil {
+		// What the reader queued goes out before it waits for the
+		// network, wherever in a PDU it waits (submit.go, endBatch).
+		l.src.SetOnWait(c.endBatch)
+	}
 	s.log.Debug("connection logged in", zap.Uint16("cid", l.cid), zap.Uint16("tsih", s.tsih),
 		zap.Bool("headerDigest", params.HeaderDigest), zap.Bool("dataDigest", params.DataDigest))
 	return c

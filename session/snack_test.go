@@ -44,6 +44,10 @@ func recoveryStats(s *Session) RecoveryStats {
 		sum.DataDigestErrors += r.DataDigestErrors
 		sum.HeadersSkipped += r.HeadersSkipped
 		sum.DataOutRejected += r.DataOutRejected
+		sum.StatusDataErrors += r.StatusDataErrors
+		sum.R2TSNACKs += r.R2TSNACKs
+		sum.R2TProbes += r.R2TProbes
+		sum.CommandRetries += r.CommandRetries
 	}
 	return sum
 }

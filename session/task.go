@@ -67,6 +67,13 @@ type task struct {
 	flushing atomic.Bool
 	dataSN   uint32
 	r2ts     chan r2tIn
+	// r2tSN is the R2TSN the next R2T of a write carries (ERL 1; the
+	// reader's); cmd is Execute's command, for a retry (a Call's is
+	// call.Cmd): of the command the target rejected for its digest
+	// (ERL 1) or never got before its connection died (ERL 2,
+	// connrecovery.go).
+	r2tSN    uint32
+	cmd      *Command
 	status   uint8
 	response uint8
 	sense    []byte
@@ -79,9 +86,6 @@ type task struct {
 	home atomic.Pointer[Conn]
 	// held is set once ERL 2 connection recovery holds the task.
 	held atomic.Bool
-	// cmd is an Execute command's own, for its retry on another
-	// connection when the target never got it (connrecovery.go).
-	cmd *Command
 
 	tmfResp      pdu.TMResponse
 	logoutReason pdu.LogoutReason
@@ -140,6 +144,14 @@ func (t *task) scsiResponse(r *pdu.SCSIResponse, data []byte) {
 		t.response, t.status, t.sense = r.Response, r.Status, sense
 		t.residual, t.under, t.over = r.ResidualCount, r.Underflow, r.Overflow
 	})
+}
+
+// command returns the SCSI command of a SCSI task.
+func (t *task) command() *Command {
+	if t.call != nil {
+		return &t.call.Cmd
+	}
+	return t.cmd
 }
 
 // markSent records data[off:off+n] of a write as sent.

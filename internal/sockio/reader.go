@@ -48,6 +48,10 @@ type Reader struct {
 	dst    []byte
 	n      int
 	errno  syscall.Errno
+	// onWait runs before the Reader waits for the socket (SetOnWait);
+	// hookNext says the read in progress has not run it yet.
+	onWait   func()
+	hookNext bool
 
 	// reads counts the reads that brought data, for the watchdog of
 	// Coalesce; lowat is the socket's SO_RCVLOWAT as Coalesce and the
@@ -102,12 +106,26 @@ func (s *Reader) readErr() error {
 	return err
 }
 
+// SetOnWait sets f to run, on the goroutine reading, each time a read
+// finds nothing to read and is about to wait for the socket: a reader that
+// queued PDUs to write sends them there, before it may wait on a peer that
+// waits for them. A Peek, Read or Discard that the buffer satisfies never
+// runs it.
+func (s *Reader) SetOnWait(f func()) { s.onWait = f }
+
 // sysRead reads from the socket into p (nil: into the free part of the
 // buffer), waiting for it to be readable. While it waits with nothing
 // buffered the buffer goes back to the pool.
 func (s *Reader) sysRead(p []byte) (int, error) {
 	s.dst, s.n, s.errno = p, 0, 0
+	s.hookNext = s.onWait != nil
 	err := s.rc.Read(s.readFn)
+	if err == nil && s.errno == syscall.EAGAIN {
+		// Nothing to read: onWait runs before the wait.
+		s.onWait()
+		s.errno = 0
+		err = s.rc.Read(s.readFn)
+	}
 	n, errno := s.n, s.errno
 	s.dst = nil
 	if n > 0 {
@@ -145,6 +163,10 @@ func (s *Reader) tryRead(fd uintptr) bool {
 		dst = (*s.buf)[s.w:]
 	}
 	s.n, s.errno = readFD(fd, dst)
+	if s.errno == syscall.EAGAIN && s.hookNext {
+		s.hookNext = false
+		return true // sysRead runs onWait, then reads again
+	}
 	if s.errno == syscall.EAGAIN {
 		if s.buf != nil && s.r == s.w {
 			readBufs.Put(s.buf)
