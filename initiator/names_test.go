@@ -175,9 +175,10 @@ func TestLoginSendsNormalForm(t *testing.T) {
 	}
 }
 
-// TestLoginRefusesUnimplementedParams: an ErrorRecoveryLevel the session
-// package does not implement is an invalid argument (E_INVALIDARG), refused
-// before anything is dialed (the portal here has no listener).
+// TestLoginRefusesUnimplementedParams: an ErrorRecoveryLevel outside the
+// RFC's 0-2 (the session package implements all three) is an invalid
+// argument (E_INVALIDARG), refused before anything is dialed (the portal
+// here has no listener).
 func TestLoginRefusesUnimplementedParams(t *testing.T) {
 	in, err := New(Config{Name: "iqn.2026-11.org.goiscsi:initiator", NOPInterval: -1})
 	if err != nil {
@@ -185,13 +186,13 @@ func TestLoginRefusesUnimplementedParams(t *testing.T) {
 	}
 	t.Cleanup(func() { in.Close() })
 	p := session.DefaultParams()
-	p.ErrorRecoveryLevel = 2
+	p.ErrorRecoveryLevel = 3
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	_, err = in.Login(ctx, "127.0.0.1:1", memTarget, LoginOptions{Connections: 1, Params: &p})
 	if !errors.Is(err, ErrInvalidArg) || !errors.Is(err, session.ErrInvalidConfig) ||
-		!strings.Contains(err.Error(), "ErrorRecoveryLevel 2 is not implemented") {
-		t.Fatalf("Login with ErrorRecoveryLevel 2: %v; want ErrInvalidArg and session.ErrInvalidConfig", err)
+		!strings.Contains(err.Error(), "ErrorRecoveryLevel 3 is outside 0-2") {
+		t.Fatalf("Login with ErrorRecoveryLevel 3: %v; want ErrInvalidArg and session.ErrInvalidConfig", err)
 	}
 	// Discovery offers the Config's parameters.
 	in2, err := New(Config{Name: "iqn.2026-11.org.goiscsi:initiator", NOPInterval: -1, Params: &p})
@@ -200,6 +201,6 @@ func TestLoginRefusesUnimplementedParams(t *testing.T) {
 	}
 	t.Cleanup(func() { in2.Close() })
 	if _, err := in2.Discover(ctx, "127.0.0.1:1", nil); !errors.Is(err, ErrInvalidArg) || !errors.Is(err, session.ErrInvalidConfig) {
-		t.Fatalf("Discover with ErrorRecoveryLevel 2: %v; want ErrInvalidArg and session.ErrInvalidConfig", err)
+		t.Fatalf("Discover with ErrorRecoveryLevel 3: %v; want ErrInvalidArg and session.ErrInvalidConfig", err)
 	}
 }

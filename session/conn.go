@@ -31,10 +31,12 @@ type Conn struct {
 	w        *pdu.Writer
 	wspare   *pdu.Writer // the batch being written, swapped with w
 	flushing bool
-	wdone    *sync.Cond // on wmu, broadcast when a flusher stops
+	wdone    *sync.Cond // on wmu, broadcast when a batch is written and when a flusher stops
 	// wseq counts the batches written, for the keepalive's watch of a
-	// write that does not end (writeWatch).
-	wseq uint64
+	// write that does not end (writeWatch) and for the writers waiting
+	// for their batch; wdoneSeq is the last batch written.
+	wseq     uint64
+	wdoneSeq uint64
 
 	// st is the connection's connState (state.go): changed under mu,
 	// read without it.

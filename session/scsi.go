@@ -256,10 +256,10 @@ func (c *Conn) flushFor(t *task, wait bool) error {
 // writeCancelGrace is how long a write that holds a command whose caller
 // gave up may go on before the connection is failed to end it: a PDU half
 // written cannot be taken back, and the caller's memory is in it. It is
-// readCancelGrace's second: at 250 ms, a busy machine (2 cores, the race
-// detector, the target in the same process, five test runs at once) failed
-// healthy connections in TestGroupCommitWrites/wrapped=true, whose writes
-// go through a capture tap.
+// readCancelGrace's second. (At 250 ms TestGroupCommitWrites failed under
+// load; the cause was a writer waiting for the flusher to stop rather
+// than for its own batch, fixed in flushLocked, but a loaded machine
+// still takes more than 250 ms for a batch now and then.)
 const writeCancelGrace = time.Second
 
 // cancel runs when command t's context ends: it stops the command reading

@@ -517,6 +517,7 @@ func (c *Conn) endBatch() {
 		batch := c.w
 		c.w, c.wspare = c.wspare, batch
 		c.wseq++
+		seq := c.wseq
 		c.wmu.Unlock()
 		cw.try = true
 		err = batch.Flush()
@@ -525,6 +526,7 @@ func (c *Conn) endBatch() {
 		if err != nil {
 			break
 		}
+		c.batchWritten(seq)
 	}
 	if err == nil && (len(cw.rest) > 0 || c.w.Buffered() > 0) {
 		c.wg.Add(1)

@@ -63,10 +63,15 @@ func (c *Conn) flushLocked(wait bool) error {
 		if !wait {
 			return nil
 		}
-		for c.flushing {
+		// The caller's PDUs go out with the flusher's next batch: wait for
+		// that batch, not for the flusher to stop, which under a steady
+		// stream of commands it may not do for a long time (a canceled
+		// write waiting so lost its connection: writeCancelGrace).
+		mine := c.wseq + 1
+		for c.flushing && c.wdoneSeq < mine {
 			c.wdone.Wait()
 		}
-		if c.w.Buffered() == 0 {
+		if c.wdoneSeq >= mine || c.w.Buffered() == 0 {
 			return nil
 		}
 	}
@@ -78,6 +83,15 @@ func (c *Conn) flushLocked(wait bool) error {
 // during each write, then clears flushing. The caller holds wmu and has set
 // flushing. What a write of the reader's could not send (connWriter.rest)
 // goes first.
+// batchWritten records that batch seq has left (or, written by the reader
+// without waiting, been copied): its PDUs no longer point into their
+// writers' memory. It wakes the writers waiting for it. The caller holds
+// wmu.
+func (c *Conn) batchWritten(seq uint64) {
+	c.wdoneSeq = seq
+	c.wdone.Broadcast()
+}
+
 func (c *Conn) flushLoop() error {
 	var err error
 	if cw := c.as.cw; cw != nil && len(cw.rest) > 0 {
@@ -93,9 +107,13 @@ func (c *Conn) flushLoop() error {
 		batch := c.w
 		c.w, c.wspare = c.wspare, batch
 		c.wseq++
+		seq := c.wseq
 		c.wmu.Unlock()
 		err = batch.Flush()
 		c.wmu.Lock()
+		if err == nil {
+			c.batchWritten(seq)
+		}
 		if err == nil && !c.isShim(c.wspare) {
 			// The writer login made writes straight to the socket: the
 			// reader's writes that do not wait need the connection's own.
