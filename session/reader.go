@@ -223,11 +223,11 @@ func (c *Conn) ensureReader() {
 func (c *Conn) readPDUs(t *task) bool {
 	for {
 		if t != nil {
-			select {
-			case <-t.done:
+			// fin, not done: an Execute task's done may hold a token
+			// (complete) that its own select must take.
+			if t.fin.Load() {
 				c.releaseRole(t)
 				return true
-			default:
 			}
 			if !c.atBoundary() {
 				c.releaseRole(t)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/goiscsi/iscsi/pdu"
@@ -48,36 +49,74 @@ type Result struct {
 // NoRetryWrites; never a command that ended with a SCSI status or a
 // Reject); once the recovery gives up it fails with ErrSessionFailed.
 func (s *Session) Execute(ctx context.Context, cmd *Command) (*Result, error) {
+	// Small enough to be inlined: a caller that keeps the Result to
+	// itself (Read, Write, iscsictl perf) then has it on its stack.
+	return s.executeTo(ctx, cmd, new(Result))
+}
+
+// executeTo is Execute with res for its Result: it returns res, or nil
+// when the command has no result (an error other than a *SCSIError).
+func (s *Session) executeTo(ctx context.Context, cmd *Command, res *Result) (*Result, error) {
+	err := s.executeInto(ctx, cmd, res)
+	if _, scsi := err.(*SCSIError); err != nil && !scsi {
+		return nil, err
+	}
+	return res, err
+}
+
+// executeInto is Execute filling res, which it does not keep.
+func (s *Session) executeInto(ctx context.Context, cmd *Command, res *Result) error {
 	if len(cmd.CDB) == 0 || len(cmd.CDB) > 16 {
-		return nil, fmt.Errorf("iscsi: CDB of %d bytes: want 1 to 16", len(cmd.CDB))
+		return fmt.Errorf("iscsi: CDB of %d bytes: want 1 to 16", len(cmd.CDB))
 	}
 	if len(cmd.Read) > 0 && len(cmd.Write) > 0 {
-		return nil, errors.New("iscsi: bidirectional commands are not supported")
+		return errors.New("iscsi: bidirectional commands are not supported")
 	}
 	if s.cfg.Recovery != nil {
-		return s.executeRecovering(ctx, cmd)
+		return s.executeRecovering(ctx, cmd, res)
 	}
 	c, err := s.pickConn()
 	if err != nil {
-		return nil, err
+		return err
 	}
-	return c.execute(ctx, cmd)
+	return c.execute(ctx, cmd, res)
 }
 
 // Execute sends cmd on this connection; see Session.Execute.
 func (c *Conn) Execute(ctx context.Context, cmd *Command) (*Result, error) {
-	return c.execute(ctx, cmd)
+	return c.executeTo(ctx, cmd, new(Result))
 }
 
-func (c *Conn) execute(ctx context.Context, cmd *Command) (*Result, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrNotSent, err)
+// executeTo is Session.executeTo on c.
+func (c *Conn) executeTo(ctx context.Context, cmd *Command, res *Result) (*Result, error) {
+	err := c.execute(ctx, cmd, res)
+	if _, scsi := err.(*SCSIError); err != nil && !scsi {
+		return nil, err
 	}
-	t := c.s.newTask(taskSCSI)
+	return res, err
+}
+
+// taskPool holds the tasks of Execute's commands that ended with the
+// target's status and that nothing holds any more (recycle): an Execute in
+// steady state allocates neither a task nor its done channel.
+var taskPool = sync.Pool{New: func() any { return newSCSITask() }}
+
+// execute runs cmd on c, filling res (see resultInto); res is not kept.
+func (c *Conn) execute(ctx context.Context, cmd *Command, res *Result) error {
+	*res = Result{}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("%w: %w", ErrNotSent, err)
+	}
+	t := taskPool.Get().(*task)
+	itt := c.s.itt.Add(1)
+	if itt == pdu.ReservedTag {
+		itt = c.s.itt.Add(1)
+	}
+	t.itt, t.conn = itt, c
 	t.lun = pdu.MakeLUN(cmd.LUN)
 	t.readBuf = cmd.Read
 	t.writeLen = len(cmd.Write)
-	if t.writeLen > 0 {
+	if t.writeLen > 0 && (t.r2ts == nil || cap(t.r2ts) != c.params.MaxOutstandingR2T) {
 		t.r2ts = make(chan pdu.R2T, c.params.MaxOutstandingR2T)
 	}
 	if err := c.register(t, false); err != nil {
@@ -89,7 +128,10 @@ func (c *Conn) execute(ctx context.Context, cmd *Command) (*Result, error) {
 			// The connection has ended: the command never left.
 			err = fmt.Errorf("%w: the connection has ended: %w", ErrNotSent, err)
 		}
-		return nil, err
+		// Never listed: nothing else saw it.
+		t.reset()
+		taskPool.Put(t)
+		return err
 	}
 	sent, finished := false, false
 	defer func() {
@@ -97,15 +139,20 @@ func (c *Conn) execute(ctx context.Context, cmd *Command) (*Result, error) {
 			c.abandon(t, sent)
 		}
 	}()
+	var stop func() bool
 	if ctx.Done() != nil {
 		// One watch of the context for the whole command: it interrupts
 		// the command's own read (reader.go) and a write it is stuck in.
-		stop := context.AfterFunc(ctx, func() { c.cancel(t) })
-		defer stop()
+		stop = context.AfterFunc(ctx, func() { c.cancel(t) })
+		defer func() {
+			if stop != nil {
+				stop()
+			}
+		}()
 	}
 	sent, err := c.sendCommand(ctx, t, cmd)
 	if err != nil {
-		return nil, err
+		return err
 	}
 
 	if t.writeLen == 0 {
@@ -120,15 +167,58 @@ func (c *Conn) execute(ctx context.Context, cmd *Command) (*Result, error) {
 		case <-t.done:
 			finished = true
 			c.settle(t)
-			return t.result(cmd)
+			err := t.resultInto(cmd, res)
+			if stop == nil || stop() {
+				// The context's watch never ran (and will not): it
+				// holds t no more.
+				stop = nil
+				c.recycle(t)
+			}
+			return err
 		case r := <-t.r2ts:
 			if ctx.Err() == nil {
 				c.answerR2T(t, cmd.Write, &r)
 			}
 		case <-ctx.Done():
-			return nil, fmt.Errorf("%w (command abandoned): %w", ErrOutcomeUnknown, ctx.Err())
+			return fmt.Errorf("%w (command abandoned): %w", ErrOutcomeUnknown, ctx.Err())
 		}
 	}
+}
+
+// unlistDone takes Execute task t, which the reader ends with the target's
+// status, out of the task table, and reports whether it did: only while
+// the connection is up and no logout counts t (its pinned), so that nothing
+// but t's goroutine holds t afterwards (the reader found it in the table,
+// and reads no more for it). It is left in the table otherwise, for settle.
+func (c *Conn) unlistDone(t *task) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if t.pinned || c.state() != connUp || c.tasks[t.itt] != t {
+		return false
+	}
+	delete(c.tasks, t.itt)
+	c.scsiCount--
+	if c.scsiCount == 0 && c.idle != nil {
+		close(c.idle)
+		c.idle = nil
+	}
+	t.unlisted = true
+	return true
+}
+
+// recycle puts a settled Execute task back in taskPool when nothing else
+// can hold it: the reader unlisted it (unlistDone) and its done token was
+// taken. A task that ended otherwise (its connection's end, a logout, a
+// Reject, its caller giving up) is left to the garbage collector.
+func (c *Conn) recycle(t *task) {
+	c.mu.Lock()
+	ok := t.unlisted
+	c.mu.Unlock()
+	if !ok {
+		return
+	}
+	t.reset()
+	taskPool.Put(t)
 }
 
 // commandPDU fills req, t's SCSI Command for cmd, and returns the
@@ -163,8 +253,6 @@ func (c *Conn) commandPDU(req *pdu.SCSICommand, t *task, cmd *Command) (immediat
 // (or part of it) may have reached the target.
 func (c *Conn) sendCommand(ctx context.Context, t *task, cmd *Command) (sent bool, err error) {
 	s := c.s
-	req := new(pdu.SCSICommand)
-	immediate, unsolicited := c.commandPDU(req, t, cmd)
 	for {
 		c.wmu.Lock()
 		if st := c.state(); st >= connLogoutSent {
@@ -177,6 +265,10 @@ func (c *Conn) sendCommand(ctx context.Context, t *task, cmd *Command) (sent boo
 		}
 		sn, wait, ok := s.takeCmdSN()
 		if ok {
+			// The connection's own SCSI Command, reused under wmu: a
+			// PDU of its own per command would be an allocation.
+			req := &c.as.req
+			immediate, unsolicited := c.commandPDU(req, t, cmd)
 			t.setRequest(sn)
 			req.CmdSN = sn
 			req.ExpStatSN = c.expStatSN.Load()
@@ -325,13 +417,20 @@ func (c *Conn) abandon(t *task, sent bool) {
 	}
 }
 
-func (t *task) result(cmd *Command) (*Result, error) {
-	res := new(Result)
-	err := t.resultInto(cmd, res)
-	if _, scsi := err.(*SCSIError); err != nil && !scsi {
-		return nil, err
+// commandRef returns the CmdSN of the SCSI command with tag itt on c and
+// whether it went out; ok is false when no command of c has that tag. It
+// reads the task while it is in the table (under mu): once out of it, an
+// Execute task may be reused for another command.
+func (c *Conn) commandRef(itt uint32) (cmdSN uint32, sent, ok bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t := c.tasks[itt]
+	if t == nil || t.kind != taskSCSI {
+		return 0, false, false
 	}
-	return res, err
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.cmdSN, t.sent, true
 }
 
 // resultInto fills res with how command cmd ended and returns its error;
@@ -386,10 +485,8 @@ func (s *Session) TaskManagement(ctx context.Context, function pdu.TMFunction, l
 	found := false
 	if function == pdu.TMFAbortTask {
 		for _, o := range s.Conns() {
-			if t := o.lookup(refTask); t != nil && t.kind == taskSCSI {
-				t.mu.Lock()
-				refCmdSN, found = t.cmdSN, t.sent
-				t.mu.Unlock()
+			if sn, sent, ok := o.commandRef(refTask); ok {
+				refCmdSN, found = sn, sent
 				c = o
 				break
 			}
