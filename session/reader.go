@@ -57,6 +57,8 @@ type readerRole struct {
 	freedAt      time.Time
 	// cmds counts the commands holding the role, for Close.
 	cmds sync.WaitGroup
+	// watch is the context watch Execute's commands share (ctxWatch).
+	watch ctxWatch
 }
 
 // readIdle is how long the role may stay free with nothing waiting before
@@ -335,6 +337,9 @@ func (c *Conn) readOwn(t *task) {
 func (c *Conn) readLoop() {
 	defer c.goroutineDone()
 	defer close(c.readerDone)
+	// The connection is over: its commands' context is not watched any
+	// longer (a watch left on a long-lived context would keep it).
+	defer c.role.watch.release()
 	for {
 		if c.takeRole(nil) && !c.readPDUs(nil) {
 			return

@@ -3,6 +3,7 @@ package session
 import (
 	"bytes"
 	"context"
+	"errors"
 	"testing"
 	"time"
 
@@ -55,5 +56,69 @@ func TestExecuteStaleAnswersAfterReuse(t *testing.T) {
 			t.Fatalf("round %d: read: %+v %v", i, r.res, r.err)
 		}
 		prev = c
+	}
+}
+
+// TestExecuteSharedContextWatch checks the context watch that Execute's
+// commands share (ctxWatch): two reads with one context and a third with
+// another run at once; canceling the third's context ends only the third
+// (ABORT TASK for its tag), the first then ends GOOD, canceling the shared
+// context ends the second (ABORT TASK for its tag), and a read with a new
+// context afterwards ends GOOD with its data.
+func TestExecuteSharedContextWatch(t *testing.T) {
+	s, f := fakeSession(t, testConfig(), faketarget.Login{})
+	ctxA, cancelA := context.WithCancel(context.Background())
+	defer cancelA()
+	ctxB, cancelB := context.WithCancel(context.Background())
+	defer cancelB()
+	const n = 512
+	cmd1, cmd2, cmd3 := readCmd(n), readCmd(n), readCmd(n)
+	ch1 := goExecute(ctxA, s, cmd1)
+	c1 := f.Expect(pdu.OpSCSICommand).PDU.(*pdu.SCSICommand)
+	ch2 := goExecute(ctxA, s, cmd2)
+	c2 := f.Expect(pdu.OpSCSICommand).PDU.(*pdu.SCSICommand)
+	ch3 := goExecute(ctxB, s, cmd3)
+	c3 := f.Expect(pdu.OpSCSICommand).PDU.(*pdu.SCSICommand)
+
+	abortOf := func(want uint32) {
+		t.Helper()
+		r := f.Expect(pdu.OpTaskMgmtRequest).PDU.(*pdu.TaskMgmtRequest)
+		if r.Function != pdu.TMFAbortTask || r.RefTaskTag != want {
+			t.Fatalf("task management %v for tag %#x, want ABORT TASK for %#x", r.Function, r.RefTaskTag, want)
+		}
+		f.MustSend(&pdu.TaskMgmtResponse{Response: pdu.TMFComplete, ITT: r.ITT, SeqNums: f.Seq(true)}, nil)
+	}
+	cancelB()
+	if r := waitExec(t, ch3); !errors.Is(r.err, ErrOutcomeUnknown) {
+		t.Fatalf("read with the canceled context: %+v %v, want ErrOutcomeUnknown", r.res, r.err)
+	}
+	abortOf(c3.ITT)
+	select {
+	case r := <-ch1:
+		t.Fatalf("the first read ended with another context: %+v %v", r.res, r.err)
+	case r := <-ch2:
+		t.Fatalf("the second read ended with another context: %+v %v", r.res, r.err)
+	case <-time.After(quiet):
+	}
+	want := pattern(n, 1)
+	f.MustSend(&pdu.DataIn{Final: true, HasStatus: true, ITT: c1.ITT, TTT: pdu.ReservedTag, SeqNums: f.Seq(true)}, want)
+	if r := waitExec(t, ch1); r.err != nil || r.res.N != n || !bytes.Equal(cmd1.Read, want) {
+		t.Fatalf("first read: %+v %v", r.res, r.err)
+	}
+	cancelA()
+	if r := waitExec(t, ch2); !errors.Is(r.err, ErrOutcomeUnknown) {
+		t.Fatalf("second read after its context ended: %+v %v, want ErrOutcomeUnknown", r.res, r.err)
+	}
+	abortOf(c2.ITT)
+
+	ctxC, cancelC := context.WithCancel(context.Background())
+	defer cancelC()
+	cmd4 := readCmd(n)
+	ch4 := goExecute(ctxC, s, cmd4)
+	c4 := f.Expect(pdu.OpSCSICommand).PDU.(*pdu.SCSICommand)
+	want = pattern(n, 4)
+	f.MustSend(&pdu.DataIn{Final: true, HasStatus: true, ITT: c4.ITT, TTT: pdu.ReservedTag, SeqNums: f.Seq(true)}, want)
+	if r := waitExec(t, ch4); r.err != nil || r.res.N != n || !bytes.Equal(cmd4.Read, want) {
+		t.Fatalf("read with a new context: %+v %v", r.res, r.err)
 	}
 }

@@ -139,13 +139,21 @@ func (c *Conn) execute(ctx context.Context, cmd *Command, res *Result) error {
 			c.abandon(t, sent)
 		}
 	}()
+	// One watch of the context for the whole command: it interrupts the
+	// command's own read (reader.go) and a write it is stuck in. Commands
+	// running with the same context share one (ctxWatch); another context
+	// meanwhile gets its own, which costs allocations.
 	var stop func() bool
+	shared := false
 	if ctx.Done() != nil {
-		// One watch of the context for the whole command: it interrupts
-		// the command's own read (reader.go) and a write it is stuck in.
-		stop = context.AfterFunc(ctx, func() { c.cancel(t) })
+		if shared = c.role.watch.add(c, ctx, t); !shared {
+			stop = context.AfterFunc(ctx, func() { c.cancel(t) })
+		}
 		defer func() {
-			if stop != nil {
+			switch {
+			case shared:
+				c.role.watch.remove(t)
+			case stop != nil:
 				stop()
 			}
 		}()
@@ -168,10 +176,18 @@ func (c *Conn) execute(ctx context.Context, cmd *Command, res *Result) error {
 			finished = true
 			c.settle(t)
 			err := t.resultInto(cmd, res)
-			if stop == nil || stop() {
-				// The context's watch never ran (and will not): it
-				// holds t no more.
+			// t is reused only if the context's watch never canceled
+			// it (and will not): cancel may leave a timer holding t.
+			canceled := false
+			switch {
+			case shared:
+				shared = false
+				canceled = c.role.watch.remove(t)
+			case stop != nil:
+				canceled = !stop()
 				stop = nil
+			}
+			if !canceled {
 				c.recycle(t)
 			}
 			return err
@@ -182,6 +198,95 @@ func (c *Conn) execute(ctx context.Context, cmd *Command, res *Result) error {
 		case <-ctx.Done():
 			return fmt.Errorf("%w (command abandoned): %w", ErrOutcomeUnknown, ctx.Err())
 		}
+	}
+}
+
+// ctxWatch is one context.AfterFunc for the Execute commands running on a
+// connection with the same context: a caller that runs command after
+// command with one context (iscsictl perf, a deadline over a whole job)
+// then registers it once, not per command (an AfterFunc is three
+// allocations and a lock of the parent context). When the context ends,
+// every command registered is canceled (Conn.cancel), as its own watch
+// would. The watch is moved to another context only when no command uses
+// it; a command whose context differs from the one in use gets its own.
+// The connection's reader stops it when the connection ends.
+type ctxWatch struct {
+	mu   sync.Mutex
+	ctx  context.Context
+	stop func() bool
+	// fired says ctx ended and the commands registered then were
+	// canceled; closed that the connection is over.
+	fired  bool
+	closed bool
+	tasks  []*task
+}
+
+// add registers t for cancellation when ctx ends. It reports false when
+// the shared watch cannot take it (another context in use, the context
+// ended already, the connection over): the command then watches ctx
+// itself.
+func (w *ctxWatch) add(c *Conn, ctx context.Context, t *task) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.closed {
+		return false
+	}
+	if w.ctx != ctx {
+		if len(w.tasks) > 0 {
+			return false
+		}
+		if w.stop != nil {
+			w.stop()
+		}
+		w.ctx, w.fired = ctx, false
+		w.stop = context.AfterFunc(ctx, func() { w.fire(c, ctx) })
+	}
+	if w.fired {
+		return false
+	}
+	w.tasks = append(w.tasks, t)
+	return true
+}
+
+// fire cancels the commands registered when ctx ended, holding mu: once
+// remove has returned, the watch touches none of them any more.
+func (w *ctxWatch) fire(c *Conn, ctx context.Context) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.ctx != ctx {
+		return // moved to another context since
+	}
+	w.fired = true
+	for _, t := range w.tasks {
+		c.cancel(t)
+	}
+}
+
+// remove takes t out of the watch and reports whether the watch canceled
+// it (its context ended while t was registered).
+func (w *ctxWatch) remove(t *task) (canceled bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for i, o := range w.tasks {
+		if o == t {
+			last := len(w.tasks) - 1
+			w.tasks[i] = w.tasks[last]
+			w.tasks[last] = nil
+			w.tasks = w.tasks[:last]
+			break
+		}
+	}
+	return w.fired
+}
+
+// release stops the watch for good: the connection is over.
+func (w *ctxWatch) release() {
+	w.mu.Lock()
+	stop := w.stop
+	w.closed, w.ctx, w.stop = true, nil, nil
+	w.mu.Unlock()
+	if stop != nil {
+		stop()
 	}
 }
 
