@@ -136,8 +136,10 @@ func (c *Conn) leaveIfIdle() bool {
 }
 
 // othersWait reports tasks other than cmd's still waiting for the target:
-// done tasks stay in c.tasks until their goroutine settles them. With more
-// than a few tasks some surely wait. The caller holds rmu.
+// a done task may stay in c.tasks until its goroutine settles it (one the
+// target's status ended on an up connection leaves at once: unlistDone,
+// finishCall). With more than a few tasks some surely wait. The caller
+// holds rmu.
 func (c *Conn) othersWait(cmd *task) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
