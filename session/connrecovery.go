@@ -456,25 +456,25 @@ func waitCmds(ctx context.Context, c *Conn) bool {
 	return waitDone(ctx, done)
 }
 
-// executeERL2 is Session.Execute at ErrorRecoveryLevel 2: a command that
-// never went out because its connection ended as it was sent goes again on
-// another (those that went out move by TASK REASSIGN instead).
-func (s *Session) executeERL2(ctx context.Context, cmd *Command) (*Result, error) {
+// executeERL2 is Session.Execute at ErrorRecoveryLevel 2, filling res: a
+// command that never went out because its connection ended as it was sent
+// goes again on another (those that went out move by TASK REASSIGN
+// instead).
+func (s *Session) executeERL2(ctx context.Context, cmd *Command, res *Result) error {
 	for i := 0; ; i++ {
-		var res *Result
 		var err error
 		if s.cfg.Recovery != nil {
-			res, err = s.executeRecovering(ctx, cmd)
+			err = s.executeRecovering(ctx, cmd, res)
 		} else {
 			c, perr := s.pickConn()
 			if perr != nil {
-				return nil, perr
+				return perr
 			}
-			res, err = c.execute(ctx, cmd)
+			err = c.execute(ctx, cmd, res)
 		}
 		if err == nil || i >= notSentRetries || ctx.Err() != nil || !errors.Is(err, ErrNotSent) ||
 			errors.Is(err, errLoggingOut) || s.State() != sessionUp || s.activeConn(nil) == nil {
-			return res, err
+			return err
 		}
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math/bits"
 	"strings"
+	"sync"
 )
 
 // unitAttentionRetries is how often the helpers below retry a command that
@@ -18,8 +19,14 @@ const unitAttentionRetries = 4
 // command that meets one was not performed (SAM-5 §5.14), so a write too
 // may be sent again.
 func (s *Session) executeRetryUA(ctx context.Context, cmd *Command) (*Result, error) {
+	// Inlined, so that a caller keeping the Result has it on its stack.
+	return s.executeRetryUATo(ctx, cmd, new(Result))
+}
+
+// executeRetryUATo is executeRetryUA with res for the Result.
+func (s *Session) executeRetryUATo(ctx context.Context, cmd *Command, res *Result) (*Result, error) {
 	for i := 0; ; i++ {
-		res, err := s.Execute(ctx, cmd)
+		res, err := s.executeTo(ctx, cmd, res)
 		if err != nil && IsUnitAttention(err) && i < unitAttentionRetries {
 			continue
 		}
@@ -165,8 +172,9 @@ func (s *Session) Read(ctx context.Context, lun int, lba uint64, blockSize int, 
 	if err := checkBlocks(len(buf), blockSize); err != nil {
 		return err
 	}
-	cdb := rw16(0x88, lba, len(buf), blockSize)
-	res, err := s.executeRetryUA(ctx, &Command{LUN: lun, CDB: cdb, Read: buf})
+	cdb := pooledRW16(0x88, lba, len(buf), blockSize)
+	res, err := s.executeRetryUA(ctx, &Command{LUN: lun, CDB: cdb[:], Read: buf})
+	cdbPool.Put(cdb)
 	if err != nil {
 		return err
 	}
@@ -182,8 +190,9 @@ func (s *Session) Write(ctx context.Context, lun int, lba uint64, blockSize int,
 	if err := checkBlocks(len(data), blockSize); err != nil {
 		return err
 	}
-	cdb := rw16(0x8a, lba, len(data), blockSize)
-	res, err := s.executeRetryUA(ctx, &Command{LUN: lun, CDB: cdb, Write: data})
+	cdb := pooledRW16(0x8a, lba, len(data), blockSize)
+	res, err := s.executeRetryUA(ctx, &Command{LUN: lun, CDB: cdb[:], Write: data})
+	cdbPool.Put(cdb)
 	if err != nil {
 		return err
 	}
@@ -208,6 +217,22 @@ func checkBlocks(n, blockSize int) error {
 		return fmt.Errorf("iscsi: %d bytes is not a whole number of %d-byte blocks (up to 2^32-1)", n, blockSize)
 	}
 	return nil
+}
+
+// cdbPool holds the CDBs of Read and Write: a CDB passed in a Command is
+// taken to escape with the command's buffers (escape analysis does not
+// tell a Command's fields apart), so a fresh one would be an allocation
+// per I/O. Nothing keeps a CDB once Execute has returned.
+var cdbPool = sync.Pool{New: func() any { return new([16]byte) }}
+
+// pooledRW16 is rw16 in a CDB from cdbPool.
+func pooledRW16(op byte, lba uint64, n, blockSize int) *[16]byte {
+	cdb := cdbPool.Get().(*[16]byte)
+	*cdb = [16]byte{}
+	cdb[0] = op
+	binary.BigEndian.PutUint64(cdb[2:], lba)
+	binary.BigEndian.PutUint32(cdb[10:], uint32(n/blockSize))
+	return cdb
 }
 
 func rw16(op byte, lba uint64, n, blockSize int) []byte {

@@ -57,6 +57,8 @@ type readerRole struct {
 	freedAt      time.Time
 	// cmds counts the commands holding the role, for Close.
 	cmds sync.WaitGroup
+	// watch is the context watch Execute's commands share (ctxWatch).
+	watch ctxWatch
 }
 
 // readIdle is how long the role may stay free with nothing waiting before
@@ -134,8 +136,10 @@ func (c *Conn) leaveIfIdle() bool {
 }
 
 // othersWait reports tasks other than cmd's still waiting for the target:
-// done tasks stay in c.tasks until their goroutine settles them. With more
-// than a few tasks some surely wait. The caller holds rmu.
+// a done task may stay in c.tasks until its goroutine settles it (one the
+// target's status ended on an up connection leaves at once: unlistDone,
+// finishCall). With more than a few tasks some surely wait. The caller
+// holds rmu.
 func (c *Conn) othersWait(cmd *task) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -223,11 +227,11 @@ func (c *Conn) ensureReader() {
 func (c *Conn) readPDUs(t *task) bool {
 	for {
 		if t != nil {
-			select {
-			case <-t.done:
+			// fin, not done: an Execute task's done may hold a token
+			// (complete) that its own select must take.
+			if t.fin.Load() {
 				c.releaseRole(t)
 				return true
-			default:
 			}
 			if !c.atBoundary() {
 				c.releaseRole(t)
@@ -338,6 +342,9 @@ func (c *Conn) readOwn(t *task) {
 func (c *Conn) readLoop() {
 	defer c.goroutineDone()
 	defer close(c.readerDone)
+	// The connection is over: its commands' context is not watched any
+	// longer (a watch left on a long-lived context would keep it).
+	defer c.role.watch.release()
 	for {
 		if c.takeRole(nil) && !c.readPDUs(nil) {
 			return

@@ -513,18 +513,19 @@ func (s *Session) ConnectForLogout(ctx context.Context) (*Conn, error) {
 
 // executeRecovering is Session.Execute with recovery: a command that
 // failed because the session lost its last connection, or that finds the
-// session recovering, waits for the reinstatement and goes again.
-func (s *Session) executeRecovering(ctx context.Context, cmd *Command) (*Result, error) {
+// session recovering, waits for the reinstatement and goes again. It
+// fills res as Conn.execute does.
+func (s *Session) executeRecovering(ctx context.Context, cmd *Command, res *Result) error {
 	var last error
 	ua := 0
 	for {
 		c, gen, err := s.connForCommand(ctx, last)
 		if err != nil {
-			return nil, err
+			return err
 		}
-		res, err := c.execute(ctx, cmd)
+		err = c.execute(ctx, cmd, res)
 		if err == nil {
-			return res, nil
+			return nil
 		}
 		if gen > 0 && ua < unitAttentionRetries && reinstatementUA(err) {
 			// The target reports the reinstatement itself (I_T nexus
@@ -535,7 +536,7 @@ func (s *Session) executeRecovering(ctx context.Context, cmd *Command) (*Result,
 			continue
 		}
 		if !s.retryAfterLoss(ctx, c, gen, cmd, err) {
-			return res, err
+			return err
 		}
 		last = err
 		s.mu.Lock()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/goiscsi/iscsi/pdu"
@@ -48,40 +49,78 @@ type Result struct {
 // NoRetryWrites; never a command that ended with a SCSI status or a
 // Reject); once the recovery gives up it fails with ErrSessionFailed.
 func (s *Session) Execute(ctx context.Context, cmd *Command) (*Result, error) {
+	// Small enough to be inlined: a caller that keeps the Result to
+	// itself (Read, Write, iscsictl perf) then has it on its stack.
+	return s.executeTo(ctx, cmd, new(Result))
+}
+
+// executeTo is Execute with res for its Result: it returns res, or nil
+// when the command has no result (an error other than a *SCSIError).
+func (s *Session) executeTo(ctx context.Context, cmd *Command, res *Result) (*Result, error) {
+	err := s.executeInto(ctx, cmd, res)
+	if _, scsi := err.(*SCSIError); err != nil && !scsi {
+		return nil, err
+	}
+	return res, err
+}
+
+// executeInto is Execute filling res, which it does not keep.
+func (s *Session) executeInto(ctx context.Context, cmd *Command, res *Result) error {
 	if len(cmd.CDB) == 0 || len(cmd.CDB) > 16 {
-		return nil, fmt.Errorf("iscsi: CDB of %d bytes: want 1 to 16", len(cmd.CDB))
+		return fmt.Errorf("iscsi: CDB of %d bytes: want 1 to 16", len(cmd.CDB))
 	}
 	if len(cmd.Read) > 0 && len(cmd.Write) > 0 {
-		return nil, errors.New("iscsi: bidirectional commands are not supported")
+		return errors.New("iscsi: bidirectional commands are not supported")
 	}
 	if s.erl2.Load() {
-		return s.executeERL2(ctx, cmd)
+		return s.executeERL2(ctx, cmd, res)
 	}
 	if s.cfg.Recovery != nil {
-		return s.executeRecovering(ctx, cmd)
+		return s.executeRecovering(ctx, cmd, res)
 	}
 	c, err := s.pickConn()
 	if err != nil {
-		return nil, err
+		return err
 	}
-	return c.execute(ctx, cmd)
+	return c.execute(ctx, cmd, res)
 }
 
 // Execute sends cmd on this connection; see Session.Execute.
 func (c *Conn) Execute(ctx context.Context, cmd *Command) (*Result, error) {
-	return c.execute(ctx, cmd)
+	return c.executeTo(ctx, cmd, new(Result))
 }
 
-func (c *Conn) execute(ctx context.Context, cmd *Command) (*Result, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrNotSent, err)
+// executeTo is Session.executeTo on c.
+func (c *Conn) executeTo(ctx context.Context, cmd *Command, res *Result) (*Result, error) {
+	err := c.execute(ctx, cmd, res)
+	if _, scsi := err.(*SCSIError); err != nil && !scsi {
+		return nil, err
 	}
-	t := c.s.newTask(taskSCSI)
+	return res, err
+}
+
+// taskPool holds the tasks of Execute's commands that ended with the
+// target's status and that nothing holds any more (recycle): an Execute in
+// steady state allocates neither a task nor its done channel.
+var taskPool = sync.Pool{New: func() any { return newSCSITask() }}
+
+// execute runs cmd on c, filling res (see resultInto); res is not kept.
+func (c *Conn) execute(ctx context.Context, cmd *Command, res *Result) error {
+	*res = Result{}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("%w: %w", ErrNotSent, err)
+	}
+	t := taskPool.Get().(*task)
+	itt := c.s.itt.Add(1)
+	if itt == pdu.ReservedTag {
+		itt = c.s.itt.Add(1)
+	}
+	t.itt, t.conn = itt, c
 	t.lun = pdu.MakeLUN(cmd.LUN)
 	t.readBuf = cmd.Read
 	t.writeLen = len(cmd.Write)
 	t.cmd = cmd
-	if t.writeLen > 0 {
+	if t.writeLen > 0 && (t.r2ts == nil || cap(t.r2ts) != c.params.MaxOutstandingR2T) {
 		t.r2ts = make(chan r2tIn, c.params.MaxOutstandingR2T)
 	}
 	if err := c.register(t, false); err != nil {
@@ -93,7 +132,10 @@ func (c *Conn) execute(ctx context.Context, cmd *Command) (*Result, error) {
 			// The connection has ended: the command never left.
 			err = fmt.Errorf("%w: the connection has ended: %w", ErrNotSent, err)
 		}
-		return nil, err
+		// Never listed: nothing else saw it.
+		t.reset()
+		taskPool.Put(t)
+		return err
 	}
 	sent, finished := false, false
 	defer func() {
@@ -101,15 +143,28 @@ func (c *Conn) execute(ctx context.Context, cmd *Command) (*Result, error) {
 			t.on(c).abandon(t, sent)
 		}
 	}()
+	// One watch of the context for the whole command: it interrupts the
+	// command's own read (reader.go) and a write it is stuck in. Commands
+	// running with the same context share one (ctxWatch); another context
+	// meanwhile gets its own, which costs allocations.
+	var stop func() bool
+	shared := false
 	if ctx.Done() != nil {
-		// One watch of the context for the whole command: it interrupts
-		// the command's own read (reader.go) and a write it is stuck in.
-		stop := context.AfterFunc(ctx, func() { c.cancel(t) })
-		defer stop()
+		if shared = c.role.watch.add(c, ctx, t); !shared {
+			stop = context.AfterFunc(ctx, func() { c.cancel(t) })
+		}
+		defer func() {
+			switch {
+			case shared:
+				c.role.watch.remove(t)
+			case stop != nil:
+				stop()
+			}
+		}()
 	}
 	sent, err := c.sendCommand(ctx, t, cmd)
 	if err != nil && !(sent && t.held.Load()) {
-		return nil, err
+		return err
 	}
 	// A command whose write failed as its connection was lost at ERL 2
 	// is held to move to another connection (connrecovery.go): wait.
@@ -126,7 +181,24 @@ func (c *Conn) execute(ctx context.Context, cmd *Command) (*Result, error) {
 		case <-t.done:
 			finished = true
 			t.on(c).settle(t)
-			return t.result(cmd)
+			err := t.resultInto(cmd, res)
+			// t is reused only if the context's watch never canceled
+			// it (and will not): cancel may leave a timer holding t.
+			canceled := false
+			switch {
+			case shared:
+				shared = false
+				canceled = c.role.watch.remove(t)
+			case stop != nil:
+				canceled = !stop()
+				stop = nil
+			}
+			// Nor a task ERL 2 held or moved: another connection's
+			// tables had it.
+			if !canceled && !t.held.Load() && t.home.Load() == nil {
+				c.recycle(t)
+			}
+			return err
 		case r := <-t.r2ts:
 			if ctx.Err() == nil {
 				// On the connection the R2T came on: one that ended
@@ -134,9 +206,134 @@ func (c *Conn) execute(ctx context.Context, cmd *Command) (*Result, error) {
 				r.c.answerR2T(t, cmd.Write, &r.r)
 			}
 		case <-ctx.Done():
-			return nil, fmt.Errorf("%w (command abandoned): %w", ErrOutcomeUnknown, ctx.Err())
+			return fmt.Errorf("%w (command abandoned): %w", ErrOutcomeUnknown, ctx.Err())
 		}
 	}
+}
+
+// ctxWatch is one context.AfterFunc for the Execute commands running on a
+// connection with the same context: a caller that runs command after
+// command with one context (iscsictl perf, a deadline over a whole job)
+// then registers it once, not per command (an AfterFunc is three
+// allocations and a lock of the parent context). When the context ends,
+// every command registered is canceled (Conn.cancel), as its own watch
+// would. The watch is moved to another context only when no command uses
+// it; a command whose context differs from the one in use gets its own.
+// The connection's reader stops it when the connection ends.
+type ctxWatch struct {
+	mu   sync.Mutex
+	ctx  context.Context
+	stop func() bool
+	// fired says ctx ended and the commands registered then were
+	// canceled; closed that the connection is over.
+	fired  bool
+	closed bool
+	tasks  []*task
+}
+
+// add registers t for cancellation when ctx ends. It reports false when
+// the shared watch cannot take it (another context in use, the context
+// ended already, the connection over): the command then watches ctx
+// itself.
+func (w *ctxWatch) add(c *Conn, ctx context.Context, t *task) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.closed {
+		return false
+	}
+	if w.ctx != ctx {
+		if len(w.tasks) > 0 {
+			return false
+		}
+		if w.stop != nil {
+			w.stop()
+		}
+		w.ctx, w.fired = ctx, false
+		w.stop = context.AfterFunc(ctx, func() { w.fire(c, ctx) })
+	}
+	if w.fired {
+		return false
+	}
+	w.tasks = append(w.tasks, t)
+	return true
+}
+
+// fire cancels the commands registered when ctx ended, holding mu: once
+// remove has returned, the watch touches none of them any more.
+func (w *ctxWatch) fire(c *Conn, ctx context.Context) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.ctx != ctx {
+		return // moved to another context since
+	}
+	w.fired = true
+	for _, t := range w.tasks {
+		c.cancel(t)
+	}
+}
+
+// remove takes t out of the watch and reports whether the watch canceled
+// it (its context ended while t was registered).
+func (w *ctxWatch) remove(t *task) (canceled bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for i, o := range w.tasks {
+		if o == t {
+			last := len(w.tasks) - 1
+			w.tasks[i] = w.tasks[last]
+			w.tasks[last] = nil
+			w.tasks = w.tasks[:last]
+			break
+		}
+	}
+	return w.fired
+}
+
+// release stops the watch for good: the connection is over.
+func (w *ctxWatch) release() {
+	w.mu.Lock()
+	stop := w.stop
+	w.closed, w.ctx, w.stop = true, nil, nil
+	w.mu.Unlock()
+	if stop != nil {
+		stop()
+	}
+}
+
+// unlistDone takes Execute task t, which the reader ends with the target's
+// status, out of the task table, and reports whether it did: only while
+// the connection is up and no logout counts t (its pinned), so that nothing
+// but t's goroutine holds t afterwards (the reader found it in the table,
+// and reads no more for it). It is left in the table otherwise, for settle.
+func (c *Conn) unlistDone(t *task) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if t.pinned || c.state() != connUp || c.tasks[t.itt] != t {
+		return false
+	}
+	delete(c.tasks, t.itt)
+	c.scsiCount--
+	if c.scsiCount == 0 && c.idle != nil {
+		close(c.idle)
+		c.idle = nil
+	}
+	t.unlisted = true
+	return true
+}
+
+// recycle puts a settled Execute task back in taskPool when nothing else
+// can hold it: the reader unlisted it (unlistDone) and its done token was
+// taken. A task that ended otherwise (its connection's end, a logout, a
+// Reject, its caller giving up) is left to the garbage collector.
+func (c *Conn) recycle(t *task) {
+	c.mu.Lock()
+	ok := t.unlisted
+	c.mu.Unlock()
+	if !ok {
+		return
+	}
+	t.reset()
+	taskPool.Put(t)
 }
 
 // commandPDU fills req, t's SCSI Command for cmd, and returns the
@@ -171,8 +368,6 @@ func (c *Conn) commandPDU(req *pdu.SCSICommand, t *task, cmd *Command) (immediat
 // (or part of it) may have reached the target.
 func (c *Conn) sendCommand(ctx context.Context, t *task, cmd *Command) (sent bool, err error) {
 	s := c.s
-	req := new(pdu.SCSICommand)
-	immediate, unsolicited := c.commandPDU(req, t, cmd)
 	for {
 		c.wmu.Lock()
 		if st := c.state(); st >= connLogoutSent {
@@ -185,6 +380,10 @@ func (c *Conn) sendCommand(ctx context.Context, t *task, cmd *Command) (sent boo
 		}
 		sn, wait, ok := s.takeCmdSN()
 		if ok {
+			// The connection's own SCSI Command, reused under wmu: a
+			// PDU of its own per command would be an allocation.
+			req := &c.as.req
+			immediate, unsolicited := c.commandPDU(req, t, cmd)
 			t.setRequest(sn)
 			req.CmdSN = sn
 			req.ExpStatSN = c.expStatSN.Load()
@@ -337,13 +536,20 @@ func (c *Conn) abandon(t *task, sent bool) {
 	}
 }
 
-func (t *task) result(cmd *Command) (*Result, error) {
-	res := new(Result)
-	err := t.resultInto(cmd, res)
-	if _, scsi := err.(*SCSIError); err != nil && !scsi {
-		return nil, err
+// commandRef returns the CmdSN of the SCSI command with tag itt on c and
+// whether it went out; ok is false when no command of c has that tag. It
+// reads the task while it is in the table (under mu): once out of it, an
+// Execute task may be reused for another command.
+func (c *Conn) commandRef(itt uint32) (cmdSN uint32, sent, ok bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t := c.tasks[itt]
+	if t == nil || t.kind != taskSCSI {
+		return 0, false, false
 	}
-	return res, err
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.cmdSN, t.sent, true
 }
 
 // resultInto fills res with how command cmd ended and returns its error;
@@ -398,10 +604,8 @@ func (s *Session) TaskManagement(ctx context.Context, function pdu.TMFunction, l
 	found := false
 	if function == pdu.TMFAbortTask {
 		for _, o := range s.Conns() {
-			if t := o.lookup(refTask); t != nil && t.kind == taskSCSI {
-				t.mu.Lock()
-				refCmdSN, found = t.cmdSN, t.sent
-				t.mu.Unlock()
+			if sn, sent, ok := o.commandRef(refTask); ok {
+				refCmdSN, found = sn, sent
 				c = o
 				break
 			}

@@ -32,16 +32,30 @@ var requestOp = [...]pdu.Opcode{
 type task struct {
 	itt  uint32
 	kind taskKind
-	// done is closed when the task ends, except for a Call's task that
-	// is reused (submit.go): its channel stays open for its next use.
+	// done is closed when the task ends, except for a task that is
+	// reused: a Call's (submit.go) stays open for its next use, and an
+	// Execute task that recycle takes back gets one token instead (done
+	// has room for one), which its waiter takes. A SCSI task's done is
+	// made with room for one either way (newSCSITask).
 	done chan struct{}
 	// fin is set by whoever ends the task, once.
 	fin atomic.Bool
 	err error
-	// call is the Call of a task submitted with Submit, and conn its
-	// connection; nil for Execute's.
+	// call is the Call of a task submitted with Submit; conn is the
+	// connection of a Call's task and of an Execute SCSI task, nil for
+	// the other kinds.
 	call *Call
 	conn *Conn
+	// unlisted is set when the reader, ending an Execute task with the
+	// target's status, took it out of the task table while the connection
+	// was up and no logout had counted it (unlistDone): nothing but its
+	// own goroutine holds it any more, so it may be reused (recycle), and
+	// complete signals done with a token rather than closing it. pinned
+	// is set when a logout took the task into its count of commands in
+	// flight (inflight.go): such a task is never reused. Both are guarded
+	// by the Conn's mu.
+	unlisted bool
+	pinned   bool
 
 	// SCSI command state. mu is held while the reader copies Data-In into
 	// readBuf, so that a caller giving up can wait for the copy to end.
@@ -126,15 +140,31 @@ func (t *task) complete(err error, set func()) bool {
 		t.conn.finishCall(t, false)
 		return true
 	}
+	if err == nil && t.conn != nil && t.conn.unlistDone(t) {
+		// Its waiter takes the token and may reuse the task with its
+		// channel: nobody else looks at done once the task is unlisted.
+		t.done <- struct{}{}
+		return true
+	}
 	close(t.done)
 	return true
 }
 
-// reset readies a Call's finished task for its next use; nothing else
-// holds it (finishCall).
+// newSCSITask returns a SCSI task with a done channel that has room for
+// the token of a reused task's completion.
+func newSCSITask() *task {
+	return &task{kind: taskSCSI, done: make(chan struct{}, 1)}
+}
+
+// reset readies a finished SCSI task for its next use; nothing else holds
+// it (finishCall, recycle). Its done channel is empty and open, and its
+// R2T channel, drained, is kept.
 func (t *task) reset() {
-	done, spans := t.done, t.spans[:0]
-	*t = task{kind: taskSCSI, done: done, spans: spans}
+	done, spans, r2ts := t.done, t.spans[:0], t.r2ts
+	for r2ts != nil && len(r2ts) > 0 {
+		<-r2ts
+	}
+	*t = task{kind: taskSCSI, done: done, spans: spans, r2ts: r2ts}
 }
 
 // scsiResponse completes a command from a SCSI Response.

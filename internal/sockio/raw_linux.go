@@ -30,6 +30,24 @@ func readFD(fd uintptr, p []byte) (int, syscall.Errno) {
 	}
 }
 
+// readvFD reads from the non-blocking descriptor fd into a, then b, with
+// one readv.
+func readvFD(fd uintptr, a, b []byte) (int, syscall.Errno) {
+	var iov [2]iovec
+	setIovec(&iov[0], a)
+	setIovec(&iov[1], b)
+	for {
+		n, _, e := syscall.RawSyscall(syscall.SYS_READV, fd, uintptr(unsafe.Pointer(&iov[0])), 2)
+		if e == syscall.EINTR {
+			continue
+		}
+		if e != 0 {
+			return 0, e
+		}
+		return int(n), 0
+	}
+}
+
 // iovec is one buffer of a writev.
 type iovec = syscall.Iovec
 

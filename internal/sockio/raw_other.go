@@ -10,6 +10,8 @@ const rawIO = false
 
 func readFD(fd uintptr, p []byte) (int, syscall.Errno) { return 0, syscall.EINVAL }
 
+func readvFD(fd uintptr, a, b []byte) (int, syscall.Errno) { return 0, syscall.EINVAL }
+
 type iovec struct{}
 
 // WriteBuffers is never called: NewWriter returns no Writer here.

@@ -16,6 +16,20 @@ import (
 // (a burst of Data-In at a high queue depth) are read with one system call.
 const readBufSize = 64 << 10
 
+// directMin is the shortest read that Read takes straight from the socket
+// into the caller's memory when nothing is buffered: a large data segment
+// (a Data-In of 256 KiB) goes into place without passing through the
+// buffer. Shorter reads fill the buffer, which gathers several PDUs per
+// system call when many small ones are queued.
+const directMin = 32 << 10
+
+// overRead is how much a read into the caller's memory may bring into the
+// buffer after it, in the same readv: the next PDU's header and a little
+// more (a SCSI Response), so that what follows a large data segment costs
+// no system call of its own, while at most this much of the next data
+// segment is read into the buffer and copied from there.
+const overRead = 512
+
 // readBufs are the read buffers of the connections that are not waiting for
 // the network.
 var readBufs = sync.Pool{New: func() any {
@@ -46,12 +60,21 @@ type Reader struct {
 	// and results.
 	readFn func(fd uintptr) bool
 	dst    []byte
+	over   bool // a read into dst may bring overRead bytes into the buffer
 	n      int
 	errno  syscall.Errno
 	// onWait runs before the Reader waits for the socket (SetOnWait);
 	// hookNext says the read in progress has not run it yet.
 	onWait   func()
 	hookNext bool
+	// copied counts the bytes Read copied out of the buffer into the
+	// caller's memory (Copied).
+	copied uint64
+	// direct is set when the last Read went straight into the caller's
+	// memory: the next fill then reads overRead bytes at most (the next
+	// header, which the readv did not bring), so that the data segment
+	// after it, likely large too, is not read into the buffer either.
+	direct bool
 
 	// reads counts the reads that brought data, for the watchdog of
 	// Coalesce; lowat is the socket's SO_RCVLOWAT as Coalesce and the
@@ -114,10 +137,12 @@ func (s *Reader) readErr() error {
 func (s *Reader) SetOnWait(f func()) { s.onWait = f }
 
 // sysRead reads from the socket into p (nil: into the free part of the
-// buffer), waiting for it to be readable. While it waits with nothing
-// buffered the buffer goes back to the pool.
-func (s *Reader) sysRead(p []byte) (int, error) {
-	s.dst, s.n, s.errno = p, 0, 0
+// buffer), waiting for it to be readable; with over (p set, nothing
+// buffered) up to overRead more bytes go into the buffer, counted in the
+// n it returns. While it waits with nothing buffered the buffer goes back
+// to the pool.
+func (s *Reader) sysRead(p []byte, over bool) (int, error) {
+	s.dst, s.over, s.n, s.errno = p, over, 0, 0
 	s.hookNext = s.onWait != nil
 	err := s.rc.Read(s.readFn)
 	if err == nil && s.errno == syscall.EAGAIN {
@@ -127,7 +152,7 @@ func (s *Reader) sysRead(p []byte) (int, error) {
 		err = s.rc.Read(s.readFn)
 	}
 	n, errno := s.n, s.errno
-	s.dst = nil
+	s.dst, s.over = nil, false
 	if n > 0 {
 		s.reads.Add(1)
 	}
@@ -156,13 +181,24 @@ func (s *Reader) sysRead(p []byte) (int, error) {
 // s.dst, or the free part of the buffer when s.dst is nil.
 func (s *Reader) tryRead(fd uintptr) bool {
 	dst := s.dst
-	if dst == nil {
+	switch {
+	case dst == nil:
 		if s.buf == nil {
 			s.buf = readBufs.Get().(*[]byte)
 		}
 		dst = (*s.buf)[s.w:]
+		if s.direct && len(dst) > overRead {
+			dst = dst[:overRead]
+		}
+	case s.over:
+		if s.buf == nil {
+			s.buf = readBufs.Get().(*[]byte)
+		}
+		s.n, s.errno = readvFD(fd, dst, (*s.buf)[:overRead])
 	}
-	s.n, s.errno = readFD(fd, dst)
+	if !s.over {
+		s.n, s.errno = readFD(fd, dst)
+	}
 	if s.errno == syscall.EAGAIN && s.hookNext {
 		s.hookNext = false
 		return true // sysRead runs onWait, then reads again
@@ -187,15 +223,18 @@ func (s *Reader) fill() {
 		s.w -= s.r
 		s.r = 0
 	}
-	n, err := s.sysRead(nil)
+	n, err := s.sysRead(nil, false)
+	s.direct = false
 	s.w += n
 	if err != nil {
 		s.err = err
 	}
 }
 
-// Read reads into p: from the buffer, or straight from the socket when p is
-// at least as large as the buffer and nothing is buffered.
+// Read reads into p: from the buffer, or, when nothing is buffered and p
+// is at least directMin bytes, straight from the socket into p with one
+// readv that brings up to overRead bytes more (what follows: the next
+// header) into the buffer.
 func (s *Reader) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		if s.r < s.w {
@@ -207,11 +246,17 @@ func (s *Reader) Read(p []byte) (int, error) {
 		if s.err != nil {
 			return 0, s.readErr()
 		}
-		if len(p) >= readBufSize {
-			return s.sysRead(p)
-		}
 		if s.buf != nil {
 			s.r, s.w = 0, 0
+		}
+		if len(p) >= directMin {
+			n, err := s.sysRead(p, true)
+			s.direct = true
+			if n > len(p) {
+				s.w = n - len(p)
+				n = len(p)
+			}
+			return n, err
 		}
 		s.fill()
 		if s.r == s.w {
@@ -220,8 +265,14 @@ func (s *Reader) Read(p []byte) (int, error) {
 	}
 	n := copy(p, (*s.buf)[s.r:s.w])
 	s.r += n
+	s.copied += uint64(n)
 	return n, nil
 }
+
+// Copied returns how many bytes Read has copied out of the buffer into
+// its callers' memory: what came in with something else (a header) and
+// was not read straight into place.
+func (s *Reader) Copied() uint64 { return s.copied }
 
 // Peek returns the next n bytes without consuming them, valid until the
 // next read.
