@@ -12,7 +12,8 @@ import (
 
 // Conn is one TCP connection of a session, in full feature phase. It has one
 // reader goroutine that routes each PDU to the task waiting for it, and a
-// keepalive goroutine; writes are serialized under one lock.
+// keepalive that runs on a timer (keepalive.go); writes are serialized under
+// one lock.
 type Conn struct {
 	s   *Session
 	cid uint16
@@ -58,15 +59,16 @@ type Conn struct {
 	// commands counts the SCSI commands sent on the connection.
 	commands atomic.Uint64
 
-	// nopReplies carries target pings (NOP-In with a TTT) to the keepalive
-	// goroutine, which answers them; the reader never writes.
-	nopReplies chan nopPing
+	// ka is the keepalive's state (keepalive.go).
+	ka         keepalive
 	closing    chan struct{} // closed when the connection starts to close
 	readerDone chan struct{}
-	// exited is closed once the reader and the keepalive have both
-	// returned; live counts them down.
-	exited    chan struct{}
-	live      atomic.Int32
+	// exited is closed once the reader goroutine has returned; live
+	// counts the goroutines it waits for.
+	exited chan struct{}
+	live   atomic.Int32
+	// wg counts the reader goroutine, a keepalive check running and
+	// the goroutines that post starts.
 	wg        sync.WaitGroup
 	closeOnce sync.Once
 	// logoutAsked is set once the target asked for a logout (event 1).
@@ -119,12 +121,14 @@ func newConn(s *Session, cid uint16, nc net.Conn, r *pdu.Reader, w *pdu.Writer, 
 		logoutDone: make(chan struct{}),
 		log:        s.log.With(zap.Uint16("cid", cid)),
 		tasks:      make(map[uint32]*task),
-		nopReplies: make(chan nopPing, 4),
 		closing:    make(chan struct{}),
 		readerDone: make(chan struct{}),
 		exited:     make(chan struct{}),
 	}
 	c.role.wake = make(chan struct{}, 1)
+	// The login's writer holds its buffers until the first write of the
+	// full feature phase: an idle connection should not.
+	w.Release()
 	_, c.direct = nc.(*net.TCPConn)
 	c.wdone = sync.NewCond(&c.wmu)
 	c.expStatSN.Store(expStatSN)
@@ -133,10 +137,10 @@ func newConn(s *Session, cid uint16, nc net.Conn, r *pdu.Reader, w *pdu.Writer, 
 }
 
 func (c *Conn) start() {
-	c.wg.Add(2)
-	c.live.Store(2)
+	c.wg.Add(1)
+	c.live.Store(1)
 	go c.readLoop()
-	go c.keepalive()
+	c.startKeepalive()
 }
 
 // register adds a task; it fails once the connection no longer takes commands
@@ -213,6 +217,7 @@ func (c *Conn) fail(err error) {
 	c.mu.Unlock()
 	c.closeOnce.Do(func() {
 		close(c.closing)
+		c.stopKeepalive()
 		c.nc.Close()
 	})
 	for _, t := range tasks {
