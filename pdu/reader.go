@@ -82,6 +82,16 @@ func (r *Reader) SetConfig(cfg ReaderConfig) {
 	r.cfg = cfg
 }
 
+// Release drops the buffer Data reads into, so that an idle connection's
+// Reader holds no memory (a login's text responses may have made it up to
+// MaxDataSegmentLength long); the next Data allocates one again. It does
+// nothing while a data segment is unread.
+func (r *Reader) Release() {
+	if !r.unread {
+		r.buf = nil
+	}
+}
+
 // Config returns the Reader's configuration.
 func (r *Reader) Config() ReaderConfig { return r.cfg }
 

@@ -126,9 +126,11 @@ func newConn(s *Session, cid uint16, nc net.Conn, r *pdu.Reader, w *pdu.Writer, 
 		exited:     make(chan struct{}),
 	}
 	c.role.wake = make(chan struct{}, 1)
-	// The login's writer holds its buffers until the first write of the
-	// full feature phase: an idle connection should not.
+	// The login's writer and reader hold their buffers until the first
+	// write or data segment of the full feature phase: an idle connection
+	// should not.
 	w.Release()
+	r.Release()
 	_, c.direct = nc.(*net.TCPConn)
 	c.wdone = sync.NewCond(&c.wmu)
 	c.expStatSN.Store(expStatSN)
