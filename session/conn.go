@@ -209,7 +209,9 @@ func (c *Conn) fail(err error) {
 	}
 	c.moveTo(connClosed) // a connection that logged out stays loggedOut
 	tasks := c.tasks
-	c.tasks = make(map[uint32]*task)
+	// Nothing registers on an ended connection (register and registerCall
+	// check the state under mu): reading a nil map is all that is left.
+	c.tasks = nil
 	c.scsiCount = 0
 	if c.idle != nil {
 		close(c.idle)
