@@ -115,3 +115,55 @@ func TestKeepaliveCheckAfterClose(t *testing.T) {
 		t.Errorf("the target got %d NOP-Outs after Close", after-before)
 	}
 }
+
+// TestIdleWritersReleased: a connection that did I/O and then wrote nothing
+// for a keepalive period drops its writers' buffers, and I/O after that
+// goes out whole.
+func TestIdleWritersReleased(t *testing.T) {
+	tg := newTestTarget(t, iscsitest.Config{})
+	ctx := interopCtx(t)
+	cfg := testTargetConfig(tg, nil)
+	cfg.NOPInterval, cfg.NOPTimeout = -1, 40*time.Millisecond // checks every 20 ms, no NOP-Out
+	s := mustLogin(t, ctx, cfg)
+	c := s.Conns()[0]
+	roundTrip := func(lba uint64, seed byte) {
+		t.Helper()
+		data := make([]byte, 4096)
+		for i := range data {
+			data[i] = seed + byte(i%253)
+		}
+		if err := s.Write(ctx, 0, lba, 512, data); err != nil {
+			t.Fatal(err)
+		}
+		got := make([]byte, len(data))
+		if err := s.Read(ctx, 0, lba, 512, got); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, data) {
+			t.Fatalf("LBA %d: read back differs from what was written", lba)
+		}
+	}
+	waitReleases := func(n int64) {
+		t.Helper()
+		tick := time.NewTicker(5 * time.Millisecond)
+		defer tick.Stop()
+		deadline := time.After(5 * time.Second)
+		for c.ka.releases.Load() < n {
+			select {
+			case <-tick.C:
+			case <-deadline:
+				t.Fatalf("writers released %d times in 5 s of idleness with checks every 20 ms, want %d", c.ka.releases.Load(), n)
+			}
+		}
+	}
+	roundTrip(0, 1)
+	r0 := c.ka.releases.Load()
+	waitReleases(r0 + 1)
+	roundTrip(8, 2) // through released writers
+	r1 := c.ka.releases.Load()
+	waitReleases(r1 + 1)
+	roundTrip(16, 3)
+	if err := c.Err(); err != nil {
+		t.Errorf("connection ended: %v", err)
+	}
+}

@@ -2,6 +2,7 @@ package session
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/goiscsi/iscsi/pdu"
@@ -32,6 +33,11 @@ type keepalive struct {
 	watch                   writeWatch
 	pending                 *task
 	pendingSince            time.Time
+	// idleSeq is the write batch count at the previous check; releases
+	// counts the checks that found no write since it and released the
+	// writers' buffers (releaseIdleWriters).
+	idleSeq  uint64
+	releases atomic.Int64
 }
 
 // maxPingBacklog is how many PDUs may be queued behind a write in progress
@@ -100,6 +106,7 @@ func (c *Conn) keepaliveStep(now time.Time) bool {
 		c.fail(ErrWriteStalled)
 		return false
 	}
+	c.releaseIdleWriters()
 	if ka.interval <= 0 {
 		return true
 	}
@@ -133,6 +140,27 @@ func (c *Conn) keepaliveStep(now time.Time) bool {
 	}
 	ka.pending, ka.pendingSince = t, now
 	return true
+}
+
+// releaseIdleWriters drops the buffers of the connection's pdu.Writers when
+// nothing was written since the previous check (a whole check period) and
+// nothing is queued: a connection that did I/O and went idle should not keep
+// them (1 KiB of arena each); the next write allocates them again.
+func (c *Conn) releaseIdleWriters() {
+	ka := &c.ka
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	seq := c.wseq
+	idle := seq == ka.idleSeq
+	ka.idleSeq = seq
+	if !idle || c.flushing || c.w.Buffered() > 0 {
+		return
+	}
+	c.w.Release()
+	if c.wspare != nil {
+		c.wspare.Release()
+	}
+	ka.releases.Add(1)
 }
 
 // answerPing answers a target ping (a NOP-In with a TTT) with a NOP-Out
