@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"runtime"
 	"runtime/pprof"
 	"strconv"
 	"strings"
@@ -92,7 +93,12 @@ func BenchmarkLogoutFromTarget(b *testing.B) {
 		for _, n := range counts {
 			b.Run(fmt.Sprintf("sessions=%d/conns=%d", n, conns), func(b *testing.B) {
 				ctx := context.Background()
-				var total time.Duration
+				// The CPU both processes spent in the logouts: wall
+				// time on a shared machine moves with the load, CPU
+				// time much less.
+				var total, selfCPU, tgtCPU time.Duration
+				var allocs, allocBytes uint64
+				var gcs uint32
 				for b.Loop() {
 					b.StopTimer()
 					ini, err := benchkit.NewInitiator()
@@ -111,9 +117,20 @@ func BenchmarkLogoutFromTarget(b *testing.B) {
 							pprof.StartCPUProfile(pf)
 						}
 					}
+					var ms0, ms1 runtime.MemStats
+					runtime.ReadMemStats(&ms0)
+					self0, tgt0 := benchkit.SelfCPU(), benchkit.ProcCPU(c.Pid)
 					b.StartTimer()
 					lt, err := benchkit.TimeLogout(ctx, ini, benchkit.MemTargetName, n)
 					b.StopTimer()
+					selfCPU += benchkit.SelfCPU() - self0
+					runtime.ReadMemStats(&ms1)
+					allocs += ms1.Mallocs - ms0.Mallocs
+					allocBytes += ms1.TotalAlloc - ms0.TotalAlloc
+					gcs += ms1.NumGC - ms0.NumGC
+					if tgt1 := benchkit.ProcCPU(c.Pid); tgt0 >= 0 && tgt1 >= 0 {
+						tgtCPU += tgt1 - tgt0
+					}
 					if pf != nil {
 						pprof.StopCPUProfile()
 						pf.Close()
@@ -126,6 +143,11 @@ func BenchmarkLogoutFromTarget(b *testing.B) {
 					b.StartTimer()
 				}
 				b.ReportMetric(float64(total.Nanoseconds())/float64(b.N)/float64(n), "ns/session")
+				b.ReportMetric(float64(selfCPU.Nanoseconds())/float64(b.N)/float64(n), "initiator-cpu-ns/session")
+				b.ReportMetric(float64(tgtCPU.Nanoseconds())/float64(b.N)/float64(n), "target-cpu-ns/session")
+				b.ReportMetric(float64(allocs)/float64(b.N)/float64(n), "allocs/session")
+				b.ReportMetric(float64(allocBytes)/float64(b.N)/float64(n), "B/session")
+				b.ReportMetric(float64(gcs)/float64(b.N), "gc/logout")
 			})
 		}
 	}

@@ -138,6 +138,10 @@ type Target struct {
 	closed   bool
 	conns    map[*Conn]struct{}
 	sessions map[uint16]*session
+	// byISID indexes the live sessions by ISID, for the reinstatement
+	// check of each leading login: a scan of every session would make a
+	// login cost O(sessions).
+	byISID   map[[6]byte][]*session
 	ended    []*session
 	nextTSIH uint16
 	stats    Stats
@@ -166,6 +170,7 @@ func NewUnstartedTarget(cfg Config) *Target {
 		done:     make(chan struct{}),
 		conns:    make(map[*Conn]struct{}),
 		sessions: make(map[uint16]*session),
+		byISID:   make(map[[6]byte][]*session),
 		nextTSIH: 1,
 		stats:    newStats(),
 	}
@@ -491,8 +496,8 @@ func (t *Target) SendAsync(tsih, cid uint16, msg pdu.AsyncMessage, data []byte) 
 func (t *Target) newSession(l *login) *session {
 	t.mu.Lock()
 	var old *session
-	for _, s := range t.sessions {
-		if s.isid == l.isid && strings.EqualFold(s.initiatorName, l.initiatorName) &&
+	for _, s := range t.byISID[l.isid] {
+		if strings.EqualFold(s.initiatorName, l.initiatorName) &&
 			s.discovery == l.discovery && strings.EqualFold(s.targetName, l.targetName) {
 			old = s
 		}
@@ -503,6 +508,7 @@ func (t *Target) newSession(l *login) *session {
 	s := newSession(t, l, t.nextTSIH)
 	t.nextTSIH++
 	t.sessions[s.tsih] = s
+	t.byISID[s.isid] = append(t.byISID[s.isid], s)
 	t.mu.Unlock()
 	if old != nil {
 		t.log.Debug("session reinstatement", zap.Uint16("old_tsih", old.tsih), zap.Uint16("tsih", s.tsih))
@@ -526,6 +532,11 @@ func (t *Target) retire(s *session) {
 		return
 	}
 	delete(t.sessions, s.tsih)
+	if same := slices.DeleteFunc(t.byISID[s.isid], func(o *session) bool { return o == s }); len(same) > 0 {
+		t.byISID[s.isid] = same
+	} else {
+		delete(t.byISID, s.isid)
+	}
 	t.ended = append(t.ended, s)
 	if len(t.ended) > maxEnded {
 		t.ended = slices.Delete(t.ended, 0, len(t.ended)-maxEnded)

@@ -348,6 +348,13 @@ type plan struct {
 	reconnect bool
 }
 
+// ctxShardSessions is how many sessions share a context under the
+// operation's, up to maxCtxShards of them.
+const (
+	ctxShardSessions = 64
+	maxCtxShards     = 256
+)
+
 func (op *Operation) run(ctx context.Context, sessions []Session, conns [][]Conn, plans []plan, opts Options) {
 	defer op.cancel()
 	start := time.Now()
@@ -365,6 +372,15 @@ func (op *Operation) run(ctx context.Context, sessions []Session, conns [][]Conn
 			}
 			inUse[i] = opts.InUse(info)
 		}
+	}
+	// Each connection's logout has a context of its own under ctx: a
+	// shard's, not ctx itself, so that thousands of sessions logging out at
+	// once do not all register and unregister under ctx's one lock.
+	shards := make([]context.Context, min(len(sessions)/ctxShardSessions+1, maxCtxShards))
+	for k := range shards {
+		var stop context.CancelFunc
+		shards[k], stop = context.WithCancel(ctx)
+		defer stop()
 	}
 	var wg sync.WaitGroup
 	for i, s := range sessions {
@@ -385,7 +401,7 @@ func (op *Operation) run(ctx context.Context, sessions []Session, conns [][]Conn
 			} else if plans[i].reconnect && !op.reconnect(ctx, i, s.(connector), conns, deadline) {
 				// Unreachable: recorded; nothing to log out.
 			} else {
-				l := &ladder{op: op, ctx: ctx, i: i, cs: conns[i], opts: opts, start: start, deadline: deadline}
+				l := &ladder{op: op, ctx: shards[i%len(shards)], i: i, cs: conns[i], opts: opts, start: start, deadline: deadline}
 				l.run(plans[i])
 			}
 			// Only this goroutine writes the session's result: it reads

@@ -51,10 +51,13 @@ type ReaderConfig struct {
 // Next, before the next header is all in, leaves the stream in step, and the
 // next call to Next goes on from where it was.
 type Reader struct {
-	r    BufferedSource
-	cfg  ReaderConfig
-	hdr  BHS
-	ahs  [MaxAHSLength]byte
+	r   BufferedSource
+	cfg ReaderConfig
+	hdr BHS
+	// ahs holds the current PDU's additional header segments; it is
+	// allocated on the first PDU that has any (rare: an idle connection's
+	// Reader should not carry 1 KiB it never uses).
+	ahs  *[MaxAHSLength]byte
 	nahs int
 	// dataLen is the data segment length of the current PDU; unread reports
 	// whether its data segment, padding and digest are still on the stream.
@@ -104,6 +107,16 @@ func (r *Reader) SetConfig(cfg ReaderConfig) {
 	r.cfg = cfg
 }
 
+// Release drops the buffer Data reads into, so that an idle connection's
+// Reader holds no memory (a login's text responses may have made it up to
+// MaxDataSegmentLength long); the next Data allocates one again. It does
+// nothing while a data segment is unread.
+func (r *Reader) Release() {
+	if !r.unread {
+		r.buf = nil
+	}
+}
+
 // Config returns the Reader's configuration.
 func (r *Reader) Config() ReaderConfig { return r.cfg }
 
@@ -149,11 +162,12 @@ func (r *Reader) Next() (*BHS, error) {
 		// A header the digest does not vouch for is not to be believed
 		// about anything, its lengths included (§7.8: discard or drop the
 		// connection), so the digest is checked first. The AHS it covers
-		// goes into the Reader's own 1020 bytes: nothing is allocated.
+		// goes into the Reader's own 1020 bytes: nothing is allocated
+		// after the first PDU with an AHS.
 		if err := r.peekHeader(hlen); err != nil {
 			return nil, err
 		}
-		want := updateCRC(CRC32C(h[:]), r.ahs[:r.nahs])
+		want := updateCRC(CRC32C(h[:]), r.AHS())
 		if got := getDigest(r.scratch[:]); got != want {
 			derr := &DigestError{Op: op, Got: got, Want: want}
 			n := h.DataSegmentLength()
@@ -216,7 +230,12 @@ func (r *Reader) peekHeader(hlen int) error {
 		}
 		return r.fail(unexpected(err))
 	}
-	copy(r.ahs[:r.nahs], b[BHSLen:])
+	if r.nahs > 0 {
+		if r.ahs == nil {
+			r.ahs = new([MaxAHSLength]byte)
+		}
+		copy(r.ahs[:r.nahs], b[BHSLen:])
+	}
 	if r.cfg.HeaderDigest {
 		copy(r.scratch[:], b[BHSLen+r.nahs:])
 	}
@@ -229,7 +248,12 @@ func isTimeout(err error) bool { return errors.Is(err, os.ErrDeadlineExceeded) }
 
 // AHS returns the current PDU's additional header segments, valid until the
 // next call to Next.
-func (r *Reader) AHS() []byte { return r.ahs[:r.nahs] }
+func (r *Reader) AHS() []byte {
+	if r.nahs == 0 {
+		return nil
+	}
+	return r.ahs[:r.nahs]
+}
 
 // ReadData reads the current PDU's data segment into p, which must be exactly
 // DataSegmentLength bytes long, then its padding and data digest.

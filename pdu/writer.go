@@ -39,7 +39,21 @@ var zeroPad [4]byte
 // when w is a BuffersWriter.
 func NewWriter(w io.Writer) *Writer {
 	bw, _ := w.(BuffersWriter)
-	return &Writer{w: w, bw: bw, arena: make([]byte, 0, 1024)}
+	return &Writer{w: w, bw: bw}
+}
+
+// arenaSize is what the arena starts with: the headers of a batch of PDUs
+// without growing.
+const arenaSize = 1024
+
+// Release drops the Writer's buffers when nothing is queued, so that an idle
+// connection's Writer holds no memory; the next Append allocates them again.
+// It does nothing while PDUs are queued.
+func (w *Writer) Release() {
+	if w.n != 0 {
+		return
+	}
+	w.arena, w.bufs = nil, nil
 }
 
 // SetDigests turns header and data digests on or off for PDUs queued from now on.
@@ -57,6 +71,9 @@ func (w *Writer) Append(p PDU, ahs, data []byte) error {
 	}
 	// The header is marshalled in place in the arena: a local BHS would
 	// escape through the interface call and cost an allocation per PDU.
+	if w.arena == nil {
+		w.arena = make([]byte, 0, arenaSize)
+	}
 	start := len(w.arena)
 	w.arena = append(w.arena, zeroBHS[:]...)
 	h := (*BHS)(w.arena[start:])

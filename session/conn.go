@@ -12,7 +12,8 @@ import (
 
 // Conn is one TCP connection of a session, in full feature phase. It has one
 // reader goroutine that routes each PDU to the task waiting for it, and a
-// keepalive goroutine; writes are serialized under one lock.
+// keepalive that runs on a timer (keepalive.go); writes are serialized under
+// one lock.
 type Conn struct {
 	s   *Session
 	cid uint16
@@ -60,15 +61,16 @@ type Conn struct {
 	// commands counts the SCSI commands sent on the connection.
 	commands atomic.Uint64
 
-	// nopReplies carries target pings (NOP-In with a TTT) to the keepalive
-	// goroutine, which answers them; the reader never writes.
-	nopReplies chan nopPing
+	// ka is the keepalive's state (keepalive.go).
+	ka         keepalive
 	closing    chan struct{} // closed when the connection starts to close
 	readerDone chan struct{}
-	// exited is closed once the reader and the keepalive have both
-	// returned; live counts them down.
-	exited    chan struct{}
-	live      atomic.Int32
+	// exited is closed once the reader goroutine has returned; live
+	// counts the goroutines it waits for.
+	exited chan struct{}
+	live   atomic.Int32
+	// wg counts the reader goroutine, a keepalive check running and
+	// the goroutines that post starts.
 	wg        sync.WaitGroup
 	closeOnce sync.Once
 	// logoutAsked is set once the target asked for a logout (event 1).
@@ -123,12 +125,16 @@ func newConn(s *Session, cid uint16, nc net.Conn, r *pdu.Reader, w *pdu.Writer, 
 		logoutDone: make(chan struct{}),
 		log:        s.log.With(zap.Uint16("cid", cid)),
 		tasks:      make(map[uint32]*task),
-		nopReplies: make(chan nopPing, 4),
 		closing:    make(chan struct{}),
 		readerDone: make(chan struct{}),
 		exited:     make(chan struct{}),
 	}
 	c.role.wake = make(chan struct{}, 1)
+	// The login's writer and reader hold their buffers until the first
+	// write or data segment of the full feature phase: an idle connection
+	// should not.
+	w.Release()
+	r.Release()
 	_, c.direct = nc.(*net.TCPConn)
 	c.wdone = sync.NewCond(&c.wmu)
 	c.expStatSN.Store(expStatSN)
@@ -137,10 +143,10 @@ func newConn(s *Session, cid uint16, nc net.Conn, r *pdu.Reader, w *pdu.Writer, 
 }
 
 func (c *Conn) start() {
-	c.wg.Add(2)
-	c.live.Store(2)
+	c.wg.Add(1)
+	c.live.Store(1)
 	go c.readLoop()
-	go c.keepalive()
+	c.startKeepalive()
 }
 
 // register adds a task; it fails once the connection no longer takes commands
@@ -207,7 +213,9 @@ func (c *Conn) fail(err error) {
 	}
 	c.moveTo(connClosed) // a connection that logged out stays loggedOut
 	tasks := c.tasks
-	c.tasks = make(map[uint32]*task)
+	// Nothing registers on an ended connection (register and registerCall
+	// check the state under mu): reading a nil map is all that is left.
+	c.tasks = nil
 	c.scsiCount = 0
 	if c.idle != nil {
 		close(c.idle)
@@ -217,6 +225,7 @@ func (c *Conn) fail(err error) {
 	c.mu.Unlock()
 	c.closeOnce.Do(func() {
 		close(c.closing)
+		c.stopKeepalive()
 		c.nc.Close()
 	})
 	c.stopSNACKs()

@@ -297,12 +297,7 @@ func (c *Conn) processNOPIn(h *pdu.BHS) error {
 		}
 	}
 	if n.TTT != pdu.ReservedTag {
-		ping := nopPing{ttt: n.TTT, lun: n.LUN, data: append([]byte(nil), data...)}
-		select {
-		case c.nopReplies <- ping:
-		default:
-			c.log.Debug("dropping a NOP-In ping: answers already queued")
-		}
+		c.answerPing(nopPing{ttt: n.TTT, lun: n.LUN, data: append([]byte(nil), data...)})
 	}
 	return nil
 }

@@ -164,13 +164,19 @@ func (c *Conn) logout(ctx context.Context, opts LogoutOptions) LogoutResult {
 		}
 		// The target closes the connection after the response; give it a
 		// moment so the FIN comes from its side.
-		grace := time.NewTimer(logoutGrace)
 		select {
 		case <-c.readerDone:
-		case <-grace.C:
-		case <-ctx.Done():
+			// Already closed: no timer to set (thousands of sessions
+			// logging out at once each set one).
+		default:
+			grace := time.NewTimer(logoutGrace)
+			select {
+			case <-c.readerDone:
+			case <-grace.C:
+			case <-ctx.Done():
+			}
+			grace.Stop()
 		}
-		grace.Stop()
 		c.fail(ErrLoggedOut)
 	} else {
 		// ErrClosed too: commands still running on the connection end

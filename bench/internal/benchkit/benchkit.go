@@ -481,3 +481,38 @@ func RaiseOpenFiles(want uint64) (uint64, error) {
 	syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim)
 	return lim.Cur, err
 }
+
+// SelfCPU returns the user+system CPU time this process has used.
+func SelfCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// ProcCPU returns the user+system CPU time of process pid from
+// /proc/PID/stat (in clock ticks of 10 ms), or -1 when it cannot be read.
+func ProcCPU(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return -1
+	}
+	// The command name may hold spaces: fields count from the last ')'.
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return -1
+	}
+	f := strings.Fields(string(b[i+1:]))
+	// utime and stime are fields 14 and 15 of the whole line: 12 and 13
+	// after the state.
+	if len(f) < 13 {
+		return -1
+	}
+	u, err1 := strconv.ParseInt(f[11], 10, 64)
+	s, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return -1
+	}
+	return time.Duration(u+s) * 10 * time.Millisecond
+}
