@@ -98,12 +98,57 @@ func TestFaultAHSPastPDU(t *testing.T) {
 	dropped(t, s, f)
 }
 
+// digestConfig offers both digests at ErrorRecoveryLevel 0: the fault tests
+// that use it check ERL 0's answer to a digest error, a connection failed
+// (ERL 1's: TestFaultDigestMismatchERL1 here, session's TestERL1* tests).
 func digestConfig() session.Config {
 	cfg := testConfig()
 	p := session.DefaultParams()
 	p.HeaderDigest, p.DataDigest = true, true
+	p.ErrorRecoveryLevel = 0
 	cfg.Params = &p
 	return cfg
+}
+
+// At ErrorRecoveryLevel 1, a digest error that the target then leaves
+// unrecovered (a Data SNACK for a corrupted data segment, a NOP-Out sent
+// after a corrupted header: neither answered) → session.ErrRecoveryFailed
+// within the SNACK timeout, never a wait on the caller's context alone (the
+// command here has none, the keepalive is off); connection dropped.
+func TestFaultDigestMismatchERL1(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		corrupt func(b []byte)
+		sent    pdu.Opcode // what the initiator asks with
+	}{
+		{"header", func(b []byte) { b[pdu.BHSLen] ^= 0x01 }, pdu.OpNOPOut},
+		{"data", func(b []byte) { b[pdu.BHSLen+4+100] ^= 0x80 }, pdu.OpSNACKRequest},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := digestConfig()
+			cfg.Params.ErrorRecoveryLevel = 1
+			const bound = 500 * time.Millisecond
+			cfg.SNACKTimeout = bound
+			start := time.Now()
+			s, f, r := hostileAfterRead(t, faketarget.Login{Digests: true}, cfg, func(f *faketarget.Target, cmd *pdu.SCSICommand) []byte {
+				b := f.Wire(&pdu.DataIn{Final: true, HasStatus: true, ITT: cmd.ITT, TTT: 0xffffffff, SeqNums: f.Seq(true)}, make([]byte, 512))
+				tc.corrupt(b)
+				return b
+			})
+			took := time.Since(start)
+			if s.Params().ErrorRecoveryLevel != 1 {
+				t.Fatalf("ErrorRecoveryLevel %d negotiated, want 1", s.Params().ErrorRecoveryLevel)
+			}
+			if !errors.Is(r.err, session.ErrRecoveryFailed) || !errors.Is(r.err, session.ErrOutcomeUnknown) {
+				t.Fatalf("Execute: %v, want ErrRecoveryFailed and ErrOutcomeUnknown", r.err)
+			}
+			if took < bound || took > bound+wait {
+				t.Errorf("Execute returned after %v, want the SNACK timeout %v (and well within %v more)", took, bound, wait)
+			}
+			f.Expect(tc.sent)
+			dropped(t, s, f)
+		})
+	}
 }
 
 // A header digest that does not match → *pdu.DigestError; the command

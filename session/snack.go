@@ -39,8 +39,9 @@ import (
 //     discarded and answered when the target sends them again, so the
 //     write's sequences still go out in order (DataSequenceInOrder). The
 //     last R2T of a write has no later R2T to reveal it: after a header was
-//     skipped, the next NOP-In answering a NOP-Out (the keepalive's: every
-//     PDU the target sent before it has been read) makes each waiting write
+//     skipped, the next NOP-In answering a NOP-Out (the one probeAfterSkip
+//     sends, or the keepalive's: every PDU the target sent before it has
+//     been read) makes each waiting write
 //     ask for its next R2T with a probe R2T SNACK; the target resends it,
 //     or rejects a SNACK for an R2T it never sent, which ends the probe.
 //   - A Reject "data digest error" of a Data-Out: informational. The
@@ -134,6 +135,10 @@ type snackState struct {
 	// skipped says a header was skipped since the last R2T probe; only
 	// the reader touches it.
 	skipped bool
+	// ping is the NOP-Out sent after a header was skipped (probeAfterSkip)
+	// and pingTimer its bound; under mu.
+	ping      *task
+	pingTimer *time.Timer
 
 	dataSNACKs, statusSNACKs, dataErrs, headers, doutRejects atomic.Uint64
 	statusErrs, r2tSNACKs, r2tProbes, cmdRetries             atomic.Uint64
@@ -195,7 +200,53 @@ func (c *Conn) headerSkipped(err error) bool {
 	c.snack.headers.Add(1)
 	c.snack.skipped = true
 	c.log.Debug("PDU discarded: header digest error", zap.Error(err))
+	if err := c.probeAfterSkip(); err != nil {
+		c.fail(err)
+	}
 	return true
+}
+
+// probeAfterSkip sends a NOP-Out ping after a header skipped at ERL 1.
+// What the lost PDU carried shows only when a later PDU reveals a gap (in
+// StatSN, DataSN or R2TSN), and a target that sends nothing more would
+// leave its command to its caller's context alone, the keepalive off. The
+// NOP-In answering the ping carries the StatSN (a status lost shows as a
+// gap: Status SNACK) and makes waiting writes probe for their next R2T
+// (probeR2Ts); not answered within the SNACK timeout, the connection fails
+// with ErrRecoveryFailed. One ping at a time.
+func (c *Conn) probeAfterSkip() error {
+	st := &c.snack
+	st.mu.Lock()
+	if st.ping != nil && !st.ping.fin.Load() {
+		st.mu.Unlock()
+		return nil
+	}
+	t := c.s.newTask(taskNOP)
+	if err := c.register(t, false); err != nil {
+		st.mu.Unlock()
+		return nil // the connection no longer takes requests: it is ending
+	}
+	st.ping = t
+	if st.pingTimer != nil {
+		st.pingTimer.Stop()
+	}
+	st.pingTimer = time.AfterFunc(c.snackWait(), func() {
+		c.snackExpired("NOP-Out sent after a header digest error", func() bool { return !t.fin.Load() })
+	})
+	st.mu.Unlock()
+	out := &pdu.NOPOut{Immediate: true, ITT: t.itt, TTT: pdu.ReservedTag, CmdSN: c.s.currentCmdSN()}
+	t.setRequest(out.CmdSN)
+	c.log.Debug("sending a NOP-Out after a header digest error", zap.Uint32("itt", t.itt))
+	c.beginBatch()
+	c.wmu.Lock()
+	out.ExpStatSN = c.expStatSN.Load()
+	err := c.w.Append(out, nil, nil)
+	if err != nil {
+		c.w.Discard()
+	}
+	c.wmu.Unlock()
+	c.endBatch()
+	return err
 }
 
 // sendSNACK sends a SNACK from the reader: queued in the reader's batch,
@@ -422,6 +473,10 @@ func (c *Conn) stopSNACKs() {
 		delete(st.r2ts, itt)
 	}
 	clear(st.retries)
+	if st.pingTimer != nil {
+		st.pingTimer.Stop()
+		st.pingTimer = nil
+	}
 }
 
 // rejectedAtERL1 handles a Reject that within-connection recovery
