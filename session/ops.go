@@ -172,9 +172,10 @@ func (s *Session) Read(ctx context.Context, lun int, lba uint64, blockSize int, 
 	if err := checkBlocks(len(buf), blockSize); err != nil {
 		return err
 	}
-	cdb := pooledRW16(0x88, lba, len(buf), blockSize)
-	res, err := s.executeRetryUA(ctx, &Command{LUN: lun, CDB: cdb[:], Read: buf})
-	cdbPool.Put(cdb)
+	rw := pooledRW16(0x88, lba, len(buf), blockSize)
+	rw.cmd = Command{LUN: lun, CDB: rw.cdb[:], Read: buf}
+	res, err := s.executeRetryUA(ctx, &rw.cmd)
+	rw.put()
 	if err != nil {
 		return err
 	}
@@ -190,9 +191,10 @@ func (s *Session) Write(ctx context.Context, lun int, lba uint64, blockSize int,
 	if err := checkBlocks(len(data), blockSize); err != nil {
 		return err
 	}
-	cdb := pooledRW16(0x8a, lba, len(data), blockSize)
-	res, err := s.executeRetryUA(ctx, &Command{LUN: lun, CDB: cdb[:], Write: data})
-	cdbPool.Put(cdb)
+	rw := pooledRW16(0x8a, lba, len(data), blockSize)
+	rw.cmd = Command{LUN: lun, CDB: rw.cdb[:], Write: data}
+	res, err := s.executeRetryUA(ctx, &rw.cmd)
+	rw.put()
 	if err != nil {
 		return err
 	}
@@ -219,20 +221,34 @@ func checkBlocks(n, blockSize int) error {
 	return nil
 }
 
-// cdbPool holds the CDBs of Read and Write: a CDB passed in a Command is
-// taken to escape with the command's buffers (escape analysis does not
-// tell a Command's fields apart), so a fresh one would be an allocation
-// per I/O. Nothing keeps a CDB once Execute has returned.
-var cdbPool = sync.Pool{New: func() any { return new([16]byte) }}
+// rwPool holds the Commands of Read and Write with their CDBs: a Command
+// passed to Execute escapes (a task keeps it for a retry: ERL 1's after a
+// digest Reject, ERL 2's on another connection), so a fresh one would be
+// an allocation per I/O. Nothing uses it once Execute has returned, as
+// with any caller's Command.
+var rwPool = sync.Pool{New: func() any { return new(rwCommand) }}
 
-// pooledRW16 is rw16 in a CDB from cdbPool.
-func pooledRW16(op byte, lba uint64, n, blockSize int) *[16]byte {
-	cdb := cdbPool.Get().(*[16]byte)
-	*cdb = [16]byte{}
-	cdb[0] = op
-	binary.BigEndian.PutUint64(cdb[2:], lba)
-	binary.BigEndian.PutUint32(cdb[10:], uint32(n/blockSize))
-	return cdb
+// rwCommand is a READ(16) or WRITE(16) Command and its CDB.
+type rwCommand struct {
+	cmd Command
+	cdb [16]byte
+}
+
+// put returns rw to rwPool, keeping no reference to the caller's buffer.
+func (rw *rwCommand) put() {
+	rw.cmd = Command{}
+	rwPool.Put(rw)
+}
+
+// pooledRW16 is an rwCommand from rwPool with rw16's CDB; the caller sets
+// its Command.
+func pooledRW16(op byte, lba uint64, n, blockSize int) *rwCommand {
+	rw := rwPool.Get().(*rwCommand)
+	rw.cdb = [16]byte{}
+	rw.cdb[0] = op
+	binary.BigEndian.PutUint64(rw.cdb[2:], lba)
+	binary.BigEndian.PutUint32(rw.cdb[10:], uint32(n/blockSize))
+	return rw
 }
 
 func rw16(op byte, lba uint64, n, blockSize int) []byte {
