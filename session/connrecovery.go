@@ -257,10 +257,15 @@ func (s *Session) recoverConn(old *Conn, held []*task, since time.Time, bound ti
 	case err != nil:
 		fail(held, &ReassignError{CID: old.cid, Step: "logout", Err: err})
 		return
-	case resp.Response == pdu.LogoutSuccess && resp.Time2Retain == 0 && len(held) > 0:
-		fail(held, &ReassignError{CID: old.cid, Step: "logout", Err: errors.New("the target keeps nothing of the connection (Time2Retain 0)")})
-		return
 	case resp.Response == pdu.LogoutSuccess, resp.Response == pdu.LogoutCIDNotFound:
+		// Time2Retain 0 with success says the target keeps nothing
+		// (§11.15.2), but LIO (6.1) sends 0 in every reason-2 Logout
+		// Response and keeps the tasks for DefaultTime2Retain: TASK
+		// REASSIGN is tried anyway, and a target that did drop them
+		// refuses each (the command then fails as it would here).
+		if resp.Response == pdu.LogoutSuccess && resp.Time2Retain == 0 && len(held) > 0 {
+			s.log.Info("ERL 2: Logout Response with Time2Retain 0, reassigning anyway", zap.Uint16("cid", old.cid))
+		}
 		// CID not found: the target saw the loss first and holds the
 		// connection's tasks for recovery on its own.
 	default:
