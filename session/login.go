@@ -394,7 +394,7 @@ func (l *loginState) fullFeature(params Params) *Conn {
 	if l.src != nil {
 		// What the reader queued goes out before it waits for the
 		// network, wherever in a PDU it waits (submit.go, endBatch).
-		l.src.SetOnWait(c.endBatch)
+		l.src.SetOnWait(c.batchOpen, c.endBatch)
 	}
 	s.log.Debug("connection logged in", zap.Uint16("cid", l.cid), zap.Uint16("tsih", s.tsih),
 		zap.Bool("headerDigest", params.HeaderDigest), zap.Bool("dataDigest", params.DataDigest))

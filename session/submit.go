@@ -493,6 +493,10 @@ func (c *Conn) beginBatch() {
 // out with a write that does not wait (the reader never waits on a write: a
 // target that stopped reading would stop it reading too); what the socket
 // does not take is copied and written by a goroutine of the connection.
+// batchOpen reports a batch begun by the reader role and not yet ended
+// (endBatch would write it); only the role's holder calls it.
+func (c *Conn) batchOpen() bool { return c.as.inBatch }
+
 func (c *Conn) endBatch() {
 	if !c.as.inBatch {
 		return

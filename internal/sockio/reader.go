@@ -63,9 +63,11 @@ type Reader struct {
 	over   bool // a read into dst may bring overRead bytes into the buffer
 	n      int
 	errno  syscall.Errno
-	// onWait runs before the Reader waits for the socket (SetOnWait);
-	// hookNext says the read in progress has not run it yet.
+	// onWait runs before the Reader waits for the socket when waitWork
+	// says it has something to do (SetOnWait); hookNext says the read in
+	// progress has not run it yet.
 	onWait   func()
+	waitWork func() bool
 	hookNext bool
 	// copied counts the bytes Read copied out of the buffer into the
 	// caller's memory (Copied).
@@ -133,8 +135,11 @@ func (s *Reader) readErr() error {
 // finds nothing to read and is about to wait for the socket: a reader that
 // queued PDUs to write sends them there, before it may wait on a peer that
 // waits for them. A Peek, Read or Discard that the buffer satisfies never
-// runs it.
-func (s *Reader) SetOnWait(f func()) { s.onWait = f }
+// runs it. work reports, cheaply, whether f has anything to do: it runs
+// inside the read's system-call callback (where f may not: f writes, and
+// may close the connection), and only when it says so does the read
+// return to run f and then read again, a system call more.
+func (s *Reader) SetOnWait(work func() bool, f func()) { s.waitWork, s.onWait = work, f }
 
 // sysRead reads from the socket into p (nil: into the free part of the
 // buffer), waiting for it to be readable; with over (p set, nothing
@@ -201,7 +206,9 @@ func (s *Reader) tryRead(fd uintptr) bool {
 	}
 	if s.errno == syscall.EAGAIN && s.hookNext {
 		s.hookNext = false
-		return true // sysRead runs onWait, then reads again
+		if s.waitWork() {
+			return true // sysRead runs onWait, then reads again
+		}
 	}
 	if s.errno == syscall.EAGAIN {
 		if s.buf != nil && s.r == s.w {
@@ -249,7 +256,11 @@ func (s *Reader) Read(p []byte) (int, error) {
 		if s.buf != nil {
 			s.r, s.w = 0, 0
 		}
-		if len(p) >= directMin {
+		// After a read straight into place, the rest of the same data
+		// segment (a read that brought only part of it) goes straight
+		// too, down to overRead bytes: through the buffer it would bring
+		// a whole buffer of what follows with it, to be copied.
+		if len(p) >= directMin || (s.direct && len(p) >= overRead) {
 			n, err := s.sysRead(p, true)
 			s.direct = true
 			if n > len(p) {
