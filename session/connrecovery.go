@@ -326,6 +326,9 @@ func (c *Conn) reassign(ctx context.Context, t *task) *ReassignError {
 		expDataSN = t.dataSN
 	}
 	refCmdSN := t.cmdSN
+	// A write's R2Ts on c follow the target's R2TSN from wherever it
+	// is (r2tInOrder): set before c's reader can see the task.
+	t.r2tResync = t.writeLen > 0
 	t.home.Store(c)
 	t.mu.Unlock()
 	if err := c.register(t, false); err != nil {

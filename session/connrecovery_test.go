@@ -236,3 +236,55 @@ func waitFor(t *testing.T, cond func() bool) {
 func read10(lba uint32, blocks uint16) []byte {
 	return []byte{0x28, 0, byte(lba >> 24), byte(lba >> 16), byte(lba >> 8), byte(lba), 0, byte(blocks >> 8), byte(blocks), 0}
 }
+
+func write10(lba uint32, blocks uint16) []byte {
+	return []byte{0x2a, 0, byte(lba >> 24), byte(lba >> 16), byte(lba >> 8), byte(lba), 0, byte(blocks >> 8), byte(blocks), 0}
+}
+
+// TestERL2ReassignedWriteR2TSN cuts a write's connection right after the
+// target has taken its first burst and before the initiator can read the
+// R2T for the second (R2TSN 1), which is lost with the socket. After TASK
+// REASSIGN the target's recovery R2Ts carry its next unused R2TSN (2 on);
+// the initiator must take them as the new start, not as a gap to ask for
+// with an R2T SNACK (the target cannot send R2TSN 1 on the new
+// connection: the SNACK went unanswered and the new connection failed in
+// turn, again and again).
+func TestERL2ReassignedWriteR2TSN(t *testing.T) {
+	var victim atomic.Pointer[Conn]
+	var cut sync.Once
+	hook := func(ev *iscsitest.Event) iscsitest.Action {
+		if d, ok := ev.PDU.(*pdu.DataOut); ok && ev.CID == 1 && d.Final && d.BufferOffset == 0 {
+			// The first burst is in: the target answers it with R2T 1
+			// once this returns, to a socket the initiator has closed.
+			if c := victim.Load(); c != nil {
+				cut.Do(func() { c.nc.Close() })
+			}
+		}
+		return iscsitest.Continue
+	}
+	tg, s := erl2Session(t, iscsitest.Config{Hook: hook, InitialR2T: true, MaxBurstLength: 8192}, 2, nil)
+	c1 := s.Conns()[1]
+	victim.Store(c1)
+	ctx, cancel := context.WithTimeout(interopCtx(t), 20*time.Second)
+	defer cancel()
+	data := bytes.Repeat([]byte{0xa5, 0x5a, 0x11, 0xee}, 32*1024/4)
+	res, err := c1.Execute(ctx, &Command{CDB: write10(8, 64), Write: data})
+	if err != nil {
+		t.Fatalf("write across the connection loss: %v", err)
+	}
+	if res.Status != pdu.StatusGood {
+		t.Fatalf("write status %#x, want GOOD", res.Status)
+	}
+	if !bytes.Equal(tg.LUNData(0)[8*512:8*512+len(data)], data) {
+		t.Error("the LUN does not hold the write")
+	}
+	info := s.ConnRecovery()
+	if info.Recoveries != 1 || info.Moved != 1 || info.Failed != 0 {
+		t.Errorf("connection recovery %+v: want 1 recovery, 1 command moved, none failed", info)
+	}
+	for _, c := range s.Conns() {
+		if n := c.RecoveryStats().R2TSNACKs; n != 0 {
+			t.Errorf("connection %d sent %d R2T SNACKs, want 0 (the recovery R2Ts are no gap)", c.CID(), n)
+		}
+	}
+}

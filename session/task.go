@@ -86,14 +86,22 @@ type task struct {
 	// call.Cmd): of the command the target rejected for its digest
 	// (ERL 1) or never got before its connection died (ERL 2,
 	// connrecovery.go).
-	r2tSN    uint32
-	cmd      *Command
-	status   uint8
-	response uint8
-	sense    []byte
-	residual uint32
-	under    bool
-	over     bool
+	r2tSN uint32
+	// r2tResync is set when a TASK REASSIGN moved a write: the target's
+	// R2Ts on the new connection are recovery R2Ts that carry its next
+	// unused R2TSN (RFC 7143 §2.2, "recovery R2T"), past any sent on the lost
+	// connection that never arrived, or from 0 for a command sent again.
+	// The first R2T that comes sets r2tSN (snack.go). Set before the
+	// task is registered on the new connection; then only the reader
+	// touches it.
+	r2tResync bool
+	cmd       *Command
+	status    uint8
+	response  uint8
+	sense     []byte
+	residual  uint32
+	under     bool
+	over      bool
 
 	// home is the connection the task moved to by TASK REASSIGN
 	// (connrecovery.go); nil while it is on the one it was sent on.
