@@ -288,3 +288,48 @@ func TestERL2ReassignedWriteR2TSN(t *testing.T) {
 		}
 	}
 }
+
+// TestERL2ConnFailsAsCommandSent fails a connection at the worst moment
+// of a command's send: its CmdSN taken, the command not yet marked sent
+// (as when the reader fails the connection meanwhile). The connection's
+// end must either hold the command (sent) or leave it unsent for good: the
+// command is then sent again on another connection, and its CmdSN is
+// filled, or the target would hold every later command waiting for it.
+func TestERL2ConnFailsAsCommandSent(t *testing.T) {
+	tg, s := erl2Session(t, iscsitest.Config{}, 2, nil)
+	victim := s.Conns()[1]
+	var fired atomic.Bool
+	sendCommandHook = func(c *Conn, _ *task) {
+		if c == victim && fired.CompareAndSwap(false, true) {
+			c.fail(errors.New("test: connection lost as a command was sent"))
+		}
+	}
+	t.Cleanup(func() { sendCommandHook = nil })
+	ctx, cancel := context.WithTimeout(interopCtx(t), 20*time.Second)
+	defer cancel()
+	for i := 0; i < 8 && !fired.Load(); i++ {
+		data := bytes.Repeat([]byte{byte(i), 0x3c}, 2048)
+		if err := s.Write(ctx, 0, uint64(i*8), 512, data); err != nil {
+			t.Fatalf("write %d, its connection failing as it was sent: %v", i, err)
+		}
+		if !bytes.Equal(tg.LUNData(0)[i*8*512:i*8*512+len(data)], data) {
+			t.Fatalf("write %d: the LUN does not hold it", i)
+		}
+	}
+	if !fired.Load() {
+		t.Fatal("no command went to the connection to fail")
+	}
+	// Commands after the unsent one's CmdSN run: it was filled.
+	for i := range 4 {
+		buf := make([]byte, 4096)
+		if err := s.Read(ctx, 0, uint64(i*8), 512, buf); err != nil {
+			t.Fatalf("read %d after the loss: %v", i, err)
+		}
+	}
+	if info := s.ConnRecovery(); info.Failed != 0 {
+		t.Errorf("connection recovery %+v: want no command failed", info)
+	}
+	if s.State() != SessionUp {
+		t.Errorf("session %s, want up", s.State())
+	}
+}
