@@ -166,9 +166,19 @@ func (s *Session) holdForReassign(c *Conn, err error, tasks map[uint32]*task) ma
 	}
 	var held []*task
 	for itt, t := range tasks {
-		if t.kind != taskSCSI || t.call != nil || t.fin.Load() || !t.wasSent() {
-			// Submit's calls, and commands that never went out (they
-			// fail with ErrNotSent and go again), are not moved.
+		if t.kind != taskSCSI || t.call != nil || t.fin.Load() {
+			// Submit's calls are not moved.
+			continue
+		}
+		t.mu.Lock()
+		sent := t.sent
+		// A command not sent yet will not be: it fails with ErrNotSent
+		// and goes again (executeERL2). Its sender, if it has taken a
+		// CmdSN already, sees it unsendable (claimRequest) and fills
+		// that CmdSN (fillCmdSN).
+		t.unsendable = !sent
+		t.mu.Unlock()
+		if !sent {
 			continue
 		}
 		t.held.Store(true)
@@ -331,6 +341,9 @@ func (c *Conn) reassign(ctx context.Context, t *task) *ReassignError {
 		expDataSN = t.dataSN
 	}
 	refCmdSN := t.cmdSN
+	// A write's R2Ts on c follow the target's R2TSN from wherever it
+	// is (r2tInOrder): set before c's reader can see the task.
+	t.r2tResync = t.writeLen > 0
 	t.home.Store(c)
 	t.mu.Unlock()
 	if err := c.register(t, false); err != nil {
@@ -427,6 +440,21 @@ func (c *Conn) plugGap(sn uint32) error {
 		return err
 	}
 	return nil
+}
+
+// fillCmdSN fills CmdSN sn, taken on c for a command that will not go out
+// (its connection ended as it was sent), with a NOP-Out on another
+// connection: the target delivers commands in CmdSN order (RFC 7143
+// §4.2.2.1) and would hold every later one waiting for it. With no other
+// connection up the session's end (or its ERL 0 recovery) clears the gap.
+func (s *Session) fillCmdSN(c *Conn, sn uint32) {
+	o := s.activeConn(c)
+	if o == nil {
+		return
+	}
+	if err := o.plugGap(sn); err != nil {
+		s.log.Info("CmdSN of a command not sent left unfilled", zap.Uint32("cmdsn", sn), zap.Uint16("cid", o.cid), zap.Error(err))
+	}
 }
 
 // activeConn returns a connection of the session that takes commands, not

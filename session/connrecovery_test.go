@@ -236,3 +236,100 @@ func waitFor(t *testing.T, cond func() bool) {
 func read10(lba uint32, blocks uint16) []byte {
 	return []byte{0x28, 0, byte(lba >> 24), byte(lba >> 16), byte(lba >> 8), byte(lba), 0, byte(blocks >> 8), byte(blocks), 0}
 }
+
+func write10(lba uint32, blocks uint16) []byte {
+	return []byte{0x2a, 0, byte(lba >> 24), byte(lba >> 16), byte(lba >> 8), byte(lba), 0, byte(blocks >> 8), byte(blocks), 0}
+}
+
+// TestERL2ReassignedWriteR2TSN cuts a write's connection right after the
+// target has taken its first burst and before the initiator can read the
+// R2T for the second (R2TSN 1), which is lost with the socket. After TASK
+// REASSIGN the target's recovery R2Ts carry its next unused R2TSN (2 on);
+// the initiator must take them as the new start, not as a gap to ask for
+// with an R2T SNACK (the target cannot send R2TSN 1 on the new
+// connection: the SNACK went unanswered and the new connection failed in
+// turn, again and again).
+func TestERL2ReassignedWriteR2TSN(t *testing.T) {
+	var victim atomic.Pointer[Conn]
+	var cut sync.Once
+	hook := func(ev *iscsitest.Event) iscsitest.Action {
+		if d, ok := ev.PDU.(*pdu.DataOut); ok && ev.CID == 1 && d.Final && d.BufferOffset == 0 {
+			// The first burst is in: the target answers it with R2T 1
+			// once this returns, to a socket the initiator has closed.
+			if c := victim.Load(); c != nil {
+				cut.Do(func() { c.nc.Close() })
+			}
+		}
+		return iscsitest.Continue
+	}
+	tg, s := erl2Session(t, iscsitest.Config{Hook: hook, InitialR2T: true, MaxBurstLength: 8192}, 2, nil)
+	c1 := s.Conns()[1]
+	victim.Store(c1)
+	ctx, cancel := context.WithTimeout(interopCtx(t), 20*time.Second)
+	defer cancel()
+	data := bytes.Repeat([]byte{0xa5, 0x5a, 0x11, 0xee}, 32*1024/4)
+	res, err := c1.Execute(ctx, &Command{CDB: write10(8, 64), Write: data})
+	if err != nil {
+		t.Fatalf("write across the connection loss: %v", err)
+	}
+	if res.Status != pdu.StatusGood {
+		t.Fatalf("write status %#x, want GOOD", res.Status)
+	}
+	if !bytes.Equal(tg.LUNData(0)[8*512:8*512+len(data)], data) {
+		t.Error("the LUN does not hold the write")
+	}
+	info := s.ConnRecovery()
+	if info.Recoveries != 1 || info.Moved != 1 || info.Failed != 0 {
+		t.Errorf("connection recovery %+v: want 1 recovery, 1 command moved, none failed", info)
+	}
+	for _, c := range s.Conns() {
+		if n := c.RecoveryStats().R2TSNACKs; n != 0 {
+			t.Errorf("connection %d sent %d R2T SNACKs, want 0 (the recovery R2Ts are no gap)", c.CID(), n)
+		}
+	}
+}
+
+// TestERL2ConnFailsAsCommandSent fails a connection at the worst moment
+// of a command's send: its CmdSN taken, the command not yet marked sent
+// (as when the reader fails the connection meanwhile). The connection's
+// end must either hold the command (sent) or leave it unsent for good: the
+// command is then sent again on another connection, and its CmdSN is
+// filled, or the target would hold every later command waiting for it.
+func TestERL2ConnFailsAsCommandSent(t *testing.T) {
+	tg, s := erl2Session(t, iscsitest.Config{}, 2, nil)
+	victim := s.Conns()[1]
+	var fired atomic.Bool
+	sendCommandHook = func(c *Conn, _ *task) {
+		if c == victim && fired.CompareAndSwap(false, true) {
+			c.fail(errors.New("test: connection lost as a command was sent"))
+		}
+	}
+	t.Cleanup(func() { sendCommandHook = nil })
+	ctx, cancel := context.WithTimeout(interopCtx(t), 20*time.Second)
+	defer cancel()
+	for i := 0; i < 8 && !fired.Load(); i++ {
+		data := bytes.Repeat([]byte{byte(i), 0x3c}, 2048)
+		if err := s.Write(ctx, 0, uint64(i*8), 512, data); err != nil {
+			t.Fatalf("write %d, its connection failing as it was sent: %v", i, err)
+		}
+		if !bytes.Equal(tg.LUNData(0)[i*8*512:i*8*512+len(data)], data) {
+			t.Fatalf("write %d: the LUN does not hold it", i)
+		}
+	}
+	if !fired.Load() {
+		t.Fatal("no command went to the connection to fail")
+	}
+	// Commands after the unsent one's CmdSN run: it was filled.
+	for i := range 4 {
+		buf := make([]byte, 4096)
+		if err := s.Read(ctx, 0, uint64(i*8), 512, buf); err != nil {
+			t.Fatalf("read %d after the loss: %v", i, err)
+		}
+	}
+	if info := s.ConnRecovery(); info.Failed != 0 {
+		t.Errorf("connection recovery %+v: want no command failed", info)
+	}
+	if s.State() != SessionUp {
+		t.Errorf("session %s, want up", s.State())
+	}
+}

@@ -382,9 +382,19 @@ func (c *Conn) sendCommand(ctx context.Context, t *task, cmd *Command) (sent boo
 		if ok {
 			// The connection's own SCSI Command, reused under wmu: a
 			// PDU of its own per command would be an allocation.
+			if sendCommandHook != nil {
+				sendCommandHook(c, t)
+			}
+			if !t.claimRequest(sn) {
+				// The connection ended under us and left the command
+				// to fail as never sent (holdForReassign): it goes
+				// again, and its CmdSN is filled.
+				c.wmu.Unlock()
+				c.s.fillCmdSN(c, sn)
+				return false, fmt.Errorf("%w: the connection ended as the command was sent: %w", ErrNotSent, c.Err())
+			}
 			req := &c.as.req
 			immediate, unsolicited := c.commandPDU(req, t, cmd)
-			t.setRequest(sn)
 			req.CmdSN = sn
 			req.ExpStatSN = c.expStatSN.Load()
 			err := c.w.Append(req, nil, immediate)
@@ -419,6 +429,11 @@ func (c *Conn) sendCommand(ctx context.Context, t *task, cmd *Command) (sent boo
 		}
 	}
 }
+
+// sendCommandHook, when set (by tests only), runs in sendCommand after the
+// command's CmdSN is taken and before it is claimed for sending: where a
+// connection failing under the command is hardest to handle.
+var sendCommandHook func(c *Conn, t *task)
 
 // answerR2T sends the Data-Out an R2T asks for.
 func (c *Conn) answerR2T(t *task, data []byte, r *pdu.R2T) {

@@ -583,6 +583,14 @@ func (c *Conn) retryCommand(t *task) (bool, error) {
 // reader touches t.r2tSN.
 func (c *Conn) r2tInOrder(t *task, r *pdu.R2T) (bool, error) {
 	switch {
+	case t.r2tResync:
+		// The first R2T of a write moved by TASK REASSIGN: the R2Ts
+		// of the lost connection that never came are not sent again
+		// (the recovery R2Ts ask for all the data not yet received),
+		// so its R2TSN is the new start, not a gap.
+		t.r2tResync = false
+		t.r2tSN = r.R2TSN + 1
+		return true, nil
 	case r.R2TSN == t.r2tSN:
 		t.r2tSN++
 		c.r2tArrived(t, r.R2TSN)
@@ -653,7 +661,9 @@ func (c *Conn) probeR2Ts() error {
 	c.mu.Lock()
 	var writes []*task
 	for _, t := range c.tasks {
-		if t.kind == taskSCSI && t.writeLen > 0 && !t.fin.Load() {
+		if t.kind == taskSCSI && t.writeLen > 0 && !t.fin.Load() && !t.r2tResync {
+			// (A moved write that has had no R2T here yet has no
+			// R2TSN to ask for: its first R2T sets it.)
 			writes = append(writes, t)
 		}
 	}

@@ -63,12 +63,17 @@ type task struct {
 	dead bool
 	// cmdSN is the request's CmdSN once sent is set, for ABORT TASK and
 	// for matching a Reject to its request.
-	cmdSN    uint32
-	sent     bool
-	lun      pdu.LUN
-	readBuf  []byte
-	writeLen int
-	received int
+	cmdSN uint32
+	sent  bool
+	// unsendable is set when the connection's end left the task, not
+	// yet sent, to fail (holdForReassign): its request must not go out
+	// after that (claimRequest), or its CmdSN would be a command the
+	// initiator has given up on.
+	unsendable bool
+	lun        pdu.LUN
+	readBuf    []byte
+	writeLen   int
+	received   int
 	// wrote is how much of the write went out from its start without a
 	// gap (immediate, unsolicited and solicited data); spans holds the
 	// ranges sent past a gap, for a target that asks out of order. Only
@@ -86,14 +91,22 @@ type task struct {
 	// call.Cmd): of the command the target rejected for its digest
 	// (ERL 1) or never got before its connection died (ERL 2,
 	// connrecovery.go).
-	r2tSN    uint32
-	cmd      *Command
-	status   uint8
-	response uint8
-	sense    []byte
-	residual uint32
-	under    bool
-	over     bool
+	r2tSN uint32
+	// r2tResync is set when a TASK REASSIGN moved a write: the target's
+	// R2Ts on the new connection are recovery R2Ts that carry its next
+	// unused R2TSN (RFC 7143 §2.2, "recovery R2T"), past any sent on the lost
+	// connection that never arrived, or from 0 for a command sent again.
+	// The first R2T that comes sets r2tSN (snack.go). Set before the
+	// task is registered on the new connection; then only the reader
+	// touches it.
+	r2tResync bool
+	cmd       *Command
+	status    uint8
+	response  uint8
+	sense     []byte
+	residual  uint32
+	under     bool
+	over      bool
 
 	// home is the connection the task moved to by TASK REASSIGN
 	// (connrecovery.go); nil while it is on the one it was sent on.
@@ -220,6 +233,22 @@ func (t *task) setRequest(cmdSN uint32) {
 	t.mu.Lock()
 	t.cmdSN, t.sent = cmdSN, true
 	t.mu.Unlock()
+}
+
+// claimRequest records, as setRequest, the CmdSN a SCSI command's request
+// goes out with, unless the end of its connection has already left it to
+// fail as never sent (unsendable): then it reports false, and the request
+// must not go out. Either the connection's end sees the task sent (and
+// holds it for ERL 2 connection recovery) or the task's sender sees it
+// unsendable: both decide under t.mu.
+func (t *task) claimRequest(cmdSN uint32) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.unsendable {
+		return false
+	}
+	t.cmdSN, t.sent = cmdSN, true
+	return true
 }
 
 // senseOf copies the sense data of a SCSI Response's data segment.
