@@ -979,8 +979,15 @@ func TestCancelDuringStalledDataIn(t *testing.T) {
 	var h pdu.BHS
 	(&pdu.DataIn{ITT: c.ITT, TTT: 0xffffffff, SeqNums: f.Seq(false)}).MarshalBHS(&h)
 	h.SetLengths(0, 8192)
-	err := f.SendRaw(append(h[:], make([]byte, 4096)...)) // half the data, then nothing
-	if err != nil {
+	// The header, then half the data, then nothing. Two writes on the
+	// pipe: the second ends only once the reader reads it, inside the
+	// Data-In with the command's buffer taken, where the cancel must find
+	// it (in one write, the reader could have the bytes before it took
+	// the buffer, and the cancel then won it and sent an ABORT TASK).
+	if err := f.SendRaw(h[:]); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.SendRaw(make([]byte, 4096)); err != nil {
 		t.Fatal(err)
 	}
 	cancel()
