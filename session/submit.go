@@ -125,6 +125,9 @@ type asyncConn struct {
 // reinstatement cannot be canceled (Conn.Cancel reports false); Close ends
 // it (Done runs before Close returns). Its Done may run on a goroutine of
 // the session.
+//
+// At ErrorRecoveryLevel 2, a call whose connection is lost while another
+// is up moves there (connrecovery.go), or, not sent yet, goes again there.
 func (s *Session) Submit(call *Call) error {
 	if err := checkCommand(&call.Cmd); err != nil {
 		return err
@@ -157,7 +160,9 @@ func checkCommand(cmd *Command) error {
 
 // Submit sends call.Cmd on this connection; see Session.Submit. A call
 // submitted on a connection is not sent again by a recovery: the loss of
-// the connection ends it.
+// the connection ends it, except at ErrorRecoveryLevel 2, where a call that
+// went out moves to another connection with the lost one's commands
+// (connrecovery.go); one not sent fails with ErrNotSent.
 func (c *Conn) Submit(call *Call) error {
 	if err := checkCommand(&call.Cmd); err != nil {
 		return err
