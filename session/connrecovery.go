@@ -166,16 +166,15 @@ func (s *Session) holdForReassign(c *Conn, err error, tasks map[uint32]*task) ma
 	}
 	var held []*task
 	for itt, t := range tasks {
-		if t.kind != taskSCSI || t.call != nil || t.fin.Load() {
-			// Submit's calls are not moved.
+		if t.kind != taskSCSI || t.fin.Load() {
 			continue
 		}
 		t.mu.Lock()
 		sent := t.sent
 		// A command not sent yet will not be: it fails with ErrNotSent
-		// and goes again (executeERL2). Its sender, if it has taken a
-		// CmdSN already, sees it unsendable (claimRequest) and fills
-		// that CmdSN (fillCmdSN).
+		// and goes again (executeERL2, resendCall). Its sender, if it
+		// has taken a CmdSN already, sees it unsendable (claimRequest)
+		// and fills that CmdSN (fillCmdSN).
 		t.unsendable = !sent
 		t.mu.Unlock()
 		if !sent {
@@ -345,8 +344,13 @@ func (c *Conn) reassign(ctx context.Context, t *task) *ReassignError {
 	// is (r2tInOrder): set before c's reader can see the task.
 	t.r2tResync = t.writeLen > 0
 	t.home.Store(c)
+	if t.call != nil {
+		// A Submit call is c's from now on: its completion leaves c's
+		// table, Done runs on c (finishCall).
+		t.conn, t.call.conn = c, c
+	}
 	t.mu.Unlock()
-	if err := c.register(t, false); err != nil {
+	if err := c.registerMoved(t); err != nil {
 		return &ReassignError{Step: "reassign", Err: err}
 	}
 	t.mu.Lock()
@@ -354,13 +358,13 @@ func (c *Conn) reassign(ctx context.Context, t *task) *ReassignError {
 	t.mu.Unlock()
 	if dead {
 		// Settled as it moved, from the old connection's map.
-		c.remove(t.itt)
+		c.unlistMoved(t)
 		return &ReassignError{Err: errReassignSkipped}
 	}
 	req := &pdu.TaskMgmtRequest{Immediate: true, Function: pdu.TMFTaskReassign, LUN: t.lun, RefTaskTag: t.itt,
 		RefCmdSN: refCmdSN, ExpDataSN: expDataSN}
 	resp, err := c.taskManagement(ctx, req, false, false)
-	if err == nil && resp == pdu.TMFNoSuchTask && t.cmd != nil && c.s.unacknowledged(refCmdSN) {
+	if err == nil && resp == pdu.TMFNoSuchTask && t.command() != nil && c.s.unacknowledged(refCmdSN) {
 		// The command never reached the target (its CmdSN is not
 		// acknowledged: a gap the target waits to fill). It goes again,
 		// same ITT and CmdSN, on c: a retry (§6.2.1), not a new command.
@@ -371,15 +375,44 @@ func (c *Conn) reassign(ctx context.Context, t *task) *ReassignError {
 	}
 	switch {
 	case err != nil:
-		c.remove(t.itt)
+		c.unlistMoved(t)
 		return &ReassignError{Step: "reassign", Err: err}
 	case resp != pdu.TMFComplete:
-		c.remove(t.itt)
+		c.unlistMoved(t)
 		return &ReassignError{Step: "reassign", Responded: true, Response: resp}
 	}
 	// What the target sends again comes on c: its reader must run.
 	c.ensureReader()
 	return nil
+}
+
+// registerMoved registers t, moving from a lost connection, on c; a Submit
+// call counts in c's calls as registerCall's do.
+func (c *Conn) registerMoved(t *task) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if st := c.state(); st.ended() {
+		return c.closedErr()
+	} else if st != connUp {
+		return errLoggingOut
+	}
+	c.tasks[t.itt] = t
+	c.scsiCount++
+	if t.call != nil {
+		c.as.calls++
+		c.as.readOut += len(t.readBuf)
+	}
+	return nil
+}
+
+// unlistMoved takes t, which registerMoved put in c's table, out of it.
+func (c *Conn) unlistMoved(t *task) {
+	c.mu.Lock()
+	if t.call != nil && c.tasks[t.itt] == t {
+		c.callGoneLocked(t)
+	}
+	c.mu.Unlock()
+	c.remove(t.itt)
 }
 
 // unacknowledged reports whether the target has not yet received the
@@ -393,8 +426,9 @@ func (s *Session) unacknowledged(sn uint32) bool {
 // retry sends t's SCSI Command again on c with its ITT and CmdSN, and its
 // immediate and unsolicited data: the target never got it.
 func (c *Conn) retry(t *task, cmdSN uint32) error {
+	cmd := t.command()
 	req := new(pdu.SCSICommand)
-	immediate, unsolicited := c.commandPDU(req, t, t.cmd)
+	immediate, unsolicited := c.commandPDU(req, t, cmd)
 	req.CmdSN = cmdSN
 	t.mu.Lock()
 	t.wrote, t.spans, t.received, t.dataSN = 0, t.spans[:0], 0, 0
@@ -407,7 +441,7 @@ func (c *Conn) retry(t *task, cmdSN uint32) error {
 	req.ExpStatSN = c.expStatSN.Load()
 	err := c.w.Append(req, nil, immediate)
 	if err == nil && unsolicited > len(immediate) {
-		err = c.appendDataOut(t, t.cmd.Write, len(immediate), unsolicited-len(immediate), pdu.ReservedTag)
+		err = c.appendDataOut(t, cmd.Write, len(immediate), unsolicited-len(immediate), pdu.ReservedTag)
 	}
 	if err != nil {
 		c.w.Discard()
@@ -487,6 +521,30 @@ func waitCmds(ctx context.Context, c *Conn) bool {
 		close(done)
 	}()
 	return waitDone(ctx, done)
+}
+
+// resendCall sends again, at ErrorRecoveryLevel 2, a call of Session.Submit
+// that never went out because its connection ended (those that went out
+// move by TASK REASSIGN instead), on another connection up; as
+// executeERL2, at most notSentRetries times. It reports whether it did
+// (Done then runs later).
+func (s *Session) resendCall(c *Conn, call *Call) bool {
+	if !call.anyConn || !s.erl2.Load() || int(call.resent) >= notSentRetries || !errors.Is(call.Err, ErrNotSent) ||
+		errors.Is(call.Err, errCanceled) || errors.Is(call.Err, errLoggingOut) || s.State() != sessionUp {
+		return false
+	}
+	o := s.activeConn(c)
+	if o == nil {
+		return false
+	}
+	call.resent++
+	err := call.Err
+	call.Err, call.Result = nil, Result{}
+	if o.submitCall(call) != nil {
+		call.Err = err // Done runs with the first failure
+		return false
+	}
+	return true
 }
 
 // executeERL2 is Session.Execute at ErrorRecoveryLevel 2, filling res: a

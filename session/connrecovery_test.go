@@ -333,3 +333,102 @@ func TestERL2ConnFailsAsCommandSent(t *testing.T) {
 		t.Errorf("session %s, want up", s.State())
 	}
 }
+
+// TestERL2ConnLossMovesSubmitCalls runs writers and readers through
+// Session.Submit across the cut of one connection: the calls that went out
+// on it move with TASK REASSIGN, those that had not go on another
+// connection, and none fails; every acknowledged write reads back.
+func TestERL2ConnLossMovesSubmitCalls(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		cfg  iscsitest.Config
+	}{
+		{"status in Data-In", iscsitest.Config{}},
+		{"separate status, R2T writes", iscsitest.Config{SeparateReadStatus: true, InitialR2T: true, MaxBurstLength: 8192}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tg, s := erl2Session(t, tc.cfg, 4, nil)
+			ctx := interopCtx(t)
+			const workers, blocks = 16, 64
+			stop := make(chan struct{})
+			var ops atomic.Int64
+			var wg sync.WaitGroup
+			var mu sync.Mutex
+			acked := map[int][]byte{}
+			var errs []error
+			for w := range workers {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					done := make(chan *Call, 1)
+					call := &Call{Done: func(c *Call) { done <- c }}
+					run := func(cmd Command) error {
+						call.Cmd = cmd
+						if err := s.Submit(call); err != nil {
+							return err
+						}
+						select {
+						case c := <-done:
+							return c.Err
+						case <-ctx.Done():
+							return fmt.Errorf("worker %d: call never ended: %w", w, ctx.Err())
+						}
+					}
+					lba := uint32(w * blocks)
+					back := make([]byte, blocks*512)
+					for i := 0; ; i++ {
+						select {
+						case <-stop:
+							return
+						default:
+						}
+						data := bytes.Repeat([]byte{byte(w), byte(i), byte(i >> 8), 0xc3}, blocks*512/4)
+						err := run(Command{CDB: write10(lba, blocks), Write: data})
+						if err == nil {
+							mu.Lock()
+							acked[w] = data
+							mu.Unlock()
+							if err = run(Command{CDB: read10(lba, blocks), Read: back}); err == nil && !bytes.Equal(back, data) {
+								err = fmt.Errorf("worker %d: read back differs from the write just acknowledged", w)
+							}
+						}
+						ops.Add(1)
+						if err != nil {
+							mu.Lock()
+							errs = append(errs, err)
+							mu.Unlock()
+							if ctx.Err() != nil {
+								return
+							}
+						}
+					}
+				}()
+			}
+			waitOps(t, &ops, 200)
+			victim := s.Conns()[1]
+			inflight := len(victim.inFlight())
+			victim.nc.Close()
+			waitOps(t, &ops, 400)
+			close(stop)
+			wg.Wait()
+			for _, err := range errs {
+				t.Errorf("I/O failed: %v", err)
+			}
+			info := s.ConnRecovery()
+			t.Logf("in flight at the cut %d; recovery %+v", inflight, info)
+			if info.Recoveries != 1 || info.Failed != 0 {
+				t.Errorf("connection recoveries %d, failed %d: want 1 and 0", info.Recoveries, info.Failed)
+			}
+			if s.State() != SessionUp {
+				t.Errorf("session %s, want up", s.State())
+			}
+			lun := tg.LUNData(0)
+			for w, data := range acked {
+				if !bytes.Equal(lun[w*blocks*512:w*blocks*512+len(data)], data) {
+					t.Errorf("worker %d: the LUN does not hold the last acknowledged write", w)
+				}
+			}
+			mustLogout(t, ctx, s)
+		})
+	}
+}

@@ -59,6 +59,11 @@ type Call struct {
 	sess *Session
 	gen  uint64
 	ua   uint8
+	// anyConn says the call came through Session.Submit: at ERL 2 it may
+	// go on another connection when its own ended before it was sent
+	// (resendCall), resent times at most.
+	anyConn bool
+	resent  uint8
 }
 
 // errCanceled ends a call its caller canceled.
@@ -120,6 +125,9 @@ type asyncConn struct {
 // reinstatement cannot be canceled (Conn.Cancel reports false); Close ends
 // it (Done runs before Close returns). Its Done may run on a goroutine of
 // the session.
+//
+// At ErrorRecoveryLevel 2, a call whose connection is lost while another
+// is up moves there (connrecovery.go), or, not sent yet, goes again there.
 func (s *Session) Submit(call *Call) error {
 	if err := checkCommand(&call.Cmd); err != nil {
 		return err
@@ -127,6 +135,7 @@ func (s *Session) Submit(call *Call) error {
 	if call.Done == nil {
 		return errors.New("iscsi: Submit: Call.Done is nil")
 	}
+	call.anyConn, call.resent = true, 0
 	if s.cfg.Recovery != nil {
 		call.ua = 0
 		return s.submitRecovering(call)
@@ -151,7 +160,9 @@ func checkCommand(cmd *Command) error {
 
 // Submit sends call.Cmd on this connection; see Session.Submit. A call
 // submitted on a connection is not sent again by a recovery: the loss of
-// the connection ends it.
+// the connection ends it, except at ErrorRecoveryLevel 2, where a call that
+// went out moves to another connection with the lost one's commands
+// (connrecovery.go); one not sent fails with ErrNotSent.
 func (c *Conn) Submit(call *Call) error {
 	if err := checkCommand(&call.Cmd); err != nil {
 		return err
@@ -159,7 +170,7 @@ func (c *Conn) Submit(call *Call) error {
 	if call.Done == nil {
 		return errors.New("iscsi: Submit: Call.Done is nil")
 	}
-	call.sess = nil
+	call.sess, call.anyConn = nil, false
 	return c.submitCall(call)
 }
 
@@ -244,6 +255,11 @@ func (c *Conn) sendCall(t *task) error {
 	if err := c.appendCommand(t, &t.call.Cmd, sn); err != nil {
 		c.w.Discard()
 		c.wmu.Unlock()
+		if err == errUnsendable {
+			// The connection's end completes it (Done runs).
+			c.s.fillCmdSN(c, sn)
+			return nil
+		}
 		c.unregister(t)
 		c.fail(fmt.Errorf("iscsi: building a SCSI Command: %w", err))
 		return fmt.Errorf("%w: %w", ErrNotSent, err)
@@ -301,6 +317,7 @@ func (c *Conn) sendBacklog(wait <-chan struct{}) {
 		}
 		c.wmu.Lock()
 		var err error
+		var unsent []uint32
 		for len(c.as.backlog) > 0 && c.state() < connLogoutSent {
 			sn, w, ok := c.s.takeCmdSN()
 			if !ok {
@@ -310,7 +327,14 @@ func (c *Conn) sendBacklog(wait <-chan struct{}) {
 			t := c.as.backlog[0]
 			c.as.backlog[0] = nil
 			c.as.backlog = c.as.backlog[1:]
-			if err = c.appendCommand(t, &t.call.Cmd, sn); err != nil {
+			if err = c.appendCommand(t, &t.call.Cmd, sn); err == errUnsendable {
+				// Left to fail by the connection's end, which is
+				// under way: its CmdSN is filled after the loop.
+				unsent = append(unsent, sn)
+				err = nil
+				continue
+			}
+			if err != nil {
 				c.w.Discard()
 				break
 			}
@@ -323,6 +347,9 @@ func (c *Conn) sendBacklog(wait <-chan struct{}) {
 			err = c.flushLocked(false)
 		}
 		c.wmu.Unlock()
+		for _, sn := range unsent {
+			c.s.fillCmdSN(c, sn)
+		}
 		if err != nil {
 			c.fail(c.writeErr(err))
 			return
@@ -334,12 +361,18 @@ func (c *Conn) sendBacklog(wait <-chan struct{}) {
 	}
 }
 
+// errUnsendable is appendCommand's error for a call the connection's end
+// left to fail as never sent (claimRequest): nothing was queued.
+var errUnsendable = errors.New("iscsi: command left unsent by its connection's end")
+
 // appendCommand queues t's SCSI Command with CmdSN sn and its immediate and
 // unsolicited data. The caller holds wmu.
 func (c *Conn) appendCommand(t *task, cmd *Command, sn uint32) error {
+	if !t.claimRequest(sn) {
+		return errUnsendable
+	}
 	req := &c.as.req
 	immediate, unsolicited := c.commandPDU(req, t, cmd)
-	t.setRequest(sn)
 	req.CmdSN = sn
 	req.ExpStatSN = c.expStatSN.Load()
 	err := c.w.Append(req, nil, immediate)
@@ -470,6 +503,9 @@ func (c *Conn) deliverLate(t *task, call *Call) {
 	call.Err = t.resultInto(&call.Cmd, &call.Result)
 	if call.Err != nil && !t.sent && !errors.Is(call.Err, ErrNotSent) {
 		call.Err = fmt.Errorf("%w: %w", ErrNotSent, t.err)
+	}
+	if call.Err != nil && c.s.resendCall(c, call) {
+		return
 	}
 	if call.sess != nil && call.Err != nil && call.sess.lostCall(c, call) {
 		return
