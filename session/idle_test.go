@@ -88,8 +88,20 @@ func TestIdleConnOneGoroutine(t *testing.T) {
 			t.Errorf("logout: %v", err)
 		}
 	}
-	if all, _ := connGoroutines(); all != all0 {
-		t.Errorf("%d connection goroutines left after the logouts, want %d", all, all0)
+	// A timer's callback that fired as Close stopped its timer (the
+	// keepalive's check, say) finds the connection ended and returns, on
+	// a goroutine of the runtime's, for a moment after Close: one such was
+	// seen once in a full -race run (not in 40 runs of this test alone).
+	// Wait for the count, within a deadline: one that stays is a leak.
+	deadline = time.Now().Add(5 * time.Second)
+	for {
+		if all, _ = connGoroutines(); all == all0 || time.Now().After(deadline) {
+			break
+		}
+		runtime.Gosched()
+	}
+	if all != all0 {
+		t.Errorf("%d connection goroutines left 5 s after the logouts, want %d", all, all0)
 	}
 }
 
