@@ -501,7 +501,7 @@ func (c *Conn) deliverLate(t *task, call *Call) {
 		c.wmu.Unlock()
 	}
 	call.Err = t.resultInto(&call.Cmd, &call.Result)
-	if call.Err != nil && !t.sent && !errors.Is(call.Err, ErrNotSent) {
+	if call.Err != nil && !t.wasSent() && !errors.Is(call.Err, ErrNotSent) {
 		call.Err = fmt.Errorf("%w: %w", ErrNotSent, t.err)
 	}
 	if call.Err != nil && c.s.resendCall(c, call) {
