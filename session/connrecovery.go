@@ -303,23 +303,32 @@ func (s *Session) recoverConn(old *Conn, held []*task, since time.Time, bound ti
 			moved++
 		case e.Err != nil && errors.Is(e.Err, errReassignSkipped):
 			// Its caller gave up (a write to the lost socket failed,
-			// say). If the target never got it, its CmdSN is a gap the
-			// target waits on before any later command: fill it.
-			t.mu.Lock()
-			sn, sent := t.cmdSN, t.sent
-			t.mu.Unlock()
-			if sent && s.unacknowledged(sn) {
-				if err := nc.plugGap(sn); err != nil {
-					s.log.Info("ERL 2: CmdSN gap not filled", zap.Uint32("cmdsn", sn), zap.Error(err))
-				}
-			}
+			// say).
+			nc.plugIfLost(t)
 		default:
 			e.CID = old.cid
 			fail([]*task{t}, e)
+			// A refusal of a task the target never got ("function
+			// rejected" from LIO 6.1 rather than "no such task").
+			nc.plugIfLost(t)
 		}
 	}
 	s.log.Info("ERL 2 connection recovery done", zap.Uint16("lost", old.cid), zap.Uint16("to", nc.cid),
 		zap.Int("moved", moved), zap.Int("failed", failed), zap.Duration("took", time.Since(since)))
+}
+
+// plugIfLost fills t's CmdSN on c if the target never got t (it has not
+// acknowledged that CmdSN): the target waits for it before any later
+// command of the session, which would otherwise wait for ever.
+func (c *Conn) plugIfLost(t *task) {
+	t.mu.Lock()
+	sn, sent := t.cmdSN, t.sent
+	t.mu.Unlock()
+	if sent && c.s.unacknowledged(sn) {
+		if err := c.plugGap(sn); err != nil {
+			c.log.Info("ERL 2: CmdSN gap not filled", zap.Uint32("cmdsn", sn), zap.Error(err))
+		}
+	}
 }
 
 // errReassignSkipped marks a command that ended (its caller gave up) before

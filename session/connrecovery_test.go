@@ -432,3 +432,57 @@ func TestERL2ConnLossMovesSubmitCalls(t *testing.T) {
 		})
 	}
 }
+
+// TestERL2RefusedUnreceivedCommandGapFilled: a command lost with its
+// connection before the target got it, whose TASK REASSIGN the target
+// refuses with "function rejected" (as LIO 6.1 does for a task it never
+// got, instead of "no such task"), fails with a *ReassignError; its CmdSN,
+// which the target never saw, is filled so that the session's later
+// commands, queued behind it at the target, still run.
+func TestERL2RefusedUnreceivedCommandGapFilled(t *testing.T) {
+	dropped := make(chan struct{})
+	var once sync.Once
+	hook := func(ev *iscsitest.Event) iscsitest.Action {
+		switch v := ev.PDU.(type) {
+		case *pdu.TaskMgmtRequest:
+			if v.Function == pdu.TMFTaskReassign {
+				return iscsitest.Respond(&pdu.TaskMgmtResponse{ITT: v.ITT, Response: pdu.TMFRejected}, nil)
+			}
+		case *pdu.SCSICommand:
+			if ev.CID == 1 {
+				once.Do(func() { close(dropped) })
+				return iscsitest.Drop
+			}
+		}
+		return iscsitest.Continue
+	}
+	_, s := erl2Session(t, iscsitest.Config{Hook: hook}, 2, nil)
+	ctx := interopCtx(t)
+	c1 := s.Conns()[1]
+	errc := make(chan error, 1)
+	go func() {
+		_, err := c1.Execute(ctx, &Command{CDB: read10(0, 8), Read: make([]byte, 4096)})
+		errc <- err
+	}()
+	select {
+	case <-dropped:
+	case <-ctx.Done():
+		t.Fatal("the command never reached the target")
+	}
+	c1.nc.Close()
+	var err error
+	select {
+	case err = <-errc:
+	case <-ctx.Done():
+		t.Fatal("the command held on the lost connection never ended")
+	}
+	var re *ReassignError
+	if !errors.As(err, &re) || !errors.Is(err, ErrOutcomeUnknown) {
+		t.Fatalf("error %v: want a *ReassignError with its outcome unknown", err)
+	}
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := s.Read(rctx, 0, 0, 512, make([]byte, 512)); err != nil {
+		t.Fatalf("I/O after the refused reassignment: %v (the lost command's CmdSN left a gap)", err)
+	}
+}
