@@ -436,9 +436,6 @@ func (s *Session) unacknowledged(sn uint32) bool {
 // immediate and unsolicited data: the target never got it.
 func (c *Conn) retry(t *task, cmdSN uint32) error {
 	cmd := t.command()
-	req := new(pdu.SCSICommand)
-	immediate, unsolicited := c.commandPDU(req, t, cmd)
-	req.CmdSN = cmdSN
 	t.mu.Lock()
 	t.wrote, t.spans, t.received, t.dataSN = 0, t.spans[:0], 0, 0
 	t.mu.Unlock()
@@ -447,11 +444,7 @@ func (c *Conn) retry(t *task, cmdSN uint32) error {
 		c.wmu.Unlock()
 		return fmt.Errorf("%w: the new connection is logging out or ended", ErrNotSent)
 	}
-	req.ExpStatSN = c.expStatSN.Load()
-	err := c.w.Append(req, nil, immediate)
-	if err == nil && unsolicited > len(immediate) {
-		err = c.appendDataOut(t, cmd.Write, len(immediate), unsolicited-len(immediate), pdu.ReservedTag)
-	}
+	unsolicited, err := c.queueCommand(t, cmd, cmdSN)
 	if err != nil {
 		c.w.Discard()
 		c.wmu.Unlock()

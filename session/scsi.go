@@ -363,6 +363,22 @@ func (c *Conn) commandPDU(req *pdu.SCSICommand, t *task, cmd *Command) (immediat
 	return immediate, unsolicited
 }
 
+// queueCommand queues t's SCSI Command for cmd with CmdSN sn, built in the
+// connection's own PDU, its immediate data and its unsolicited Data-Out; it
+// returns how much of the write they carry. The caller holds wmu and, on an
+// error, discards what was queued.
+func (c *Conn) queueCommand(t *task, cmd *Command, sn uint32) (unsolicited int, err error) {
+	req := &c.as.req
+	immediate, unsolicited := c.commandPDU(req, t, cmd)
+	req.CmdSN = sn
+	req.ExpStatSN = c.expStatSN.Load()
+	err = c.w.Append(req, nil, immediate)
+	if err == nil && unsolicited > len(immediate) {
+		err = c.appendDataOut(t, cmd.Write, len(immediate), unsolicited-len(immediate), pdu.ReservedTag)
+	}
+	return unsolicited, err
+}
+
 // sendCommand sends t's SCSI Command with its immediate and unsolicited
 // data, waiting for room in the CmdSN window. sent reports that the command
 // (or part of it) may have reached the target.
@@ -393,14 +409,7 @@ func (c *Conn) sendCommand(ctx context.Context, t *task, cmd *Command) (sent boo
 				c.s.fillCmdSN(c, sn)
 				return false, fmt.Errorf("%w: the connection ended as the command was sent: %w", ErrNotSent, c.Err())
 			}
-			req := &c.as.req
-			immediate, unsolicited := c.commandPDU(req, t, cmd)
-			req.CmdSN = sn
-			req.ExpStatSN = c.expStatSN.Load()
-			err := c.w.Append(req, nil, immediate)
-			if err == nil && unsolicited > len(immediate) {
-				err = c.appendDataOut(t, cmd.Write, len(immediate), unsolicited-len(immediate), pdu.ReservedTag)
-			}
+			unsolicited, err := c.queueCommand(t, cmd, sn)
 			if err != nil {
 				// The CmdSN is taken but will never be sent: the target
 				// would wait for it forever, so the connection is done.

@@ -237,27 +237,24 @@ func (c *Conn) probeAfterSkip() error {
 	out := &pdu.NOPOut{Immediate: true, ITT: t.itt, TTT: pdu.ReservedTag, CmdSN: c.s.currentCmdSN()}
 	t.setRequest(out.CmdSN)
 	c.log.Debug("sending a NOP-Out after a header digest error", zap.Uint32("itt", t.itt))
-	c.beginBatch()
-	c.wmu.Lock()
-	out.ExpStatSN = c.expStatSN.Load()
-	err := c.w.Append(out, nil, nil)
-	if err != nil {
-		c.w.Discard()
-	}
-	c.wmu.Unlock()
-	c.endBatch()
-	return err
+	return c.sendOnReader(out, &out.ExpStatSN)
 }
 
-// sendSNACK sends a SNACK from the reader: queued in the reader's batch,
-// which goes out at once, without waiting (endBatch). It is not left for
-// the batch's end: the reader may next skip data segments already
-// buffered, then wait for a header, with the SNACK still queued.
+// sendSNACK sends a SNACK from the reader (sendOnReader).
 func (c *Conn) sendSNACK(sn *pdu.SNACKRequest) error {
+	return c.sendOnReader(sn, &sn.ExpStatSN)
+}
+
+// sendOnReader sends p, a request without data, from the reader: queued in
+// the reader's batch, which goes out at once, without waiting (endBatch),
+// its ExpStatSN field (expStatSN) set as it is queued. It is not left for
+// the batch's end: the reader may next skip data segments already
+// buffered, then wait for a header, with p still queued.
+func (c *Conn) sendOnReader(p pdu.PDU, expStatSN *uint32) error {
 	c.beginBatch()
 	c.wmu.Lock()
-	sn.ExpStatSN = c.expStatSN.Load()
-	err := c.w.Append(sn, nil, nil)
+	*expStatSN = c.expStatSN.Load()
+	err := c.w.Append(p, nil, nil)
 	if err != nil {
 		c.w.Discard()
 	}
@@ -554,22 +551,17 @@ func (c *Conn) retryCommand(t *task) (bool, error) {
 		return false, nil
 	}
 	st.cmdRetries.Add(1)
-	c.log.Debug("retrying a command the target rejected for its data digest", zap.Uint32("itt", t.itt), zap.Uint32("cmdsn", t.cmdSN))
+	t.mu.Lock()
+	sn := t.cmdSN
+	t.mu.Unlock()
+	c.log.Debug("retrying a command the target rejected for its data digest", zap.Uint32("itt", t.itt), zap.Uint32("cmdsn", sn))
 	c.beginBatch()
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	if c.state() >= connLogoutSent {
 		return true, nil // the logout ends the task
 	}
-	req := new(pdu.SCSICommand)
-	immediate, unsolicited := c.commandPDU(req, t, cmd)
-	req.CmdSN = t.cmdSN
-	req.ExpStatSN = c.expStatSN.Load()
-	err := c.w.Append(req, nil, immediate)
-	if err == nil && unsolicited > len(immediate) {
-		err = c.appendDataOut(t, cmd.Write, len(immediate), unsolicited-len(immediate), pdu.ReservedTag)
-	}
-	if err != nil {
+	if _, err := c.queueCommand(t, cmd, sn); err != nil {
 		c.w.Discard()
 		return true, fmt.Errorf("iscsi: building a retried SCSI Command: %w", err)
 	}

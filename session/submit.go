@@ -371,14 +371,7 @@ func (c *Conn) appendCommand(t *task, cmd *Command, sn uint32) error {
 	if !t.claimRequest(sn) {
 		return errUnsendable
 	}
-	req := &c.as.req
-	immediate, unsolicited := c.commandPDU(req, t, cmd)
-	req.CmdSN = sn
-	req.ExpStatSN = c.expStatSN.Load()
-	err := c.w.Append(req, nil, immediate)
-	if err == nil && unsolicited > len(immediate) {
-		err = c.appendDataOut(t, cmd.Write, len(immediate), unsolicited-len(immediate), pdu.ReservedTag)
-	}
+	unsolicited, err := c.queueCommand(t, cmd, sn)
 	if err != nil {
 		return err
 	}
