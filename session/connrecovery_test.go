@@ -39,10 +39,23 @@ func erl2Session(t *testing.T, tcfg iscsitest.Config, n int, rc *RecoveryConfig)
 	return tg, s
 }
 
-// erl2Load runs writers that each own a region of blocks, write it and
-// read it back, until stop is closed; it returns the acknowledged content
-// of every region and the errors met.
-func erl2Load(ctx context.Context, s *Session, workers, blocks int, stop <-chan struct{}) (func() (map[int][]byte, []error), *atomic.Int64) {
+// erl2Load runs writers that each own a region of blocks of lun, write it
+// and read it back with Session.Write and Read, until stop is closed; it
+// returns the acknowledged content of every region and the errors met.
+func erl2Load(ctx context.Context, s *Session, lun, workers, blocks int, stop <-chan struct{}) (func() (map[int][]byte, []error), *atomic.Int64) {
+	return regionLoad(ctx, workers, blocks, stop, func(int) blockIO {
+		return blockIO{
+			write: func(lba uint64, b []byte) error { return s.Write(ctx, lun, lba, 512, b) },
+			read:  func(lba uint64, b []byte) error { return s.Read(ctx, lun, lba, 512, b) },
+		}
+	})
+}
+
+// blockIO writes and reads 512-byte blocks from lba on.
+type blockIO struct{ write, read func(lba uint64, b []byte) error }
+
+// regionLoad is erl2Load with worker w's I/O through newIO(w).
+func regionLoad(ctx context.Context, workers, blocks int, stop <-chan struct{}, newIO func(w int) blockIO) (func() (map[int][]byte, []error), *atomic.Int64) {
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	acked := map[int][]byte{}
@@ -52,7 +65,9 @@ func erl2Load(ctx context.Context, s *Session, workers, blocks int, stop <-chan 
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			io := newIO(w)
 			lba := uint64(w * blocks)
+			back := make([]byte, blocks*512)
 			for i := 0; ; i++ {
 				select {
 				case <-stop:
@@ -60,13 +75,12 @@ func erl2Load(ctx context.Context, s *Session, workers, blocks int, stop <-chan 
 				default:
 				}
 				data := bytes.Repeat([]byte{byte(w), byte(i), byte(i >> 8), 0x5a}, blocks*512/4)
-				err := s.Write(ctx, 0, lba, 512, data)
+				err := io.write(lba, data)
 				if err == nil {
 					mu.Lock()
 					acked[w] = data
 					mu.Unlock()
-					back := make([]byte, len(data))
-					if err = s.Read(ctx, 0, lba, 512, back); err == nil && !bytes.Equal(back, data) {
+					if err = io.read(lba, back); err == nil && !bytes.Equal(back, data) {
 						err = fmt.Errorf("worker %d: read back differs from the write just acknowledged", w)
 					}
 				}
@@ -88,11 +102,17 @@ func erl2Load(ctx context.Context, s *Session, workers, blocks int, stop <-chan 
 	}, &ops
 }
 
-// waitOps waits until the load has done n more operations.
+// waitOps waits, up to 20 s, until the load has done n more operations.
 func waitOps(t *testing.T, ops *atomic.Int64, n int64) {
 	t.Helper()
+	waitOpsWithin(t, ops, n, 20*time.Second)
+}
+
+// waitOpsWithin is waitOps with the bound d.
+func waitOpsWithin(t *testing.T, ops *atomic.Int64, n int64, d time.Duration) {
+	t.Helper()
 	target := ops.Load() + n
-	deadline := time.Now().Add(20 * time.Second)
+	deadline := time.Now().Add(d)
 	for ops.Load() < target {
 		if time.Now().After(deadline) {
 			t.Fatalf("I/O stalled: %d operations, want %d", ops.Load(), target)
@@ -113,7 +133,7 @@ func TestERL2ConnLossMovesCommands(t *testing.T) {
 			tg, s := erl2Session(t, tc.cfg, 4, nil)
 			ctx := interopCtx(t)
 			stop := make(chan struct{})
-			wait, ops := erl2Load(ctx, s, 16, 64, stop)
+			wait, ops := erl2Load(ctx, s, 0, 16, 64, stop)
 			waitOps(t, ops, 200)
 			// Cut one connection from the initiator's side mid-I/O.
 			victim := s.Conns()[1]
@@ -351,66 +371,37 @@ func TestERL2ConnLossMovesSubmitCalls(t *testing.T) {
 			ctx := interopCtx(t)
 			const workers, blocks = 16, 64
 			stop := make(chan struct{})
-			var ops atomic.Int64
-			var wg sync.WaitGroup
-			var mu sync.Mutex
-			acked := map[int][]byte{}
-			var errs []error
-			for w := range workers {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					done := make(chan *Call, 1)
-					call := &Call{Done: func(c *Call) { done <- c }}
-					run := func(cmd Command) error {
-						call.Cmd = cmd
-						if err := s.Submit(call); err != nil {
-							return err
-						}
-						select {
-						case c := <-done:
-							return c.Err
-						case <-ctx.Done():
-							return fmt.Errorf("worker %d: call never ended: %w", w, ctx.Err())
-						}
+			wait, ops := regionLoad(ctx, workers, blocks, stop, func(w int) blockIO {
+				done := make(chan *Call, 1)
+				call := &Call{Done: func(c *Call) { done <- c }}
+				run := func(cmd Command) error {
+					call.Cmd = cmd
+					if err := s.Submit(call); err != nil {
+						return err
 					}
-					lba := uint32(w * blocks)
-					back := make([]byte, blocks*512)
-					for i := 0; ; i++ {
-						select {
-						case <-stop:
-							return
-						default:
-						}
-						data := bytes.Repeat([]byte{byte(w), byte(i), byte(i >> 8), 0xc3}, blocks*512/4)
-						err := run(Command{CDB: write10(lba, blocks), Write: data})
-						if err == nil {
-							mu.Lock()
-							acked[w] = data
-							mu.Unlock()
-							if err = run(Command{CDB: read10(lba, blocks), Read: back}); err == nil && !bytes.Equal(back, data) {
-								err = fmt.Errorf("worker %d: read back differs from the write just acknowledged", w)
-							}
-						}
-						ops.Add(1)
-						if err != nil {
-							mu.Lock()
-							errs = append(errs, err)
-							mu.Unlock()
-							if ctx.Err() != nil {
-								return
-							}
-						}
+					select {
+					case c := <-done:
+						return c.Err
+					case <-ctx.Done():
+						return fmt.Errorf("worker %d: call never ended: %w", w, ctx.Err())
 					}
-				}()
-			}
-			waitOps(t, &ops, 200)
+				}
+				return blockIO{
+					write: func(lba uint64, b []byte) error {
+						return run(Command{CDB: write10(uint32(lba), uint16(len(b)/512)), Write: b})
+					},
+					read: func(lba uint64, b []byte) error {
+						return run(Command{CDB: read10(uint32(lba), uint16(len(b)/512)), Read: b})
+					},
+				}
+			})
+			waitOps(t, ops, 200)
 			victim := s.Conns()[1]
 			inflight := len(victim.inFlight())
 			victim.nc.Close()
-			waitOps(t, &ops, 400)
+			waitOps(t, ops, 400)
 			close(stop)
-			wg.Wait()
+			acked, errs := wait()
 			for _, err := range errs {
 				t.Errorf("I/O failed: %v", err)
 			}

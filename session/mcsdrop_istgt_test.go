@@ -2,11 +2,7 @@ package session
 
 import (
 	"bytes"
-	"context"
-	"encoding/binary"
 	"fmt"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -40,13 +36,15 @@ func TestIstgtMCSDropRecovers(t *testing.T) {
 	}
 	tsih := s.TSIH()
 	const workers, blocks = 8, 128
-	ld := startMCSDropLoad(ctx, s, pt.lun, workers, blocks)
-	ld.waitOps(t, 64)
+	stop := make(chan struct{})
+	wait, ops := erl2Load(ctx, s, pt.lun, workers, blocks, stop)
+	waitOpsWithin(t, ops, 64, time.Minute)
 	victim := s.Conns()[2]
 	waitFor(t, func() bool { return len(victim.inFlight()) > 0 })
 	victim.nc.Close()
-	ld.waitOps(t, 128)
-	acked, errs := ld.finish()
+	waitOpsWithin(t, ops, 128, time.Minute)
+	close(stop)
+	acked, errs := wait()
 	for _, err := range errs {
 		t.Errorf("I/O failed: %v", err)
 	}
@@ -74,81 +72,4 @@ func TestIstgtMCSDropRecovers(t *testing.T) {
 		}
 	}
 	pt.logout(t, ctx, s)
-}
-
-// mcsDropLoad is writers that each own a region of blocks, write it and
-// read it back over and over; it keeps each region's last acknowledged
-// write.
-type mcsDropLoad struct {
-	wg   sync.WaitGroup
-	stop chan struct{}
-	ops  atomic.Int64
-
-	mu    sync.Mutex
-	acked map[int][]byte
-	errs  []error
-}
-
-func startMCSDropLoad(ctx context.Context, s *Session, lun, workers, blocks int) *mcsDropLoad {
-	ld := &mcsDropLoad{stop: make(chan struct{}), acked: map[int][]byte{}}
-	for w := range workers {
-		ld.wg.Add(1)
-		go func() {
-			defer ld.wg.Done()
-			lba := uint64(w * blocks)
-			back := make([]byte, blocks*512)
-			for i := 0; ; i++ {
-				select {
-				case <-ld.stop:
-					return
-				default:
-				}
-				data := make([]byte, blocks*512)
-				for off := 0; off < len(data); off += 8 {
-					binary.BigEndian.PutUint64(data[off:], uint64(w)<<56|uint64(i)<<24|uint64(off))
-				}
-				err := s.Write(ctx, lun, lba, 512, data)
-				if err == nil {
-					ld.mu.Lock()
-					ld.acked[w] = data
-					ld.mu.Unlock()
-					if err = s.Read(ctx, lun, lba, 512, back); err == nil && !bytes.Equal(back, data) {
-						err = fmt.Errorf("read back differs from the write just acknowledged at byte %d", testutil.FirstDiff(back, data))
-					}
-				}
-				ld.ops.Add(1)
-				if err != nil {
-					ld.mu.Lock()
-					ld.errs = append(ld.errs, fmt.Errorf("worker %d, operation %d: %w", w, i, err))
-					ld.mu.Unlock()
-					if ctx.Err() != nil {
-						return
-					}
-				}
-			}
-		}()
-	}
-	return ld
-}
-
-// waitOps waits, up to a minute, until the load has done n more
-// operations.
-func (ld *mcsDropLoad) waitOps(t *testing.T, n int64) {
-	t.Helper()
-	want := ld.ops.Load() + n
-	deadline := time.Now().Add(time.Minute)
-	for ld.ops.Load() < want {
-		if time.Now().After(deadline) {
-			t.Fatalf("I/O stalled: %d operations after a minute, want %d", ld.ops.Load(), want)
-		}
-		time.Sleep(5 * time.Millisecond) // polling a counter: no signal to wait on
-	}
-}
-
-// finish stops the load and returns each region's last acknowledged write
-// and the errors met.
-func (ld *mcsDropLoad) finish() (map[int][]byte, []error) {
-	close(ld.stop)
-	ld.wg.Wait()
-	return ld.acked, ld.errs
 }
