@@ -52,7 +52,9 @@ func erl2Load(ctx context.Context, s *Session, lun, workers, blocks int, stop <-
 }
 
 // blockIO writes and reads 512-byte blocks from lba on.
-type blockIO struct{ write, read func(lba uint64, b []byte) error }
+type blockIO struct {
+	write, read func(lba uint64, b []byte) error
+}
 
 // regionLoad is erl2Load with worker w's I/O through newIO(w).
 func regionLoad(ctx context.Context, workers, blocks int, stop <-chan struct{}, newIO func(w int) blockIO) (func() (map[int][]byte, []error), *atomic.Int64) {
@@ -102,6 +104,39 @@ func regionLoad(ctx context.Context, workers, blocks int, stop <-chan struct{}, 
 	}, &ops
 }
 
+// cutOneAndCheck lets a region load (regionLoad) run, closes the socket
+// of the session's connection 1 from the initiator's side mid-I/O, lets
+// the load run on, stops it, and checks: no I/O failed, one connection
+// recovery and no command failed, the session up, and the LUN holding
+// every region's last acknowledged write (regions of blocks).
+func cutOneAndCheck(t *testing.T, tg *iscsitest.Target, s *Session, blocks int, stop chan struct{}, wait func() (map[int][]byte, []error), ops *atomic.Int64) {
+	t.Helper()
+	waitOps(t, ops, 200)
+	victim := s.Conns()[1]
+	inflight := len(victim.inFlight())
+	victim.nc.Close()
+	waitOps(t, ops, 400)
+	close(stop)
+	acked, errs := wait()
+	for _, err := range errs {
+		t.Errorf("I/O failed: %v", err)
+	}
+	info := s.ConnRecovery()
+	t.Logf("in flight at the cut %d; recovery %+v", inflight, info)
+	if info.Recoveries != 1 || info.Failed != 0 {
+		t.Errorf("connection recoveries %d, failed %d: want 1 and 0", info.Recoveries, info.Failed)
+	}
+	if s.State() != SessionUp {
+		t.Errorf("session %s, want up", s.State())
+	}
+	lun := tg.LUNData(0)
+	for w, data := range acked {
+		if !bytes.Equal(lun[w*blocks*512:w*blocks*512+len(data)], data) {
+			t.Errorf("worker %d: the LUN does not hold the last acknowledged write", w)
+		}
+	}
+}
+
 // waitOps waits, up to 20 s, until the load has done n more operations.
 func waitOps(t *testing.T, ops *atomic.Int64, n int64) {
 	t.Helper()
@@ -134,33 +169,9 @@ func TestERL2ConnLossMovesCommands(t *testing.T) {
 			ctx := interopCtx(t)
 			stop := make(chan struct{})
 			wait, ops := erl2Load(ctx, s, 0, 16, 64, stop)
-			waitOps(t, ops, 200)
-			// Cut one connection from the initiator's side mid-I/O.
-			victim := s.Conns()[1]
-			inflight := len(victim.inFlight())
-			victim.nc.Close()
-			waitOps(t, ops, 400)
-			close(stop)
-			acked, errs := wait()
-			for _, err := range errs {
-				t.Errorf("I/O failed: %v", err)
-			}
-			info := s.ConnRecovery()
-			t.Logf("in flight at the cut %d; recovery %+v", inflight, info)
-			if info.Recoveries != 1 || info.Failed != 0 {
-				t.Errorf("connection recoveries %d, failed %d: want 1 and 0", info.Recoveries, info.Failed)
-			}
-			if s.State() != SessionUp {
-				t.Errorf("session %s, want up", s.State())
-			}
+			cutOneAndCheck(t, tg, s, 64, stop, wait, ops)
 			if n := len(s.Conns()); n != 4 {
 				t.Errorf("%d connections after the recovery, want 4 (a replacement)", n)
-			}
-			lun := tg.LUNData(0)
-			for w, data := range acked {
-				if !bytes.Equal(lun[w*64*512:w*64*512+len(data)], data) {
-					t.Errorf("worker %d: the LUN does not hold the last acknowledged write", w)
-				}
 			}
 			if st := tg.Stats(); st.LogoutRequests[pdu.LogoutRemoveForRecovery] != 1 {
 				t.Errorf("Logout reason 2 requests %d, want 1", st.LogoutRequests[pdu.LogoutRemoveForRecovery])
@@ -395,30 +406,7 @@ func TestERL2ConnLossMovesSubmitCalls(t *testing.T) {
 					},
 				}
 			})
-			waitOps(t, ops, 200)
-			victim := s.Conns()[1]
-			inflight := len(victim.inFlight())
-			victim.nc.Close()
-			waitOps(t, ops, 400)
-			close(stop)
-			acked, errs := wait()
-			for _, err := range errs {
-				t.Errorf("I/O failed: %v", err)
-			}
-			info := s.ConnRecovery()
-			t.Logf("in flight at the cut %d; recovery %+v", inflight, info)
-			if info.Recoveries != 1 || info.Failed != 0 {
-				t.Errorf("connection recoveries %d, failed %d: want 1 and 0", info.Recoveries, info.Failed)
-			}
-			if s.State() != SessionUp {
-				t.Errorf("session %s, want up", s.State())
-			}
-			lun := tg.LUNData(0)
-			for w, data := range acked {
-				if !bytes.Equal(lun[w*blocks*512:w*blocks*512+len(data)], data) {
-					t.Errorf("worker %d: the LUN does not hold the last acknowledged write", w)
-				}
-			}
+			cutOneAndCheck(t, tg, s, blocks, stop, wait, ops)
 			mustLogout(t, ctx, s)
 		})
 	}
