@@ -361,11 +361,11 @@ func (c *Conn) readLoop() {
 // asks the kernel (SO_RCVLOWAT, through sockio.Reader.Coalesce) to wake it
 // only once a few responses' worth of bytes are queued: one wake-up, one
 // read and one pass of the dispatcher then take several responses, where
-// loopback TCP would otherwise wake it for nearly each. The mark is a
-// quarter of what is due at most (min(coalesceMax, outstanding/4)
-// responses of 48 bytes plus the calls' mean read length), so that when the
-// target answers at its usual pace the mark is passed long before the last
-// response; when it is not (a target answering one command at a time, a
+// loopback TCP would otherwise wake it for nearly each. The mark is half
+// of what is due at most (min(coalesceMax, outstanding/2) responses of 48
+// bytes plus the calls' mean read length), so that when the target answers
+// at its usual pace the mark is passed long before the last response, and
+// the target still holds the other half to work on; when it is not (a target answering one command at a time, a
 // lone NOP-In, an asynchronous message or a Logout Response while commands
 // wait, a short read), sockio's watchdog drops the mark to 1 once no read
 // has brought data for sockio.CoalesceWait: a PDU waits about 2 ms at most.
@@ -376,12 +376,14 @@ func (c *Conn) readLoop() {
 // coalesceMax is the most responses the mark asks for; coalesceMin the
 // fewest outstanding commands for a mark above 1 byte: at 8 (a mark of 2
 // responses) tgtd 4 KiB random reads at QD8 lost IOPS (0.88x libiscsi's,
-// against 1.04x) and took more CPU per I/O (1.20x, against 0.87x); at
-// QD32 the mark takes it from 0.90x to 0.72x (bench/README.md, issue 16).
+// against 1.04x) and took more CPU per I/O (1.20x, against 0.87x), and a
+// mark of 4 at QD8 lost as much; at QD32 a mark of a quarter (8) took it
+// from 0.90x to 0.72x, half (16) to about 0.6x, three quarters (24) no
+// further (bench/README.md, issue 16).
 // A mark is at least two responses and at most sockio.MaxCoalesce bytes:
 // responses larger than half of that are not gathered.
 const (
-	coalesceMax = 8
+	coalesceMax = 16
 	coalesceMin = 16
 )
 
@@ -400,7 +402,7 @@ func (c *Conn) coalesceMark() int {
 	// Large responses are not gathered: a few take a wake-up each
 	// anyway, and a mark that a response's tail stays below would hold
 	// it until the watchdog.
-	k := min(coalesceMax, n/4, sockio.MaxCoalesce/per)
+	k := min(coalesceMax, n/2, sockio.MaxCoalesce/per)
 	if k < 2 {
 		return 1
 	}

@@ -124,3 +124,46 @@ func TestCoalesceNoAllocs(t *testing.T) {
 		t.Errorf("Coalesce at the current mark: %d system calls, want 0", sets)
 	}
 }
+
+// TestCoalesceWatchdogQuietWhileReading: while reads keep coming, each
+// after the caller asked for the raised mark again before waiting, the
+// watchdog does not run: it runs only once a wait has lasted CoalesceWait
+// (a firing is a goroutine, and on an idle process a thread woken; run
+// every CoalesceWait while the mark is up, it was about a fifth of the
+// context switches of a queue depth of 32).
+func TestCoalesceWatchdogQuietWhileReading(t *testing.T) {
+	c, peer := tcpPair(t)
+	r := NewReader(c)
+	if r == nil {
+		t.Skip("no raw I/O here")
+	}
+	const mark = 4096
+	chunk := make([]byte, mark+512)
+	buf := make([]byte, len(chunk))
+	start := time.Now()
+	for time.Since(start) < 30*CoalesceWait {
+		r.Coalesce(mark)
+		if _, err := peer.Write(chunk); err != nil {
+			t.Fatal(err)
+		}
+		for got := 0; got < len(chunk); {
+			n, err := r.Read(buf[got:])
+			if err != nil {
+				t.Fatal(err)
+			}
+			got += n
+		}
+	}
+	elapsed := time.Since(start)
+	r.lwMu.Lock()
+	runs := r.lw.runs
+	r.lwMu.Unlock()
+	// One run per CoalesceWait is what a periodic watchdog makes; a few
+	// are a wait that a busy machine stretched past CoalesceWait.
+	if limit := uint64(elapsed / (3 * CoalesceWait)); runs > limit {
+		t.Errorf("watchdog ran %d times in %v of steady reads, want at most %d", runs, elapsed, limit)
+	}
+	if n, _ := r.LowWater(); n != mark {
+		t.Logf("mark %d at the end (a stretched wait dropped it)", n)
+	}
+}
