@@ -320,6 +320,72 @@ func TestERL2ReassignedWriteR2TSN(t *testing.T) {
 	}
 }
 
+// TestERL2FirstRecoveryR2THeaderLost: a write moves by TASK REASSIGN and
+// the header of the first recovery R2T the target sends for it fails its
+// digest. That R2T's number, the target's next unused R2TSN, is what would
+// tell a later R2T from a first one; nothing recovers it on that
+// connection, so the connection fails (ErrRecoveryFailed) and connection
+// recovery moves the write again. Before, the write waited for its
+// caller's context: the target waited for the data of the R2T lost.
+func TestERL2FirstRecoveryR2THeaderLost(t *testing.T) {
+	var victim atomic.Pointer[Conn]
+	var cut sync.Once
+	var armed atomic.Bool
+	hook := func(ev *iscsitest.Event) iscsitest.Action {
+		switch p := ev.PDU.(type) {
+		case *pdu.DataOut:
+			if ev.CID == 1 && p.Final && p.BufferOffset == 0 {
+				if c := victim.Load(); c != nil {
+					cut.Do(func() { c.nc.Close() })
+				}
+			}
+		case *pdu.TaskMgmtRequest:
+			if p.Function == pdu.TMFTaskReassign {
+				// The R2Ts from here on are recovery R2Ts.
+				armed.Store(true)
+			}
+		}
+		return iscsitest.Continue
+	}
+	fault := iscsitest.CorruptNth(func(h *pdu.BHS) bool { return armed.Load() && isR2T(h) }, 1, iscsitest.Corrupt{Header: true})
+	tg := newTestTarget(t, iscsitest.Config{Hook: hook, DigestFault: fault, InitialR2T: true, MaxBurstLength: 8192,
+		ErrorRecoveryLevel: 2, MaxConnections: 4, QueueDepth: 128})
+	cfg := testTargetConfig(tg, nil)
+	p := DefaultParams()
+	p.ErrorRecoveryLevel, p.DefaultTime2Retain, p.DefaultTime2Wait = 2, 20, 0
+	p.HeaderDigest, p.InitialR2T, p.ImmediateData, p.MaxBurstLength = true, true, false, 8192
+	cfg.Params = &p
+	s := mustLogin(t, interopCtx(t), cfg)
+	t.Cleanup(func() { s.Close() })
+	if _, err := s.AddConnection(interopCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.Params(); got.ErrorRecoveryLevel != 2 || !got.HeaderDigest {
+		t.Fatalf("negotiated ErrorRecoveryLevel %d, HeaderDigest %v; want 2, true", got.ErrorRecoveryLevel, got.HeaderDigest)
+	}
+	c1 := s.Conns()[1]
+	victim.Store(c1)
+	ctx, cancel := context.WithTimeout(interopCtx(t), 10*time.Second)
+	defer cancel()
+	data := bytes.Repeat([]byte{0x5a, 0xa5, 0xee, 0x11}, 32*1024/4)
+	res, err := c1.Execute(ctx, &Command{CDB: write10(8, 64), Write: data})
+	if err != nil {
+		t.Fatalf("write across the connection loss and the lost recovery R2T: %v (target %+v)", err, tg.Stats())
+	}
+	if res.Status != pdu.StatusGood {
+		t.Fatalf("write status %#x, want GOOD", res.Status)
+	}
+	if !bytes.Equal(tg.LUNData(0)[8*512:8*512+len(data)], data) {
+		t.Error("the LUN does not hold the write")
+	}
+	if n := tg.Stats().DigestsCorrupted; n != 1 {
+		t.Errorf("target corrupted %d headers, want 1", n)
+	}
+	if info := s.ConnRecovery(); info.Recoveries != 2 || info.Moved != 2 || info.Failed != 0 {
+		t.Errorf("connection recovery %+v: want 2 recoveries (the cut, then the lost R2T), the write moved twice, none failed", info)
+	}
+}
+
 // TestERL2ConnFailsAsCommandSent fails a connection at the worst moment
 // of a command's send: its CmdSN taken, the command not yet marked sent
 // (as when the reader fails the connection meanwhile). The connection's

@@ -200,10 +200,34 @@ func (c *Conn) headerSkipped(err error) bool {
 	c.snack.headers.Add(1)
 	c.snack.skipped = true
 	c.log.Debug("PDU discarded: header digest error", zap.Error(err))
+	if itt, ok := c.movedWriteUnsynced(); ok {
+		// The PDU may have been that write's first recovery R2T. Those
+		// start at the target's next unused R2TSN (RFC 7143 §2.2), which
+		// only that R2T tells: neither a later R2T (taken for the first,
+		// the data the lost one asked for would never go) nor an R2T
+		// SNACK (from which number?) can recover it. The connection
+		// fails instead, and connection recovery moves the write again:
+		// the target then asks again for all it has not received.
+		c.fail(fmt.Errorf("%w: header digest error while write %#x, moved by TASK REASSIGN, waited for its first R2T", ErrRecoveryFailed, itt))
+		return true
+	}
 	if err := c.probeAfterSkip(); err != nil {
 		c.fail(err)
 	}
 	return true
+}
+
+// movedWriteUnsynced reports a write on c that a TASK REASSIGN moved here
+// and that has had no R2T yet (its R2TSN unknown), and its tag.
+func (c *Conn) movedWriteUnsynced() (uint32, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, t := range c.tasks {
+		if t.kind == taskSCSI && t.writeLen > 0 && t.r2tResync && !t.fin.Load() {
+			return t.itt, true
+		}
+	}
+	return 0, false
 }
 
 // probeAfterSkip sends a NOP-Out ping after a header skipped at ERL 1.
