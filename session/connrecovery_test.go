@@ -298,17 +298,7 @@ func TestERL2ReassignedWriteR2TSN(t *testing.T) {
 	victim.Store(c1)
 	ctx, cancel := context.WithTimeout(interopCtx(t), 20*time.Second)
 	defer cancel()
-	data := bytes.Repeat([]byte{0xa5, 0x5a, 0x11, 0xee}, 32*1024/4)
-	res, err := c1.Execute(ctx, &Command{CDB: write10(8, 64), Write: data})
-	if err != nil {
-		t.Fatalf("write across the connection loss: %v", err)
-	}
-	if res.Status != pdu.StatusGood {
-		t.Fatalf("write status %#x, want GOOD", res.Status)
-	}
-	if !bytes.Equal(tg.LUNData(0)[8*512:8*512+len(data)], data) {
-		t.Error("the LUN does not hold the write")
-	}
+	movedWrite(t, ctx, tg, c1, bytes.Repeat([]byte{0xa5, 0x5a, 0x11, 0xee}, 32*1024/4))
 	info := s.ConnRecovery()
 	if info.Recoveries != 1 || info.Moved != 1 || info.Failed != 0 {
 		t.Errorf("connection recovery %+v: want 1 recovery, 1 command moved, none failed", info)
@@ -317,6 +307,22 @@ func TestERL2ReassignedWriteR2TSN(t *testing.T) {
 		if n := c.RecoveryStats().R2TSNACKs; n != 0 {
 			t.Errorf("connection %d sent %d R2T SNACKs, want 0 (the recovery R2Ts are no gap)", c.CID(), n)
 		}
+	}
+}
+
+// movedWrite writes data at block 8 through c, whose connection the test
+// cuts meanwhile, and checks the write's status and the LUN.
+func movedWrite(t *testing.T, ctx context.Context, tg *iscsitest.Target, c *Conn, data []byte) {
+	t.Helper()
+	res, err := c.Execute(ctx, &Command{CDB: write10(8, uint16(len(data)/512)), Write: data})
+	if err != nil {
+		t.Fatalf("write across the connection loss: %v (target %+v)", err, tg.Stats())
+	}
+	if res.Status != pdu.StatusGood {
+		t.Fatalf("write status %#x, want GOOD", res.Status)
+	}
+	if !bytes.Equal(tg.LUNData(0)[8*512:8*512+len(data)], data) {
+		t.Error("the LUN does not hold the write")
 	}
 }
 
@@ -367,17 +373,7 @@ func TestERL2FirstRecoveryR2THeaderLost(t *testing.T) {
 	victim.Store(c1)
 	ctx, cancel := context.WithTimeout(interopCtx(t), 10*time.Second)
 	defer cancel()
-	data := bytes.Repeat([]byte{0x5a, 0xa5, 0xee, 0x11}, 32*1024/4)
-	res, err := c1.Execute(ctx, &Command{CDB: write10(8, 64), Write: data})
-	if err != nil {
-		t.Fatalf("write across the connection loss and the lost recovery R2T: %v (target %+v)", err, tg.Stats())
-	}
-	if res.Status != pdu.StatusGood {
-		t.Fatalf("write status %#x, want GOOD", res.Status)
-	}
-	if !bytes.Equal(tg.LUNData(0)[8*512:8*512+len(data)], data) {
-		t.Error("the LUN does not hold the write")
-	}
+	movedWrite(t, ctx, tg, c1, bytes.Repeat([]byte{0x5a, 0xa5, 0xee, 0x11}, 32*1024/4))
 	if n := tg.Stats().DigestsCorrupted; n != 1 {
 		t.Errorf("target corrupted %d headers, want 1", n)
 	}
