@@ -3,6 +3,7 @@ package sockio
 import (
 	"bytes"
 	"testing"
+	"time"
 
 	"github.com/goiscsi/iscsi/pdu"
 )
@@ -75,5 +76,81 @@ func TestLargeDataStraightIntoPlace(t *testing.T) {
 				t.Errorf("Read copied %d bytes out of its buffer for %d PDUs of %d bytes; want at most %d (overRead per PDU)", n, pdus-1, seg, (pdus-1)*overRead)
 			}
 		})
+	}
+}
+
+// TestSplitHeaderAfterDirectRead: the header after a data segment read
+// straight into place comes in two pieces. The read that brought the first
+// piece was limited to overRead bytes; so must the next be, or it brings
+// up to a buffer's worth of the next data segment into the buffer, to be
+// copied (TestLargeDataStraightIntoPlace failed so about once in a hundred
+// runs: 72,191 bytes copied where at most 7,680 may be).
+func TestSplitHeaderAfterDirectRead(t *testing.T) {
+	const seg = 256 << 10
+	c, s := tcpPair(t)
+	sr := NewReader(c)
+	if sr == nil {
+		if rawIO {
+			t.Fatal("no Reader of a *net.TCPConn")
+		}
+		t.Skip("no raw socket I/O here")
+	}
+	r := pdu.NewReader(sr, pdu.ReaderConfig{From: pdu.FromTarget, MaxDataSegmentLength: seg})
+	var stream bytes.Buffer
+	w := pdu.NewWriter(&stream)
+	want := make([]byte, 2*seg)
+	for i := range want {
+		want[i] = byte(i*13 + i>>9)
+	}
+	for i := range 2 {
+		if err := w.WritePDU(&pdu.DataIn{ITT: 1, TTT: pdu.ReservedTag, DataSN: uint32(i), BufferOffset: uint32(i * seg), Final: i == 1}, want[i*seg:(i+1)*seg]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b := stream.Bytes()
+	first := pdu.BHSLen + seg
+	// PDU 0 whole, then 20 bytes of PDU 1's header once PDU 0 is read,
+	// then the rest once the reader has those 20 (and waits for more).
+	consumed := make(chan struct{})
+	werr := make(chan error, 1)
+	go func() {
+		if _, err := s.Write(b[:first]); err != nil {
+			werr <- err
+			return
+		}
+		<-consumed
+		reads := sr.reads.Load()
+		if _, err := s.Write(b[first : first+20]); err != nil {
+			werr <- err
+			return
+		}
+		for sr.reads.Load() == reads {
+			time.Sleep(50 * time.Microsecond) // no signal says the reader read them
+		}
+		_, err := s.Write(b[first+20:])
+		werr <- err
+	}()
+	got := make([]byte, len(want))
+	var before uint64
+	for i := range 2 {
+		if _, err := r.Next(); err != nil {
+			t.Fatalf("PDU %d: %v", i, err)
+		}
+		if err := r.ReadData(got[i*seg : (i+1)*seg]); err != nil {
+			t.Fatalf("PDU %d data: %v", i, err)
+		}
+		if i == 0 {
+			before = sr.Copied()
+			close(consumed)
+		}
+	}
+	if err := <-werr; err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatal("data read differs from data written")
+	}
+	if n := sr.Copied() - before; n > overRead {
+		t.Errorf("%d bytes of PDU 1 copied out of the read buffer after its header came in two pieces, want at most %d", n, overRead)
 	}
 }

@@ -75,7 +75,9 @@ type Reader struct {
 	// direct is set when the last Read went straight into the caller's
 	// memory: the next fill then reads overRead bytes at most (the next
 	// header, which the readv did not bring), so that the data segment
-	// after it, likely large too, is not read into the buffer either.
+	// after it, likely large too, is not read into the buffer either; and
+	// so do the fills after it until one gets overRead bytes (a header
+	// that came in pieces).
 	direct bool
 
 	// reads counts the reads that brought data, for the watchdog of
@@ -231,7 +233,9 @@ func (s *Reader) fill() {
 		s.r = 0
 	}
 	n, err := s.sysRead(nil, false)
-	s.direct = false
+	// A read that direct limited to overRead and that got less (part of
+	// a header: the rest had not come) leaves the next one limited too.
+	s.direct = s.direct && n < overRead
 	s.w += n
 	if err != nil {
 		s.err = err
@@ -258,9 +262,10 @@ func (s *Reader) Read(p []byte) (int, error) {
 		}
 		// After a read straight into place, the rest of the same data
 		// segment (a read that brought only part of it) goes straight
-		// too, down to overRead bytes: through the buffer it would bring
-		// a whole buffer of what follows with it, to be copied.
-		if len(p) >= directMin || (s.direct && len(p) >= overRead) {
+		// too, however short: through the buffer it would be copied, and
+		// it would bring overRead bytes of what follows with it, to be
+		// copied too.
+		if len(p) >= directMin || s.direct {
 			n, err := s.sysRead(p, true)
 			s.direct = true
 			if n > len(p) {
