@@ -368,7 +368,8 @@ func (c *Conn) readLoop() {
 // the target still holds the other half to work on; when it is not (a target answering one command at a time, a
 // lone NOP-In, an asynchronous message or a Logout Response while commands
 // wait, a short read), sockio's watchdog drops the mark to 1 once no read
-// has brought data for sockio.CoalesceWait: a PDU waits about 2 ms at most.
+// has brought data for sockio.CoalesceWait: a PDU waits about 8 ms at most,
+// and the next coalesceCool waits have no mark.
 // Below coalesceMin outstanding commands the mark is 1: a low queue depth
 // gets no added latency. The mark changes (a system call) only when its
 // value does: at a steady queue depth, not per I/O.
@@ -382,13 +383,29 @@ func (c *Conn) readLoop() {
 // further (bench/README.md, issue 16).
 // A mark is at least two responses and at most sockio.MaxCoalesce bytes:
 // responses larger than half of that are not gathered.
+//
+// coalesceCool is how many waits go without a mark after the watchdog
+// dropped one: a target answering one command at a time then pays the
+// watchdog's wait (up to 2 x sockio.CoalesceWait) once per coalesceCool
+// answers, not on each.
 const (
-	coalesceMax = 16
-	coalesceMin = 16
+	coalesceMax  = 16
+	coalesceMin  = 16
+	coalesceCool = 64
 )
 
 // coalesceMark returns the SO_RCVLOWAT the reader should wait with.
 func (c *Conn) coalesceMark() int {
+	if d := c.as.src.Drops(); d != c.as.drops {
+		// A mark was not reached: the target answers in a trickle
+		// now. Marks rest for a while, or each answer would wait for
+		// the watchdog.
+		c.as.drops, c.as.cool = d, coalesceCool
+	}
+	if c.as.cool > 0 {
+		c.as.cool--
+		return 1
+	}
 	c.mu.Lock()
 	n, calls, data := c.scsiCount, c.as.calls, c.as.readOut
 	c.mu.Unlock()

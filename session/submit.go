@@ -107,6 +107,11 @@ type asyncConn struct {
 	// src is the connection's socket reader, for what it has buffered;
 	// nil when the connection is not read through one.
 	src *sockio.Reader
+	// drops is src's count of marks its watchdog dropped, as the reader
+	// last saw it; cool counts the waits left without a mark after one
+	// (coalesceMark). Only the reader role's holder touches them.
+	drops uint64
+	cool  int
 }
 
 // Submit sends call.Cmd on one of the session's connections and returns
