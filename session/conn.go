@@ -226,6 +226,9 @@ func (c *Conn) fail(err error) {
 	c.closeOnce.Do(func() {
 		close(c.closing)
 		c.stopKeepalive()
+		if c.as.src != nil {
+			c.as.src.StopCoalesce()
+		}
 		c.nc.Close()
 	})
 	c.stopSNACKs()

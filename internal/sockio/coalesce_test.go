@@ -1,6 +1,7 @@
 package sockio
 
 import (
+	"net"
 	"syscall"
 	"testing"
 	"time"
@@ -28,6 +29,18 @@ func socketLowWater(t *testing.T, r *Reader) int {
 	return v
 }
 
+// coalesceReader returns a Reader of one end of a loopback TCP connection
+// and the other end, skipping where there is no raw socket I/O.
+func coalesceReader(t *testing.T) (*Reader, *net.TCPConn) {
+	t.Helper()
+	c, peer := tcpPair(t)
+	r := NewReader(c)
+	if r == nil {
+		t.Skip("no raw I/O here")
+	}
+	return r, peer
+}
+
 // waitDropped waits, within coalesceBound of start, for the watchdog to
 // have dropped the mark to 1 (no signal says so: polled), and checks the
 // socket agrees.
@@ -53,11 +66,7 @@ func waitDropped(t *testing.T, r *Reader, start time.Time) {
 // so that a waiting read returns within coalesceBound; the mark is set
 // only when it changes (one system call each), and within its bounds.
 func TestCoalesceWatchdog(t *testing.T) {
-	c, peer := tcpPair(t)
-	r := NewReader(c)
-	if r == nil {
-		t.Skip("no raw I/O here")
-	}
+	r, peer := coalesceReader(t)
 	r.Coalesce(1)
 	r.Coalesce(0)
 	if n, sets := r.LowWater(); n != 1 || sets != 0 {
@@ -113,11 +122,7 @@ func TestCoalesceWatchdog(t *testing.T) {
 // TestCoalesceNoAllocs: asking for the mark the socket has allocates
 // nothing and makes no system call.
 func TestCoalesceNoAllocs(t *testing.T) {
-	c, _ := tcpPair(t)
-	r := NewReader(c)
-	if r == nil {
-		t.Skip("no raw I/O here")
-	}
+	r, _ := coalesceReader(t)
 	if a := testing.AllocsPerRun(100, func() { r.Coalesce(1) }); a != 0 {
 		t.Errorf("Coalesce at the current mark: %v allocations, want 0", a)
 	}
@@ -133,11 +138,7 @@ func TestCoalesceNoAllocs(t *testing.T) {
 // every CoalesceWait while the mark is up, it was about a fifth of the
 // context switches of a queue depth of 32).
 func TestCoalesceWatchdogQuietWhileReading(t *testing.T) {
-	c, peer := tcpPair(t)
-	r := NewReader(c)
-	if r == nil {
-		t.Skip("no raw I/O here")
-	}
+	r, peer := coalesceReader(t)
 	const mark = 4096
 	chunk := make([]byte, mark+512)
 	buf := make([]byte, len(chunk))
@@ -167,4 +168,26 @@ func TestCoalesceWatchdogQuietWhileReading(t *testing.T) {
 	if n, _ := r.LowWater(); n != mark {
 		t.Logf("mark %d at the end (a stretched wait dropped it)", n)
 	}
+}
+
+// TestStopCoalesce: once stopped (its connection closing), the watchdog of
+// a raised mark does not run, and no mark is set after.
+func TestStopCoalesce(t *testing.T) {
+	r, _ := coalesceReader(t)
+	r.Coalesce(4096)
+	r.StopCoalesce()
+	_, sets := r.LowWater()
+	r.Coalesce(8192)
+	r.Coalesce(4096)
+	time.Sleep(3 * CoalesceWait) // what is checked is that nothing happens
+	r.lwMu.Lock()
+	runs := r.lw.runs
+	r.lwMu.Unlock()
+	if runs != 0 {
+		t.Errorf("watchdog ran %d times after StopCoalesce, want 0", runs)
+	}
+	if _, now := r.LowWater(); now != sets {
+		t.Errorf("%d marks set after StopCoalesce, want none", now-sets)
+	}
+	r.StopCoalesce() // twice is fine
 }

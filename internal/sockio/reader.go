@@ -93,9 +93,10 @@ type Reader struct {
 	// setsockopt calls so that lowat is what the socket has.
 	lwMu sync.Mutex
 	lw   struct {
-		timer *time.Timer
-		seen  uint64 // reads when it was last armed
-		runs  uint64 // times it ran, for tests
+		timer   *time.Timer
+		seen    uint64 // reads when it was last armed
+		runs    uint64 // times it ran, for tests
+		stopped bool   // StopCoalesce ran: no mark, no watchdog
 	}
 }
 
@@ -393,7 +394,7 @@ func (s *Reader) Coalesce(n int) {
 	}
 	s.lwMu.Lock()
 	defer s.lwMu.Unlock()
-	if max(int(s.lowat.Load()), 1) == n || s.setLowWaterLocked(n) != nil {
+	if s.lw.stopped || max(int(s.lowat.Load()), 1) == n || s.setLowWaterLocked(n) != nil {
 		return
 	}
 	if n > 1 {
@@ -409,7 +410,7 @@ func (s *Reader) Coalesce(n int) {
 // fifth of the process's context switches at queue depth 32).
 func (s *Reader) rearm() {
 	s.lwMu.Lock()
-	if s.lowat.Load() > 1 {
+	if s.lowat.Load() > 1 && !s.lw.stopped {
 		s.armLocked()
 	}
 	s.lwMu.Unlock()
@@ -433,6 +434,9 @@ func (s *Reader) armLocked() {
 func (s *Reader) watchdog() {
 	s.lwMu.Lock()
 	defer s.lwMu.Unlock()
+	if s.lw.stopped {
+		return
+	}
 	s.lw.runs++
 	if s.lowat.Load() <= 1 {
 		return
@@ -444,6 +448,19 @@ func (s *Reader) watchdog() {
 	}
 	s.drops.Add(1)
 	s.setLowWaterLocked(1)
+}
+
+// StopCoalesce ends Coalesce's watchdog for good, its socket closing: the
+// watchdog does not run again (one already running waits for lwMu, then
+// returns without touching the socket), and Coalesce sets no mark after
+// it. It is safe to call from any goroutine, more than once.
+func (s *Reader) StopCoalesce() {
+	s.lwMu.Lock()
+	defer s.lwMu.Unlock()
+	s.lw.stopped = true
+	if s.lw.timer != nil {
+		s.lw.timer.Stop()
+	}
 }
 
 // Drops returns how many times the watchdog dropped a mark that nothing
