@@ -3,8 +3,6 @@ package interop
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
-	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -144,12 +142,12 @@ func testLIOConnDropERL2(t *testing.T, l *peers.LIO) {
 		t.Fatalf("negotiated ErrorRecoveryLevel %d DefaultTime2Retain %d, want 2 and > 0", got.ErrorRecoveryLevel, got.DefaultTime2Retain)
 	}
 	tsih := s.TSIH()
-	ld := startDropLoad(ctx, s)
-	ld.waitOps(t, dropOpsBefore)
+	ld := startDropLoad(t, ctx, s)
+	ld.WaitOps(t, dropOpsBefore, dropOpsWait)
 	start := time.Now()
 	cut.cut(t, 2)
-	ld.waitOps(t, dropOpsAfter)
-	acked, errs := ld.finish()
+	ld.WaitOps(t, dropOpsAfter, dropOpsWait)
+	acked, errs := ld.Stop()
 	for _, err := range errs {
 		t.Errorf("I/O failed: %v", err)
 	}
@@ -201,12 +199,12 @@ func testLIOMCSDropERL0(t *testing.T, l *peers.LIO) {
 		t.Fatalf("negotiated ErrorRecoveryLevel %d, want 0 (LIO's default)", got)
 	}
 	tsih := s.TSIH()
-	ld := startDropLoad(ctx, s)
-	ld.waitOps(t, dropOpsBefore)
+	ld := startDropLoad(t, ctx, s)
+	ld.WaitOps(t, dropOpsBefore, dropOpsWait)
 	start := time.Now()
 	cut.cut(t, 2)
-	ld.waitOps(t, dropOpsAfter)
-	acked, errs := ld.finish()
+	ld.WaitOps(t, dropOpsAfter, dropOpsWait)
+	acked, errs := ld.Stop()
 	for _, err := range errs {
 		t.Errorf("I/O failed: %v", err)
 	}
@@ -315,105 +313,26 @@ func (c *cutConn) Write(b []byte) (int, error) {
 	return n, err
 }
 
-// dropLoad is dropWorkers writers, each owning a region of dropBlocks
-// blocks of LUN 0 that it writes and reads back over and over; it keeps
-// the last write of each region that was acknowledged.
-type dropLoad struct {
-	wg   sync.WaitGroup
-	stop chan struct{}
-	ops  atomic.Int64
-
-	mu    sync.Mutex
-	acked map[int][]byte
-	errs  []error
-}
-
-func startDropLoad(ctx context.Context, s *session.Session) *dropLoad {
-	ld := &dropLoad{stop: make(chan struct{}), acked: map[int][]byte{}}
-	for w := range dropWorkers {
-		ld.wg.Add(1)
-		go func() {
-			defer ld.wg.Done()
-			lba := uint64(w * dropBlocks)
-			back := make([]byte, dropBlocks*blockSize)
-			for i := 0; ; i++ {
-				select {
-				case <-ld.stop:
-					return
-				default:
-				}
-				data := regionData(w, i)
-				err := s.Write(ctx, 0, lba, blockSize, data)
-				if err == nil {
-					ld.mu.Lock()
-					ld.acked[w] = data
-					ld.mu.Unlock()
-					if err = s.Read(ctx, 0, lba, blockSize, back); err == nil && !bytes.Equal(back, data) {
-						err = fmt.Errorf("worker %d: read back differs from the write just acknowledged at byte %d", w, testutil.FirstDiff(back, data))
-					}
-				}
-				ld.ops.Add(1)
-				if err != nil {
-					ld.mu.Lock()
-					ld.errs = append(ld.errs, fmt.Errorf("worker %d, operation %d: %w", w, i, err))
-					ld.mu.Unlock()
-					if ctx.Err() != nil {
-						return
-					}
-				}
-			}
-		}()
-	}
-	return ld
-}
-
-// regionData is the i-th write of worker w: every 8 bytes say whose and
-// which it is, and where in the region they are.
-func regionData(w, i int) []byte {
-	b := make([]byte, dropBlocks*blockSize)
-	for off := 0; off < len(b); off += 8 {
-		binary.BigEndian.PutUint64(b[off:], uint64(w)<<56|uint64(i)<<24|uint64(off))
-	}
-	return b
-}
-
-// waitOps waits until the load has done n more operations.
-func (ld *dropLoad) waitOps(t *testing.T, n int64) {
-	t.Helper()
-	want := ld.ops.Load() + n
-	deadline := time.Now().Add(dropOpsWait)
-	for ld.ops.Load() < want {
-		if time.Now().After(deadline) {
-			ld.mu.Lock()
-			errs := errors.Join(ld.errs...)
-			ld.mu.Unlock()
-			t.Fatalf("I/O stalled: %d operations after %v, want %d (errors: %v)", ld.ops.Load(), dropOpsWait, want, errs)
-		}
-		time.Sleep(5 * time.Millisecond) // polling a counter: no signal to wait on
-	}
-}
-
-// finish stops the load and returns the last acknowledged write of each
-// region and the errors met.
-func (ld *dropLoad) finish() (map[int][]byte, []error) {
-	close(ld.stop)
-	ld.wg.Wait()
-	return ld.acked, ld.errs
+// startDropLoad starts dropWorkers writers, each owning a region of
+// dropBlocks blocks of LUN 0 that it writes and reads back over and over.
+func startDropLoad(t *testing.T, ctx context.Context, s *session.Session) *testutil.RegionLoad {
+	return testutil.StartRegionLoad(t, ctx, testutil.RegionLoadConfig{Workers: dropWorkers, Blocks: dropBlocks,
+		BlockSize: blockSize, NewIO: func(int) testutil.RegionIO { return testutil.SessionRegionIO(ctx, s, 0, blockSize) }})
 }
 
 // verifyRegions reads every region back: it holds the last write
 // acknowledged.
-func verifyRegions(t *testing.T, ctx context.Context, s *session.Session, acked map[int][]byte) {
+func verifyRegions(t *testing.T, ctx context.Context, s *session.Session, acked map[uint64][]byte) {
 	t.Helper()
 	if len(acked) != dropWorkers {
 		t.Errorf("%d regions written, want %d", len(acked), dropWorkers)
 	}
 	back := make([]byte, dropBlocks*blockSize)
-	for w, data := range acked {
-		if err := s.Read(ctx, 0, uint64(w*dropBlocks), blockSize, back); err != nil {
-			t.Errorf("reading region %d back: %v", w, err)
+	for lba, data := range acked {
+		if err := s.Read(ctx, 0, lba, blockSize, back); err != nil {
+			t.Errorf("reading the region at LBA %d back: %v", lba, err)
 		} else if !bytes.Equal(back, data) {
-			t.Errorf("region %d does not hold its last acknowledged write (first difference at byte %d)", w, testutil.FirstDiff(back, data))
+			t.Errorf("the region at LBA %d does not hold its last acknowledged write (first difference at byte %d)", lba, testutil.FirstDiff(back, data))
 		}
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/goiscsi/iscsi/internal/testutil"
 	"github.com/goiscsi/iscsi/iscsitest"
 	"github.com/goiscsi/iscsi/pdu"
 )
@@ -39,85 +40,26 @@ func erl2Session(t *testing.T, tcfg iscsitest.Config, n int, rc *RecoveryConfig)
 	return tg, s
 }
 
-// erl2Load runs writers that each own a region of blocks of lun, write it
-// and read it back with Session.Write and Read, until stop is closed; it
-// returns the acknowledged content of every region and the errors met.
-func erl2Load(ctx context.Context, s *Session, lun, workers, blocks int, stop <-chan struct{}) (func() (map[int][]byte, []error), *atomic.Int64) {
-	return regionLoad(ctx, workers, blocks, stop, func(int) blockIO {
-		return blockIO{
-			write: func(lba uint64, b []byte) error { return s.Write(ctx, lun, lba, 512, b) },
-			read:  func(lba uint64, b []byte) error { return s.Read(ctx, lun, lba, 512, b) },
-		}
-	})
+// erl2Load starts workers writers that each own a region of blocks of lun,
+// write it and read it back with Session.Write and Read, until stopped.
+func erl2Load(t *testing.T, ctx context.Context, s *Session, lun, workers, blocks int) *testutil.RegionLoad {
+	return testutil.StartRegionLoad(t, ctx, testutil.RegionLoadConfig{Workers: workers, Blocks: blocks,
+		NewIO: func(int) testutil.RegionIO { return testutil.SessionRegionIO(ctx, s, lun, 512) }})
 }
 
-// blockIO writes and reads 512-byte blocks from lba on.
-type blockIO struct {
-	write, read func(lba uint64, b []byte) error
-}
-
-// regionLoad is erl2Load with worker w's I/O through newIO(w).
-func regionLoad(ctx context.Context, workers, blocks int, stop <-chan struct{}, newIO func(w int) blockIO) (func() (map[int][]byte, []error), *atomic.Int64) {
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	acked := map[int][]byte{}
-	var errs []error
-	var ops atomic.Int64
-	for w := range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			io := newIO(w)
-			lba := uint64(w * blocks)
-			back := make([]byte, blocks*512)
-			for i := 0; ; i++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				data := bytes.Repeat([]byte{byte(w), byte(i), byte(i >> 8), 0x5a}, blocks*512/4)
-				err := io.write(lba, data)
-				if err == nil {
-					mu.Lock()
-					acked[w] = data
-					mu.Unlock()
-					if err = io.read(lba, back); err == nil && !bytes.Equal(back, data) {
-						err = fmt.Errorf("worker %d: read back differs from the write just acknowledged", w)
-					}
-				}
-				ops.Add(1)
-				if err != nil {
-					mu.Lock()
-					errs = append(errs, err)
-					mu.Unlock()
-					if ctx.Err() != nil {
-						return
-					}
-				}
-			}
-		}()
-	}
-	return func() (map[int][]byte, []error) {
-		wg.Wait()
-		return acked, errs
-	}, &ops
-}
-
-// cutOneAndCheck lets a region load (regionLoad) run, closes the socket
-// of the session's connection 1 from the initiator's side mid-I/O, lets
-// the load run on, stops it, and checks: no I/O failed, one connection
-// recovery and no command failed, the session up, and the LUN holding
-// every region's last acknowledged write (regions of blocks).
-func cutOneAndCheck(t *testing.T, tg *iscsitest.Target, s *Session, blocks int, stop chan struct{}, wait func() (map[int][]byte, []error), ops *atomic.Int64) {
+// cutOneAndCheck lets a region load run, closes the socket of the
+// session's connection 1 from the initiator's side mid-I/O, lets the load
+// run on, stops it, and checks: no I/O failed, one connection recovery and
+// no command failed, the session up, and the LUN holding every region's
+// last acknowledged write.
+func cutOneAndCheck(t *testing.T, tg *iscsitest.Target, s *Session, ld *testutil.RegionLoad) {
 	t.Helper()
-	waitOps(t, ops, 200)
+	ld.WaitOps(t, 200, 20*time.Second)
 	victim := s.Conns()[1]
 	inflight := len(victim.inFlight())
 	victim.nc.Close()
-	waitOps(t, ops, 400)
-	close(stop)
-	acked, errs := wait()
+	ld.WaitOps(t, 400, 20*time.Second)
+	acked, errs := ld.Stop()
 	for _, err := range errs {
 		t.Errorf("I/O failed: %v", err)
 	}
@@ -130,29 +72,10 @@ func cutOneAndCheck(t *testing.T, tg *iscsitest.Target, s *Session, blocks int, 
 		t.Errorf("session %s, want up", s.State())
 	}
 	lun := tg.LUNData(0)
-	for w, data := range acked {
-		if !bytes.Equal(lun[w*blocks*512:w*blocks*512+len(data)], data) {
-			t.Errorf("worker %d: the LUN does not hold the last acknowledged write", w)
+	for lba, data := range acked {
+		if !bytes.Equal(lun[lba*512:lba*512+uint64(len(data))], data) {
+			t.Errorf("region at LBA %d: the LUN does not hold the last acknowledged write", lba)
 		}
-	}
-}
-
-// waitOps waits, up to 20 s, until the load has done n more operations.
-func waitOps(t *testing.T, ops *atomic.Int64, n int64) {
-	t.Helper()
-	waitOpsWithin(t, ops, n, 20*time.Second)
-}
-
-// waitOpsWithin is waitOps with the bound d.
-func waitOpsWithin(t *testing.T, ops *atomic.Int64, n int64, d time.Duration) {
-	t.Helper()
-	target := ops.Load() + n
-	deadline := time.Now().Add(d)
-	for ops.Load() < target {
-		if time.Now().After(deadline) {
-			t.Fatalf("I/O stalled: %d operations, want %d", ops.Load(), target)
-		}
-		time.Sleep(time.Millisecond) // polling a counter: no signal to wait on
 	}
 }
 
@@ -167,9 +90,7 @@ func TestERL2ConnLossMovesCommands(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			tg, s := erl2Session(t, tc.cfg, 4, nil)
 			ctx := interopCtx(t)
-			stop := make(chan struct{})
-			wait, ops := erl2Load(ctx, s, 0, 16, 64, stop)
-			cutOneAndCheck(t, tg, s, 64, stop, wait, ops)
+			cutOneAndCheck(t, tg, s, erl2Load(t, ctx, s, 0, 16, 64))
 			if n := len(s.Conns()); n != 4 {
 				t.Errorf("%d connections after the recovery, want 4 (a replacement)", n)
 			}
@@ -443,32 +364,32 @@ func TestERL2ConnLossMovesSubmitCalls(t *testing.T) {
 			tg, s := erl2Session(t, tc.cfg, 4, nil)
 			ctx := interopCtx(t)
 			const workers, blocks = 16, 64
-			stop := make(chan struct{})
-			wait, ops := regionLoad(ctx, workers, blocks, stop, func(w int) blockIO {
-				done := make(chan *Call, 1)
-				call := &Call{Done: func(c *Call) { done <- c }}
-				run := func(cmd Command) error {
-					call.Cmd = cmd
-					if err := s.Submit(call); err != nil {
-						return err
+			ld := testutil.StartRegionLoad(t, ctx, testutil.RegionLoadConfig{Workers: workers, Blocks: blocks,
+				NewIO: func(w int) testutil.RegionIO {
+					done := make(chan *Call, 1)
+					call := &Call{Done: func(c *Call) { done <- c }}
+					run := func(cmd Command) error {
+						call.Cmd = cmd
+						if err := s.Submit(call); err != nil {
+							return err
+						}
+						select {
+						case c := <-done:
+							return c.Err
+						case <-ctx.Done():
+							return fmt.Errorf("worker %d: call never ended: %w", w, ctx.Err())
+						}
 					}
-					select {
-					case c := <-done:
-						return c.Err
-					case <-ctx.Done():
-						return fmt.Errorf("worker %d: call never ended: %w", w, ctx.Err())
+					return testutil.RegionIO{
+						Write: func(lba uint64, b []byte) error {
+							return run(Command{CDB: write10(uint32(lba), uint16(len(b)/512)), Write: b})
+						},
+						Read: func(lba uint64, b []byte) error {
+							return run(Command{CDB: read10(uint32(lba), uint16(len(b)/512)), Read: b})
+						},
 					}
-				}
-				return blockIO{
-					write: func(lba uint64, b []byte) error {
-						return run(Command{CDB: write10(uint32(lba), uint16(len(b)/512)), Write: b})
-					},
-					read: func(lba uint64, b []byte) error {
-						return run(Command{CDB: read10(uint32(lba), uint16(len(b)/512)), Read: b})
-					},
-				}
-			})
-			cutOneAndCheck(t, tg, s, blocks, stop, wait, ops)
+				}})
+			cutOneAndCheck(t, tg, s, ld)
 			mustLogout(t, ctx, s)
 		})
 	}

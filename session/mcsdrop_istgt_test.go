@@ -36,15 +36,13 @@ func TestIstgtMCSDropRecovers(t *testing.T) {
 	}
 	tsih := s.TSIH()
 	const workers, blocks = 8, 128
-	stop := make(chan struct{})
-	wait, ops := erl2Load(ctx, s, pt.lun, workers, blocks, stop)
-	waitOpsWithin(t, ops, 64, time.Minute)
+	ld := erl2Load(t, ctx, s, pt.lun, workers, blocks)
+	ld.WaitOps(t, 64, time.Minute)
 	victim := s.Conns()[2]
 	waitFor(t, func() bool { return len(victim.inFlight()) > 0 })
 	victim.nc.Close()
-	waitOpsWithin(t, ops, 128, time.Minute)
-	close(stop)
-	acked, errs := wait()
+	ld.WaitOps(t, 128, time.Minute)
+	acked, errs := ld.Stop()
 	for _, err := range errs {
 		t.Errorf("I/O failed: %v", err)
 	}
@@ -64,11 +62,11 @@ func TestIstgtMCSDropRecovers(t *testing.T) {
 		t.Errorf("%d regions written, want %d", len(acked), workers)
 	}
 	back := make([]byte, blocks*512)
-	for w, data := range acked {
-		if err := s.Read(ctx, pt.lun, uint64(w*blocks), 512, back); err != nil {
-			t.Errorf("reading region %d back: %v", w, err)
+	for lba, data := range acked {
+		if err := s.Read(ctx, pt.lun, lba, 512, back); err != nil {
+			t.Errorf("reading the region at LBA %d back: %v", lba, err)
 		} else if !bytes.Equal(back, data) {
-			t.Errorf("region %d does not hold its last acknowledged write (first difference at byte %d)", w, testutil.FirstDiff(back, data))
+			t.Errorf("the region at LBA %d does not hold its last acknowledged write (first difference at byte %d)", lba, testutil.FirstDiff(back, data))
 		}
 	}
 	pt.logout(t, ctx, s)

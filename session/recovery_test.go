@@ -7,11 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/goiscsi/iscsi/internal/testutil"
 	"github.com/goiscsi/iscsi/iscsitest"
 	"github.com/goiscsi/iscsi/pdu"
 )
@@ -130,48 +130,15 @@ func TestRecoveryResumesIO(t *testing.T) {
 		t.Fatal(err)
 	}
 	const writers, blocks, slots = 4, 8, 16
-	type ack struct {
-		lba  uint64
-		data []byte
-	}
-	acked := make([]map[uint64][]byte, writers)
-	progress := make(chan struct{}, 1)
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	var writes atomic.Int64
-	for w := 0; w < writers; w++ {
-		acked[w] = map[uint64][]byte{}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := 0; ; i++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				lba := uint64((w*slots + i%slots) * blocks)
-				data := make([]byte, blocks*512)
-				rand.Read(data)
-				if err := s.Write(ctx, 0, lba, 512, data); err != nil {
-					t.Errorf("writer %d: write %d at LBA %d failed: %v", w, i, lba, err)
-					return
-				}
-				acked[w][lba] = data
-				writes.Add(1)
-				select {
-				case progress <- struct{}{}:
-				default:
-				}
-			}
-		}()
-	}
+	ld := testutil.StartRegionLoad(t, ctx, testutil.RegionLoadConfig{Workers: writers, Blocks: blocks, Slots: slots,
+		StopOnError: true, NewIO: func(int) testutil.RegionIO {
+			return testutil.RegionIO{Write: func(lba uint64, b []byte) error { return s.Write(ctx, 0, lba, 512, b) }}
+		}})
 	const rounds = 5
 	tsihs := map[uint16]bool{s.TSIH(): true}
 	isid := s.ISID()
 	for r := 0; r < rounds; r++ {
-		<-progress
-		before := writes.Load()
+		ld.WaitOps(t, 1, 20*time.Second)
 		resetAll(t, tg, s)
 		waitState(t, events, SessionRecovering)
 		ev := waitState(t, events, SessionUp)
@@ -181,27 +148,25 @@ func TestRecoveryResumesIO(t *testing.T) {
 		tsihs[ev.TSIH] = true
 		waitConns(t, s, 2)
 		// I/O resumes: more writes complete after the reinstatement.
-		for writes.Load() <= before {
-			<-progress
-		}
+		ld.WaitOps(t, 1, 20*time.Second)
 	}
-	close(stop)
-	wg.Wait()
+	acked, errs := ld.Stop()
+	for _, err := range errs {
+		t.Errorf("write failed: %v", err)
+	}
 	info := s.Recovery()
 	if info.Reconnects != rounds || info.State != SessionUp {
 		t.Errorf("recovery info %+v: want %d reconnects, up", info, rounds)
 	}
-	t.Logf("%d writes, %d retried", writes.Load(), info.Retries)
+	t.Logf("%d writes, %d retried", ld.Ops(), info.Retries)
 	lun := tg.LUNData(0)
-	for w := range acked {
-		for lba, data := range acked[w] {
-			got := make([]byte, len(data))
-			if err := s.Read(ctx, 0, lba, 512, got); err != nil {
-				t.Fatalf("read back LBA %d: %v", lba, err)
-			}
-			if !bytes.Equal(got, data) || !bytes.Equal(lun[lba*512:lba*512+uint64(len(data))], data) {
-				t.Fatalf("writer %d: LBA %d does not hold the acknowledged write", w, lba)
-			}
+	for lba, data := range acked {
+		got := make([]byte, len(data))
+		if err := s.Read(ctx, 0, lba, 512, got); err != nil {
+			t.Fatalf("read back LBA %d: %v", lba, err)
+		}
+		if !bytes.Equal(got, data) || !bytes.Equal(lun[lba*512:lba*512+uint64(len(data))], data) {
+			t.Fatalf("writer %d: LBA %d does not hold the acknowledged write", lba/(slots*blocks), lba)
 		}
 	}
 	// The target closed each old session when the new one logged in.
