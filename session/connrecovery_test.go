@@ -79,14 +79,20 @@ func cutOneAndCheck(t *testing.T, tg *iscsitest.Target, s *Session, ld *testutil
 	}
 }
 
+// erl2Targets are the two ways the in-memory target answers that the
+// connection-loss tests run against: a read's status in its last Data-In,
+// writes with immediate data; a separate SCSI Response, writes waiting for
+// R2Ts in bursts of 8 KiB.
+var erl2Targets = []struct {
+	name string
+	cfg  iscsitest.Config
+}{
+	{"status in Data-In", iscsitest.Config{}},
+	{"separate status, R2T writes", iscsitest.Config{SeparateReadStatus: true, InitialR2T: true, MaxBurstLength: 8192}},
+}
+
 func TestERL2ConnLossMovesCommands(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		cfg  iscsitest.Config
-	}{
-		{"status in Data-In", iscsitest.Config{}},
-		{"separate status, R2T writes", iscsitest.Config{SeparateReadStatus: true, InitialR2T: true, MaxBurstLength: 8192}},
-	} {
+	for _, tc := range erl2Targets {
 		t.Run(tc.name, func(t *testing.T) {
 			tg, s := erl2Session(t, tc.cfg, 4, nil)
 			ctx := interopCtx(t)
@@ -353,13 +359,7 @@ func TestERL2ConnFailsAsCommandSent(t *testing.T) {
 // on it move with TASK REASSIGN, those that had not go on another
 // connection, and none fails; every acknowledged write reads back.
 func TestERL2ConnLossMovesSubmitCalls(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		cfg  iscsitest.Config
-	}{
-		{"status in Data-In", iscsitest.Config{}},
-		{"separate status, R2T writes", iscsitest.Config{SeparateReadStatus: true, InitialR2T: true, MaxBurstLength: 8192}},
-	} {
+	for _, tc := range erl2Targets {
 		t.Run(tc.name, func(t *testing.T) {
 			tg, s := erl2Session(t, tc.cfg, 4, nil)
 			ctx := interopCtx(t)

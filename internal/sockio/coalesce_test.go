@@ -30,13 +30,17 @@ func socketLowWater(t *testing.T, r *Reader) int {
 }
 
 // coalesceReader returns a Reader of one end of a loopback TCP connection
-// and the other end, skipping where there is no raw socket I/O.
+// and the other end, skipping where there is no raw socket I/O (failing
+// where there should be).
 func coalesceReader(t *testing.T) (*Reader, *net.TCPConn) {
 	t.Helper()
 	c, peer := tcpPair(t)
 	r := NewReader(c)
 	if r == nil {
-		t.Skip("no raw I/O here")
+		if rawIO {
+			t.Fatal("no Reader of a *net.TCPConn")
+		}
+		t.Skip("no raw socket I/O here")
 	}
 	return r, peer
 }

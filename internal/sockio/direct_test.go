@@ -19,14 +19,7 @@ func TestLargeDataStraightIntoPlace(t *testing.T) {
 	for _, dig := range []bool{false, true} {
 		t.Run(map[bool]string{false: "plain", true: "digests"}[dig], func(t *testing.T) {
 			const seg, pdus = 256 << 10, 16
-			c, s := tcpPair(t)
-			sr := NewReader(c)
-			if sr == nil {
-				if rawIO {
-					t.Fatal("no Reader of a *net.TCPConn")
-				}
-				t.Skip("no raw socket I/O here")
-			}
+			sr, s := coalesceReader(t)
 			r := pdu.NewReader(sr, pdu.ReaderConfig{From: pdu.FromTarget, MaxDataSegmentLength: seg, DataDigest: dig, HeaderDigest: dig})
 			w := rawWriter(t, s)
 			w.SetDigests(dig, dig)
@@ -87,14 +80,7 @@ func TestLargeDataStraightIntoPlace(t *testing.T) {
 // runs: 72,191 bytes copied where at most 7,680 may be).
 func TestSplitHeaderAfterDirectRead(t *testing.T) {
 	const seg = 256 << 10
-	c, s := tcpPair(t)
-	sr := NewReader(c)
-	if sr == nil {
-		if rawIO {
-			t.Fatal("no Reader of a *net.TCPConn")
-		}
-		t.Skip("no raw socket I/O here")
-	}
+	sr, s := coalesceReader(t)
 	r := pdu.NewReader(sr, pdu.ReaderConfig{From: pdu.FromTarget, MaxDataSegmentLength: seg})
 	var stream bytes.Buffer
 	w := pdu.NewWriter(&stream)
