@@ -184,6 +184,12 @@ func (c *Conn) lookup(itt uint32) *task {
 
 func (c *Conn) remove(itt uint32) {
 	c.mu.Lock()
+	c.removeLocked(itt)
+	c.mu.Unlock()
+}
+
+// removeLocked is remove for a caller that holds mu.
+func (c *Conn) removeLocked(itt uint32) {
 	if t, ok := c.tasks[itt]; ok {
 		delete(c.tasks, itt)
 		if t.kind == taskSCSI {
@@ -194,7 +200,6 @@ func (c *Conn) remove(itt uint32) {
 			}
 		}
 	}
-	c.mu.Unlock()
 }
 
 // goroutineDone ends one of the connection's goroutines.

@@ -152,6 +152,56 @@ func TestRecoverySubmitResumes(t *testing.T) {
 	mustLogout(t, ctx, s)
 }
 
+// A connection that ends between a Submit call's task registered and its
+// send has taken the task: the call goes again once (after the
+// reinstatement) and its Done runs once. It ran twice before: sendCall
+// reported the call not sent while the connection's end retried it too,
+// one Call on two tasks (a race on the call, and with a writer reusing its
+// Call an acknowledged write overwritten by an older one:
+// TestRecoverySubmitResumes failed about once in 40 -race runs).
+func TestRecoverySubmitConnEndsAsRegistered(t *testing.T) {
+	t2w := 0
+	tg := newTestTarget(t, iscsitest.Config{DefaultTime2Wait: &t2w})
+	events := make(chan StateEvent, 64)
+	ctx := interopCtx(t)
+	s := mustLogin(t, ctx, recoveryConfig(tg, newGate(), RecoveryConfig{ReplacementTimeout: 20 * time.Second}, events))
+	defer s.Close()
+	var fired atomic.Bool
+	registerCallHook = func(c *Conn) {
+		if fired.CompareAndSwap(false, true) {
+			c.fail(errors.New("test: connection lost as a call was registered"))
+		}
+	}
+	t.Cleanup(func() { registerCallHook = nil })
+	data := make([]byte, 4096)
+	rand.Read(data)
+	var dones atomic.Int32
+	ch := make(chan *Call, 2)
+	call := &Call{Cmd: Command{CDB: rw16(0x8a, 64, len(data), 512), Write: data}, Done: func(c *Call) {
+		dones.Add(1)
+		ch <- c
+	}}
+	if err := s.Submit(call); err != nil {
+		t.Fatalf("Submit as its connection ends: %v, want the call taken (it goes again after the reinstatement)", err)
+	}
+	c := waitCall(t, ch, "the call whose connection ended as it was registered")
+	if !fired.Load() {
+		t.Fatal("the hook never ran")
+	}
+	if c.Err != nil {
+		t.Fatalf("call: %v, want success after the reinstatement", c.Err)
+	}
+	if !bytes.Equal(tg.LUNData(0)[64*512:64*512+len(data)], data) {
+		t.Error("the LUN does not hold the write")
+	}
+	// Logging out waits for the session's goroutines: a second Done, if
+	// any, has run by then.
+	mustLogout(t, ctx, s)
+	if n := dones.Load(); n != 1 {
+		t.Errorf("Done ran %d times, want once", n)
+	}
+}
+
 // The target sends half of a read's data (garbage) in a Data-In, then
 // resets the connection: the read, through Execute and through Submit, is
 // sent again after the reinstatement and returns the LUN's data, and the

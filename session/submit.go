@@ -191,8 +191,16 @@ func (c *Conn) submitCall(call *Call) error {
 		}
 		return fmt.Errorf("%w: the connection has ended: %w", ErrNotSent, err)
 	}
+	if registerCallHook != nil {
+		registerCallHook(c)
+	}
 	return c.sendCall(t)
 }
+
+// registerCallHook, when set (by tests only), runs in submitCall between
+// the call's task registered and its send: a connection that ends there
+// has taken the task, and the call must not be reported as not sent.
+var registerCallHook func(c *Conn)
 
 // registerCall takes a task for call, from the free list when it can, and
 // registers it.
@@ -239,7 +247,11 @@ func (c *Conn) sendCall(t *task) error {
 	c.wmu.Lock()
 	if st := c.state(); st >= connLogoutSent {
 		c.wmu.Unlock()
-		c.unregister(t)
+		if !c.unregister(t) {
+			// The connection ended since registerCall: its end took
+			// the task and completes it.
+			return nil
+		}
 		if st == connClosed {
 			return fmt.Errorf("%w: the connection has ended: %w", ErrNotSent, c.Err())
 		}
@@ -265,7 +277,9 @@ func (c *Conn) sendCall(t *task) error {
 			c.s.fillCmdSN(c, sn)
 			return nil
 		}
-		c.unregister(t)
+		if !c.unregister(t) {
+			return nil // the connection's end completes it
+		}
 		c.fail(fmt.Errorf("iscsi: building a SCSI Command: %w", err))
 		return fmt.Errorf("%w: %w", ErrNotSent, err)
 	}
@@ -285,15 +299,21 @@ func (c *Conn) sendCall(t *task) error {
 	return nil
 }
 
-// unregister drops a task that never went out and will not complete.
-func (c *Conn) unregister(t *task) {
+// unregister drops a task that never went out and will not complete, and
+// reports whether it did: false when the connection's end (fail) has taken
+// it from the task table already, and completes it (its call's Done runs,
+// or the call goes again). The caller then must not report the call as
+// not taken: it would be sent twice, two tasks for one call.
+func (c *Conn) unregister(t *task) bool {
 	c.mu.Lock()
-	if c.tasks[t.itt] == t {
-		c.callGoneLocked(t)
+	defer c.mu.Unlock()
+	if c.tasks[t.itt] != t {
+		return false
 	}
-	c.mu.Unlock()
-	c.remove(t.itt)
+	c.callGoneLocked(t)
+	c.removeLocked(t.itt)
 	t.call.conn = nil
+	return true
 }
 
 // waitWindowLocked starts the goroutine that sends the backlog once the
