@@ -199,7 +199,14 @@ func (ld *RegionLoad) errorsLocked() []error {
 // has not within d.
 func (ld *RegionLoad) WaitOps(t testing.TB, n int64, d time.Duration) {
 	t.Helper()
-	want := ld.Ops() + n
+	ld.WaitTotal(t, ld.Ops()+n, d)
+}
+
+// WaitTotal waits until the load has done want operations in all, as
+// WaitOps does: for a load whose workers stop by themselves
+// (StopOnError), whose operations may all be done before the wait begins.
+func (ld *RegionLoad) WaitTotal(t testing.TB, want int64, d time.Duration) {
+	t.Helper()
 	timer := time.NewTimer(d)
 	defer timer.Stop()
 	for {

@@ -41,9 +41,33 @@ func (m *memLUN) io() RegionIO {
 func TestRegionLoadAckedMatchesLUN(t *testing.T) {
 	const workers, blocks, slots = 4, 2, 3
 	lun := &memLUN{b: make([]byte, workers*slots*blocks*512)}
+	// Each worker says when it has written each of its slots once: how
+	// the 200 operations fall on the workers is the scheduler's choice (a
+	// loaded -race run gave one worker nearly all of them).
+	var writes [workers]atomic.Int32
+	var covered sync.WaitGroup
+	covered.Add(workers)
 	ld := StartRegionLoad(t, context.Background(), RegionLoadConfig{Workers: workers, Blocks: blocks, Slots: slots,
-		NewIO: func(int) RegionIO { return lun.io() }})
+		NewIO: func(w int) RegionIO {
+			io := lun.io()
+			write := io.Write
+			io.Write = func(lba uint64, b []byte) error {
+				err := write(lba, b)
+				if writes[w].Add(1) == slots {
+					covered.Done()
+				}
+				return err
+			}
+			return io
+		}})
 	ld.WaitOps(t, 200, 10*time.Second)
+	all := make(chan struct{})
+	go func() { covered.Wait(); close(all) }()
+	select {
+	case <-all:
+	case <-time.After(10 * time.Second):
+		t.Fatal("a worker did not write each of its slots within 10 s")
+	}
 	acked, errs := ld.Stop()
 	for _, err := range errs {
 		t.Errorf("load error: %v", err)
@@ -78,7 +102,7 @@ func TestRegionLoadReadBackDiffers(t *testing.T) {
 			io.Read = func(lba uint64, b []byte) error { clear(b); return nil } // a stale read
 			return io
 		}})
-	ld.WaitOps(t, workers, 10*time.Second)
+	ld.WaitTotal(t, workers, 10*time.Second)
 	acked, errs := ld.Stop()
 	if len(errs) != workers {
 		t.Fatalf("%d errors, want one per worker: %v", len(errs), errs)
