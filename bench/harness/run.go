@@ -388,13 +388,13 @@ func childCPU(ps *os.ProcessState) time.Duration {
 func measured(cmd *exec.Cmd, targetPid int) (out []byte, cpu time.Duration, targetPct float64, err error) {
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	t0 := procTicks(targetPid)
+	t0 := benchkit.ProcCPU(targetPid)
 	start := time.Now()
 	err = cmd.Run()
 	wall := time.Since(start)
-	t1 := procTicks(targetPid)
+	t1 := benchkit.ProcCPU(targetPid)
 	if t0 >= 0 && t1 >= 0 && wall > 0 {
-		targetPct = float64(t1-t0) / clockTicks / wall.Seconds() * 100
+		targetPct = (t1 - t0).Seconds() / wall.Seconds() * 100
 	}
 	if err != nil {
 		msg := strings.TrimSpace(stderr.String())
@@ -515,14 +515,14 @@ func runLogout(ctx context.Context, cfg config, rep *report, name, addr, iqn str
 		if err == nil {
 			time.Sleep(200 * time.Millisecond) // let the logins' goroutines settle
 			var lt benchkit.LogoutTiming
-			self0, t0 := selfCPU(), procTicks(pid)
+			self0, t0 := benchkit.SelfCPU(), benchkit.ProcCPU(pid)
 			lt, err = benchkit.TimeLogout(lctx, ini, iqn, n)
-			self1, t1 := selfCPU(), procTicks(pid)
+			self1, t1 := benchkit.SelfCPU(), benchkit.ProcCPU(pid)
 			if err == nil {
 				row.walls = append(row.walls, lt.Wall)
 				row.selfCPU = append(row.selfCPU, self1-self0)
 				if t0 >= 0 && t1 >= 0 {
-					row.targetCPU = append(row.targetCPU, time.Duration(t1-t0)*time.Second/clockTicks)
+					row.targetCPU = append(row.targetCPU, t1-t0)
 				}
 				cfg.logf("logout %s %d x %d round %d: %v", name, n, conns, round+1, lt.Wall)
 			}
@@ -662,46 +662,6 @@ func moduleRoot(ctx context.Context) (string, error) {
 		return "", errors.New("not inside the module (go env GOMOD is empty)")
 	}
 	return filepath.Dir(mod), nil
-}
-
-// clockTicks is USER_HZ, the unit of /proc/PID/stat times.
-const clockTicks = 100
-
-// procTicks returns utime+stime of pid in clock ticks, or -1.
-func procTicks(pid int) int64 {
-	if pid <= 0 {
-		return -1
-	}
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return -1
-	}
-	// The command name may hold spaces: fields count from the last ')'.
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return -1
-	}
-	f := strings.Fields(string(b[i+1:]))
-	// utime and stime are fields 14 and 15 of the whole line, 12 and 13
-	// after the ')'.
-	if len(f) < 13 {
-		return -1
-	}
-	u, err1 := strconv.ParseInt(f[11], 10, 64)
-	s, err2 := strconv.ParseInt(f[12], 10, 64)
-	if err1 != nil || err2 != nil {
-		return -1
-	}
-	return u + s
-}
-
-// selfCPU returns the CPU time (user+sys) the process has used.
-func selfCPU() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // procRSS returns the resident set of pid in bytes, or 0.
