@@ -202,21 +202,29 @@ func (c *Conn) taskManagement(ctx context.Context, req *pdu.TaskMgmtRequest, whi
 		req.RefTaskTag, req.RefCmdSN = pdu.ReservedTag, 0
 	}
 	t.setRequest(req.CmdSN)
+	if _, err := c.exchange(ctx, t, req); err != nil {
+		return 0, err
+	}
+	return t.tmfResp, nil
+}
+
+// exchange sends req, the request of t (registered, its CmdSN set), its
+// write bounded by ctx (watchWrite), and waits within ctx for t's answer:
+// it returns t's error once answered. A failed send, or ctx ending first
+// (late), takes t out of the task table.
+func (c *Conn) exchange(ctx context.Context, t *task, req pdu.PDU) (late bool, err error) {
 	stop := c.watchWrite(ctx, req.Opcode())
-	err := c.send(req, nil)
+	err = c.send(req, nil)
 	stop()
 	if err != nil {
 		c.remove(t.itt)
-		return 0, err
+		return false, err
 	}
 	select {
 	case <-t.done:
-		if t.err != nil {
-			return 0, t.err
-		}
-		return t.tmfResp, nil
+		return false, t.err
 	case <-ctx.Done():
 		c.remove(t.itt)
-		return 0, ctx.Err()
+		return true, ctx.Err()
 	}
 }

@@ -507,21 +507,11 @@ func (c *Conn) logoutForRecovery(ctx context.Context, cid uint16) (pdu.LogoutRes
 	req := &pdu.LogoutRequest{Immediate: true, ReasonCode: pdu.LogoutRemoveForRecovery, ITT: t.itt, CID: cid,
 		CmdSN: c.s.currentCmdSN(), ExpStatSN: c.expStatSN.Load()}
 	t.setRequest(req.CmdSN)
-	stop := c.watchWrite(ctx, req.Opcode())
-	err := c.send(req, nil)
-	stop()
-	if err != nil {
-		c.remove(t.itt)
+	switch late, err := c.exchange(ctx, t, req); {
+	case late:
+		return pdu.LogoutResponse{}, fmt.Errorf("iscsi: no Logout Response (reason 2) for connection %d: %w", cid, err)
+	case err != nil:
 		return pdu.LogoutResponse{}, fmt.Errorf("iscsi: logout (reason 2) for connection %d: %w", cid, err)
 	}
-	select {
-	case <-t.done:
-		if t.err != nil {
-			return pdu.LogoutResponse{}, fmt.Errorf("iscsi: logout (reason 2) for connection %d: %w", cid, t.err)
-		}
-		return t.logoutResp, nil
-	case <-ctx.Done():
-		c.remove(t.itt)
-		return pdu.LogoutResponse{}, fmt.Errorf("iscsi: no Logout Response (reason 2) for connection %d: %w", cid, ctx.Err())
-	}
+	return t.logoutResp, nil
 }
