@@ -308,15 +308,8 @@ func TestRecoverySubmitWriteInFlight(t *testing.T) {
 // timeout Submit fails at once with ErrSessionRecovering.
 func TestRecoverySubmitFails(t *testing.T) {
 	t.Run("timeout", func(t *testing.T) {
-		tg := newTestTarget(t, iscsitest.Config{})
-		g := newGate()
-		events := make(chan StateEvent, 64)
 		ctx := interopCtx(t)
-		s := mustLogin(t, ctx, recoveryConfig(tg, g, RecoveryConfig{ReplacementTimeout: 300 * time.Millisecond}, events))
-		defer s.Close()
-		g.down.Store(true)
-		resetAll(t, tg, s)
-		waitState(t, events, SessionRecovering)
+		_, s, _, events := downSession(t, ctx, RecoveryConfig{ReplacementTimeout: 300 * time.Millisecond})
 		ch := make(chan *Call, 1)
 		call := &Call{Cmd: Command{CDB: []byte{0, 0, 0, 0, 0, 0}}, Done: func(c *Call) { ch <- c }}
 		if err := s.Submit(call); err != nil {
@@ -332,29 +325,16 @@ func TestRecoverySubmitFails(t *testing.T) {
 		}
 	})
 	t.Run("failFast", func(t *testing.T) {
-		tg := newTestTarget(t, iscsitest.Config{})
-		g := newGate()
-		events := make(chan StateEvent, 64)
 		ctx := interopCtx(t)
-		s := mustLogin(t, ctx, recoveryConfig(tg, g, RecoveryConfig{ReplacementTimeout: -1}, events))
-		defer s.Close()
-		g.down.Store(true)
-		resetAll(t, tg, s)
-		waitState(t, events, SessionRecovering)
+		_, s, _, _ := downSession(t, ctx, RecoveryConfig{ReplacementTimeout: -1})
 		call := &Call{Cmd: Command{CDB: []byte{0, 0, 0, 0, 0, 0}}, Done: func(c *Call) { t.Error("Done ran for a call Submit refused") }}
 		if err := s.Submit(call); !errors.Is(err, ErrSessionRecovering) || !errors.Is(err, ErrNotSent) {
 			t.Fatalf("Submit while recovering, fail fast: %v", err)
 		}
 	})
 	t.Run("close", func(t *testing.T) {
-		tg := newTestTarget(t, iscsitest.Config{})
-		g := newGate()
-		events := make(chan StateEvent, 64)
 		ctx := interopCtx(t)
-		s := mustLogin(t, ctx, recoveryConfig(tg, g, RecoveryConfig{ReplacementTimeout: time.Minute}, events))
-		g.down.Store(true)
-		resetAll(t, tg, s)
-		waitState(t, events, SessionRecovering)
+		_, s, _, _ := downSession(t, ctx, RecoveryConfig{ReplacementTimeout: time.Minute})
 		ch := make(chan *Call, 1)
 		call := &Call{Cmd: Command{CDB: []byte{0, 0, 0, 0, 0, 0}}, Done: func(c *Call) { ch <- c }}
 		if err := s.Submit(call); err != nil {

@@ -91,6 +91,22 @@ func resetAll(t *testing.T, tg *iscsitest.Target, s *Session) {
 	}
 }
 
+// downSession logs in a session with rc to a new in-memory target, takes
+// the target away (the gate refuses dials, the connections reset) and
+// returns once the session recovers; the test's end closes it.
+func downSession(t *testing.T, ctx context.Context, rc RecoveryConfig) (*iscsitest.Target, *Session, *gate, chan StateEvent) {
+	t.Helper()
+	tg := newTestTarget(t, iscsitest.Config{})
+	g := newGate()
+	events := make(chan StateEvent, 64)
+	s := mustLogin(t, ctx, recoveryConfig(tg, g, rc, events))
+	t.Cleanup(func() { s.Close() })
+	g.down.Store(true)
+	resetAll(t, tg, s)
+	waitState(t, events, SessionRecovering)
+	return tg, s, g, events
+}
+
 // waitConns waits until s has n connections up.
 func waitConns(t *testing.T, s *Session, n int) {
 	t.Helper()
@@ -183,15 +199,8 @@ func TestRecoveryResumesIO(t *testing.T) {
 // back; the time from the target's return to the command's completion is
 // well under a second with Time2Wait 0.
 func TestRecoveryTargetDownThenBack(t *testing.T) {
-	tg := newTestTarget(t, iscsitest.Config{})
-	g := newGate()
-	events := make(chan StateEvent, 64)
 	ctx := interopCtx(t)
-	s := mustLogin(t, ctx, recoveryConfig(tg, g, RecoveryConfig{ReplacementTimeout: 20 * time.Second}, events))
-	defer s.Close()
-	g.down.Store(true)
-	resetAll(t, tg, s)
-	waitState(t, events, SessionRecovering)
+	tg, s, g, _ := downSession(t, ctx, RecoveryConfig{ReplacementTimeout: 20 * time.Second})
 	for i := 0; i < 3; i++ { // three failed attempts
 		<-g.dials
 	}
@@ -228,15 +237,8 @@ func TestRecoveryTargetDownThenBack(t *testing.T) {
 // sent). A logout then tries one reconnect within its context and says the
 // target was unreachable.
 func TestRecoveryReplacementTimeout(t *testing.T) {
-	tg := newTestTarget(t, iscsitest.Config{})
-	g := newGate()
-	events := make(chan StateEvent, 64)
 	ctx := interopCtx(t)
-	s := mustLogin(t, ctx, recoveryConfig(tg, g, RecoveryConfig{ReplacementTimeout: 300 * time.Millisecond}, events))
-	defer s.Close()
-	g.down.Store(true)
-	resetAll(t, tg, s)
-	waitState(t, events, SessionRecovering)
+	_, s, _, events := downSession(t, ctx, RecoveryConfig{ReplacementTimeout: 300 * time.Millisecond})
 	start := time.Now()
 	_, err := s.Execute(ctx, &Command{CDB: []byte{0, 0, 0, 0, 0, 0}}) // TEST UNIT READY
 	if !errors.Is(err, ErrSessionFailed) || !errors.Is(err, ErrNotSent) {
@@ -269,15 +271,8 @@ func TestRecoveryReplacementTimeout(t *testing.T) {
 // With a negative replacement timeout commands do not wait: they fail at
 // once while the session recovers, and go through once it has.
 func TestRecoveryFailFast(t *testing.T) {
-	tg := newTestTarget(t, iscsitest.Config{})
-	g := newGate()
-	events := make(chan StateEvent, 64)
 	ctx := interopCtx(t)
-	s := mustLogin(t, ctx, recoveryConfig(tg, g, RecoveryConfig{ReplacementTimeout: -1}, events))
-	defer s.Close()
-	g.down.Store(true)
-	resetAll(t, tg, s)
-	waitState(t, events, SessionRecovering)
+	_, s, g, events := downSession(t, ctx, RecoveryConfig{ReplacementTimeout: -1})
 	if _, err := s.Execute(ctx, &Command{CDB: []byte{0, 0, 0, 0, 0, 0}}); !errors.Is(err, ErrSessionRecovering) || !errors.Is(err, ErrNotSent) {
 		t.Fatalf("command while recovering: %v", err)
 	}
@@ -384,14 +379,8 @@ func TestLogoutWhileRecovering(t *testing.T) {
 
 // Close while recovering stops the recovery at once.
 func TestCloseWhileRecovering(t *testing.T) {
-	tg := newTestTarget(t, iscsitest.Config{})
-	g := newGate()
-	events := make(chan StateEvent, 64)
 	ctx := interopCtx(t)
-	s := mustLogin(t, ctx, recoveryConfig(tg, g, RecoveryConfig{}, events))
-	g.down.Store(true)
-	resetAll(t, tg, s)
-	waitState(t, events, SessionRecovering)
+	_, s, _, events := downSession(t, ctx, RecoveryConfig{})
 	start := time.Now()
 	s.Close()
 	if d := time.Since(start); d > time.Second {
