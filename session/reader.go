@@ -371,12 +371,12 @@ func (c *Conn) readLoop() {
 // of what is due at most (min(coalesceMax, outstanding/2) responses of 48
 // bytes plus the calls' mean read length), so that when the target answers
 // at its usual pace the mark is passed long before the last response, and
-// the target still holds the other half to work on; when it is not (a target answering one command at a time, a
-// lone NOP-In, an asynchronous message or a Logout Response while commands
-// wait, a short read), sockio's watchdog drops the mark to 1 once no read
-// has brought data for sockio.CoalesceWait: a PDU waits about 8 ms at most,
-// and the next coalesceCool waits have no mark.
-// Below coalesceMin outstanding commands the mark is 1: a low queue depth
+// the target still holds the other half to work on; when it is not (a
+// target answering one command at a time, a lone NOP-In, an asynchronous
+// message or a Logout Response while commands wait, a short read),
+// sockio's watchdog drops the mark to 1 once no read has brought data for
+// sockio.CoalesceWait: a PDU waits about 8 ms at most, and the next
+// coalesceCool waits have no mark. Below coalesceMin outstanding commands the mark is 1: a low queue depth
 // gets no added latency. The mark changes (a system call) only when its
 // value does: at a steady queue depth, not per I/O.
 
