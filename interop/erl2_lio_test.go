@@ -142,15 +142,7 @@ func testLIOConnDropERL2(t *testing.T, l *peers.LIO) {
 		t.Fatalf("negotiated ErrorRecoveryLevel %d DefaultTime2Retain %d, want 2 and > 0", got.ErrorRecoveryLevel, got.DefaultTime2Retain)
 	}
 	tsih := s.TSIH()
-	ld := startDropLoad(t, ctx, s)
-	ld.WaitOps(t, dropOpsBefore, dropOpsWait)
-	start := time.Now()
-	cut.cut(t, 2)
-	ld.WaitOps(t, dropOpsAfter, dropOpsWait)
-	acked, errs := ld.Stop()
-	for _, err := range errs {
-		t.Errorf("I/O failed: %v", err)
-	}
+	acked, start := loadAcrossCut(t, ctx, s, cut)
 	info := s.ConnRecovery()
 	t.Logf("ERL 2 recovery %+v; I/O resumed %v after the cut", info, time.Since(start).Round(time.Millisecond))
 	if info.Recoveries != 1 || info.Failed != 0 || info.Running != 0 {
@@ -186,6 +178,23 @@ func testLIOConnDropERL2(t *testing.T, l *peers.LIO) {
 	}
 }
 
+// loadAcrossCut runs the drop load on s, cuts connection 2 mid-I/O, lets
+// the load run on and stops it; every I/O that failed is a test error. It
+// returns the acknowledged writes and when the cut was.
+func loadAcrossCut(t *testing.T, ctx context.Context, s *session.Session, cut *cutter) (map[uint64][]byte, time.Time) {
+	t.Helper()
+	ld := startDropLoad(t, ctx, s)
+	ld.WaitOps(t, dropOpsBefore, dropOpsWait)
+	start := time.Now()
+	cut.cut(t, 2)
+	ld.WaitOps(t, dropOpsAfter, dropOpsWait)
+	acked, errs := ld.Stop()
+	for _, err := range errs {
+		t.Errorf("I/O failed: %v", err)
+	}
+	return acked, start
+}
+
 // testLIOMCSDropERL0: at ErrorRecoveryLevel 0 the loss of one connection of
 // four is the session's: the initiator, recovery on, reinstates it (a new
 // TSIH) with its four connections, and the I/O goes on with nothing
@@ -199,15 +208,7 @@ func testLIOMCSDropERL0(t *testing.T, l *peers.LIO) {
 		t.Fatalf("negotiated ErrorRecoveryLevel %d, want 0 (LIO's default)", got)
 	}
 	tsih := s.TSIH()
-	ld := startDropLoad(t, ctx, s)
-	ld.WaitOps(t, dropOpsBefore, dropOpsWait)
-	start := time.Now()
-	cut.cut(t, 2)
-	ld.WaitOps(t, dropOpsAfter, dropOpsWait)
-	acked, errs := ld.Stop()
-	for _, err := range errs {
-		t.Errorf("I/O failed: %v", err)
-	}
+	acked, start := loadAcrossCut(t, ctx, s, cut)
 	ri := s.Recovery()
 	t.Logf("ERL 0 recovery: %d reconnects, %d commands sent again; I/O resumed %v after the cut", ri.Reconnects, ri.Retries,
 		time.Since(start).Round(time.Millisecond))
