@@ -173,7 +173,8 @@ func (a *Agent) Start() (<-chan struct{}, error) {
 // login.
 func (a *Agent) loginNode(ctx context.Context, n nodes.Node) ([]*session.Session, error) {
 	req := api.LoginRequest{Target: n.Target, Sessions: n.Options.Sessions, Connections: n.Options.Connections,
-		HeaderDigest: n.Options.HeaderDigest, DataDigest: n.Options.DataDigest, LoginTimeoutMs: n.Options.LoginTimeoutMs}
+		HeaderDigest: n.Options.HeaderDigest, DataDigest: n.Options.DataDigest, LoginTimeoutMs: n.Options.LoginTimeoutMs,
+		ErrorRecoveryLevel: n.Options.ErrorRecoveryLevel, Time2Retain: n.Options.Time2Retain}
 	if au := n.Auth; au != nil {
 		req.Auth = &api.Auth{User: au.User, SecretFile: au.SecretFile, SecretEnv: au.SecretEnv, TargetUser: au.TargetUser,
 			TargetSecretFile: au.TargetSecretFile, TargetSecretEnv: au.TargetSecretEnv, Algorithms: au.Algorithms,
@@ -214,6 +215,9 @@ func (a *Agent) login(ctx context.Context, req api.LoginRequest, node string) ([
 	if req.Sessions < 0 || req.Connections < 0 || req.LoginTimeoutMs < 0 || n > 64 || m > 64 {
 		return nil, fmt.Errorf("%w: sessions and connections from 1 to 64, loginTimeoutMs not negative", api.ErrInvalid)
 	}
+	if err := nodes.CheckRecovery(req.ErrorRecoveryLevel, req.Time2Retain); err != nil {
+		return nil, fmt.Errorf("%w: %w", api.ErrInvalid, err)
+	}
 	portal, err := nodes.NormalizePortal(req.Portal)
 	if err != nil {
 		return nil, err
@@ -229,6 +233,10 @@ func (a *Agent) login(ctx context.Context, req api.LoginRequest, node string) ([
 	params := session.DefaultParams()
 	params.HeaderDigest, params.DataDigest = req.HeaderDigest, req.DataDigest
 	params.MaxConnections = max(params.MaxConnections, m)
+	if req.ErrorRecoveryLevel != nil {
+		params.ErrorRecoveryLevel = *req.ErrorRecoveryLevel
+	}
+	params.DefaultTime2Retain = req.Time2Retain
 	target := req.Target
 	if target == "" {
 		dctx, cancel := context.WithTimeout(ctx, timeout)

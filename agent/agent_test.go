@@ -502,3 +502,44 @@ func TestServeMetrics(t *testing.T) {
 		}
 	}
 }
+
+// TestAgentRecoveryParams: a login request's and a node's
+// errorRecoveryLevel and time2retain are what the agent offers (the
+// target's answer decides: the minimum of both); out of range, 400.
+func TestAgentRecoveryParams(t *testing.T) {
+	tg := iscsitest.NewTarget(iscsitest.Config{LUNs: []int64{1 << 20}, ErrorRecoveryLevel: 2})
+	defer tg.Close()
+	dir := t.TempDir()
+	a, c := startAgent(t, dir)
+	one := 1
+	var lr api.LoginResponse
+	req := api.LoginRequest{Portal: tg.Addr(), Target: iscsitest.DefaultName, Connections: 2, ErrorRecoveryLevel: &one, Time2Retain: 20}
+	if s := c.do("POST", "/v1/sessions", req, &lr); s != 201 || len(lr.Sessions) != 1 {
+		t.Fatalf("login: %d %+v", s, lr)
+	}
+	if p := lr.Sessions[0].Params; p["ErrorRecoveryLevel"] != 1.0 || p["DefaultTime2Retain"] != 20.0 {
+		t.Errorf("negotiated %v; want ErrorRecoveryLevel 1, DefaultTime2Retain 20", p)
+	}
+	if s := c.do("POST", "/v1/sessions", api.LoginRequest{Portal: tg.Addr(), Target: iscsitest.DefaultName}, &lr); s != 201 ||
+		lr.Sessions[0].Params["ErrorRecoveryLevel"] != 2.0 || lr.Sessions[0].Params["DefaultTime2Retain"] != 0.0 {
+		t.Errorf("login with the defaults: %d %v; want ErrorRecoveryLevel 2, DefaultTime2Retain 0", s, lr.Sessions[0].Params)
+	}
+	three := 3
+	for _, bad := range []api.LoginRequest{
+		{Portal: tg.Addr(), Target: iscsitest.DefaultName, ErrorRecoveryLevel: &three},
+		{Portal: tg.Addr(), Target: iscsitest.DefaultName, Time2Retain: -1},
+	} {
+		var e api.ErrorResponse
+		if s := c.do("POST", "/v1/sessions", bad, &e); s != 400 || e.Error.ExitCode != 5 {
+			t.Errorf("login %+v: %d %+v; want 400, exit 5", bad, s, e)
+		}
+	}
+	var e api.ErrorResponse
+	node := nodes.Node{Target: iscsitest.DefaultName, Portals: []string{tg.Addr()}, Options: nodes.Options{Time2Retain: 3601}}
+	if s := c.do("POST", "/v1/nodes", node, &e); s != 400 || !strings.Contains(e.Error.Message, "time2retain 3601") {
+		t.Errorf("node with time2retain 3601: %d %+v", s, e)
+	}
+	if res := a.Shutdown(nil); !res.AllLoggedOut || len(res.Logouts) != 1 {
+		t.Errorf("Shutdown: %+v", res)
+	}
+}

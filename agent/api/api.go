@@ -117,6 +117,13 @@ type LoginRequest struct {
 	DataDigest     bool  `json:"dataDigest,omitempty"`
 	LoginTimeoutMs int64 `json:"loginTimeoutMs,omitempty"`
 	Auth           *Auth `json:"auth,omitempty"`
+	// ErrorRecoveryLevel is the highest level offered (0-2); absent means
+	// the library's default, 2.
+	ErrorRecoveryLevel *int `json:"errorRecoveryLevel,omitempty"`
+	// Time2Retain is the DefaultTime2Retain offered, in seconds (0-3600,
+	// default 0); above 0, a session at ErrorRecoveryLevel 2 moves a lost
+	// connection's commands to another of its connections.
+	Time2Retain int `json:"time2retain,omitempty"`
 }
 
 // LoginResponse is the answer of POST /v1/sessions: the sessions opened

@@ -83,6 +83,11 @@ type Options struct {
 	DataDigest   bool `json:"dataDigest,omitempty"`
 	// LoginTimeoutMs bounds each login; 0 means 15 s.
 	LoginTimeoutMs int64 `json:"loginTimeoutMs,omitempty"`
+	// ErrorRecoveryLevel is the highest level offered (0-2); nil means the
+	// library's default, 2.
+	ErrorRecoveryLevel *int `json:"errorRecoveryLevel,omitempty"`
+	// Time2Retain is the DefaultTime2Retain offered, in seconds (0-3600).
+	Time2Retain int `json:"time2retain,omitempty"`
 }
 
 // Node is one node record.
@@ -127,6 +132,9 @@ func (n *Node) Validate() error {
 	o := n.Options
 	if o.Sessions < 0 || o.Connections < 0 || o.LoginTimeoutMs < 0 {
 		return fmt.Errorf("%w: node %s: negative sessions, connections or login timeout", initiator.ErrInvalidArg, name)
+	}
+	if err := CheckRecovery(o.ErrorRecoveryLevel, o.Time2Retain); err != nil {
+		return fmt.Errorf("%w: node %s: %w", initiator.ErrInvalidArg, name, err)
 	}
 	if a := n.Auth; a != nil {
 		if a.SecretFile != "" && a.SecretEnv != "" || a.TargetSecretFile != "" && a.TargetSecretEnv != "" {
@@ -317,6 +325,18 @@ func (s *Store) Delete(target string) error {
 func decode(key string, v []byte, n *Node) error {
 	if err := json.Unmarshal(v, n); err != nil {
 		return fmt.Errorf("node record %s is corrupt: %w", key, err)
+	}
+	return nil
+}
+
+// CheckRecovery checks an offered ErrorRecoveryLevel (nil: the default) and
+// DefaultTime2Retain against their ranges (RFC 7143 §13.16, §13.20).
+func CheckRecovery(erl *int, time2retain int) error {
+	if erl != nil && (*erl < 0 || *erl > 2) {
+		return fmt.Errorf("errorRecoveryLevel %d: want 0, 1 or 2", *erl)
+	}
+	if time2retain < 0 || time2retain > 3600 {
+		return fmt.Errorf("time2retain %d: want 0 to 3600 seconds", time2retain)
 	}
 	return nil
 }

@@ -278,7 +278,8 @@ func (a *app) agentLogin(ctx context.Context, c *agentClient, fs *pflag.FlagSet,
 		return err
 	}
 	req := api.LoginRequest{Portal: tf.portal, Target: tf.target, Sessions: n, Connections: m,
-		HeaderDigest: tf.headerDigest != digestNone, DataDigest: tf.dataDigest != digestNone, LoginTimeoutMs: tf.loginTimeout.Milliseconds()}
+		HeaderDigest: tf.headerDigest != digestNone, DataDigest: tf.dataDigest != digestNone, LoginTimeoutMs: tf.loginTimeout.Milliseconds(),
+		ErrorRecoveryLevel: &tf.erl, Time2Retain: tf.time2retain}
 	if chap != nil {
 		// The secrets go to the agent on its 0600 socket; the user name
 		// defaults to the agent's initiator name, not this command's.

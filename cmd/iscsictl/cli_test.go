@@ -342,3 +342,31 @@ func fileSize(t *testing.T, p string) int64 {
 	}
 	return st.Size()
 }
+
+// TestRecoveryFlags: --erl and --time2retain are what the login offers
+// (the target's answer decides: minimum for both), and out-of-range values
+// are refused in one line.
+func TestRecoveryFlags(t *testing.T) {
+	t.Parallel()
+	tg := cliTestTarget(t, iscsitest.Config{ErrorRecoveryLevel: 2})
+	u := "iscsi://" + tg.Addr() + "/" + cliTarget
+	for _, c := range []struct {
+		args          []string
+		erl, t2retain float64
+	}{
+		{nil, 2, 0},
+		{[]string{"--time2retain", "20"}, 2, 20},
+		{[]string{"--erl", "1", "--time2retain", "7"}, 1, 7},
+		{[]string{"--erl", "0"}, 0, 0},
+	} {
+		v := iscsictl(t, append([]string{"login", u, "-c", "2", "-j"}, c.args...)...).want(t, exitOK).json(t)
+		p := path(t, v, "sessions", 0, "params").(map[string]any)
+		if p["ErrorRecoveryLevel"] != c.erl || p["DefaultTime2Retain"] != c.t2retain {
+			t.Errorf("%v: ErrorRecoveryLevel %v, DefaultTime2Retain %v; want %v, %v", c.args, p["ErrorRecoveryLevel"],
+				p["DefaultTime2Retain"], c.erl, c.t2retain)
+		}
+	}
+	oneLine(t, iscsictl(t, "login", "-p", "127.0.0.1", "--erl", "3"), "--erl 3: ErrorRecoveryLevel is 0, 1 or 2")
+	oneLine(t, iscsictl(t, "login", "-p", "127.0.0.1", "--time2retain", "3601"), "--time2retain 3601")
+	oneLine(t, iscsictl(t, "node", "add", "-p", "127.0.0.1", "-t", cliTarget, "--erl", "-1", "--state-dir", t.TempDir()), "errorRecoveryLevel -1")
+}

@@ -119,6 +119,8 @@ func defNodeAdd(a *app, fs *pflag.FlagSet) runFunc {
 	digestFlag(fs, &hdm, "header-digest", "header")
 	digestFlag(fs, &ddm, "data-digest", "data")
 	lt := fs.Duration("login-timeout", 15*time.Second, "bound on each login")
+	erl := fs.Int("erl", defaultERL, "highest ErrorRecoveryLevel to offer, `0-2`")
+	t2r := fs.Int("time2retain", 0, "DefaultTime2Retain to offer, in `seconds` (0-3600); above 0, at ErrorRecoveryLevel 2 a lost connection's commands move to another connection of the session")
 	var au nodes.Auth
 	algs := ""
 	fs.StringVar(&au.User, "chap-user", "", "CHAP user `name` (default: the agent's initiator name)")
@@ -152,19 +154,22 @@ func defNodeAdd(a *app, fs *pflag.FlagSet) runFunc {
 				au.User = u.user
 			}
 		}
-		hd, dd := hdm != digestNone, ddm != digestNone
-		return runNodeAdd(ctx, a, af, stateDir, portals, target, startup, sessions, conns, &hd, &dd, lt, au, algs)
+		o := nodes.Options{Sessions: *sessions, Connections: *conns, HeaderDigest: hdm != digestNone, DataDigest: ddm != digestNone,
+			LoginTimeoutMs: lt.Milliseconds(), Time2Retain: *t2r}
+		if fs.Changed("erl") {
+			o.ErrorRecoveryLevel = erl
+		}
+		return runNodeAdd(ctx, a, af, stateDir, portals, target, startup, o, au, algs)
 	}
 }
 
-func runNodeAdd(ctx context.Context, a *app, af *agentFlags, stateDir *string, portals portalList, target, startup *string, sessions, conns *int,
-	hd, dd *bool, lt *time.Duration, au nodes.Auth, algs string) error {
+func runNodeAdd(ctx context.Context, a *app, af *agentFlags, stateDir *string, portals portalList, target, startup *string,
+	o nodes.Options, au nodes.Auth, algs string) error {
 	st, err := nodes.ParseStartup(*startup)
 	if err != nil {
 		return invalidArgf("--startup %q: want automatic or manual", *startup)
 	}
-	n := nodes.Node{Target: *target, Portals: portals, Startup: st, Options: nodes.Options{Sessions: *sessions, Connections: *conns,
-		HeaderDigest: *hd, DataDigest: *dd, LoginTimeoutMs: lt.Milliseconds()}}
+	n := nodes.Node{Target: *target, Portals: portals, Startup: st, Options: o}
 	if *target == "" {
 		return invalidArgf("--target is required")
 	}

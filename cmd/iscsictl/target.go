@@ -34,6 +34,9 @@ type targetFlags struct {
 	// conns is the most connections a session of the command has; the
 	// initiator offers at least that MaxConnections.
 	conns int
+	// erl and time2retain are the ErrorRecoveryLevel and the
+	// DefaultTime2Retain offered (--erl, --time2retain).
+	erl, time2retain int
 
 	chapUser             string
 	chapSecretFile       string
@@ -64,6 +67,8 @@ func (t *targetFlags) register(fs *pflag.FlagSet, a *app) {
 	fs.DurationVar(&t.loginTimeout, "login-timeout", 15*time.Second, "bound on each login")
 	digestFlag(fs, &t.headerDigest, "header-digest", "header")
 	digestFlag(fs, &t.dataDigest, "data-digest", "data")
+	fs.IntVar(&t.erl, "erl", defaultERL, "highest ErrorRecoveryLevel to offer, `0-2` (the target's answer decides)")
+	fs.IntVar(&t.time2retain, "time2retain", session.DefaultParams().DefaultTime2Retain, "DefaultTime2Retain to offer, in `seconds` (0-3600); above 0, at ErrorRecoveryLevel 2 a lost connection's commands move to another connection of the session")
 	fs.BoolVar(&t.allowSecretInURL, "allow-secret-in-url", false, "accept a CHAP secret in an iscsi://USER%SECRET@... URL (it shows in the process list and the shell's history; prefer --chap-secret-file)")
 	fs.StringVar(&t.chapUser, "chap-user", "", "CHAP user `name` (default: the initiator name, when a secret is given)")
 	fs.StringVar(&t.chapSecretFile, "chap-secret-file", "", "read the CHAP secret from this `file` (else $"+envCHAPSecret+")")
@@ -73,6 +78,10 @@ func (t *targetFlags) register(fs *pflag.FlagSet, a *app) {
 	fs.StringVar(&t.chapAlgorithms, "chap-algorithms", "", "CHAP algorithms to offer, in order: `list` of sha3-256, sha256, sha1, md5 (default all, strongest first)")
 	a.pcapFlag(fs)
 }
+
+// defaultERL is the ErrorRecoveryLevel offered without --erl: the highest
+// the library implements.
+var defaultERL = session.DefaultParams().ErrorRecoveryLevel
 
 // targetWant says what a command needs of --target.
 type targetWant int
@@ -105,6 +114,12 @@ func (t *targetFlags) check(want targetWant) error {
 	}
 	if t.loginTimeout <= 0 {
 		return invalidArgf("--login-timeout must be positive")
+	}
+	if t.erl < 0 || t.erl > 2 {
+		return invalidArgf("--erl %d: ErrorRecoveryLevel is 0, 1 or 2", t.erl)
+	}
+	if t.time2retain < 0 || t.time2retain > 3600 {
+		return invalidArgf("--time2retain %d: DefaultTime2Retain is 0 to 3600 seconds", t.time2retain)
 	}
 	return nil
 }
@@ -200,6 +215,7 @@ func (t *targetFlags) params() *session.Params {
 	p := session.DefaultParams()
 	p.HeaderDigest, p.DataDigest = t.headerDigest != digestNone, t.dataDigest != digestNone
 	p.MaxConnections = max(p.MaxConnections, t.conns)
+	p.ErrorRecoveryLevel, p.DefaultTime2Retain = t.erl, t.time2retain
 	return &p
 }
 
