@@ -4,7 +4,10 @@ package bench_test
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"runtime"
 	"runtime/pprof"
@@ -80,17 +83,7 @@ func TestChild(t *testing.T) {
 func BenchmarkLogoutFromTarget(b *testing.B) {
 	c := memTarget(b)
 	for _, conns := range []int{1, 2} {
-		counts := []int{1, 10, 100, 1000}
-		if v := os.Getenv("BENCH_LOGOUT_SESSIONS"); v != "" {
-			// e.g. BENCH_LOGOUT_SESSIONS=10000 (mind the open-file limit)
-			counts = nil
-			for _, f := range strings.Split(v, ",") {
-				if n, err := strconv.Atoi(f); err == nil {
-					counts = append(counts, n)
-				}
-			}
-		}
-		for _, n := range counts {
+		for _, n := range logoutCounts() {
 			b.Run(fmt.Sprintf("sessions=%d/conns=%d", n, conns), func(b *testing.B) {
 				ctx := context.Background()
 				// The CPU both processes spent in the logouts: wall
@@ -151,6 +144,98 @@ func BenchmarkLogoutFromTarget(b *testing.B) {
 			})
 		}
 	}
+}
+
+// logoutCounts are the session counts of the logout benchmarks: 1, 10, 100
+// and 1000, or BENCH_LOGOUT_SESSIONS (e.g. 10000; mind the open-file limit).
+func logoutCounts() []int {
+	v := os.Getenv("BENCH_LOGOUT_SESSIONS")
+	if v == "" {
+		return []int{1, 10, 100, 1000}
+	}
+	var counts []int
+	for _, f := range strings.Split(v, ",") {
+		if n, err := strconv.Atoi(f); err == nil {
+			counts = append(counts, n)
+		}
+	}
+	return counts
+}
+
+// BenchmarkLogoutFloor is the floor under BenchmarkLogoutFromTarget: n
+// loopback TCP connections to the same child process, each taking the
+// least a logout must do, the way a Go program does it: a goroutine per
+// connection writes a request, reads a 48-byte answer (a Logout
+// Response's size) and closes; the child's goroutine reads the request,
+// writes the answer and closes at the end of the stream. No iSCSI, no
+// bookkeeping: what the kernel and Go's runtime cost per connection on
+// this machine, which a logout of n sessions cannot go below.
+func BenchmarkLogoutFloor(b *testing.B) {
+	c := memTarget(b)
+	for _, n := range logoutCounts() {
+		b.Run(fmt.Sprintf("conns=%d", n), func(b *testing.B) {
+			var total, selfCPU, tgtCPU time.Duration
+			for b.Loop() {
+				b.StopTimer()
+				conns := make([]net.Conn, n)
+				for i := range conns {
+					nc, err := net.Dial("tcp", c.RawAddr)
+					if err != nil {
+						b.Fatal(err)
+					}
+					conns[i] = nc
+				}
+				self0, tgt0 := benchkit.SelfCPU(), benchkit.ProcCPU(c.Pid)
+				var failed atomic.Int64
+				var wg sync.WaitGroup
+				b.StartTimer()
+				start := time.Now()
+				for _, nc := range conns {
+					wg.Go(func() {
+						defer nc.Close()
+						var buf [48]byte
+						binary.BigEndian.PutUint32(buf[:4], uint32(len(buf)))
+						if _, err := nc.Write(buf[:4]); err != nil {
+							failed.Add(1)
+							return
+						}
+						if _, err := io.ReadFull(nc, buf[:]); err != nil {
+							failed.Add(1)
+						}
+					})
+				}
+				wg.Wait()
+				total += time.Since(start)
+				b.StopTimer()
+				// The child closes its side after the client's FIN: wait
+				// for its CPU to settle (no signal crosses the process).
+				tgtCPU += settledCPU(c.Pid) - tgt0
+				selfCPU += benchkit.SelfCPU() - self0
+				if f := failed.Load(); f > 0 {
+					b.Fatalf("%d of %d connections failed their exchange", f, n)
+				}
+				b.StartTimer()
+			}
+			b.ReportMetric(float64(total.Nanoseconds())/float64(b.N)/float64(n), "ns/session")
+			b.ReportMetric(float64(selfCPU.Nanoseconds())/float64(b.N)/float64(n), "initiator-cpu-ns/session")
+			b.ReportMetric(float64(tgtCPU.Nanoseconds())/float64(b.N)/float64(n), "target-cpu-ns/session")
+		})
+	}
+}
+
+// settledCPU returns the CPU time of process pid once it stopped growing
+// for two clock ticks in a row (at most a second).
+func settledCPU(pid int) time.Duration {
+	last := benchkit.ProcCPU(pid)
+	for range 50 {
+		time.Sleep(20 * time.Millisecond)
+		now := benchkit.ProcCPU(pid)
+		if now == last {
+			return now
+		}
+		last = now
+	}
+	return last
 }
 
 // BenchmarkIdleSession measures what an idle single-connection session
