@@ -10,6 +10,7 @@ import (
 
 	"github.com/goiscsi/iscsi/logout"
 	"github.com/goiscsi/iscsi/pdu"
+	"github.com/goiscsi/iscsi/session"
 	"go.uber.org/goleak"
 )
 
@@ -50,7 +51,7 @@ func roundTripResult() *logout.Result {
 		every.Conns = append(every.Conns, c)
 	}
 	return &logout.Result{Target: "iqn.2026-01.org.goiscsi.test:rt", Outcome: logout.Incomplete, Deadline: 15 * time.Second,
-		Duration: 1234567 * time.Microsecond, Requested: true, Commands: logout.Commands{Completed: 2, Aborted: 3, Unknown: 6},
+		Duration: 1234567 * time.Microsecond, Requested: true, Parameter3: 30, Commands: logout.Commands{Completed: 2, Aborted: 3, Unknown: 6},
 		Sessions: []logout.SessionResult{
 			{TSIH: 7, ISID: [6]byte{0x80, 1, 2, 3, 4, 5}, LoggedOut: true, Commands: logout.Commands{Completed: 2, Aborted: 3, Unknown: 1},
 				Conns: []logout.ConnResult{
@@ -60,9 +61,10 @@ func roundTripResult() *logout.Result {
 					{CID: 1, Reason: pdu.LogoutCloseSession, State: logout.ConnLoggedOut, Responded: true, Commands: retry.Commands,
 						Duration: time.Millisecond, Steps: []logout.Step{retry}},
 				}},
-			{TSIH: 9, ISID: [6]byte{0x80, 9}, Forced: true, InUse: errors.New("mounted on /data"), Conns: []logout.ConnResult{
-				{CID: 0, Reason: pdu.LogoutCloseSession, State: logout.ConnNotAttempted, Err: errors.New("session in use: mounted on /data")},
-			}},
+			{TSIH: 9, ISID: [6]byte{0x80, 9}, Forced: true, InUse: errors.New("mounted on /data"), State: session.SessionRecovering,
+				RetainUntil: time.Date(2026, 12, 2, 4, 0, 20, 123456789, time.UTC), Conns: []logout.ConnResult{
+					{CID: 0, Reason: pdu.LogoutCloseSession, State: logout.ConnNotAttempted, Err: errors.New("session in use: mounted on /data")},
+				}},
 			every,
 		}}
 }
@@ -104,8 +106,12 @@ func TestLogoutRoundTrip(t *testing.T) {
 		l := NewLogout(in, strategy)
 		if l.HRESULT != "0x80042710" || l.ExitCode != 4 || l.LoggedOut != 1 || l.NotLoggedOut != 2 || l.SessionCount != 3 ||
 			l.LoggedOutOrGone || l.Strategy != strategy.String() || l.DeadlineMs != 15000 || !l.Requested ||
-			l.Commands != (Commands{Completed: 2, Aborted: 3, Unknown: 6, Total: 11}) {
+			l.Commands != (Commands{Completed: 2, Aborted: 3, Unknown: 6, Total: 11}) || l.Parameter3 == nil || *l.Parameter3 != 30 {
 			t.Errorf("encoded: %+v", l)
+		}
+		if s := l.Sessions[1]; s.StateAtStart != "recovering" || s.RetainUntil != "2026-12-02T04:00:20.123456789Z" ||
+			l.Sessions[0].StateAtStart != "up" || l.Sessions[0].RetainUntil != "" {
+			t.Errorf("sessions' state and retain time: %+v, %+v", l.Sessions[0], s)
 		}
 		b, err := json.Marshal(l)
 		if err != nil {
@@ -155,10 +161,20 @@ func TestLogoutRoundTrip(t *testing.T) {
 		{Strategy: "per-session", Outcome: "success", Sessions: []LogoutSession{{ISID: "0x800102030405",
 			Conns: []LogoutConn{{State: "refused", Steps: []LogoutStep{{Kind: "jump", State: "refused"}}}}}}},
 		{Strategy: "per-session", Outcome: "success", Sessions: []LogoutSession{{ISID: "0x800102030405",
-			Conns: []LogoutConn{{State: "refused", Steps: []LogoutStep{{Kind: "close", State: "dozing"}}}}}}}} {
+			Conns: []LogoutConn{{State: "refused", Steps: []LogoutStep{{Kind: "close", State: "dozing"}}}}}}},
+		{Strategy: "per-session", Outcome: "success", Sessions: []LogoutSession{{ISID: "0x800102030405", StateAtStart: "dozing"}}},
+		{Strategy: "per-session", Outcome: "success", Sessions: []LogoutSession{{ISID: "0x800102030405", RetainUntil: "tomorrow"}}}} {
 		if _, _, err := bad.Result(); err == nil {
 			t.Errorf("Result of %+v: no error", bad)
 		}
+	}
+	// An agent before stateAtStart and retainUntil: the session was up.
+	var old Logout
+	if err := json.Unmarshal([]byte(`{"strategy":"per-session","outcome":"success","sessions":[{"tsih":"0x0001","isid":"0x800102030405","loggedOut":true}]}`), &old); err != nil {
+		t.Fatal(err)
+	}
+	if r, _, err := old.Result(); err != nil || r.Sessions[0].State != session.SessionUp || !r.Sessions[0].RetainUntil.IsZero() || r.Parameter3 != 0 {
+		t.Errorf("older encoding: %+v, %v", r, err)
 	}
 }
 

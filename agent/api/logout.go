@@ -7,9 +7,11 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/goiscsi/iscsi/logout"
 	"github.com/goiscsi/iscsi/pdu"
+	"github.com/goiscsi/iscsi/session"
 )
 
 // The logout result has one JSON encoding, Logout: the agent answers its
@@ -131,8 +133,10 @@ type Logout struct {
 	// DeadlineMs is the operation's deadline, DurationMs the time it took.
 	DeadlineMs float64 `json:"deadlineMs"`
 	DurationMs float64 `json:"durationMs"`
-	// Requested is true when the target asked for the logout.
-	Requested bool `json:"targetRequested,omitempty"`
+	// Requested is true when the target asked for the logout; Parameter3
+	// is then the seconds it gave (0: at once).
+	Requested  bool    `json:"targetRequested,omitempty"`
+	Parameter3 *uint16 `json:"parameter3,omitempty"`
 }
 
 // LogoutSession is one session of a Logout.
@@ -143,9 +147,16 @@ type LogoutSession struct {
 	Forced    bool    `json:"forced"`
 	// InUse says why the session was in use (and left as it was, unless
 	// forced); empty when it was not.
-	InUse    string       `json:"inUse,omitempty"`
-	Commands Commands     `json:"commands"`
-	Conns    []LogoutConn `json:"connections"`
+	InUse string `json:"inUse,omitempty"`
+	// StateAtStart is the session's state when the logout began: "up",
+	// "recovering", "failed" or "lost".
+	StateAtStart string `json:"stateAtStart"`
+	// RetainUntil (RFC 3339, UTC), for a session with no connection that
+	// was not logged out, is when the target has surely dropped it; until
+	// then it may keep it, and its reservations.
+	RetainUntil string       `json:"retainUntil,omitempty"`
+	Commands    Commands     `json:"commands"`
+	Conns       []LogoutConn `json:"connections"`
 }
 
 // LogoutConn is one connection of a LogoutSession.
@@ -193,9 +204,16 @@ func NewLogout(r *logout.Result, strategy logout.Strategy) Logout {
 		SessionCount: len(r.Sessions), LoggedOut: r.LoggedOut(), NotLoggedOut: len(r.Sessions) - r.LoggedOut(),
 		LoggedOutOrGone: r.LoggedOutOrGone(), Commands: NewCommands(r.Commands),
 		DeadlineMs: ms(r.Deadline), DurationMs: ms(r.Duration), Requested: r.Requested}
+	if r.Requested {
+		p3 := r.Parameter3
+		out.Parameter3 = &p3
+	}
 	for _, s := range r.Sessions {
 		sj := LogoutSession{TSIH: HexTSIH(s.TSIH), ISID: ISIDHex(s.ISID), LoggedOut: s.LoggedOut, Forced: s.Forced,
-			Commands: NewCommands(s.Commands), Conns: []LogoutConn{}}
+			StateAtStart: s.State.String(), Commands: NewCommands(s.Commands), Conns: []LogoutConn{}}
+		if !s.RetainUntil.IsZero() {
+			sj.RetainUntil = s.RetainUntil.UTC().Format(time.RFC3339Nano)
+		}
 		if s.InUse != nil {
 			sj.InUse = TrimPrefixes(s.InUse.Error())
 		}
@@ -259,7 +277,7 @@ func (l *Logout) Result() (*logout.Result, logout.Strategy, error) {
 		return nil, 0, fmt.Errorf("logout result: unknown outcome %q", l.Outcome)
 	}
 	r := &logout.Result{Target: l.Target, Outcome: outcome, Deadline: fromMs(l.DeadlineMs), Duration: fromMs(l.DurationMs),
-		Requested: l.Requested, Commands: l.Commands.counts()}
+		Requested: l.Requested, Parameter3: deref(l.Parameter3), Commands: l.Commands.counts()}
 	for _, s := range l.Sessions {
 		isid, err := ParseISID(s.ISID)
 		if err != nil {
@@ -267,6 +285,18 @@ func (l *Logout) Result() (*logout.Result, logout.Strategy, error) {
 		}
 		sr := logout.SessionResult{TSIH: uint16(s.TSIH), ISID: isid, LoggedOut: s.LoggedOut, Forced: s.Forced,
 			Commands: s.Commands.counts()}
+		// A result from an agent before these fields has neither: the
+		// session was up, nothing was retained.
+		if s.StateAtStart != "" {
+			if sr.State, err = parseSessionState(s.StateAtStart); err != nil {
+				return nil, 0, fmt.Errorf("logout result: session 0x%04x: %w", uint16(s.TSIH), err)
+			}
+		}
+		if s.RetainUntil != "" {
+			if sr.RetainUntil, err = time.Parse(time.RFC3339Nano, s.RetainUntil); err != nil {
+				return nil, 0, fmt.Errorf("logout result: session 0x%04x: retainUntil: %w", uint16(s.TSIH), err)
+			}
+		}
 		if s.InUse != "" {
 			sr.InUse = errors.New(s.InUse)
 		}
@@ -335,4 +365,14 @@ func deref[T any](p *T) T {
 		v = *p
 	}
 	return v
+}
+
+// parseSessionState is the session.SessionState named s.
+func parseSessionState(s string) (session.SessionState, error) {
+	for st := range session.SessionState(32) {
+		if st.String() == s {
+			return st, nil
+		}
+	}
+	return 0, fmt.Errorf("unknown session state %q", s)
 }
