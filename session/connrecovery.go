@@ -81,7 +81,7 @@ func (e *ReassignError) Error() string {
 	if e.Err != nil {
 		msg += ": " + e.Err.Error()
 	}
-	if e.OutcomeUnknown {
+	if e.OutcomeUnknown && !errors.Is(e.Err, ErrOutcomeUnknown) && !errors.Is(e.Err, ErrLoggedOut) {
 		msg += "; its outcome on the target is unknown"
 	}
 	return msg
@@ -209,6 +209,51 @@ func (s *Session) startConnRecoveryLocked(c *Conn, err error) bool {
 	go s.recoverConn(c, held, time.Now(), max(t2w+t2r, minConnRecovery))
 	return true
 }
+
+// heldInFlight returns the commands ERL 2 connection recovery holds (those
+// of lost connections, not yet moved or failed), pinned for a logout's
+// count (inflight.go): a logout of the whole session ends them too.
+func (s *Session) heldInFlight() []*task {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []*task
+	for _, held := range s.crec.held {
+		for _, t := range held {
+			select {
+			case <-t.done: // its status is in: not in flight
+			default:
+				t.pinned.Store(true)
+				out = append(out, t)
+			}
+		}
+	}
+	return out
+}
+
+// endConnRecovery stops the running connection recoveries of a session
+// that logged out and waits, within ctx and at most heldWait, for the
+// commands they held to end (each fails, its outcome unknown: the target
+// dropped them with the session).
+func (s *Session) endConnRecovery(ctx context.Context, held []*task) {
+	if len(held) == 0 {
+		return
+	}
+	s.mu.Lock()
+	s.stopConnRecoveryLocked()
+	s.mu.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, heldWait)
+	defer cancel()
+	for _, t := range held {
+		if !waitDone(ctx, t.done) {
+			return
+		}
+	}
+}
+
+// heldWait bounds how long a logout of the session waits for the commands
+// connection recovery held to end once the recovery is stopped: each ends
+// at the recovery's next step, without the network.
+const heldWait = time.Second
 
 // stopConnRecoveryLocked stops the running connection recoveries (Close).
 func (s *Session) stopConnRecoveryLocked() {

@@ -448,3 +448,70 @@ func TestERL2RefusedUnreceivedCommandGapFilled(t *testing.T) {
 		t.Fatalf("I/O after the refused reassignment: %v (the lost command's CmdSN left a gap)", err)
 	}
 }
+
+// TestERL2LogoutDuringConnRecovery: a logout of the session while an ERL 2
+// connection recovery holds a lost connection's command (its reason-2
+// Logout Request unanswered) logs the session out at once, ends the held
+// command with its outcome unknown, counts it, and stops the recovery: no
+// wait for the recovery's own bound (Time2Wait + Time2Retain, 20 s here).
+func TestERL2LogoutDuringConnRecovery(t *testing.T) {
+	release := make(chan struct{})
+	reason2 := make(chan struct{}, 1)
+	hook := func(ev *iscsitest.Event) iscsitest.Action {
+		switch v := ev.PDU.(type) {
+		case *pdu.SCSICommand:
+			if ev.CID == 1 {
+				<-release
+			}
+		case *pdu.LogoutRequest:
+			if v.ReasonCode == pdu.LogoutRemoveForRecovery {
+				reason2 <- struct{}{}
+				return iscsitest.Drop
+			}
+		}
+		return iscsitest.Continue
+	}
+	_, s := erl2Session(t, iscsitest.Config{Hook: hook}, 2, nil)
+	ctx := interopCtx(t)
+	c1 := s.Conns()[1]
+	errc := make(chan error, 1)
+	go func() {
+		buf := make([]byte, 4096)
+		_, err := c1.Execute(ctx, &Command{CDB: read10(0, 8), Read: buf})
+		errc <- err
+	}()
+	waitFor(t, func() bool { return len(c1.inFlight()) == 1 })
+	c1.nc.Close()
+	close(release)
+	select {
+	case <-reason2: // the recovery waits for the answer to it
+	case <-ctx.Done():
+		t.Fatal("no Logout Request with reason 2 for the lost connection")
+	}
+	if n := s.ConnRecovery().Running; n != 1 {
+		t.Fatalf("%d connection recoveries running, want 1", n)
+	}
+
+	start := time.Now()
+	res, err := s.Logout(ctx, LogoutOptions{Timeout: 2 * time.Second})
+	took := time.Since(start)
+	if err != nil || !res.OK() {
+		t.Fatalf("logout during the recovery: %+v, %v", res, err)
+	}
+	select {
+	case err = <-errc:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the held command did not end with the logout")
+	}
+	if !errors.Is(err, ErrOutcomeUnknown) {
+		t.Errorf("held command: %v, want its outcome unknown", err)
+	}
+	if res.Unknown != 1 {
+		t.Errorf("logout counts %+v: want the held command counted unknown", res)
+	}
+	waitFor(t, func() bool { return s.ConnRecovery().Running == 0 })
+	if took > 3*time.Second {
+		t.Errorf("the logout took %v", took)
+	}
+	t.Logf("logout %v, held command: %v, recovery %+v", took, err, s.ConnRecovery())
+}

@@ -64,7 +64,7 @@ func (c *Conn) inFlightLocked() []*task {
 		select {
 		case <-t.done: // its status is in: not in flight
 		default:
-			t.pinned = true // counted: never reused (recycle)
+			t.pinned.Store(true) // counted: never reused (recycle)
 			out = append(out, t)
 		}
 	}

@@ -146,6 +146,12 @@ func (c *Conn) logout(ctx context.Context, opts LogoutOptions) LogoutResult {
 		timeout = DefaultLogoutTimeout
 	}
 	stopped, inFlight := c.settleInFlight(ctx, opts, timeout)
+	// The commands ERL 2 connection recovery holds are in flight too: a
+	// logout of the session ends them.
+	var held []*task
+	if opts.Reason == pdu.LogoutCloseSession {
+		held = s.heldInFlight()
+	}
 	// One deadline bounds the whole exchange: the write of the request
 	// (a target that stopped reading holds it) and the wait for the answer.
 	lctx, cancel := context.WithTimeout(ctx, timeout)
@@ -190,6 +196,10 @@ func (c *Conn) logout(ctx context.Context, opts LogoutOptions) LogoutResult {
 		}
 	}
 	c.wg.Wait()
+	if res.OK() && opts.Reason == pdu.LogoutCloseSession {
+		s.endConnRecovery(ctx, held)
+		inFlight = append(inFlight, held...)
+	}
 	countInFlight(inFlight, &res)
 	if res.OK() && s.LoggedOut() {
 		// The reader marked the session logged out with what the response

@@ -308,7 +308,7 @@ func (w *ctxWatch) release() {
 func (c *Conn) unlistDone(t *task) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if t.pinned || c.state() != connUp || c.tasks[t.itt] != t {
+	if t.pinned.Load() || c.state() != connUp || c.tasks[t.itt] != t {
 		return false
 	}
 	delete(c.tasks, t.itt)
@@ -584,6 +584,10 @@ func (t *task) resultInto(cmd *Command, res *Result) error {
 		var rj *RejectError
 		if errors.As(t.err, &rj) && rj.Op == pdu.OpSCSICommand || errors.Is(t.err, ErrNotSent) {
 			// The target refused the command itself: it did not run it.
+			return t.err
+		}
+		if errors.Is(t.err, ErrOutcomeUnknown) {
+			// It says so already (a *ReassignError, a short transfer).
 			return t.err
 		}
 		// Whatever ended the connection (a reset, a logout, a protocol

@@ -465,7 +465,7 @@ func (c *Conn) finishCall(t *task, onReader bool) {
 			c.idle = nil
 		}
 	}
-	reuse := onReader && c.state() == connUp
+	reuse := onReader && c.state() == connUp && !t.pinned.Load()
 	c.mu.Unlock()
 	call := t.call
 	if !reuse {

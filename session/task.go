@@ -50,12 +50,14 @@ type task struct {
 	// target's status, took it out of the task table while the connection
 	// was up and no logout had counted it (unlistDone): nothing but its
 	// own goroutine holds it any more, so it may be reused (recycle), and
-	// complete signals done with a token rather than closing it. pinned
-	// is set when a logout took the task into its count of commands in
-	// flight (inflight.go): such a task is never reused. Both are guarded
-	// by the Conn's mu.
+	// complete signals done with a token rather than closing it; it is
+	// guarded by the Conn's mu. pinned is set when a logout took the task
+	// into its count of commands in flight (inflight.go): such a task is
+	// never reused (neither recycled nor, for a Submit call, reset for
+	// the next call). It is atomic: a task held by ERL 2 connection
+	// recovery is in no connection's table when a logout pins it.
 	unlisted bool
-	pinned   bool
+	pinned   atomic.Bool
 
 	// SCSI command state. mu is held while the reader copies Data-In into
 	// readBuf, so that a caller giving up can wait for the copy to end.
