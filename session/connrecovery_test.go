@@ -108,6 +108,25 @@ func TestERL2ConnLossMovesCommands(t *testing.T) {
 	}
 }
 
+// cutUnderRead starts a read on the session's connection 1, which the
+// target's hook holds until release is closed, closes that connection's
+// socket once the read is in flight, and releases the target: the read is
+// then a command of a lost connection. Its error comes on the channel.
+func cutUnderRead(t *testing.T, ctx context.Context, s *Session, release chan struct{}) <-chan error {
+	t.Helper()
+	c1 := s.Conns()[1]
+	errc := make(chan error, 1)
+	go func() {
+		buf := make([]byte, 4096)
+		_, err := c1.Execute(ctx, &Command{CDB: read10(0, 8), Read: buf})
+		errc <- err
+	}()
+	waitFor(t, func() bool { return len(c1.inFlight()) == 1 })
+	c1.nc.Close()
+	close(release)
+	return errc
+}
+
 func TestERL2TargetRefusesReassign(t *testing.T) {
 	// The target holds SCSI commands on connection 1 until it is cut,
 	// then refuses TASK REASSIGN.
@@ -125,19 +144,9 @@ func TestERL2TargetRefusesReassign(t *testing.T) {
 		}
 		return iscsitest.Continue
 	}
-	tg, s := erl2Session(t, iscsitest.Config{Hook: hook}, 2, nil)
-	_ = tg
+	_, s := erl2Session(t, iscsitest.Config{Hook: hook}, 2, nil)
 	ctx := interopCtx(t)
-	c1 := s.Conns()[1]
-	errc := make(chan error, 1)
-	go func() {
-		buf := make([]byte, 4096)
-		_, err := c1.Execute(ctx, &Command{CDB: read10(0, 8), Read: buf})
-		errc <- err
-	}()
-	waitFor(t, func() bool { return len(c1.inFlight()) == 1 })
-	c1.nc.Close()
-	close(release)
+	errc := cutUnderRead(t, ctx, s, release)
 	var err error
 	select {
 	case err = <-errc:
@@ -473,16 +482,7 @@ func TestERL2LogoutDuringConnRecovery(t *testing.T) {
 	}
 	_, s := erl2Session(t, iscsitest.Config{Hook: hook}, 2, nil)
 	ctx := interopCtx(t)
-	c1 := s.Conns()[1]
-	errc := make(chan error, 1)
-	go func() {
-		buf := make([]byte, 4096)
-		_, err := c1.Execute(ctx, &Command{CDB: read10(0, 8), Read: buf})
-		errc <- err
-	}()
-	waitFor(t, func() bool { return len(c1.inFlight()) == 1 })
-	c1.nc.Close()
-	close(release)
+	errc := cutUnderRead(t, ctx, s, release)
 	select {
 	case <-reason2: // the recovery waits for the answer to it
 	case <-ctx.Done():
