@@ -418,10 +418,14 @@ func (op *Operation) run(ctx context.Context, sessions []Session, conns [][]Conn
 			sr.LoggedOut, sr.Forced = loggedOut, forced
 			op.sessDone[i] = true
 			op.mu.Unlock()
+			// Checked first: thousands of sessions logging out at once would
+			// each build the fields for a level that is off.
 			for _, c := range sr.Conns {
-				opts.Logger.Debug("connection logout", zap.String("target", op.target), zap.Uint16("tsih", sr.TSIH),
-					zap.Uint16("cid", c.CID), zap.Stringer("reason", c.Reason), zap.Stringer("state", c.State),
-					zap.String("detail", c.Detail()), zap.Int("steps", len(c.Steps)), zap.Duration("took", c.Duration))
+				if ce := opts.Logger.Check(zap.DebugLevel, "connection logout"); ce != nil {
+					ce.Write(zap.String("target", op.target), zap.Uint16("tsih", sr.TSIH),
+						zap.Uint16("cid", c.CID), zap.Stringer("reason", c.Reason), zap.Stringer("state", c.State),
+						zap.String("detail", c.Detail()), zap.Int("steps", len(c.Steps)), zap.Duration("took", c.Duration))
+				}
 			}
 		}()
 	}

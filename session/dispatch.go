@@ -475,6 +475,12 @@ func (c *Conn) readErr(err error) error {
 		return ErrClosed
 	default:
 	}
+	if c.state() == connLoggedOut {
+		// The target closes the connection after a successful Logout
+		// Response: that end is the logout's (and, with thousands of
+		// sessions logging out at once, one error value for all).
+		return ErrLoggedOut
+	}
 	switch {
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		// Only a command that gave up sets a deadline inside a PDU.

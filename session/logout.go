@@ -131,8 +131,10 @@ func (c *Conn) Logout(ctx context.Context, opts LogoutOptions) LogoutResult {
 	}
 	res := c.logout(ctx, opts)
 	res.Duration = time.Since(start)
-	c.log.Debug("logout", zap.Stringer("reason", opts.Reason), zap.Bool("responded", res.Responded),
-		zap.Stringer("response", res.Response), zap.Error(res.Err), zap.Duration("took", res.Duration))
+	if ce := c.log.Check(zap.DebugLevel, "logout"); ce != nil {
+		ce.Write(zap.Stringer("reason", opts.Reason), zap.Bool("responded", res.Responded),
+			zap.Stringer("response", res.Response), zap.Error(res.Err), zap.Duration("took", res.Duration))
+	}
 	c.logoutRes = res
 	close(c.logoutDone)
 	return res
