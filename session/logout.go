@@ -147,13 +147,13 @@ func (c *Conn) logout(ctx context.Context, opts LogoutOptions) LogoutResult {
 	if timeout <= 0 {
 		timeout = DefaultLogoutTimeout
 	}
-	stopped, inFlight := c.settleInFlight(ctx, opts, timeout)
 	// The commands ERL 2 connection recovery holds are in flight too: a
-	// logout of the session ends them.
+	// logout of the session ends them. Taken as it begins, as the others.
 	var held []*task
 	if opts.Reason == pdu.LogoutCloseSession {
 		held = s.heldInFlight()
 	}
+	stopped, inFlight := c.settleInFlight(ctx, opts, timeout)
 	// One deadline bounds the whole exchange: the write of the request
 	// (a target that stopped reading holds it) and the wait for the answer.
 	lctx, cancel := context.WithTimeout(ctx, timeout)
