@@ -18,19 +18,7 @@ import (
 // allows, and writes a known pattern over the first 2 MiB of LUN 0.
 func erl1Session(t *testing.T, tg *iscsitest.Target, nop time.Duration) (*Session, []byte) {
 	t.Helper()
-	ctx := interopCtx(t)
-	cfg := testTargetConfig(tg, nil)
-	cfg.NOPInterval = nop
-	p := DefaultParams()
-	p.HeaderDigest, p.DataDigest = true, true
-	cfg.Params = &p
-	s := mustLogin(t, ctx, cfg)
-	t.Cleanup(func() { s.Close() })
-	data := randomData(t, 2<<20)
-	if err := s.Write(ctx, 0, 0, 512, data); err != nil {
-		t.Fatalf("writing the pattern: %v", err)
-	}
-	return s, data
+	return erl1bSession(t, tg, nop, nil)
 }
 
 func isDataIn(h *pdu.BHS) bool { return h.Opcode() == pdu.OpSCSIDataIn }
