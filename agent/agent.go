@@ -423,6 +423,7 @@ func (a *Agent) describe(target string, s *session.Session) api.Session {
 		out.LoggedInAt = t.loggedInAt.Format(time.RFC3339Nano)
 		out.Counters = t.conns.counters()
 	}
+	out.Recovery = api.NewRecovery(s)
 	return out
 }
 

@@ -543,3 +543,47 @@ func TestAgentRecoveryParams(t *testing.T) {
 		t.Errorf("Shutdown: %+v", res)
 	}
 }
+
+// TestAgentSessionRecovering: a session whose target went away is listed
+// as recovering with what its recovery does: when it lost its connection
+// and why, the attempts and the last one's error, the next try, when it
+// gives up, and until when the target may keep it.
+func TestAgentSessionRecovering(t *testing.T) {
+	tg := iscsitest.NewTarget(iscsitest.Config{LUNs: []int64{1 << 20}})
+	_, c := startAgent(t, t.TempDir())
+	var lr api.LoginResponse
+	if s := c.do("POST", "/v1/sessions", api.LoginRequest{Portal: tg.Addr(), Target: iscsitest.DefaultName}, &lr); s != 201 {
+		t.Fatalf("login: %d %+v", s, lr)
+	}
+	if r := lr.Sessions[0].Recovery; r.Reconnects != 0 || r.LostAt != "" || r.Attempts != 0 {
+		t.Errorf("a new session's recovery: %+v", r)
+	}
+	tg.Close()
+	// The API has no event stream: poll it, within a bound.
+	deadline := time.Now().Add(15 * time.Second)
+	var got api.Session
+	for {
+		var ss api.Sessions
+		if s := c.do("GET", "/v1/sessions", nil, &ss); s != 200 || len(ss.Sessions) != 1 {
+			t.Fatalf("sessions: %d %+v", s, ss)
+		}
+		got = ss.Sessions[0]
+		if got.State == "recovering" && got.Recovery.Attempts >= 1 && got.Recovery.LastError != "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no recovery attempt listed within 15 s: %+v", got)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	r := got.Recovery
+	for name, v := range map[string]string{"lostAt": r.LostAt, "nextTry": r.NextTry, "giveUpAt": r.GiveUpAt, "retainUntil": r.RetainUntil} {
+		if _, err := time.Parse(time.RFC3339Nano, v); err != nil {
+			t.Errorf("recovery %s %q: %v", name, v, err)
+		}
+	}
+	t.Logf("recovering: %+v", r)
+	if r.Cause == "" || !strings.Contains(r.LastError, "refused") {
+		t.Errorf("recovery %+v: want the loss's cause and the attempt's error (connection refused)", r)
+	}
+}

@@ -62,6 +62,70 @@ type Session struct {
 	// (automatic start), else empty.
 	Node       string `json:"node,omitempty"`
 	LoggedInAt string `json:"loggedInAt"`
+	// Recovery is what the session's recovery has done, and is doing
+	// while it recovers.
+	Recovery Recovery `json:"recovery"`
+}
+
+// Recovery is what a session's recovery has done: its reinstatements (ERL
+// 0) and, at ErrorRecoveryLevel 2, its connection recoveries. Times are
+// RFC 3339, UTC. `iscsictl perf`, `read` and `write` print the same.
+type Recovery struct {
+	// Reconnects counts the session's reinstatements; Retries the
+	// commands sent again after one.
+	Reconnects int    `json:"reconnects"`
+	Retries    uint64 `json:"retriedCommands"`
+	// LostAt is when the session last lost its last connection, Cause
+	// why; absent if it never did.
+	LostAt string `json:"lostAt,omitempty"`
+	Cause  string `json:"cause,omitempty"`
+	// Attempts counts the reconnect attempts of the current (or last)
+	// recovery; LastError is the last one's error.
+	Attempts  int    `json:"attempts,omitempty"`
+	LastError string `json:"lastError,omitempty"`
+	// NextTry and GiveUpAt, while the session recovers: when its next
+	// attempt starts, and when recovery gives up (the replacement
+	// timeout).
+	NextTry  string `json:"nextTry,omitempty"`
+	GiveUpAt string `json:"giveUpAt,omitempty"`
+	// RetainUntil, while the session has no connection (recovering,
+	// failed, lost): until when the target may keep it, and its
+	// reservations.
+	RetainUntil string `json:"retainUntil,omitempty"`
+	// ConnRecoveries counts the connections lost and recovered from at
+	// ErrorRecoveryLevel 2; CommandsMoved the commands moved to another
+	// connection, CommandsNotMoved those that failed instead.
+	ConnRecoveries   int `json:"connRecoveries,omitempty"`
+	CommandsMoved    int `json:"commandsMoved,omitempty"`
+	CommandsNotMoved int `json:"commandsNotMoved,omitempty"`
+}
+
+// NewRecovery encodes what s's recovery has done.
+func NewRecovery(s *session.Session) Recovery {
+	ri, ci := s.Recovery(), s.ConnRecovery()
+	r := Recovery{Reconnects: ri.Reconnects, Retries: ri.Retries, Attempts: ri.Attempts,
+		ConnRecoveries: ci.Recoveries, CommandsMoved: ci.Moved, CommandsNotMoved: ci.Failed}
+	stamp := func(t time.Time) string {
+		if t.IsZero() {
+			return ""
+		}
+		return t.UTC().Format(time.RFC3339Nano)
+	}
+	r.LostAt = stamp(ri.Since)
+	if ri.Cause != nil {
+		r.Cause = TrimPrefixes(ri.Cause.Error())
+	}
+	if ri.LastErr != nil {
+		r.LastError = TrimPrefixes(ri.LastErr.Error())
+	}
+	switch ri.State {
+	case session.SessionRecovering:
+		r.NextTry, r.GiveUpAt = stamp(ri.NextTry), stamp(ri.Deadline)
+		r.RetainUntil = stamp(ri.RetainUntil)
+	case session.SessionFailed, session.SessionLost:
+		r.RetainUntil = stamp(ri.RetainUntil)
+	}
+	return r
 }
 
 // Counters are what the agent can count of a session without touching its

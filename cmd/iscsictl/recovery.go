@@ -3,6 +3,7 @@ package main
 import (
 	"github.com/spf13/pflag"
 
+	"github.com/goiscsi/iscsi/agent/api"
 	"github.com/goiscsi/iscsi/initiator"
 	"github.com/goiscsi/iscsi/session"
 )
@@ -29,15 +30,8 @@ func (t *targetFlags) applyRecovery(cfg *initiator.Config) {
 	}
 }
 
-// recoveryCounts are the JSON counts of a command's session recovery.
-type recoveryCounts struct {
-	// Reconnects counts the session's reinstatements; Retries the
-	// commands sent again after one.
-	Reconnects int    `json:"reconnects"`
-	Retries    uint64 `json:"retriedCommands"`
-}
+// recoveryCounts is what a command's session recovery did, in the
+// agent's encoding (the session list prints the same).
+type recoveryCounts = api.Recovery
 
-func countRecovery(s *session.Session) recoveryCounts {
-	ri := s.Recovery()
-	return recoveryCounts{Reconnects: ri.Reconnects, Retries: ri.Retries}
-}
+func countRecovery(s *session.Session) recoveryCounts { return api.NewRecovery(s) }

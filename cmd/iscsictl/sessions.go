@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"text/tabwriter"
+	"time"
 
 	"github.com/goiscsi/iscsi/agent/api"
 	"github.com/goiscsi/iscsi/initiator"
@@ -24,6 +25,7 @@ type agentSessionJSON struct {
 	Counters    api.Counters   `json:"counters"`
 	Node        string         `json:"node,omitempty"`
 	LoggedInAt  string         `json:"loggedInAt"`
+	Recovery    api.Recovery   `json:"recovery"`
 }
 
 // runSessions lists the sessions the agent holds.
@@ -61,7 +63,8 @@ func runSessions(ctx context.Context, a *app, af *agentFlags, target *string, pa
 		out := make([]agentSessionJSON, len(list))
 		for i, s := range list {
 			out[i] = agentSessionJSON{Target: s.Target, Portal: s.Portal, TSIH: hexTSIH(s.TSIH), ISID: isidFrom12(s.ISID),
-				Connections: cidList(s.Connections), State: s.State, Params: s.Params, Counters: s.Counters, Node: s.Node, LoggedInAt: s.LoggedInAt}
+				Connections: cidList(s.Connections), State: s.State, Params: s.Params, Counters: s.Counters, Node: s.Node, LoggedInAt: s.LoggedInAt,
+				Recovery: s.Recovery}
 		}
 		a.printJSON(map[string]any{"command": "sessions", "apiVersion": resp.APIVersion, "agent": c.socket, "sessionCount": len(out), "sessions": out})
 		return nil
@@ -82,7 +85,7 @@ func runSessions(ctx context.Context, a *app, af *agentFlags, target *string, pa
 			node = "-"
 		}
 		fmt.Fprintf(tw, "%s\t%s\t0x%04x\t%s\t%v\t%s\t%s\t%s\t%s\n", safe(s.Target), safe(s.Portal), s.TSIH, isidFrom12(s.ISID),
-			s.Connections, s.State, sent, recv, safe(node))
+			s.Connections, stateWithRecovery(s.State, s.Recovery, time.Now()), sent, recv, safe(node))
 	}
 	tw.Flush()
 	if *params {
@@ -92,4 +95,27 @@ func runSessions(ctx context.Context, a *app, af *agentFlags, target *string, pa
 		}
 	}
 	return nil
+}
+
+// stateWithRecovery is a session's state as the table prints it: a
+// recovering session with its attempts and when the next one starts, a
+// failed or lost one with until when the target may keep it.
+func stateWithRecovery(state string, r api.Recovery, now time.Time) string {
+	at := func(s string) (time.Time, bool) {
+		t, err := time.Parse(time.RFC3339Nano, s)
+		return t, err == nil
+	}
+	switch state {
+	case "recovering":
+		out := fmt.Sprintf("recovering (attempt %d", r.Attempts)
+		if t, ok := at(r.NextTry); ok {
+			out += fmt.Sprintf(", next in %v", max(t.Sub(now), 0).Round(100*time.Millisecond))
+		}
+		return out + ")"
+	case "failed", "lost":
+		if t, ok := at(r.RetainUntil); ok && t.After(now) {
+			return fmt.Sprintf("%s (the target may keep it %v more)", state, t.Sub(now).Round(time.Second))
+		}
+	}
+	return state
 }

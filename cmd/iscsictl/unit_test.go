@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/goiscsi/iscsi/agent/api"
 	"github.com/goiscsi/iscsi/capture"
 	"github.com/goiscsi/iscsi/initiator"
 	"github.com/goiscsi/iscsi/logout"
@@ -206,5 +207,30 @@ func TestPcapMux(t *testing.T) {
 	}
 	if len(counts) != 2 || counts["127.0.0.1:49152"] != 100 || counts["127.0.0.1:49153"] != 100 {
 		t.Errorf("PDUs by sender: %v, want 100 from each of two connections", counts)
+	}
+}
+
+// TestStateWithRecovery: the session table's STATE column says what a
+// recovering session does next, and how long a failed or lost one may stay
+// on the target.
+func TestStateWithRecovery(t *testing.T) {
+	now := time.Date(2026, 12, 2, 4, 0, 0, 0, time.UTC)
+	at := func(d time.Duration) string { return now.Add(d).Format(time.RFC3339Nano) }
+	for _, c := range []struct {
+		state string
+		r     api.Recovery
+		want  string
+	}{
+		{"logged in", api.Recovery{}, "logged in"},
+		{"recovering", api.Recovery{Attempts: 3, NextTry: at(1500 * time.Millisecond)}, "recovering (attempt 3, next in 1.5s)"},
+		{"recovering", api.Recovery{Attempts: 0}, "recovering (attempt 0)"},
+		{"recovering", api.Recovery{Attempts: 2, NextTry: at(-time.Second)}, "recovering (attempt 2, next in 0s)"},
+		{"failed", api.Recovery{RetainUntil: at(20 * time.Second)}, "failed (the target may keep it 20s more)"},
+		{"lost", api.Recovery{RetainUntil: at(-time.Second)}, "lost"},
+		{"lost", api.Recovery{RetainUntil: "garbage"}, "lost"},
+	} {
+		if got := stateWithRecovery(c.state, c.r, now); got != c.want {
+			t.Errorf("%s %+v: %q, want %q", c.state, c.r, got, c.want)
+		}
 	}
 }
