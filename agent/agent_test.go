@@ -273,8 +273,8 @@ func TestAgentAPI(t *testing.T) {
 	}
 }
 
-// metricValue returns the value of the counter name whose label values
-// are values, in label order.
+// metricValue returns the value of the counter or gauge name whose label
+// values are values, in label order.
 func metricValue(t *testing.T, m *metrics.Metrics, name string, values ...string) float64 {
 	t.Helper()
 	mfs, err := m.Registry().Gather()
@@ -298,13 +298,16 @@ func metricValue(t *testing.T, m *metrics.Metrics, name string, values ...string
 					continue next
 				}
 			}
+			if g := x.GetGauge(); g != nil {
+				return g.GetValue()
+			}
 			return x.GetCounter().GetValue()
 		}
 	}
 	return 0
 }
 
-func statesOf() []string { return []string{"logged in", "logging out"} }
+func statesOf() []string { return []string{"logged in", "logging out", "recovering", "failed", "lost"} }
 
 func jsonNum(v uint16) string { b, _ := json.Marshal(v); return string(b) }
 
@@ -550,7 +553,7 @@ func TestAgentRecoveryParams(t *testing.T) {
 // gives up, and until when the target may keep it.
 func TestAgentSessionRecovering(t *testing.T) {
 	tg := iscsitest.NewTarget(iscsitest.Config{LUNs: []int64{1 << 20}})
-	_, c := startAgent(t, t.TempDir())
+	a, c := startAgent(t, t.TempDir())
 	var lr api.LoginResponse
 	if s := c.do("POST", "/v1/sessions", api.LoginRequest{Portal: tg.Addr(), Target: iscsitest.DefaultName}, &lr); s != 201 {
 		t.Fatalf("login: %d %+v", s, lr)
@@ -583,6 +586,9 @@ func TestAgentSessionRecovering(t *testing.T) {
 		}
 	}
 	t.Logf("recovering: %+v", r)
+	if n := metricValue(t, a.Metrics(), "iscsictl_sessions", "recovering"); n != 1 {
+		t.Errorf("iscsictl_sessions{state=recovering} = %v, want 1", n)
+	}
 	if r.Cause == "" || !strings.Contains(r.LastError, "refused") {
 		t.Errorf("recovery %+v: want the loss's cause and the attempt's error (connection refused)", r)
 	}

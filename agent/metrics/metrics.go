@@ -28,8 +28,9 @@ type Snapshot struct {
 }
 
 // States are the session states always exported, 0 when no session is in
-// them, so that a dashboard sees a series before the first session.
-var States = []string{"logged in", "logging out"}
+// them, so that a dashboard sees a series before the first session (and an
+// alert on "recovering" or "failed" has one to watch).
+var States = []string{"logged in", "logging out", "recovering", "failed", "lost"}
 
 // Metrics are the agent's collectors on a registry of their own.
 type Metrics struct {
