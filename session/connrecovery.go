@@ -122,6 +122,9 @@ type connRecoveries struct {
 	info  ConnRecoveryInfo
 	ctx   context.Context
 	close context.CancelFunc
+	// heldClaimed is set when a logout of the session took the held
+	// commands into its count (claimHeld): one logout counts them.
+	heldClaimed bool
 }
 
 // ConnRecovery returns what ERL 2 connection recovery has done so far.
@@ -228,6 +231,24 @@ func (s *Session) heldInFlight() []*task {
 		}
 	}
 	return out
+}
+
+// claimHeld reports whether the logout that took held (heldInFlight) as it
+// began counts them: the first to ask once the session is logged out — a
+// reason-0 logout answered with success (sessionOver), or the last of the
+// reason-1 logouts of every connection, whose end left the session logged
+// out (connEnded). Its connection has ended when it asks.
+func (s *Session) claimHeld(held []*task, sessionOver bool) bool {
+	if len(held) == 0 {
+		return false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.crec.heldClaimed || !sessionOver && s.state != sessionLoggedOut {
+		return false
+	}
+	s.crec.heldClaimed = true
+	return true
 }
 
 // endConnRecovery stops the running connection recoveries of a session

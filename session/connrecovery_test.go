@@ -458,15 +458,12 @@ func TestERL2RefusedUnreceivedCommandGapFilled(t *testing.T) {
 	}
 }
 
-// TestERL2LogoutDuringConnRecovery: a logout of the session while an ERL 2
-// connection recovery holds a lost connection's command (its reason-2
-// Logout Request unanswered) logs the session out at once, ends the held
-// command with its outcome unknown, counts it, and stops the recovery: no
-// wait for the recovery's own bound (Time2Wait + Time2Retain, 20 s here).
-func TestERL2LogoutDuringConnRecovery(t *testing.T) {
-	release := make(chan struct{})
-	reason2 := make(chan struct{}, 1)
-	hook := func(ev *iscsitest.Event) iscsitest.Action {
+// heldReadHook is a target hook for the logouts during ERL 2 connection
+// recovery: SCSI commands on connection 1 wait for release, and each
+// Logout Request with reason 2 is signalled on reason2 and never answered,
+// so that the recovery holds the lost connection's command.
+func heldReadHook(release <-chan struct{}, reason2 chan<- struct{}) iscsitest.Hook {
+	return func(ev *iscsitest.Event) iscsitest.Action {
 		switch v := ev.PDU.(type) {
 		case *pdu.SCSICommand:
 			if ev.CID == 1 {
@@ -480,18 +477,74 @@ func TestERL2LogoutDuringConnRecovery(t *testing.T) {
 		}
 		return iscsitest.Continue
 	}
-	_, s := erl2Session(t, iscsitest.Config{Hook: hook}, 2, nil)
-	ctx := interopCtx(t)
+}
+
+// holdLostRead logs in at ERL 2 with n connections, cuts connection 1
+// under a read, and returns once the recovery holds the read (its reason-2
+// request unanswered); the read's error comes on the channel.
+func holdLostRead(t *testing.T, ctx context.Context, n int) (*Session, <-chan error) {
+	t.Helper()
+	release, reason2 := make(chan struct{}), make(chan struct{}, 1)
+	_, s := erl2Session(t, iscsitest.Config{Hook: heldReadHook(release, reason2)}, n, nil)
 	errc := cutUnderRead(t, ctx, s, release)
 	select {
-	case <-reason2: // the recovery waits for the answer to it
+	case <-reason2:
 	case <-ctx.Done():
 		t.Fatal("no Logout Request with reason 2 for the lost connection")
 	}
-	if n := s.ConnRecovery().Running; n != 1 {
-		t.Fatalf("%d connection recoveries running, want 1", n)
+	if r := s.ConnRecovery().Running; r != 1 {
+		t.Fatalf("%d connection recoveries running, want 1", r)
 	}
+	return s, errc
+}
 
+// TestERL2LogoutEveryConnDuringConnRecovery: the same as a reason-1 logout
+// of every connection left, at once (the logout package's PerConnection):
+// the last of them to end counts the held command, once.
+func TestERL2LogoutEveryConnDuringConnRecovery(t *testing.T) {
+	ctx := interopCtx(t)
+	s, errc := holdLostRead(t, ctx, 3)
+	conns := s.Conns()
+	if len(conns) != 2 {
+		t.Fatalf("%d connections left, want 2", len(conns))
+	}
+	results := make([]LogoutResult, len(conns))
+	var wg sync.WaitGroup
+	for i, c := range conns {
+		wg.Go(func() {
+			results[i] = c.Logout(ctx, LogoutOptions{Reason: pdu.LogoutCloseConnection, DrainSession: true, Timeout: 2 * time.Second})
+		})
+	}
+	wg.Wait()
+	unknown := 0
+	for _, r := range results {
+		if !r.OK() {
+			t.Fatalf("logout of CID %d: %+v", r.CID, r)
+		}
+		unknown += r.Unknown
+	}
+	select {
+	case err := <-errc:
+		if !errors.Is(err, ErrOutcomeUnknown) {
+			t.Errorf("held command: %v, want its outcome unknown", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the held command did not end with the logouts")
+	}
+	if unknown != 1 {
+		t.Errorf("logouts counted %d unknown (%+v): want the held command, once", unknown, results)
+	}
+	waitFor(t, func() bool { return s.ConnRecovery().Running == 0 })
+}
+
+// TestERL2LogoutDuringConnRecovery: a logout of the session while an ERL 2
+// connection recovery holds a lost connection's command (its reason-2
+// Logout Request unanswered) logs the session out at once, ends the held
+// command with its outcome unknown, counts it, and stops the recovery: no
+// wait for the recovery's own bound (Time2Wait + Time2Retain, 20 s here).
+func TestERL2LogoutDuringConnRecovery(t *testing.T) {
+	ctx := interopCtx(t)
+	s, errc := holdLostRead(t, ctx, 2)
 	start := time.Now()
 	res, err := s.Logout(ctx, LogoutOptions{Timeout: 2 * time.Second})
 	took := time.Since(start)

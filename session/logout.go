@@ -148,9 +148,10 @@ func (c *Conn) logout(ctx context.Context, opts LogoutOptions) LogoutResult {
 		timeout = DefaultLogoutTimeout
 	}
 	// The commands ERL 2 connection recovery holds are in flight too: a
-	// logout of the session ends them. Taken as it begins, as the others.
+	// logout of the whole session (reason 0, or reason 1 on each of its
+	// connections) ends them. Taken as it begins, as the others.
 	var held []*task
-	if opts.Reason == pdu.LogoutCloseSession {
+	if opts.Reason == pdu.LogoutCloseSession || opts.Reason == pdu.LogoutCloseConnection && opts.DrainSession {
 		held = s.heldInFlight()
 	}
 	stopped, inFlight := c.settleInFlight(ctx, opts, timeout)
@@ -198,7 +199,7 @@ func (c *Conn) logout(ctx context.Context, opts LogoutOptions) LogoutResult {
 		}
 	}
 	c.wg.Wait()
-	if res.OK() && opts.Reason == pdu.LogoutCloseSession {
+	if res.OK() && s.claimHeld(held, opts.Reason == pdu.LogoutCloseSession) {
 		s.endConnRecovery(ctx, held)
 		inFlight = append(inFlight, held...)
 	}
