@@ -48,46 +48,73 @@ func restartTgtd(t *testing.T, old *peers.Tgtd, path string) *peers.Tgtd {
 	return s
 }
 
-func TestNoDataLossTgtdRestarts(t *testing.T) {
+// recovering is a session to a private tgtd that recovers: tgtd (which a
+// restart replaces; the test stops it), the LUN's backing file, the
+// initiator (closed at the test's end), the session, and the state changes
+// the test asked for.
+type recovering struct {
+	tg     *peers.Tgtd
+	path   string
+	in     *initiator.Initiator
+	s      *session.Session
+	events <-chan session.StateEvent
+}
+
+// recoveringSession starts a private tgtd serving a 64 MiB disk as
+// restartIQN, LUN 1, and logs in to it as initiator name with session
+// recovery bounded by replacement. The state changes that keep selects
+// come on events (dropped when it is full).
+func recoveringSession(t *testing.T, ctx context.Context, name string, replacement time.Duration,
+	keep func(session.StateEvent) bool) *recovering {
+	t.Helper()
 	peers.Require(t, "tgtd", "tgtadm")
-	restarts := 3
-	if soak() {
-		restarts = 200
-	}
-	dir := t.TempDir()
-	tg, err := peers.StartTgtdProcess(peers.TgtdOptions{Dir: dir})
+	tg, err := peers.StartTgtdProcess(peers.TgtdOptions{Dir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer func() { tg.Stop() }()
-	path, err := tg.AddDiskTarget(1, restartIQN, 64<<20)
-	if err != nil {
+	r := &recovering{tg: tg}
+	if r.path, err = tg.AddDiskTarget(1, restartIQN, 64<<20); err != nil {
+		tg.Stop()
 		t.Fatal(err)
 	}
-	ups := make(chan session.StateEvent, 16)
-	in, err := initiator.New(initiator.Config{Name: "iqn.2026-11.org.goiscsi:restart-initiator", NOPInterval: -1,
-		RecoveryConfig: initiator.RecoveryConfig{ReplacementTimeout: 60 * time.Second,
-			OnState: func(s *session.Session, ev session.StateEvent) {
-				if ev.To == session.SessionUp {
+	evs := make(chan session.StateEvent, 64)
+	r.events = evs
+	r.in, err = initiator.New(initiator.Config{Name: name, NOPInterval: -1,
+		RecoveryConfig: initiator.RecoveryConfig{ReplacementTimeout: replacement,
+			OnState: func(_ *session.Session, ev session.StateEvent) {
+				if keep(ev) {
 					select {
-					case ups <- ev:
+					case evs <- ev:
 					default:
 					}
 				}
 			}}})
 	if err != nil {
+		tg.Stop()
 		t.Fatal(err)
 	}
-	defer in.Close()
+	t.Cleanup(func() { r.in.Close() })
+	if r.s, err = r.in.Login(ctx, tg.Addr, restartIQN, initiator.LoginOptions{}); err == nil {
+		_, err = r.s.ReadCapacity(ctx, 1)
+	}
+	if err != nil {
+		tg.Stop()
+		t.Fatal(err)
+	}
+	return r
+}
+
+func TestNoDataLossTgtdRestarts(t *testing.T) {
+	restarts := 3
+	if soak() {
+		restarts = 200
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(restarts)*30*time.Second+time.Minute)
 	defer cancel()
-	s, err := in.Login(ctx, tg.Addr, restartIQN, initiator.LoginOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.ReadCapacity(ctx, 1); err != nil {
-		t.Fatal(err)
-	}
+	rs := recoveringSession(t, ctx, "iqn.2026-11.org.goiscsi:restart-initiator", 60*time.Second,
+		func(ev session.StateEvent) bool { return ev.To == session.SessionUp })
+	defer func() { rs.tg.Stop() }()
+	tg, path, in, s, ups := rs.tg, rs.path, rs.in, rs.s, rs.events
 	const writers, blocks, slots = 4, 8, 32
 	acked := make([]map[uint64][]byte, writers)
 	var writes, failed atomic.Int64
@@ -190,6 +217,7 @@ func TestNoDataLossTgtdRestarts(t *testing.T) {
 		<-progress
 		before := writes.Load()
 		tg = restartTgtd(t, tg, path)
+		rs.tg = tg // the one the test stops
 		back := time.Now()
 		select {
 		case <-ups:
@@ -257,37 +285,12 @@ func TestNoDataLossTgtdRestarts(t *testing.T) {
 // writer sees no failure and goes on, and its acknowledged writes read
 // back byte for byte.
 func TestTgtdConnDeletedRecovers(t *testing.T) {
-	peers.Require(t, "tgtd", "tgtadm")
-	tg, err := peers.StartTgtdProcess(peers.TgtdOptions{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tg.Stop()
-	if _, err := tg.AddDiskTarget(1, restartIQN, 64<<20); err != nil {
-		t.Fatal(err)
-	}
-	events := make(chan session.StateEvent, 64)
-	in, err := initiator.New(initiator.Config{Name: "iqn.2026-11.org.goiscsi:conndel-initiator", NOPInterval: -1,
-		RecoveryConfig: initiator.RecoveryConfig{ReplacementTimeout: 30 * time.Second,
-			OnState: func(s *session.Session, ev session.StateEvent) {
-				select {
-				case events <- ev:
-				default:
-				}
-			}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer in.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	s, err := in.Login(ctx, tg.Addr, restartIQN, initiator.LoginOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.ReadCapacity(ctx, 1); err != nil {
-		t.Fatal(err)
-	}
+	rs := recoveringSession(t, ctx, "iqn.2026-11.org.goiscsi:conndel-initiator", 30*time.Second,
+		func(session.StateEvent) bool { return true })
+	defer rs.tg.Stop()
+	tg, in, s, events := rs.tg, rs.in, rs.s, rs.events
 	isid, tsih := s.ISID(), s.TSIH()
 	const blocks, slots = 8, 64
 	acked := map[uint64][]byte{}
