@@ -34,6 +34,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/goiscsi/iscsi/pdu"
@@ -122,8 +123,10 @@ type connRecoveries struct {
 	info  ConnRecoveryInfo
 	ctx   context.Context
 	close context.CancelFunc
-	// heldClaimed is set when a logout of the session took the held
-	// commands into its count (claimHeld): one logout counts them.
+	// logoutHeld are the held commands the session-wide logouts found as
+	// they began (takeHeld), pinned; heldClaimed is set when one of them
+	// took these into its count (claimHeld): one logout counts them.
+	logoutHeld  []*task
 	heldClaimed bool
 }
 
@@ -213,42 +216,43 @@ func (s *Session) startConnRecoveryLocked(c *Conn, err error) bool {
 	return true
 }
 
-// heldInFlight returns the commands ERL 2 connection recovery holds (those
-// of lost connections, not yet moved or failed), pinned for a logout's
-// count (inflight.go): a logout of the whole session ends them too.
-func (s *Session) heldInFlight() []*task {
+// takeHeld records, as a logout of the whole session begins, the commands
+// ERL 2 connection recovery holds (those of lost connections, not yet
+// moved or failed), pinned for the count (inflight.go): that logout ends
+// them too. The reason-1 logouts of every connection each take them as
+// they begin; one may begin after another's end failed them already, so
+// they are kept with the session, for whichever logout claims them.
+func (s *Session) takeHeld() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var out []*task
 	for _, held := range s.crec.held {
 		for _, t := range held {
 			select {
 			case <-t.done: // its status is in: not in flight
 			default:
 				t.pinned.Store(true)
-				out = append(out, t)
+				if !slices.Contains(s.crec.logoutHeld, t) {
+					s.crec.logoutHeld = append(s.crec.logoutHeld, t)
+				}
 			}
 		}
 	}
-	return out
 }
 
-// claimHeld reports whether the logout that took held (heldInFlight) as it
-// began counts them: the first to ask once the session is logged out — a
-// reason-0 logout answered with success (sessionOver), or the last of the
-// reason-1 logouts of every connection, whose end left the session logged
-// out (connEnded). Its connection has ended when it asks.
-func (s *Session) claimHeld(held []*task, sessionOver bool) bool {
-	if len(held) == 0 {
-		return false
-	}
+// claimHeld returns the held commands the session-wide logouts took
+// (takeHeld) to the one logout that counts them: the first to ask once the
+// session is logged out — a reason-0 logout answered with success
+// (sessionOver), or the last of the reason-1 logouts of every connection,
+// whose end left the session logged out (connEnded). Its connection has
+// ended when it asks. Nil for the others.
+func (s *Session) claimHeld(sessionOver bool) []*task {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.crec.heldClaimed || !sessionOver && s.state != sessionLoggedOut {
-		return false
+	if s.crec.heldClaimed || len(s.crec.logoutHeld) == 0 || !sessionOver && s.state != sessionLoggedOut {
+		return nil
 	}
 	s.crec.heldClaimed = true
-	return true
+	return s.crec.logoutHeld
 }
 
 // endConnRecovery stops the running connection recoveries of a session

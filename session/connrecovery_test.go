@@ -499,42 +499,53 @@ func holdLostRead(t *testing.T, ctx context.Context, n int) (*Session, <-chan er
 }
 
 // TestERL2LogoutEveryConnDuringConnRecovery: the same as a reason-1 logout
-// of every connection left, at once (the logout package's PerConnection):
-// the last of them to end counts the held command, once.
+// of every connection left (the logout package's PerConnection), at once
+// and one after the other (the second begins after the first's end failed
+// the held command): the last of them to end counts the held command,
+// once.
 func TestERL2LogoutEveryConnDuringConnRecovery(t *testing.T) {
-	ctx := interopCtx(t)
-	s, errc := holdLostRead(t, ctx, 3)
-	conns := s.Conns()
-	if len(conns) != 2 {
-		t.Fatalf("%d connections left, want 2", len(conns))
-	}
-	results := make([]LogoutResult, len(conns))
-	var wg sync.WaitGroup
-	for i, c := range conns {
-		wg.Go(func() {
-			results[i] = c.Logout(ctx, LogoutOptions{Reason: pdu.LogoutCloseConnection, DrainSession: true, Timeout: 2 * time.Second})
+	for _, together := range []bool{true, false} {
+		t.Run(fmt.Sprintf("together=%v", together), func(t *testing.T) {
+			ctx := interopCtx(t)
+			s, errc := holdLostRead(t, ctx, 3)
+			conns := s.Conns()
+			if len(conns) != 2 {
+				t.Fatalf("%d connections left, want 2", len(conns))
+			}
+			results := make([]LogoutResult, len(conns))
+			var wg sync.WaitGroup
+			for i, c := range conns {
+				logout := func() {
+					results[i] = c.Logout(ctx, LogoutOptions{Reason: pdu.LogoutCloseConnection, DrainSession: true, Timeout: 2 * time.Second})
+				}
+				if together {
+					wg.Go(logout)
+				} else {
+					logout()
+				}
+			}
+			wg.Wait()
+			unknown := 0
+			for _, r := range results {
+				if !r.OK() {
+					t.Fatalf("logout of CID %d: %+v", r.CID, r)
+				}
+				unknown += r.Unknown
+			}
+			select {
+			case err := <-errc:
+				if !errors.Is(err, ErrOutcomeUnknown) {
+					t.Errorf("held command: %v, want its outcome unknown", err)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("the held command did not end with the logouts")
+			}
+			if unknown != 1 {
+				t.Errorf("logouts counted %d unknown (%+v): want the held command, once", unknown, results)
+			}
+			waitFor(t, func() bool { return s.ConnRecovery().Running == 0 })
 		})
 	}
-	wg.Wait()
-	unknown := 0
-	for _, r := range results {
-		if !r.OK() {
-			t.Fatalf("logout of CID %d: %+v", r.CID, r)
-		}
-		unknown += r.Unknown
-	}
-	select {
-	case err := <-errc:
-		if !errors.Is(err, ErrOutcomeUnknown) {
-			t.Errorf("held command: %v, want its outcome unknown", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("the held command did not end with the logouts")
-	}
-	if unknown != 1 {
-		t.Errorf("logouts counted %d unknown (%+v): want the held command, once", unknown, results)
-	}
-	waitFor(t, func() bool { return s.ConnRecovery().Running == 0 })
 }
 
 // TestERL2LogoutDuringConnRecovery: a logout of the session while an ERL 2

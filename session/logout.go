@@ -150,9 +150,9 @@ func (c *Conn) logout(ctx context.Context, opts LogoutOptions) LogoutResult {
 	// The commands ERL 2 connection recovery holds are in flight too: a
 	// logout of the whole session (reason 0, or reason 1 on each of its
 	// connections) ends them. Taken as it begins, as the others.
-	var held []*task
-	if opts.Reason == pdu.LogoutCloseSession || opts.Reason == pdu.LogoutCloseConnection && opts.DrainSession {
-		held = s.heldInFlight()
+	sessionWide := opts.Reason == pdu.LogoutCloseSession || opts.Reason == pdu.LogoutCloseConnection && opts.DrainSession
+	if sessionWide {
+		s.takeHeld()
 	}
 	stopped, inFlight := c.settleInFlight(ctx, opts, timeout)
 	// One deadline bounds the whole exchange: the write of the request
@@ -199,9 +199,11 @@ func (c *Conn) logout(ctx context.Context, opts LogoutOptions) LogoutResult {
 		}
 	}
 	c.wg.Wait()
-	if res.OK() && s.claimHeld(held, opts.Reason == pdu.LogoutCloseSession) {
-		s.endConnRecovery(ctx, held)
-		inFlight = append(inFlight, held...)
+	if res.OK() && sessionWide {
+		if held := s.claimHeld(opts.Reason == pdu.LogoutCloseSession); held != nil {
+			s.endConnRecovery(ctx, held)
+			inFlight = append(inFlight, held...)
+		}
 	}
 	countInFlight(inFlight, &res)
 	if res.OK() && s.LoggedOut() {
