@@ -579,3 +579,42 @@ func TestERL2LogoutDuringConnRecovery(t *testing.T) {
 	}
 	t.Logf("logout %v, held command: %v, recovery %+v", took, err, s.ConnRecovery())
 }
+
+// TestERL2SubmitConnEndsAsPicked: a Session.Submit call whose connection
+// ends between the pick and the call's registration never went out; at
+// ERL 2 it goes on another connection rather than failing with ErrNotSent
+// (CI caught the failure under load in TestERL2ConnLossMovesSubmitCalls:
+// "command not sent: the connection has ended"). With recovery on, the
+// call waits for what follows the end (retryCall), which this checks too.
+func TestERL2SubmitConnEndsAsPicked(t *testing.T) {
+	for _, rc := range []*RecoveryConfig{nil, {ReplacementTimeout: 10 * time.Second}} {
+		t.Run(fmt.Sprintf("recovery=%v", rc != nil), func(t *testing.T) {
+			_, s := erl2Session(t, iscsitest.Config{}, 2, rc)
+			var victim *Conn
+			submitPickedHook = func(c *Conn) {
+				if victim == nil {
+					victim = c
+					c.fail(fmt.Errorf("test: the connection is lost as the call is submitted: %w", ErrConnReset))
+				}
+			}
+			t.Cleanup(func() { submitPickedHook = nil })
+			done := make(chan error, 1)
+			buf := make([]byte, 4096)
+			call := &Call{Cmd: Command{CDB: read10(0, 8), Read: buf}, Done: func(c *Call) { done <- c.Err }}
+			if err := s.Submit(call); err != nil {
+				t.Fatalf("Submit: %v", err)
+			}
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Fatalf("the call: %v", err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("the call did not end")
+			}
+			if victim == nil || victim.Err() == nil {
+				t.Fatalf("the picked connection %v did not end", victim)
+			}
+		})
+	}
+}

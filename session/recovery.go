@@ -705,6 +705,11 @@ func (s *Session) submitRecovering(call *Call) error {
 	c, gen, err := s.connGen()
 	if err == nil {
 		call.sess, call.gen = s, gen
+		if submitPickedHook != nil {
+			submitPickedHook(c)
+		}
+		// A connection that ended since the pick: the call waits for
+		// what follows (connsEnding, below).
 		if err = c.submitCall(call); err == nil {
 			return nil
 		}

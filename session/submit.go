@@ -146,12 +146,33 @@ func (s *Session) Submit(call *Call) error {
 		return s.submitRecovering(call)
 	}
 	call.sess = nil
-	c, err := s.pickConn()
-	if err != nil {
-		return err
+	for i := 0; ; i++ {
+		c, err := s.pickConn()
+		if err != nil {
+			return err
+		}
+		if submitPickedHook != nil {
+			submitPickedHook(c)
+		}
+		if err = c.submitCall(call); !s.submitAgain(i, err) {
+			return err
+		}
 	}
-	return c.submitCall(call)
 }
+
+// submitAgain reports whether a Session.Submit call that failed with err
+// on its attempt i goes on another connection: at ErrorRecoveryLevel 2,
+// one whose connection ended between the pick and its registration never
+// went out, and goes again as Execute's commands do (executeERL2), at most
+// notSentRetries times, while another connection is up.
+func (s *Session) submitAgain(i int, err error) bool {
+	return err != nil && i < notSentRetries && s.erl2.Load() && errors.Is(err, ErrNotSent) &&
+		!errors.Is(err, errLoggingOut) && s.State() == sessionUp && s.activeConn(nil) != nil
+}
+
+// submitPickedHook, when set (by tests only), runs in Session.Submit
+// between the pick of a connection and the call's registration on it.
+var submitPickedHook func(c *Conn)
 
 func checkCommand(cmd *Command) error {
 	if len(cmd.CDB) == 0 || len(cmd.CDB) > 16 {
