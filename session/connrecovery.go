@@ -601,8 +601,7 @@ func waitCmds(ctx context.Context, c *Conn) bool {
 // executeERL2, at most notSentRetries times. It reports whether it did
 // (Done then runs later).
 func (s *Session) resendCall(c *Conn, call *Call) bool {
-	if !call.anyConn || !s.erl2.Load() || int(call.resent) >= notSentRetries || !errors.Is(call.Err, ErrNotSent) ||
-		errors.Is(call.Err, errCanceled) || errors.Is(call.Err, errLoggingOut) || s.State() != sessionUp {
+	if !call.anyConn || errors.Is(call.Err, errCanceled) || !s.sendAgain(int(call.resent), call.Err) {
 		return false
 	}
 	o := s.activeConn(c)
@@ -635,9 +634,18 @@ func (s *Session) executeERL2(ctx context.Context, cmd *Command, res *Result) er
 			}
 			err = c.execute(ctx, cmd, res)
 		}
-		if err == nil || i >= notSentRetries || ctx.Err() != nil || !errors.Is(err, ErrNotSent) ||
-			errors.Is(err, errLoggingOut) || s.State() != sessionUp || s.activeConn(nil) == nil {
+		if ctx.Err() != nil || !s.sendAgain(i, err) {
 			return err
 		}
 	}
+}
+
+// sendAgain reports whether a command (Execute's, or a call of Submit)
+// that failed with err on its attempt i goes again on another connection:
+// at ErrorRecoveryLevel 2, one that never went out (ErrNotSent) because
+// its connection ended, at most notSentRetries times, while the session is
+// up with another connection — not one a logout turned away.
+func (s *Session) sendAgain(i int, err error) bool {
+	return err != nil && i < notSentRetries && s.erl2.Load() && errors.Is(err, ErrNotSent) &&
+		!errors.Is(err, errLoggingOut) && s.State() == sessionUp && s.activeConn(nil) != nil
 }

@@ -376,9 +376,10 @@ func (c *Conn) readLoop() {
 // message or a Logout Response while commands wait, a short read),
 // sockio's watchdog drops the mark to 1 once no read has brought data for
 // sockio.CoalesceWait: a PDU waits about 8 ms at most, and the next
-// coalesceCool waits have no mark. Below coalesceMin outstanding commands the mark is 1: a low queue depth
-// gets no added latency. The mark changes (a system call) only when its
-// value does: at a steady queue depth, not per I/O.
+// coalesceCool waits have no mark. Below coalesceMin outstanding commands
+// the mark is 1: a low queue depth gets no added latency. The mark changes
+// (a system call) only when its value does: at a steady queue depth, not
+// per I/O.
 
 // coalesceMax is the most responses the mark asks for; coalesceMin the
 // fewest outstanding commands for a mark above 1 byte: at 8 (a mark of 2

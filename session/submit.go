@@ -154,20 +154,13 @@ func (s *Session) Submit(call *Call) error {
 		if submitPickedHook != nil {
 			submitPickedHook(c)
 		}
-		if err = c.submitCall(call); !s.submitAgain(i, err) {
+		// At ErrorRecoveryLevel 2 a call whose connection ended between
+		// the pick and its registration never went out: it goes on
+		// another connection, as Execute's commands do.
+		if err = c.submitCall(call); !s.sendAgain(i, err) {
 			return err
 		}
 	}
-}
-
-// submitAgain reports whether a Session.Submit call that failed with err
-// on its attempt i goes on another connection: at ErrorRecoveryLevel 2,
-// one whose connection ended between the pick and its registration never
-// went out, and goes again as Execute's commands do (executeERL2), at most
-// notSentRetries times, while another connection is up.
-func (s *Session) submitAgain(i int, err error) bool {
-	return err != nil && i < notSentRetries && s.erl2.Load() && errors.Is(err, ErrNotSent) &&
-		!errors.Is(err, errLoggingOut) && s.State() == sessionUp && s.activeConn(nil) != nil
 }
 
 // submitPickedHook, when set (by tests only), runs in Session.Submit

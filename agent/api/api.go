@@ -105,12 +105,6 @@ func NewRecovery(s *session.Session) Recovery {
 	ri, ci := s.Recovery(), s.ConnRecovery()
 	r := Recovery{Reconnects: ri.Reconnects, Retries: ri.Retries, Attempts: ri.Attempts,
 		ConnRecoveries: ci.Recoveries, CommandsMoved: ci.Moved, CommandsNotMoved: ci.Failed}
-	stamp := func(t time.Time) string {
-		if t.IsZero() {
-			return ""
-		}
-		return t.UTC().Format(time.RFC3339Nano)
-	}
 	r.LostAt = stamp(ri.Since)
 	if ri.Cause != nil {
 		r.Cause = TrimPrefixes(ri.Cause.Error())
@@ -291,14 +285,31 @@ func parseOutcome(s string) (logout.Outcome, bool) {
 
 func parseConnState(s string) (logout.ConnState, bool) {
 	// Every state the logout package names (a byte's worth: the engine
-	// has a dozen); an unnamed one prints as a number, which no name
-	// matches.
-	for st := range logout.ConnState(255) {
-		if st.String() == s {
-			return st, true
+	// has a dozen).
+	return parseName(s, logout.ConnState(255))
+}
+
+// parseName returns the value below limit whose String is s; an unnamed
+// value prints as a number, which no name matches.
+func parseName[T interface {
+	~int | ~uint8
+	String() string
+}](s string, limit T) (T, bool) {
+	for v := T(0); v < limit; v++ {
+		if v.String() == s {
+			return v, true
 		}
 	}
 	return 0, false
+}
+
+// stamp writes t in RFC 3339, UTC, as the API writes every time; empty for
+// the zero time.
+func stamp(t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return t.UTC().Format(time.RFC3339Nano)
 }
 
 // ParseTSIH parses a TSIH in decimal or with 0x in hex.

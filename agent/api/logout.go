@@ -210,10 +210,8 @@ func NewLogout(r *logout.Result, strategy logout.Strategy) Logout {
 	}
 	for _, s := range r.Sessions {
 		sj := LogoutSession{TSIH: HexTSIH(s.TSIH), ISID: ISIDHex(s.ISID), LoggedOut: s.LoggedOut, Forced: s.Forced,
-			StateAtStart: s.State.String(), Commands: NewCommands(s.Commands), Conns: []LogoutConn{}}
-		if !s.RetainUntil.IsZero() {
-			sj.RetainUntil = s.RetainUntil.UTC().Format(time.RFC3339Nano)
-		}
+			StateAtStart: s.State.String(), RetainUntil: stamp(s.RetainUntil), Commands: NewCommands(s.Commands),
+			Conns: []LogoutConn{}}
 		if s.InUse != nil {
 			sj.InUse = TrimPrefixes(s.InUse.Error())
 		}
@@ -369,10 +367,8 @@ func deref[T any](p *T) T {
 
 // parseSessionState is the session.SessionState named s.
 func parseSessionState(s string) (session.SessionState, error) {
-	for st := range session.SessionState(32) {
-		if st.String() == s {
-			return st, nil
-		}
+	if st, ok := parseName(s, session.SessionState(32)); ok {
+		return st, nil
 	}
 	return 0, fmt.Errorf("unknown session state %q", s)
 }
